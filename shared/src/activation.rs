@@ -1,0 +1,143 @@
+//! The two systemd protocols a worker speaks: socket activation
+//! (`LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`, fds from 3) and readiness
+//! (`sd_notify`: `READY=1` as a datagram to `NOTIFY_SOCKET`).
+//!
+//! Because these are systemd's own protocols, a worker built on them runs
+//! unchanged under `heartalk`, under systemd socket activation, or alone.
+//! The supervisor side of the same contract (binding and passing the fds,
+//! receiving the datagrams) lives in the supervisor crate.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+
+/// The first inherited descriptor, as in `sd_listen_fds(3)`.
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// Errors reading the socket-activation environment.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    #[error("LISTEN_FDS={0:?} is not a number")]
+    BadCount(String),
+    #[error("LISTEN_PID={0:?} is not a number")]
+    BadPid(String),
+    #[error("inherited fd {fd} is not open: {source}")]
+    NotOpen {
+        fd: RawFd,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An inherited listening socket and its `LISTEN_FDNAMES` entry.
+#[derive(Debug)]
+pub struct Inherited {
+    pub fd: OwnedFd,
+    pub name: Option<String>,
+}
+
+/// Takes ownership of the sockets passed by the parent, if they are meant
+/// for this process (`LISTEN_PID` equals our pid, as systemd requires, so a
+/// grandchild that inherited the variables does not grab them).
+///
+/// The variables are removed so children of the worker do not see them, and
+/// the descriptors are marked close-on-exec.
+pub fn take_listen_fds() -> Result<Vec<Inherited>, ActivationError> {
+    let count = std::env::var("LISTEN_FDS").ok();
+    let pid = std::env::var("LISTEN_PID").ok();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    // SAFETY: called once at start-up, before the worker starts any thread
+    // that could read the environment concurrently.
+    unsafe {
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    let Some(count) = count else {
+        return Ok(Vec::new());
+    };
+    if let Some(pid) = pid {
+        let pid: u32 = pid
+            .trim()
+            .parse()
+            .map_err(|_| ActivationError::BadPid(pid))?;
+        if pid != std::process::id() {
+            return Ok(Vec::new());
+        }
+    }
+    let n: RawFd = count
+        .trim()
+        .parse()
+        .map_err(|_| ActivationError::BadCount(count.clone()))?;
+    let names: Vec<String> = names
+        .map(|s| s.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for i in 0..n.max(0) {
+        let fd = LISTEN_FDS_START + i;
+        // SAFETY: fcntl on an integer fd has no memory effects; it only
+        // reports EBADF when the descriptor is not open.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
+            return Err(ActivationError::NotOpen {
+                fd,
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: as above; sets FD_CLOEXEC on a descriptor we now own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+        // SAFETY: the parent passed this descriptor to us alone (LISTEN_PID
+        // matched) and nothing else in this process refers to it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        out.push(Inherited {
+            fd: owned,
+            name: names.get(i as usize).cloned().filter(|s| !s.is_empty()),
+        });
+    }
+    Ok(out)
+}
+
+/// Sends an sd_notify state string (`"READY=1"`, `"STOPPING=1"`, ...) to
+/// `NOTIFY_SOCKET`. Returns `Ok(false)` when no socket is configured, so a
+/// standalone worker simply carries on.
+///
+/// An address starting with `@` is in the abstract namespace, as in systemd.
+pub fn notify(state: &str) -> io::Result<bool> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let sock = UnixDatagram::unbound()?;
+    let bytes = path.as_encoded_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+    } else {
+        sock.send_to(state.as_bytes(), &path)?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_reaches_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("heartalk-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = UnixDatagram::bind_addr(&addr).unwrap();
+        // SAFETY: this test is the only one touching NOTIFY_SOCKET.
+        unsafe { std::env::set_var("NOTIFY_SOCKET", format!("@{name}")) };
+        assert!(notify("READY=1").unwrap());
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        assert!(
+            !notify("READY=1").unwrap(),
+            "no socket configured → Ok(false)"
+        );
+    }
+}

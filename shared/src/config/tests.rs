@@ -1,0 +1,212 @@
+//! Unit tests of the schema: defaults, every error class with its line, env
+//! expansion and the PORT override.
+
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, Path::new("/etc/heartalk/ecosystem.toml"), &no_env)
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    parse(text).expect_err("config should be rejected").errors
+}
+
+#[test]
+fn minimal_app_gets_defaults() {
+    let c = parse("[[apps]]\nname = \"heartalk\"\n").unwrap();
+    let app = &c.apps[0];
+    assert_eq!(app.script, "heartalk-worker");
+    assert_eq!(app.instances, Instances::Max);
+    assert_eq!(app.listen, "0.0.0.0:8001".parse().unwrap());
+    assert_eq!(app.cwd, Path::new("/etc/heartalk"));
+    assert_eq!(app.memory_check_interval, Duration::from_secs(1));
+    assert_eq!(c.log.dir, Path::new("/etc/heartalk/logs"));
+}
+
+#[test]
+fn full_app_is_read() {
+    let c = parse(
+        r#"
+[log]
+dir = "/var/log/heartalk"
+max_size = "1M"
+max_files = 3
+stdout = true
+
+[[apps]]
+name = "api"
+script = "/usr/bin/heartalk-worker"
+args = ["--flag", "x"]
+instances = 4
+listen = "127.0.0.1:9000"
+cwd = "srv"
+max_memory = "150M"
+max_memory_hard = "1G"
+memory_check_interval = "250ms"
+memory_strikes = 3
+min_uptime = "5s"
+max_restarts = 4
+restart_delay = 50
+restart_delay_max = "2s"
+listen_timeout = "3s"
+kill_timeout = "1s"
+[apps.env]
+NODE_ENV = "production"
+WORKERS = 4
+"#,
+    )
+    .unwrap();
+    let a = &c.apps[0];
+    assert_eq!(a.args, ["--flag", "x"]);
+    assert_eq!(a.instances, Instances::Count(NonZeroU32::new(4).unwrap()));
+    assert_eq!(a.listen, "127.0.0.1:9000".parse().unwrap());
+    assert_eq!(a.cwd, Path::new("/etc/heartalk/srv"));
+    assert_eq!(a.max_memory, Some(150 << 20));
+    assert_eq!(a.max_memory_hard, Some(1 << 30));
+    assert_eq!(a.memory_check_interval, Duration::from_millis(250));
+    assert_eq!(a.memory_strikes, 3);
+    assert_eq!(a.restart_delay, Duration::from_millis(50));
+    assert_eq!(a.env["WORKERS"], "4");
+    assert_eq!(c.log.max_size, 1 << 20);
+    assert_eq!(c.log.dir, Path::new("/var/log/heartalk"));
+    assert_eq!(c.log.stdout, Some(true));
+}
+
+#[test]
+fn every_error_is_reported_with_its_line() {
+    let errs = errors(
+        r#"[[apps]]
+name = "a"
+instances = 0
+max_memory = "12X"
+kill_timeout = "soon"
+colour = "blue"
+max_restarts = "many"
+"#,
+    );
+    let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [3, 4, 5, 6, 7], "{errs:#?}");
+    assert!(errs[0].message.contains("instances"));
+    assert!(errs[1].message.contains("unknown size unit"));
+    assert!(errs[2].message.contains("kill_timeout"));
+    assert!(errs[3].message.contains("unknown key `colour`"));
+    assert!(errs[4].message.contains("must be an integer"));
+    assert!(errs.iter().all(|e| e.column >= 1));
+}
+
+#[test]
+fn syntax_errors_carry_their_line() {
+    let errs = errors("[[apps]]\nname = \"a\"\ninstances = = 2\n");
+    assert_eq!(errs[0].line, 3, "{errs:#?}");
+    assert!(errs[0].message.starts_with("TOML syntax"));
+}
+
+#[test]
+fn unknown_key_suggests_the_close_one() {
+    let errs = errors("[[apps]]\nname = \"a\"\nmax_memroy = \"1G\"\n");
+    assert_eq!(errs[0].hint.as_deref(), Some("did you mean `max_memory`?"));
+    let errs = errors("lgo = 1\n[[apps]]\nname = \"a\"\n");
+    assert_eq!(errs[0].line, 1);
+    assert!(errs[0].hint.as_deref().unwrap().contains("log"));
+}
+
+#[test]
+fn semantic_errors() {
+    assert!(
+        errors("")
+            .iter()
+            .any(|e| e.message.contains("no `[[apps]]`"))
+    );
+    assert!(
+        errors("[[apps]]\ninstances = 2\n")[0]
+            .message
+            .contains("needs a `name`")
+    );
+    let dup = errors("[[apps]]\nname = \"a\"\n[[apps]]\nname = \"a\"\nlisten = 9\n");
+    assert!(dup[0].message.contains("used twice"), "{dup:#?}");
+    assert_eq!(dup[0].line, 3);
+    let clash = errors("[[apps]]\nname = \"a\"\n[[apps]]\nname = \"b\"\n");
+    assert!(clash[0].message.contains("both listen on 0.0.0.0:8001"));
+    let order = errors("[[apps]]\nname = \"a\"\nmax_memory = \"1G\"\nmax_memory_hard = \"500M\"\n");
+    assert_eq!(order[0].line, 4);
+    let backoff = errors("[[apps]]\nname = \"a\"\nrestart_delay = \"20s\"\n");
+    assert!(backoff[0].message.contains("backoff cap"));
+    assert!(
+        errors("[[apps]]\nname = \"a\"\nlisten = \"nowhere\"\n")[0]
+            .message
+            .contains("not an address")
+    );
+    assert!(
+        errors("[[apps]]\nname = \"a\"\ninstances = \"lots\"\n")[0]
+            .message
+            .contains("\"lots\"")
+    );
+    assert!(
+        errors("[[apps]]\nname = \"a\"\nlisten_timeout = \"0s\"\n")[0]
+            .message
+            .contains("longer than zero")
+    );
+}
+
+#[test]
+fn instances_accept_pm2_spellings() {
+    for text in ["\"max\"", "-1", "\"-1\""] {
+        let c = parse(&format!("[[apps]]\nname = \"a\"\ninstances = {text}\n")).unwrap();
+        assert_eq!(c.apps[0].instances, Instances::Max, "{text}");
+    }
+}
+
+#[test]
+fn env_values_expand_from_the_supervisor_environment() {
+    let env = |k: &str| match k {
+        "SECRET" => Some("s3cr3t".to_string()),
+        "PORT" => Some("9100".to_string()),
+        _ => None,
+    };
+    let text = "[[apps]]\nname = \"a\"\n[apps.env]\nJWT_SECRET = \"${SECRET}\"\nMODE = \"${MODE:-dev}\"\nPRICE = \"$$5\"\n";
+    let c = Config::parse(text, Path::new("e.toml"), &env).unwrap();
+    let a = &c.apps[0];
+    assert_eq!(a.env["JWT_SECRET"], "s3cr3t");
+    assert_eq!(a.env["MODE"], "dev");
+    assert_eq!(a.env["PRICE"], "$5");
+    assert_eq!(a.listen.port(), 9100, "PORT overrides the first app");
+
+    let errs = errors("[[apps]]\nname = \"a\"\n[apps.env]\nK = \"${MISSING}\"\n");
+    assert_eq!(errs[0].line, 4);
+    assert!(errs[0].message.contains("`MISSING` is not set"));
+}
+
+#[test]
+fn expand_env_rules() {
+    let env = |k: &str| (k == "A").then(|| "1".to_string());
+    assert_eq!(expand_env("x${A}y", &env).unwrap(), "x1y");
+    assert_eq!(expand_env("$A", &env).unwrap(), "$A");
+    assert_eq!(expand_env("${B:-d}", &env).unwrap(), "d");
+    assert!(
+        expand_env("${A", &env)
+            .unwrap_err()
+            .contains("unterminated")
+    );
+    assert!(
+        expand_env("${A B}", &env)
+            .unwrap_err()
+            .contains("not a valid")
+    );
+}
+
+#[test]
+fn display_lists_file_line_column_and_hint() {
+    let e = parse("[[apps]]\nname = \"a\"\nmax_memory = \"1Q\"\n").unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with(
+            "/etc/heartalk/ecosystem.toml:3:14: error: `max_memory`: unknown size unit `Q`"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("\n  hint: write a size"));
+}

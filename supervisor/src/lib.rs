@@ -1,0 +1,18 @@
+//! The `heartalk` supervisor: PM2's job (prefork, restart, reload, logs,
+//! status) done as a container's PID 1.
+//!
+//! Module map: [`run`] is the event loop; [`fleet`] holds every decision;
+//! [`spawn`], [`sockets`], [`notify`] and [`signals`] are its I/O edges;
+//! [`restart`] and [`cpus`] are pure policies; [`sys`] holds every unsafe
+//! libc call; [`exit`] lists the exit codes.
+
+pub mod cpus;
+pub mod exit;
+pub mod fleet;
+pub mod notify;
+pub mod restart;
+pub mod run;
+pub mod signals;
+pub mod sockets;
+pub mod spawn;
+pub mod sys;

@@ -1,0 +1,353 @@
+//! Shared plumbing for the end-to-end tests: start the real `heartalk`
+//! binary on a temp config, follow its JSON event log, talk HTTP to it, and
+//! make sure every process a test started is killed and reaped at the end.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous deadline for things that normally take milliseconds.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A built binary of this workspace (`heartalk`, `heartalk-worker`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not built; run the tests through cargo (nextest --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// The misbehaving test worker of this crate.
+pub fn test_worker() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_test-worker"))
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running supervisor and everything it logged.
+pub struct Supervisor {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    events: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    status: Option<ExitStatus>,
+}
+
+impl Supervisor {
+    /// Writes `config` to a temp dir and runs `heartalk run -c` on it.
+    pub fn start(config: &str) -> Supervisor {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Like [`Supervisor::start`]; `tweak` may wrap or adjust the command.
+    pub fn start_with(config: &str, tweak: impl FnOnce(&mut Command)) -> Supervisor {
+        Self::spawn(config, None, tweak)
+    }
+
+    /// Runs the supervisor under a wrapper program (taskset, unshare ...).
+    pub fn start_wrapped(config: &str, wrapper: &[&str]) -> Supervisor {
+        Self::spawn(config, Some(wrapper), |_| {})
+    }
+
+    fn spawn(
+        config: &str,
+        wrapper: Option<&[&str]>,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Supervisor {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ecosystem.toml");
+        std::fs::write(&file, config).expect("write config");
+        let heartalk = workspace_bin("heartalk");
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(&heartalk);
+                c
+            }
+            None => Command::new(&heartalk),
+        };
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&file)
+            .env_remove("PORT")
+            .env("HEARTALK_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn heartalk");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("stdout");
+        let ev = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                // Worker output shares this stream; keep the supervisor's
+                // own events (target `heartalk` or `heartalk::*`).
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let target = v["target"].as_str().unwrap_or("");
+                    if target == "heartalk" || target.starts_with("heartalk::") {
+                        ev.lock().unwrap().push(v);
+                    }
+                }
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let se = stderr.clone();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(err).read_to_string(&mut s);
+            se.lock().unwrap().push_str(&s);
+        });
+        Supervisor {
+            child,
+            dir,
+            events,
+            stderr,
+            status: None,
+        }
+    }
+
+    /// Every event logged so far with this `event` name.
+    pub fn events(&self, name: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["event"] == name)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for the `n`-th (1-based) event called `name` that satisfies `pred`.
+    pub fn wait_event_n(&mut self, name: &str, n: usize, pred: impl Fn(&Value) -> bool) -> Value {
+        let what = format!("event {name} #{n}");
+        wait_for(&what, DEADLINE, || {
+            let matching: Vec<Value> = self.events(name).into_iter().filter(|v| pred(v)).collect();
+            matching.get(n - 1).cloned()
+        })
+    }
+
+    pub fn wait_event(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_event_n(name, 1, pred)
+    }
+
+    /// The address the fleet listens on (from the `listening` event).
+    pub fn addr(&mut self) -> SocketAddr {
+        let ev = self.wait_event("listening", |_| true);
+        ev["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("socket addr")
+    }
+
+    /// Waits until `n` workers have reported ready; returns their pids.
+    pub fn wait_ready(&mut self, n: usize) -> Vec<i32> {
+        self.wait_event("fleet_ready", |_| true);
+        let ready = self.events("worker_ready");
+        assert!(ready.len() >= n, "expected {n} ready workers: {ready:?}");
+        ready
+            .iter()
+            .map(|v| v["pid"].as_i64().unwrap() as i32)
+            .collect()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("kill supervisor");
+    }
+
+    /// Waits for the supervisor to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        let status = wait_for("supervisor exit", timeout, || {
+            self.child.try_wait().expect("try_wait")
+        });
+        self.status = Some(status);
+        status
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Every worker pid the supervisor ever spawned.
+    pub fn spawned_pids(&self) -> Vec<i32> {
+        self.events("worker_spawned")
+            .iter()
+            .filter_map(|v| v["pid"].as_i64())
+            .map(|p| p as i32)
+            .collect()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill, killpg};
+        use nix::unistd::Pid;
+        if self.status.is_none() {
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+        // Workers are in their own process groups; leave none behind. (Pids
+        // logged from inside a pid namespace are not ours to kill.)
+        if self
+            .events("supervisor_start")
+            .iter()
+            .all(|v| v["pid1"] != true)
+        {
+            for pid in self.spawned_pids() {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => proc_state(&stat) != Some('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The state letter of a `/proc/PID/stat` line.
+pub fn proc_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The parent pid of a `/proc/PID/stat` line.
+pub fn proc_ppid(stat: &str) -> Option<i32> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A config with one app of the test worker.
+pub fn test_worker_config(instances: u32, mode: &str, extra: &str) -> String {
+    format!(
+        "[[apps]]\nname = \"tw\"\nscript = \"{}\"\nargs = [\"{mode}\"]\ninstances = {instances}\nlisten = \"127.0.0.1:0\"\n{extra}\n",
+        test_worker().display()
+    )
+}
+
+/// A config with one app of the real worker.
+pub fn real_worker_config(instances: &str, extra: &str) -> String {
+    format!(
+        "[[apps]]\nname = \"heartalk\"\nscript = \"{}\"\ninstances = {instances}\nlisten = \"127.0.0.1:0\"\n{extra}\n",
+        workspace_bin("heartalk-worker").display()
+    )
+}

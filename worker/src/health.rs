@@ -1,0 +1,467 @@
+//! The three probe endpoints of API.md §5.1: `GET /health` (liveness, flat
+//! body), `GET /api/v1/health` (component health wrapped in `data`, the
+//! container/orchestrator probe) and `GET /ready` (readiness, flips to 503
+//! when the worker starts draining so a load balancer stops sending work).
+//!
+//! Component status is decided by the pure [`services`] function from
+//! facts gathered elsewhere, so the rules are unit-tested without a server.
+//! The probes never do network I/O and never block on disk: the router
+//! config is checked once at start-up ([`router_config_loads`]) and memory
+//! comes from procfs.
+
+use std::path::Path;
+
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::clock;
+use crate::response::{self, Body};
+use crate::settings::{ProviderSettings, ReasoningSettings};
+use crate::state::{AppState, Phase};
+
+/// A component's or the service's health, ordered from best to worst so
+/// the overall status is simply the maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// `memory` as the Node.js service reported it. Only `rss` is measured;
+/// the V8 heap keys have no equivalent and stay 0 so clients that read
+/// them keep working.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    pub rss: u64,
+    pub heap_total: u64,
+    pub heap_used: u64,
+    pub external: u64,
+    pub array_buffers: u64,
+}
+
+impl Memory {
+    fn current() -> Self {
+        Memory {
+            rss: rss_bytes().unwrap_or(0),
+            heap_total: 0,
+            heap_used: 0,
+            external: 0,
+            array_buffers: 0,
+        }
+    }
+}
+
+/// Resident set size in bytes: field 2 of `/proc/self/statm` (pages) times
+/// the page size. `None` off Linux or if procfs is not mounted.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page_size = u64::try_from(page_size).ok().filter(|p| *p > 0)?;
+    Some(pages * page_size)
+}
+
+/// Whether the router table at `path` exists and is JSON. Called once at
+/// start-up: the router loads its table then, and falls back to built-in
+/// keywords otherwise, which is what `/api/v1/health` reports.
+pub fn router_config_loads(path: &Path) -> bool {
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "router config is not valid JSON; using the fallback table");
+                false
+            }
+        },
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "router config unreadable; using the fallback table");
+            false
+        }
+    }
+}
+
+/// `GET /health`: always 200 while the process can answer.
+pub fn liveness(state: &AppState) -> Response<Body> {
+    #[derive(Serialize)]
+    struct Liveness<'a> {
+        status: &'static str,
+        timestamp: String,
+        uptime: f64,
+        memory: Memory,
+        version: &'a str,
+    }
+    response::json(
+        StatusCode::OK,
+        &Liveness {
+            status: "healthy",
+            timestamp: clock::now_iso8601(),
+            uptime: state.started.elapsed().as_secs_f64(),
+            memory: Memory::current(),
+            version: &state.settings.service_version,
+        },
+    )
+}
+
+/// `GET /ready`: 200 only in [`Phase::Ready`].
+pub fn readiness(state: &AppState) -> Response<Body> {
+    match state.phase() {
+        Phase::Ready => response::json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "worker_id": state.settings.worker_id}),
+        ),
+        Phase::Starting => response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "starting"}),
+        ),
+        Phase::Draining => response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "draining"}),
+        ),
+    }
+}
+
+/// The facts component health is decided from.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub router_config_loaded: bool,
+    pub reasoning: &'a ReasoningSettings,
+    pub provider: &'a ProviderSettings,
+    pub production: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Services {
+    pub router: RouterHealth,
+    pub cache: CacheHealth,
+    pub reasoning: ReasoningHealth,
+    pub providers: ProviderHealth,
+}
+
+impl Services {
+    /// The worst component status.
+    pub fn overall(&self) -> Status {
+        [
+            self.router.status,
+            self.cache.status,
+            self.reasoning.status,
+            self.providers.status,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(Status::Healthy)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouterHealth {
+    pub status: Status,
+    /// `file` or `fallback`.
+    pub config: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CacheHealth {
+    pub status: Status,
+    pub backends: Vec<&'static str>,
+    pub hit_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReasoningHealth {
+    pub status: Status,
+    pub chain_of_thought: bool,
+    pub self_consistency: bool,
+    pub samples: u32,
+    pub show_reasoning_process: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProviderHealth {
+    pub status: Status,
+    pub provider: String,
+    pub mode: &'static str,
+    pub simulated: bool,
+}
+
+/// Component health from what is true of this milestone: the router
+/// config file, a memory-only cache, the reasoning switches, and the
+/// provider mode (simulated is `degraded` only in production, where it
+/// means a missing API key). Live-mode failure tracking comes with the
+/// provider.
+pub fn services(inputs: Inputs<'_>) -> Services {
+    let router = if inputs.router_config_loaded {
+        RouterHealth {
+            status: Status::Healthy,
+            config: "file",
+        }
+    } else {
+        RouterHealth {
+            status: Status::Degraded,
+            config: "fallback",
+        }
+    };
+    let providers = if inputs.provider.simulated() {
+        ProviderHealth {
+            status: if inputs.production {
+                Status::Degraded
+            } else {
+                Status::Healthy
+            },
+            provider: "simulated".to_string(),
+            mode: "simulated",
+            simulated: true,
+        }
+    } else {
+        ProviderHealth {
+            status: Status::Healthy,
+            provider: inputs.provider.name.clone(),
+            mode: "live",
+            simulated: false,
+        }
+    };
+    Services {
+        router,
+        cache: CacheHealth {
+            status: Status::Healthy,
+            backends: vec!["memory"],
+            hit_rate: 0.0,
+        },
+        reasoning: ReasoningHealth {
+            status: Status::Healthy,
+            chain_of_thought: inputs.reasoning.chain_of_thought,
+            self_consistency: inputs.reasoning.self_consistency,
+            samples: inputs.reasoning.samples,
+            show_reasoning_process: inputs.reasoning.show_reasoning_process,
+        },
+        providers,
+    }
+}
+
+/// HTTP status for an overall health: 503 only when `unhealthy`; a
+/// `degraded` service still serves (§13 b).
+pub fn http_status(overall: Status) -> StatusCode {
+    match overall {
+        Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        Status::Healthy | Status::Degraded => StatusCode::OK,
+    }
+}
+
+/// `GET /api/v1/health`.
+pub fn components(state: &AppState) -> Response<Body> {
+    #[derive(Serialize)]
+    struct SystemMemory {
+        rss: u64,
+    }
+    #[derive(Serialize)]
+    struct System {
+        memory: SystemMemory,
+        pid: u32,
+        worker_id: u32,
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        status: Status,
+        service: &'static str,
+        version: &'a str,
+        timestamp: String,
+        uptime: f64,
+        environment: &'a str,
+        memory: Memory,
+        system: System,
+        services: Services,
+    }
+    #[derive(Serialize)]
+    struct Wrapped<'a> {
+        data: Data<'a>,
+    }
+
+    let s = &state.settings;
+    let services = services(Inputs {
+        router_config_loaded: state.router_config_loaded,
+        reasoning: &s.reasoning,
+        provider: &s.provider,
+        production: s.is_production(),
+    });
+    let overall = services.overall();
+    let memory = Memory::current();
+    response::json(
+        http_status(overall),
+        &Wrapped {
+            data: Data {
+                status: overall,
+                service: "ai-service",
+                version: &s.service_version,
+                timestamp: clock::now_iso8601(),
+                uptime: state.started.elapsed().as_secs_f64(),
+                environment: &s.node_env,
+                memory,
+                system: System {
+                    memory: SystemMemory { rss: memory.rss },
+                    pid: std::process::id(),
+                    worker_id: s.worker_id,
+                },
+                services,
+            },
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasoning() -> ReasoningSettings {
+        ReasoningSettings {
+            chain_of_thought: true,
+            self_consistency: false,
+            samples: 5,
+            show_reasoning_process: true,
+        }
+    }
+
+    fn provider(mode: &str, key: bool) -> ProviderSettings {
+        ProviderSettings {
+            mode: mode.into(),
+            name: "ark".into(),
+            has_api_key: key,
+        }
+    }
+
+    #[test]
+    fn status_order_and_aggregation() {
+        assert!(Status::Healthy < Status::Degraded && Status::Degraded < Status::Unhealthy);
+        let r = reasoning();
+        let p = provider("auto", true);
+        let mut s = services(Inputs {
+            router_config_loaded: true,
+            reasoning: &r,
+            provider: &p,
+            production: true,
+        });
+        assert_eq!(s.overall(), Status::Healthy);
+        s.cache.status = Status::Degraded;
+        assert_eq!(s.overall(), Status::Degraded);
+        s.router.status = Status::Unhealthy;
+        assert_eq!(s.overall(), Status::Unhealthy);
+        assert_eq!(http_status(Status::Degraded), StatusCode::OK);
+        assert_eq!(
+            http_status(Status::Unhealthy),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn missing_router_config_degrades() {
+        let r = reasoning();
+        let p = provider("auto", true);
+        let s = services(Inputs {
+            router_config_loaded: false,
+            reasoning: &r,
+            provider: &p,
+            production: false,
+        });
+        assert_eq!(
+            s.router,
+            RouterHealth {
+                status: Status::Degraded,
+                config: "fallback"
+            }
+        );
+        assert_eq!(s.overall(), Status::Degraded);
+    }
+
+    #[test]
+    fn simulated_provider_is_degraded_only_in_production() {
+        let r = reasoning();
+        for (mode, key) in [("auto", false), ("simulated", true), ("live", false)] {
+            let p = provider(mode, key);
+            for production in [false, true] {
+                let s = services(Inputs {
+                    router_config_loaded: true,
+                    reasoning: &r,
+                    provider: &p,
+                    production,
+                });
+                assert!(s.providers.simulated, "{mode} {key}");
+                assert_eq!(s.providers.provider, "simulated");
+                assert_eq!(s.providers.mode, "simulated");
+                let want = if production {
+                    Status::Degraded
+                } else {
+                    Status::Healthy
+                };
+                assert_eq!(s.providers.status, want);
+                assert_eq!(s.overall(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn live_provider_reports_its_name() {
+        let r = reasoning();
+        let p = provider("auto", true);
+        let s = services(Inputs {
+            router_config_loaded: true,
+            reasoning: &r,
+            provider: &p,
+            production: true,
+        });
+        assert_eq!(
+            s.providers,
+            ProviderHealth {
+                status: Status::Healthy,
+                provider: "ark".into(),
+                mode: "live",
+                simulated: false
+            }
+        );
+        assert_eq!(s.reasoning.samples, 5);
+        assert!(!s.reasoning.self_consistency);
+    }
+
+    #[test]
+    fn services_json_shape() {
+        let r = reasoning();
+        let p = provider("auto", false);
+        let v = serde_json::to_value(services(Inputs {
+            router_config_loaded: true,
+            reasoning: &r,
+            provider: &p,
+            production: false,
+        }))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "router": {"status": "healthy", "config": "file"},
+                "cache": {"status": "healthy", "backends": ["memory"], "hit_rate": 0.0},
+                "reasoning": {"status": "healthy", "chain_of_thought": true, "self_consistency": false,
+                              "samples": 5, "show_reasoning_process": true},
+                "providers": {"status": "healthy", "provider": "simulated", "mode": "simulated", "simulated": true}
+            })
+        );
+    }
+
+    #[test]
+    fn rss_is_real() {
+        assert!(rss_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn router_config_check() {
+        let dir = std::env::temp_dir().join(format!("heartalk-worker-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        let bad = dir.join("bad.json");
+        std::fs::write(&good, br#"{"routes":[]}"#).unwrap();
+        std::fs::write(&bad, b"{not json").unwrap();
+        assert!(router_config_loads(&good));
+        assert!(!router_config_loads(&bad));
+        assert!(!router_config_loads(&dir.join("missing.json")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,42 @@
+//! `heartalk-worker`: sets up JSON logging and runs [`heartalk_worker::run`].
+//! Any start-up failure is logged with its context chain and becomes exit
+//! status 1, which the supervisor treats as a failed start.
+
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    init_tracing();
+    match heartalk_worker::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "worker failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// JSON lines on stdout (the supervisor frames and tags them), at the level
+/// named by `LOG_LEVEL` (default `info`). The Node.js service used winston
+/// level names, so `http`/`verbose` map to `debug` and `silly` to `trace`;
+/// full `tracing` filter directives are accepted too. An invalid value
+/// falls back to `info` rather than stopping the worker.
+fn init_tracing() {
+    let level = std::env::var("LOG_LEVEL").unwrap_or_default();
+    let directive = match level.trim().to_ascii_lowercase().as_str() {
+        "" => "info".to_string(),
+        "http" | "verbose" => "debug".to_string(),
+        "silly" => "trace".to_string(),
+        _ => level.trim().to_string(),
+    };
+    let filter = EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
+}

@@ -1,0 +1,214 @@
+//! The serving lifecycle: accept on every listener, serve each connection
+//! with hyper (HTTP/1.1 keep-alive or h2c with prior knowledge), tell the
+//! supervisor `READY=1`, and on SIGTERM/SIGINT drain: stop accepting, let
+//! in-flight requests finish within `SHUTDOWN_GRACE_SECS`, then return.
+//!
+//! Everything runs on the one-thread runtime built in [`crate::run`]; the
+//! accept loop is a single task that polls all listeners, so the
+//! graceful-shutdown handle has one owner and needs no locking.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::router;
+use crate::state::{AppState, Phase};
+
+/// How long to pause accepting after a resource error such as `EMFILE`:
+/// retrying at once would spin, and a short pause lets finishing
+/// connections free descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves on `listeners` until a stop signal, then drains. Returns `Ok`
+/// after a drain, clean or cut short by the grace deadline (which is
+/// logged); errors only if the server cannot start.
+pub async fn serve(
+    listeners: Vec<std::net::TcpListener>,
+    state: Arc<AppState>,
+) -> anyhow::Result<()> {
+    // Handlers go in first: a SIGTERM that arrives right after READY must
+    // start a drain, not kill the process with the default action.
+    let mut signals = StopSignals::new()?;
+    let listeners = crate::listener::into_tokio(listeners)?;
+    let addrs: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    tracing::info!(addresses = %addrs.join(" "), worker_id = state.settings.worker_id, "listening");
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+
+    state.set_phase(Phase::Ready);
+    match shared::activation::notify("READY=1") {
+        Ok(true) => tracing::info!("ready; supervisor notified"),
+        Ok(false) => tracing::info!("ready (standalone: no NOTIFY_SOCKET)"),
+        Err(e) => tracing::warn!(error = %e, "ready, but notifying the supervisor failed"),
+    }
+
+    let reason = accept_loop(&listeners, &builder, &graceful, &state, &mut signals).await;
+
+    // Drain. Closing our copies of the listening sockets stops accepting;
+    // under the supervisor the sockets stay open in the parent, so queued
+    // connections wait for the next worker rather than being refused.
+    state.set_phase(Phase::Draining);
+    drop(listeners);
+    if let Err(e) = shared::activation::notify("STOPPING=1") {
+        tracing::warn!(error = %e, "notifying the supervisor of STOPPING failed");
+    }
+    let grace = state.settings.shutdown_grace;
+    tracing::info!(
+        signal = reason,
+        connections = state.open_connections(),
+        grace_secs = grace.as_secs(),
+        "draining"
+    );
+    // Idle keep-alive connections close now; HTTP/1 requests in flight
+    // finish with `Connection: close`; HTTP/2 gets GOAWAY.
+    let drained = graceful.shutdown();
+    tokio::select! {
+        () = drained => tracing::info!("drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(
+            abandoned = state.open_connections(),
+            grace_secs = grace.as_secs(),
+            "grace period over; abandoning open connections"
+        ),
+        second = signals.recv() => tracing::warn!(
+            signal = second,
+            abandoned = state.open_connections(),
+            "second stop signal; abandoning open connections"
+        ),
+    }
+    Ok(())
+}
+
+/// Accepts until a stop signal arrives; returns the signal's name.
+async fn accept_loop(
+    listeners: &[TcpListener],
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    state: &Arc<AppState>,
+    signals: &mut StopSignals,
+) -> &'static str {
+    let mut next = 0usize;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            sig = signals.recv() => return sig,
+            accepted = std::future::poll_fn(|cx| poll_accept_any(listeners, &mut next, cx)) => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => spawn_connection(stream, peer, builder, graceful, state),
+            // The peer gave up between SYN and accept: nothing to do.
+            Err(e) if is_per_connection(&e) => {
+                tracing::debug!(error = %e, "accept: connection-level error");
+            }
+            // EMFILE, ENFILE, ENOBUFS, ENOMEM...: the loop must survive.
+            Err(e) => {
+                tracing::warn!(error = %e, backoff_ms = ACCEPT_BACKOFF.as_millis() as u64, "accept failed; backing off");
+                tokio::select! {
+                    sig = signals.recv() => return sig,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Polls every listener, starting after the one that last produced a
+/// connection so a busy listener cannot starve the others.
+fn poll_accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+    let n = listeners.len();
+    for k in 0..n {
+        let i = (*next + k) % n;
+        if let Poll::Ready(res) = listeners[i].poll_accept(cx) {
+            *next = (i + 1) % n;
+            return Poll::Ready(res);
+        }
+    }
+    Poll::Pending
+}
+
+/// Errors that concern only the connection being accepted.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Serves one connection on its own task, watched by `graceful`.
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    state: &Arc<AppState>,
+) {
+    // Responses are written whole; Nagle would only delay their last
+    // segment behind the client's delayed ACK.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "setting TCP_NODELAY failed");
+    }
+    let svc_state = state.clone();
+    let service = service_fn(move |req| {
+        let state = svc_state.clone();
+        async move { Ok::<_, Infallible>(router::handle(req, &state).await) }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    let guard = state.connection_opened();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            // Resets and half-finished requests from clients are routine.
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+        drop(guard);
+    });
+}
+
+/// SIGTERM and SIGINT, either of which starts a drain.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// Waits for the next stop signal and names it.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

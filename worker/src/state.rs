@@ -1,0 +1,92 @@
+//! The state every connection task shares: the settings, the worker's
+//! lifecycle phase (what `/ready` reports), a count of open connections
+//! (what a drain waits for and reports), and facts established once at
+//! start-up (whether the router config loaded).
+//!
+//! It is held in an `Arc` and only uses atomics: handlers read it on every
+//! request and must never wait on a lock the accept loop could hold.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use crate::settings::Settings;
+
+/// Where the worker is in its life, as `/ready` reports it (API.md §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Listeners not yet serving: `/ready` → 503 `starting`.
+    Starting = 0,
+    /// Accepting and serving: `/ready` → 200 `ready`.
+    Ready = 1,
+    /// SIGTERM/SIGINT received, listeners closed, in-flight work finishing:
+    /// `/ready` → 503 `draining`.
+    Draining = 2,
+}
+
+/// Shared, read-mostly worker state.
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Settings,
+    /// When the process started, for `uptime`.
+    pub started: Instant,
+    /// `X-Worker-Id`, formatted once.
+    pub worker_id_header: HeaderValue,
+    /// Whether `KEYWORDS_CONFIG` was readable JSON at start-up; the router
+    /// loads its table once, so that is the state it is in (false → the
+    /// built-in fallback table, health `degraded`).
+    pub router_config_loaded: bool,
+    phase: AtomicU8,
+    connections: AtomicUsize,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, started: Instant, router_config_loaded: bool) -> Self {
+        let worker_id_header = HeaderValue::from(settings.worker_id);
+        AppState {
+            settings,
+            started,
+            worker_id_header,
+            router_config_loaded,
+            phase: AtomicU8::new(Phase::Starting as u8),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Ready,
+            _ => Phase::Draining,
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// Connections currently being served.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection as open until the returned guard is dropped, so
+    /// the count stays right however the connection task ends (finished,
+    /// failed, or cancelled when the runtime shuts down).
+    pub fn connection_opened(self: &std::sync::Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+}
+
+/// See [`AppState::connection_opened`].
+#[derive(Debug)]
+pub struct ConnectionGuard(std::sync::Arc<AppState>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
