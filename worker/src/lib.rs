@@ -16,15 +16,20 @@
 //! - [`request_id`], [`clock`]: request ids and timestamps;
 //! - [`state`]: what connection tasks share (phase, counters).
 
+pub mod auth;
 pub mod clock;
 pub mod health;
+pub mod history;
 pub mod listener;
+pub mod provider;
 pub mod request_id;
 pub mod response;
 pub mod router;
+pub mod routing;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Instant;
