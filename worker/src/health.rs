@@ -6,10 +6,8 @@
 //! Component status is decided by the pure [`services`] function from
 //! facts gathered elsewhere, so the rules are unit-tested without a server.
 //! The probes never do network I/O and never block on disk: the router
-//! config is checked once at start-up ([`router_config_loads`]) and memory
+//! config is loaded once at start-up (the router remembers whether it fell back) and memory
 //! comes from procfs.
-
-use std::path::Path;
 
 use http::{Response, StatusCode};
 use serde::Serialize;
@@ -63,25 +61,6 @@ pub fn rss_bytes() -> Option<u64> {
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     let page_size = u64::try_from(page_size).ok().filter(|p| *p > 0)?;
     Some(pages * page_size)
-}
-
-/// Whether the router table at `path` exists and is JSON. Called once at
-/// start-up: the router loads its table then, and falls back to built-in
-/// keywords otherwise, which is what `/api/v1/health` reports.
-pub fn router_config_loads(path: &Path) -> bool {
-    match std::fs::read(path) {
-        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "router config is not valid JSON; using the fallback table");
-                false
-            }
-        },
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "router config unreadable; using the fallback table");
-            false
-        }
-    }
 }
 
 /// `GET /health`: always 200 while the process can answer.
@@ -377,7 +356,8 @@ mod tests {
     #[test]
     fn simulated_provider_is_degraded_only_in_production() {
         let r = reasoning();
-        for (mode, key) in [("auto", false), ("simulated", true), ("live", false)] {
+        // `live` with an empty key stays live (§10.1 omits the header).
+        for (mode, key) in [("auto", false), ("simulated", true)] {
             let p = provider(mode, key);
             for production in [false, true] {
                 let s = services(Inputs {
@@ -449,19 +429,5 @@ mod tests {
     #[test]
     fn rss_is_real() {
         assert!(rss_bytes().is_some_and(|b| b > 0));
-    }
-
-    #[test]
-    fn router_config_check() {
-        let dir = std::env::temp_dir().join(format!("heartalk-worker-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good.json");
-        let bad = dir.join("bad.json");
-        std::fs::write(&good, br#"{"routes":[]}"#).unwrap();
-        std::fs::write(&bad, b"{not json").unwrap();
-        assert!(router_config_loads(&good));
-        assert!(!router_config_loads(&bad));
-        assert!(!router_config_loads(&dir.join("missing.json")));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

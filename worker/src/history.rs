@@ -1,1 +1,1047 @@
-//! (being written)
+//! Conversation context for legacy chat bodies (API.md §8): fetching a
+//! conversation's history from the HearTalk backend, trimming it to the
+//! round and token budgets, and a short-lived cache that never hides a
+//! completed turn from the next request.
+//!
+//! [`HistoryClient::fetch`] never fails: any failure yields an empty
+//! history (the chat goes on without context) plus an [`Outcome`] the
+//! caller counts in `ai_backend_history_requests_total{outcome}`; this
+//! module registers no metrics itself. [`HistoryClient::probe`] is the
+//! one-shot `{backend}/health` check behind the `ai_backend_up` gauge; the
+//! caller schedules it every `HEALTH_CHECK_INTERVAL`.
+//!
+//! [`trim`] is pure and holds the whole trimming rule, so it is tested
+//! without a network. The cache takes its clock as an argument for the
+//! same reason.
+
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lru::LruCache;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value;
+
+use crate::auth;
+use crate::provider::ChatMessage;
+use crate::tokens;
+
+/// `User-Agent` of every backend call, as the Node.js service sent it.
+pub const USER_AGENT: &str = "HearTalk-AI-MVP/1.0.0";
+
+/// The longest a cached history may live, whatever `HISTORY_CACHE_TTL`
+/// says (§8: "never more").
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Conversations the cache remembers before evicting the least recently
+/// used one.
+pub const CACHE_CAPACITY: usize = 10_000;
+
+/// `history_length` variants kept per conversation. A client sends one
+/// value per turn, so more than a few means stale values nobody asks for.
+const VARIANTS_PER_CONVERSATION: usize = 4;
+
+/// Timeout of [`HistoryClient::probe`] (§12).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A history body larger than this is treated as a broken backend rather
+/// than buffered: 20 messages never come near it.
+const MAX_BODY_BYTES: usize = 16 << 20;
+
+/// JavaScript's `encodeURIComponent` set: everything but `A–Z a–z 0–9
+/// - _ . ! ~ * ' ( )` is percent-encoded.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// Everything the history client needs from the configuration (§14).
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    /// `HEARTALK_BACKEND_URL`; a trailing `/` is ignored.
+    pub base_url: String,
+    /// `BACKEND_API_PREFIX` (`/internal/api/v1`).
+    pub api_prefix: String,
+    /// `BACKEND_CONVERSATION_PATH` (`/conversations`).
+    pub conversation_path: String,
+    /// `HEARTALK_API_KEY`, sent as `X-API-Key`.
+    pub api_key: String,
+    /// `JWT_SECRET`, signing the outbound service JWT.
+    pub jwt_secret: Vec<u8>,
+    /// `HEARTALK_TIMEOUT`: per attempt, from connecting to the last byte.
+    pub timeout: Duration,
+    /// Pause before the one retry: 1 s per the contract; configurable so
+    /// tests need not wait.
+    pub retry_delay: Duration,
+    /// `HISTORY_CACHE_TTL`; capped at [`MAX_CACHE_TTL`]. Zero disables the
+    /// cache.
+    pub cache_ttl: Duration,
+    /// `MAX_CONVERSATION_ROUNDS`: the last `2 ×` this many messages are kept.
+    pub max_rounds: usize,
+    /// `MAX_CONTEXT_TOKENS`: the budget of the kept messages' estimate.
+    pub max_context_tokens: u64,
+}
+
+impl Default for HistoryConfig {
+    /// The contract's defaults (§14).
+    fn default() -> Self {
+        HistoryConfig {
+            base_url: "http://localhost:8000".into(),
+            api_prefix: "/internal/api/v1".into(),
+            conversation_path: "/conversations".into(),
+            api_key: "dev_heartalk_api_key_placeholder".into(),
+            jwt_secret: b"dev_jwt_secret_key_change_in_production".to_vec(),
+            timeout: Duration::from_millis(10_000),
+            retry_delay: Duration::from_secs(1),
+            cache_ttl: MAX_CACHE_TTL,
+            max_rounds: 10,
+            max_context_tokens: 2000,
+        }
+    }
+}
+
+/// How a [`HistoryClient::fetch`] went. Failures carry the last attempt's
+/// outcome: a 5xx followed by a timeout is `Timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx with a `data` array.
+    Ok,
+    /// A 4xx (or another non-2xx below 500), not retried; also a
+    /// conversation id that cannot be put in a URL path (`""`, `.`, `..`),
+    /// for which no request is made.
+    ClientError,
+    /// A 5xx on both attempts, or a 2xx whose body is not JSON with a
+    /// `data` array (the backend broke its contract; not retried).
+    ServerError,
+    /// No complete response within `timeout`, on both attempts.
+    Timeout,
+    /// Connection refused/reset, DNS, TLS... on both attempts.
+    Network,
+    /// Served from the cache: no request was made.
+    Cached,
+}
+
+impl Outcome {
+    /// The `outcome` label of `ai_backend_history_requests_total`.
+    /// [`Outcome::Cached`] made no request and must not be counted there
+    /// (the caller counts it as a `history` cache hit); its label,
+    /// `"cached"`, exists only for logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ClientError => "client_error",
+            Outcome::ServerError => "server_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Network => "network",
+            Outcome::Cached => "cached",
+        }
+    }
+
+    /// Whether a request was made (and so belongs in the counter).
+    pub fn requested(self) -> bool {
+        self != Outcome::Cached
+    }
+}
+
+/// Why a [`HistoryClient`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("building the backend HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Why one attempt failed, finer than [`Outcome`] because retrying
+/// depends on more than the label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Status4xx,
+    Status5xx,
+    BadBody,
+    Timeout,
+    Network,
+}
+
+impl Failure {
+    fn outcome(self) -> Outcome {
+        match self {
+            Failure::Status4xx => Outcome::ClientError,
+            Failure::Status5xx | Failure::BadBody => Outcome::ServerError,
+            Failure::Timeout => Outcome::Timeout,
+            Failure::Network => Outcome::Network,
+        }
+    }
+
+    /// §8: one retry on a network error, a timeout or a 5xx; none on a
+    /// 4xx. A malformed 2xx body is not transient, so not retried either.
+    fn retryable(self) -> bool {
+        matches!(
+            self,
+            Failure::Status5xx | Failure::Timeout | Failure::Network
+        )
+    }
+
+    fn from_reqwest(e: &reqwest::Error) -> Self {
+        if e.is_timeout() {
+            Failure::Timeout
+        } else {
+            Failure::Network
+        }
+    }
+}
+
+/// The backend history client: one pooled HTTP client and the history
+/// cache. `Send + Sync`; share it in an `Arc`.
+pub struct HistoryClient {
+    http: reqwest::Client,
+    config: HistoryConfig,
+    cache: Cache,
+}
+
+impl HistoryClient {
+    /// Builds the client. `config.base_url` loses any trailing `/` and
+    /// `config.cache_ttl` is capped at [`MAX_CACHE_TTL`].
+    pub fn new(mut config: HistoryConfig) -> Result<Self, HistoryError> {
+        config.base_url = config.base_url.trim_end_matches('/').to_string();
+        config.cache_ttl = config.cache_ttl.min(MAX_CACHE_TTL);
+        let http = reqwest::Client::builder().user_agent(USER_AGENT).build()?;
+        let cache = Cache::new(config.cache_ttl, CACHE_CAPACITY);
+        Ok(HistoryClient {
+            http,
+            config,
+            cache,
+        })
+    }
+
+    /// The configuration in effect (after normalisation by [`new`](Self::new)).
+    pub fn config(&self) -> &HistoryConfig {
+        &self.config
+    }
+
+    /// The trimmed history of `conversation_id`, and how it was obtained.
+    ///
+    /// A cached entry is used only if it is younger than the TTL and was
+    /// stored for the same `history_length` (the number of stored messages
+    /// the client knows of: a different value means the client has seen a
+    /// turn the entry may lack). Only successful fetches are cached. Never
+    /// fails: on any failure the history is empty.
+    pub async fn fetch(
+        &self,
+        conversation_id: &str,
+        history_length: Option<u64>,
+    ) -> (Vec<ChatMessage>, Outcome) {
+        let started = Instant::now();
+        if let Some(hit) = self.cache.lookup(conversation_id, history_length, started) {
+            return (hit, Outcome::Cached);
+        }
+        let ticket = self.cache.ticket();
+        match self.fetch_raw(conversation_id).await {
+            Ok(raw) => {
+                let messages = trim(&raw, self.config.max_rounds, self.config.max_context_tokens);
+                // Stamped with the start time: the entry's age counts from
+                // when the backend could last have been asked.
+                self.cache
+                    .store(conversation_id, history_length, &messages, ticket, started);
+                (messages, Outcome::Ok)
+            }
+            Err(failure) => {
+                tracing::warn!(
+                    conversation_id,
+                    outcome = failure.outcome().label(),
+                    "conversation history unavailable; continuing without it"
+                );
+                (Vec::new(), failure.outcome())
+            }
+        }
+    }
+
+    /// Drops every cached entry of `conversation_id`; call it when a chat
+    /// turn completes, so the next request sees that turn. A fetch already
+    /// in flight when this is called will not cache its (older) result.
+    pub fn invalidate(&self, conversation_id: &str) {
+        self.cache.invalidate(conversation_id);
+    }
+
+    /// `GET {base_url}/health` with a 5 s timeout: `true` on a 2xx. For the
+    /// `ai_backend_up` gauge.
+    pub async fn probe(&self) -> bool {
+        let url = format!("{}/health", self.config.base_url);
+        match self.http.get(url).timeout(PROBE_TIMEOUT).send().await {
+            Ok(resp) => resp.status().is_success(),
+            Err(e) => {
+                tracing::debug!(error = %e, "backend health probe failed");
+                false
+            }
+        }
+    }
+
+    /// The history URL of `conversation_id`, or `None` for an id that would
+    /// not stay one path segment: `""`, and `.`/`..`, which URL parsers
+    /// resolve as dot segments even when percent-encoded.
+    fn history_url(&self, conversation_id: &str) -> Option<String> {
+        if matches!(conversation_id, "" | "." | "..") {
+            return None;
+        }
+        let c = &self.config;
+        Some(format!(
+            "{}{}{}/{}/history",
+            c.base_url,
+            c.api_prefix,
+            c.conversation_path,
+            utf8_percent_encode(conversation_id, URI_COMPONENT)
+        ))
+    }
+
+    /// Up to two attempts; the raw `data` array on success.
+    async fn fetch_raw(&self, conversation_id: &str) -> Result<Vec<Value>, Failure> {
+        let url = self
+            .history_url(conversation_id)
+            .ok_or(Failure::Status4xx)?;
+        match self.attempt(&url).await {
+            Err(f) if f.retryable() => {
+                tokio::time::sleep(self.config.retry_delay).await;
+                self.attempt(&url).await
+            }
+            other => other,
+        }
+    }
+
+    /// One GET, with a service JWT signed for this attempt.
+    async fn attempt(&self, url: &str) -> Result<Vec<Value>, Failure> {
+        let token = auth::service_token(&self.config.jwt_secret, unix_now());
+        let response = self
+            .http
+            .get(url)
+            .timeout(self.config.timeout)
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header("X-API-Key", &self.config.api_key)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::debug!(error = %e, "history request failed");
+                Failure::from_reqwest(&e)
+            })?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(Failure::Status5xx);
+        }
+        if !status.is_success() {
+            tracing::debug!(%status, "history request refused");
+            return Err(Failure::Status4xx);
+        }
+        let body = read_capped(response, MAX_BODY_BYTES).await?;
+        parse_data(&body).ok_or(Failure::BadBody)
+    }
+}
+
+/// Reads the whole body, failing with [`Failure::BadBody`] past `cap`.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Failure::from_reqwest(&e))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(Failure::BadBody);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The `data` array of a backend body, or `None` when the body is not a
+/// JSON object holding one.
+fn parse_data(body: &[u8]) -> Option<Vec<Value>> {
+    match serde_json::from_slice::<Value>(body).ok()? {
+        Value::Object(mut map) => match map.remove("data")? {
+            Value::Array(items) => Some(items),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Trims raw backend messages to the context budget (§8), keeping
+/// chronological order:
+///
+/// 1. keep the last `max_rounds × 2` messages;
+/// 2. map each to `{role: role‖"user", content: content‖message‖""}`
+///    (JavaScript `‖`: an empty or non-string value falls through);
+/// 3. drop those whose content is blank;
+/// 4. if the [`tokens::estimate`] of all contents exceeds `max_tokens`,
+///    keep the longest newest-first run whose running total stays
+///    `≤ max_tokens`, stopping at the first message that does not fit
+///    (an older, smaller message is not taken past it).
+pub fn trim(raw: &[Value], max_rounds: usize, max_tokens: u64) -> Vec<ChatMessage> {
+    let recent = &raw[raw.len().saturating_sub(max_rounds.saturating_mul(2))..];
+    let mut messages: Vec<ChatMessage> = recent
+        .iter()
+        .map(to_message)
+        .filter(|m| !m.content.trim().is_empty())
+        .collect();
+    let costs: Vec<u64> = messages
+        .iter()
+        .map(|m| tokens::estimate(&m.content))
+        .collect();
+    if costs.iter().sum::<u64>() <= max_tokens {
+        return messages;
+    }
+    let mut running = 0u64;
+    let mut first_kept = messages.len();
+    for (i, cost) in costs.iter().enumerate().rev() {
+        if running + cost > max_tokens {
+            break;
+        }
+        running += cost;
+        first_kept = i;
+    }
+    messages.split_off(first_kept)
+}
+
+fn to_message(v: &Value) -> ChatMessage {
+    let text = |key: &str| v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    ChatMessage::new(
+        text("role").unwrap_or("user"),
+        text("content").or_else(|| text("message")).unwrap_or(""),
+    )
+}
+
+/// The history cache: per conversation, up to a few entries keyed by
+/// `history_length`, each living less than `ttl`.
+///
+/// Invalidation leaves a marker (an empty entry stamped with a global
+/// invalidation counter) instead of removing the conversation, so a fetch
+/// that started before the invalidation, and may therefore miss the new
+/// turn, sees on completion that it is stale and does not store.
+struct Cache {
+    ttl: Duration,
+    inner: Mutex<CacheInner>,
+}
+
+struct CacheInner {
+    conversations: LruCache<String, Conversation>,
+    /// Invalidations so far; a fetch's ticket is the value when it began.
+    invalidations: u64,
+}
+
+struct Conversation {
+    /// `invalidations` right after this conversation was last invalidated.
+    invalidated_at: u64,
+    /// Oldest first.
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    history_length: Option<u64>,
+    stored_at: Instant,
+    messages: Vec<ChatMessage>,
+}
+
+impl Cache {
+    fn new(ttl: Duration, capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Cache {
+            ttl,
+            inner: Mutex::new(CacheInner {
+                conversations: LruCache::new(capacity),
+                invalidations: 0,
+            }),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    /// The lock; a panic elsewhere while holding it leaves only cache
+    /// entries behind, which are safe to keep using.
+    fn lock(&self) -> MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lookup(
+        &self,
+        id: &str,
+        history_length: Option<u64>,
+        now: Instant,
+    ) -> Option<Vec<ChatMessage>> {
+        if !self.enabled() {
+            return None;
+        }
+        let ttl = self.ttl;
+        let mut inner = self.lock();
+        let conv = inner.conversations.get_mut(id)?;
+        conv.entries
+            .retain(|e| now.saturating_duration_since(e.stored_at) < ttl);
+        conv.entries
+            .iter()
+            .find(|e| e.history_length == history_length)
+            .map(|e| e.messages.clone())
+    }
+
+    fn ticket(&self) -> u64 {
+        self.lock().invalidations
+    }
+
+    fn store(
+        &self,
+        id: &str,
+        history_length: Option<u64>,
+        messages: &[ChatMessage],
+        ticket: u64,
+        stored_at: Instant,
+    ) {
+        if !self.enabled() {
+            return;
+        }
+        let mut inner = self.lock();
+        let conv = inner
+            .conversations
+            .get_or_insert_mut(id.to_string(), || Conversation {
+                invalidated_at: 0,
+                entries: Vec::new(),
+            });
+        if conv.invalidated_at > ticket {
+            return; // invalidated while this fetch was in flight
+        }
+        conv.entries.retain(|e| e.history_length != history_length);
+        if conv.entries.len() >= VARIANTS_PER_CONVERSATION {
+            conv.entries.remove(0);
+        }
+        conv.entries.push(Entry {
+            history_length,
+            stored_at,
+            messages: messages.to_vec(),
+        });
+    }
+
+    fn invalidate(&self, id: &str) {
+        if !self.enabled() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.invalidations += 1;
+        let marker = Conversation {
+            invalidated_at: inner.invalidations,
+            entries: Vec::new(),
+        };
+        inner.conversations.put(id.to_string(), marker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage::new(role, content)
+    }
+
+    // ---- trim ----
+
+    #[test]
+    fn trim_keeps_the_last_rounds() {
+        let raw: Vec<Value> = (0..25)
+            .map(|i| json!({"role": if i % 2 == 0 {"user"} else {"assistant"}, "content": format!("m{i}")}))
+            .collect();
+        let out = trim(&raw, 10, 2000);
+        assert_eq!(out.len(), 20);
+        assert_eq!(out[0], msg("assistant", "m5"));
+        assert_eq!(out[19], msg("user", "m24"));
+        assert_eq!(
+            trim(&raw, 1, 2000),
+            vec![msg("assistant", "m23"), msg("user", "m24")]
+        );
+        assert_eq!(trim(&raw, 100, 2000).len(), 25);
+        assert!(trim(&raw, 0, 2000).is_empty());
+        assert!(trim(&[], 10, 2000).is_empty());
+    }
+
+    #[test]
+    fn trim_maps_role_and_content_like_javascript_or() {
+        let raw = vec![
+            json!({"content": "no role"}),
+            json!({"role": "", "content": "empty role"}),
+            json!({"role": 5, "content": "numeric role"}),
+            json!({"role": "assistant", "message": "from message"}),
+            json!({"role": "assistant", "content": "", "message": "empty content"}),
+            json!({"role": "system", "content": "both", "message": "ignored"}),
+            json!({"role": "user", "content": null, "message": "null content"}),
+        ];
+        assert_eq!(
+            trim(&raw, 10, 2000),
+            vec![
+                msg("user", "no role"),
+                msg("user", "empty role"),
+                msg("user", "numeric role"),
+                msg("assistant", "from message"),
+                msg("assistant", "empty content"),
+                msg("system", "both"),
+                msg("user", "null content"),
+            ]
+        );
+    }
+
+    #[test]
+    fn trim_drops_blank_messages_after_the_round_cut() {
+        let raw = vec![
+            json!({"role": "user", "content": "old"}),
+            json!({"role": "user", "content": "   "}),
+            json!({"role": "assistant"}),
+            json!({"role": "user", "content": "\n\t"}),
+            json!("not an object"),
+            json!({"role": "user", "content": 42}),
+            json!({"role": "user", "content": " kept "}),
+        ];
+        // The round cut (last 6) happens before blanks are dropped, so
+        // "old" is not pulled back in.
+        assert_eq!(trim(&raw, 3, 2000), vec![msg("user", " kept ")]);
+    }
+
+    #[test]
+    fn trim_fits_the_token_budget_newest_first() {
+        // Costs: "a b c" 3, "你好" 3, "one" 1, "x y" 2.
+        let raw = vec![
+            json!({"role": "user", "content": "a b c"}),
+            json!({"role": "assistant", "content": "你好"}),
+            json!({"role": "user", "content": "one"}),
+            json!({"role": "assistant", "content": "x y"}),
+        ];
+        assert_eq!(trim(&raw, 10, 9).len(), 4); // total 9: within budget
+        assert_eq!(
+            trim(&raw, 10, 8),
+            vec![
+                msg("assistant", "你好"),
+                msg("user", "one"),
+                msg("assistant", "x y")
+            ]
+        );
+        assert_eq!(
+            trim(&raw, 10, 5),
+            vec![msg("user", "one"), msg("assistant", "x y")]
+        );
+        assert_eq!(trim(&raw, 10, 2), vec![msg("assistant", "x y")]);
+        assert!(trim(&raw, 10, 1).is_empty()); // the newest does not fit
+        assert!(trim(&raw, 10, 0).is_empty());
+    }
+
+    #[test]
+    fn trim_stops_at_the_first_message_that_does_not_fit() {
+        // Costs newest-first: 1, 10, 1. Budget 5: keep the 1, stop at the
+        // 10, even though the oldest 1 would fit.
+        let raw = vec![
+            json!({"role": "user", "content": "small"}),
+            json!({"role": "assistant", "content": "a b c d e f g h i j"}),
+            json!({"role": "user", "content": "tiny"}),
+        ];
+        assert_eq!(trim(&raw, 10, 5), vec![msg("user", "tiny")]);
+    }
+
+    #[test]
+    fn trim_budget_counts_only_kept_non_blank_messages() {
+        let mut raw = vec![json!({"role": "user", "content": "w ".repeat(5000)})];
+        raw.extend((0..20).map(|i| json!({"role": "user", "content": format!("m{i}")})));
+        // The big one is outside the last 20, so the total is 20 ≤ 20.
+        assert_eq!(trim(&raw, 10, 20).len(), 20);
+    }
+
+    // ---- outcome ----
+
+    #[test]
+    fn outcome_labels_match_the_metric() {
+        assert_eq!(Outcome::Ok.label(), "ok");
+        assert_eq!(Outcome::ClientError.label(), "client_error");
+        assert_eq!(Outcome::ServerError.label(), "server_error");
+        assert_eq!(Outcome::Timeout.label(), "timeout");
+        assert_eq!(Outcome::Network.label(), "network");
+        assert!(Outcome::Network.requested());
+        assert!(!Outcome::Cached.requested());
+    }
+
+    #[test]
+    fn parse_data_wants_an_object_with_a_data_array() {
+        assert_eq!(
+            parse_data(br#"{"success":true,"data":[1]}"#),
+            Some(vec![json!(1)])
+        );
+        assert_eq!(parse_data(br#"{"data":[]}"#), Some(vec![]));
+        assert_eq!(parse_data(br#"{"data":null}"#), None);
+        assert_eq!(parse_data(br#"{"data":{}}"#), None);
+        assert_eq!(parse_data(br#"[1]"#), None);
+        assert_eq!(parse_data(b"not json"), None);
+        assert_eq!(parse_data(b""), None);
+    }
+
+    // ---- cache ----
+
+    #[test]
+    fn cache_entries_expire_at_the_ttl() {
+        let cache = Cache::new(Duration::from_secs(30), 10);
+        let t0 = Instant::now();
+        let m = vec![msg("user", "hi")];
+        cache.store("c1", None, &m, cache.ticket(), t0);
+        assert_eq!(cache.lookup("c1", None, t0), Some(m.clone()));
+        assert_eq!(
+            cache.lookup("c1", None, t0 + Duration::from_millis(29_999)),
+            Some(m)
+        );
+        assert_eq!(cache.lookup("c1", None, t0 + Duration::from_secs(30)), None);
+        // Expired entries are gone, not just hidden.
+        assert_eq!(cache.lookup("c1", None, t0), None);
+        assert_eq!(cache.lookup("c2", None, t0), None);
+    }
+
+    #[test]
+    fn cache_entries_are_per_history_length() {
+        let cache = Cache::new(Duration::from_secs(30), 10);
+        let t0 = Instant::now();
+        cache.store("c", Some(4), &[msg("user", "four")], cache.ticket(), t0);
+        cache.store("c", None, &[msg("user", "none")], cache.ticket(), t0);
+        assert_eq!(
+            cache.lookup("c", Some(4), t0),
+            Some(vec![msg("user", "four")])
+        );
+        assert_eq!(cache.lookup("c", None, t0), Some(vec![msg("user", "none")]));
+        assert_eq!(cache.lookup("c", Some(6), t0), None);
+        // A newer store for the same value replaces the old one.
+        cache.store("c", Some(4), &[msg("user", "four'")], cache.ticket(), t0);
+        assert_eq!(
+            cache.lookup("c", Some(4), t0),
+            Some(vec![msg("user", "four'")])
+        );
+        // Only the last few variants are kept.
+        for n in 10..20 {
+            cache.store("c", Some(n), &[], cache.ticket(), t0);
+        }
+        assert_eq!(cache.lookup("c", Some(4), t0), None);
+        assert_eq!(cache.lookup("c", Some(19), t0), Some(vec![]));
+    }
+
+    #[test]
+    fn invalidate_drops_all_of_a_conversations_entries() {
+        let cache = Cache::new(Duration::from_secs(30), 10);
+        let t0 = Instant::now();
+        cache.store("c", Some(2), &[msg("user", "a")], cache.ticket(), t0);
+        cache.store("c", None, &[msg("user", "a")], cache.ticket(), t0);
+        cache.store("other", None, &[msg("user", "b")], cache.ticket(), t0);
+        cache.invalidate("c");
+        assert_eq!(cache.lookup("c", Some(2), t0), None);
+        assert_eq!(cache.lookup("c", None, t0), None);
+        assert!(cache.lookup("other", None, t0).is_some());
+        // A fetch that starts after the invalidation may store again.
+        cache.store("c", None, &[msg("user", "new")], cache.ticket(), t0);
+        assert_eq!(cache.lookup("c", None, t0), Some(vec![msg("user", "new")]));
+    }
+
+    #[test]
+    fn a_fetch_in_flight_across_an_invalidation_does_not_store() {
+        let cache = Cache::new(Duration::from_secs(30), 10);
+        let t0 = Instant::now();
+        let ticket = cache.ticket(); // fetch starts
+        cache.invalidate("c"); // a turn completes meanwhile
+        cache.store("c", None, &[msg("user", "stale")], ticket, t0);
+        assert_eq!(cache.lookup("c", None, t0), None);
+        // Invalidating another conversation does not block this one.
+        let ticket = cache.ticket();
+        cache.invalidate("x");
+        cache.store("c", None, &[msg("user", "fresh")], ticket, t0);
+        assert_eq!(
+            cache.lookup("c", None, t0),
+            Some(vec![msg("user", "fresh")])
+        );
+    }
+
+    #[test]
+    fn cache_is_bounded_and_ttl_zero_disables_it() {
+        let cache = Cache::new(Duration::from_secs(30), 2);
+        let t0 = Instant::now();
+        for id in ["a", "b", "c"] {
+            cache.store(id, None, &[], cache.ticket(), t0);
+        }
+        assert_eq!(cache.lookup("a", None, t0), None);
+        assert!(cache.lookup("c", None, t0).is_some());
+
+        let off = Cache::new(Duration::ZERO, 10);
+        off.store("a", None, &[], off.ticket(), t0);
+        assert_eq!(off.lookup("a", None, t0), None);
+    }
+
+    #[test]
+    fn client_caps_the_ttl_and_trims_the_base_url() {
+        let client = HistoryClient::new(HistoryConfig {
+            base_url: "http://h:1/".into(),
+            cache_ttl: Duration::from_secs(900),
+            ..HistoryConfig::default()
+        })
+        .unwrap();
+        assert_eq!(client.config().cache_ttl, MAX_CACHE_TTL);
+        assert_eq!(client.config().base_url, "http://h:1");
+        assert_eq!(
+            client.history_url("a b/c?d#é").as_deref(),
+            Some("http://h:1/internal/api/v1/conversations/a%20b%2Fc%3Fd%23%C3%A9/history")
+        );
+        assert_eq!(
+            client.history_url("42-x_y.z!~*'()").as_deref(),
+            Some("http://h:1/internal/api/v1/conversations/42-x_y.z!~*'()/history")
+        );
+        for id in ["", ".", ".."] {
+            assert_eq!(client.history_url(id), None);
+        }
+    }
+
+    #[test]
+    fn client_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<HistoryClient>();
+    }
+
+    // ---- HTTP, against a canned-response server ----
+
+    struct Canned {
+        status: u16,
+        body: String,
+        delay: Duration,
+    }
+
+    fn canned(status: u16, body: &str) -> Canned {
+        Canned {
+            status,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A server answering one connection per canned response, in order,
+    /// recording each request head. Returns the base URL and the heads.
+    fn serve(responses: Vec<Canned>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        std::thread::spawn(move || {
+            for r in responses {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    return;
+                };
+                seen.lock().unwrap().push(read_head(&mut stream));
+                std::thread::sleep(r.delay);
+                let reply = format!(
+                    "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    r.status,
+                    r.body.len(),
+                    r.body
+                );
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        (base, heads)
+    }
+
+    fn read_head(stream: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => buf.push(byte[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    fn client(base: &str) -> HistoryClient {
+        HistoryClient::new(HistoryConfig {
+            base_url: base.to_string(),
+            api_key: "k3y".into(),
+            jwt_secret: b"s3cret".to_vec(),
+            timeout: Duration::from_millis(500),
+            retry_delay: Duration::from_millis(50),
+            ..HistoryConfig::default()
+        })
+        .unwrap()
+    }
+
+    const TWO: &str = r#"{"success":true,"data":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#;
+
+    fn two() -> Vec<ChatMessage> {
+        vec![msg("user", "hi"), msg("assistant", "hello")]
+    }
+
+    #[tokio::test]
+    async fn sends_the_contract_url_and_headers() {
+        let (base, heads) = serve(vec![canned(200, TWO)]);
+        let c = client(&base);
+        assert_eq!(c.fetch("a b/7", None).await, (two(), Outcome::Ok));
+        let heads = heads.lock().unwrap();
+        assert_eq!(heads.len(), 1);
+        let head = &heads[0];
+        assert!(
+            head.starts_with("GET /internal/api/v1/conversations/a%20b%2F7/history HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert_eq!(header(head, "x-api-key"), Some("k3y"));
+        assert_eq!(header(head, "user-agent"), Some(USER_AGENT));
+        assert_eq!(header(head, "content-type"), Some("application/json"));
+        let claims = auth::verify_internal(
+            Some(b"k3y"),
+            header(head, "authorization").map(str::as_bytes),
+            "k3y",
+            b"s3cret",
+            unix_now(),
+        )
+        .unwrap();
+        assert_eq!(claims["service"], "ai-service");
+        assert_eq!(
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+            300
+        );
+    }
+
+    #[tokio::test]
+    async fn a_5xx_is_retried_once_after_the_delay() {
+        let (base, heads) = serve(vec![canned(500, "{}"), canned(200, TWO)]);
+        let c = client(&base);
+        let t0 = Instant::now();
+        assert_eq!(c.fetch("1", None).await, (two(), Outcome::Ok));
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        assert_eq!(heads.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn two_5xx_give_server_error_and_no_third_try() {
+        let (base, heads) = serve(vec![canned(503, "{}"), canned(502, "{}"), canned(200, TWO)]);
+        let c = client(&base);
+        assert_eq!(c.fetch("1", None).await, (vec![], Outcome::ServerError));
+        assert_eq!(heads.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_4xx_is_not_retried() {
+        let (base, heads) = serve(vec![canned(404, r#"{"success":false}"#), canned(200, TWO)]);
+        let c = client(&base);
+        assert_eq!(c.fetch("1", None).await, (vec![], Outcome::ClientError));
+        assert_eq!(heads.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_network_after_one_retry() {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let c = client(&format!("http://127.0.0.1:{port}"));
+        let t0 = Instant::now();
+        assert_eq!(c.fetch("1", None).await, (vec![], Outcome::Network));
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        assert!(!c.probe().await);
+    }
+
+    #[tokio::test]
+    async fn a_slow_backend_times_out_twice() {
+        let slow = || Canned {
+            delay: Duration::from_millis(800),
+            ..canned(200, TWO)
+        };
+        let (base, heads) = serve(vec![slow(), slow()]);
+        let c = client(&base);
+        let t0 = Instant::now();
+        assert_eq!(c.fetch("1", None).await, (vec![], Outcome::Timeout));
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(1050), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(heads.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_body_is_server_error_not_retried_nor_cached() {
+        let (base, heads) = serve(vec![
+            canned(200, "<html>"),
+            canned(200, r#"{"data":"x"}"#),
+            canned(200, TWO),
+        ]);
+        let c = client(&base);
+        assert_eq!(c.fetch("1", None).await, (vec![], Outcome::ServerError));
+        assert_eq!(heads.lock().unwrap().len(), 1);
+        assert_eq!(c.fetch("1", None).await, (vec![], Outcome::ServerError));
+        assert_eq!(c.fetch("1", None).await, (two(), Outcome::Ok));
+        assert_eq!(heads.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn successes_are_cached_until_invalidated() {
+        let (base, heads) = serve(vec![
+            canned(200, TWO),
+            canned(200, TWO),
+            canned(200, r#"{"data":[]}"#),
+        ]);
+        let c = client(&base);
+        assert_eq!(c.fetch("9", Some(2)).await, (two(), Outcome::Ok));
+        assert_eq!(c.fetch("9", Some(2)).await, (two(), Outcome::Cached));
+        assert_eq!(heads.lock().unwrap().len(), 1);
+        // Another history_length is another entry.
+        assert_eq!(c.fetch("9", Some(3)).await, (two(), Outcome::Ok));
+        assert_eq!(heads.lock().unwrap().len(), 2);
+        // A completed turn makes the next request go to the backend.
+        c.invalidate("9");
+        assert_eq!(c.fetch("9", Some(2)).await, (vec![], Outcome::Ok));
+        assert_eq!(heads.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn fetch_trims_with_the_configured_budget() {
+        let body = json!({"data": (0..30).map(|i| json!({"role": "user", "content": format!("m{i}")})).collect::<Vec<_>>()}).to_string();
+        let (base, _) = serve(vec![canned(200, &body)]);
+        let c = HistoryClient::new(HistoryConfig {
+            max_rounds: 2,
+            max_context_tokens: 3,
+            ..client(&base).config().clone()
+        })
+        .unwrap();
+        let (m, o) = c.fetch("1", None).await;
+        assert_eq!(o, Outcome::Ok);
+        assert_eq!(
+            m,
+            vec![msg("user", "m27"), msg("user", "m28"), msg("user", "m29")]
+        );
+    }
+
+    #[tokio::test]
+    async fn unusable_ids_make_no_request() {
+        let c = client("http://127.0.0.1:9");
+        assert_eq!(c.fetch("..", None).await, (vec![], Outcome::ClientError));
+    }
+
+    #[tokio::test]
+    async fn probe_is_true_only_on_2xx() {
+        let (base, heads) = serve(vec![canned(200, "{}"), canned(503, "{}")]);
+        let c = client(&base);
+        assert!(c.probe().await);
+        assert!(!c.probe().await);
+        assert!(heads.lock().unwrap()[0].starts_with("GET /health HTTP/1.1"));
+    }
+}

@@ -16,20 +16,29 @@
 //! - [`request_id`], [`clock`]: request ids and timestamps;
 //! - [`state`]: what connection tasks share (phase, counters).
 
+pub mod api;
 pub mod auth;
+pub mod chat;
 pub mod clock;
+pub mod cors;
 pub mod health;
 pub mod history;
 pub mod listener;
 pub mod provider;
+pub mod ratelimit;
+pub mod reasoning;
 pub mod request_id;
 pub mod response;
 pub mod router;
 pub mod routing;
 pub mod server;
+pub mod services;
 pub mod settings;
 pub mod state;
+pub mod stream;
+pub mod telemetry;
 pub mod tokens;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,12 +70,49 @@ pub fn run() -> anyhow::Result<()> {
         pid = std::process::id(),
         "starting"
     );
-    let router_config_loaded = health::router_config_loads(&settings.keywords_config);
-    let state = Arc::new(AppState::new(settings, started, router_config_loaded));
+    if settings.is_production()
+        && settings.pipeline.jwt_secret.0 == "dev_jwt_secret_key_change_in_production"
+    {
+        tracing::warn!("JWT_SECRET is the development default in production; set a real secret");
+    }
+    telemetry::install();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    runtime.block_on(server::serve(sockets.listeners, state))
+    runtime.block_on(async move {
+        // reqwest clients register with the runtime's reactor: build inside it.
+        let services =
+            services::Services::new(&settings).context("setting up the chat pipeline")?;
+        tracing::info!(
+            provider = services.provider.name(),
+            simulated = services.provider.is_simulated(),
+            router_fallback = services.router.is_fallback(),
+            "pipeline ready"
+        );
+        let state = Arc::new(AppState::new(settings, started, services));
+        tokio::spawn(probe_backend(state.clone()));
+        if let Some(port) = state.settings.pipeline.metrics_port {
+            tokio::spawn(server::serve_metrics(port));
+        }
+        server::serve(sockets.listeners, state).await
+    })
+}
+
+/// Probes the backend's `/health` every `HEALTH_CHECK_INTERVAL` for the
+/// `ai_backend_up` gauge. Never touches request handling.
+async fn probe_backend(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(
+        state
+            .settings
+            .pipeline
+            .health_check_interval
+            .max(std::time::Duration::from_secs(1)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        telemetry::backend_up(state.services.history.probe().await);
+    }
 }

@@ -97,6 +97,25 @@ pub fn error(
     message: Option<&str>,
     request_id: &str,
 ) -> Response<Body> {
+    error_with(
+        status,
+        code,
+        error,
+        message,
+        request_id,
+        serde_json::Map::new(),
+    )
+}
+
+/// An E1 error response with extra keys (`retryAfter`, `upstream`, ...).
+pub fn error_with(
+    status: StatusCode,
+    code: &str,
+    error: &str,
+    message: Option<&str>,
+    request_id: &str,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Response<Body> {
     json(
         status,
         &ErrorBody {
@@ -106,8 +125,16 @@ pub fn error(
             code,
             request_id,
             timestamp: clock::now_iso8601(),
-            extra: serde_json::Map::new(),
+            extra,
         },
+    )
+}
+
+/// An E2 error response (auth middleware): no timestamp.
+pub fn error_e2(status: StatusCode, code: &str, error: &str, request_id: &str) -> Response<Body> {
+    json(
+        status,
+        &serde_json::json!({"success": false, "error": error, "code": code, "requestId": request_id}),
     )
 }
 
@@ -138,6 +165,68 @@ fn add_security_headers(headers: &mut HeaderMap) {
             HeaderName::from_static(name),
             HeaderValue::from_static(value),
         );
+    }
+}
+
+/// Bodies smaller than this are sent as they are (§11).
+const COMPRESS_MIN: u64 = 1024;
+
+/// gzip (or deflate) a complete body of at least 1 KiB when the client
+/// accepts it. Streams (`text/event-stream`) and bodies of unknown length
+/// are never touched, so SSE frames reach the client as they are written.
+pub async fn compress(resp: &mut Response<Body>, accept_encoding: &str) {
+    use std::io::Write;
+
+    use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, VARY};
+    use http_body_util::BodyExt;
+
+    let is_stream = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_stream || resp.headers().contains_key(CONTENT_ENCODING) {
+        return;
+    }
+    let size = hyper::body::Body::size_hint(resp.body()).exact();
+    if size.is_none_or(|n| n < COMPRESS_MIN) {
+        return;
+    }
+    let accepts = |name: &str| {
+        accept_encoding.split(',').any(|e| {
+            e.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(name))
+        })
+    };
+    let encoding = if accepts("gzip") {
+        "gzip"
+    } else if accepts("deflate") {
+        "deflate"
+    } else {
+        return;
+    };
+    let body = std::mem::replace(resp.body_mut(), full(Bytes::new()));
+    let Ok(collected) = body.collect().await else {
+        return;
+    };
+    let raw = collected.to_bytes();
+    let compressed = if encoding == "gzip" {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&raw).and_then(|_| e.finish())
+    } else {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&raw).and_then(|_| e.finish())
+    };
+    match compressed {
+        Ok(bytes) => {
+            *resp.body_mut() = full(bytes);
+            let h = resp.headers_mut();
+            h.remove(CONTENT_LENGTH);
+            h.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
+            h.append(VARY, HeaderValue::from_static("Accept-Encoding"));
+        }
+        Err(_) => *resp.body_mut() = full(raw),
     }
 }
 

@@ -1,21 +1,37 @@
-//! Request dispatch: the route table, 404/405 handling (API.md §5.7), and
-//! the per-request wrapper that resolves the request id and adds the common
-//! headers to whatever the handler returned.
+//! Request dispatch: the route table and the order of checks every request
+//! goes through (API.md §2): CORS → production User-Agent filter → route
+//! match (404/405, no token needed) → authentication → rate limit → body
+//! (content type, size, JSON) → validation → handler. Then [`finish`] adds
+//! the common, CORS, security and rate-limit headers, compresses large JSON
+//! bodies, records metrics and writes the access log line.
 //!
 //! Routes are one static table of (method, exact path, endpoint) rows, so a
 //! new endpoint is one row plus one `match` arm in [`dispatch`], and the
 //! `Allow` header of a 405 is derived from the same rows and cannot drift.
 //! Paths match exactly, with no trailing-slash normalisation (§1).
 
-use http::header::ALLOW;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
-use serde::Serialize;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use http::header::ALLOW;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::auth::{self, ErrorShape};
 use crate::clock;
+use crate::cors::Decision as CorsDecision;
 use crate::health;
+use crate::ratelimit::{self, Verdict};
 use crate::request_id;
 use crate::response::{self, Body};
 use crate::state::AppState;
+use crate::telemetry;
+use crate::validate;
+use crate::{api, chat};
 
 /// What a matched route runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +40,40 @@ pub enum Endpoint {
     Health,
     Ready,
     ApiHealth,
+    ApiMetrics,
+    Generate,
+    Stream,
+    Translate,
+    Languages,
+    Detect,
+    Providers,
+    Models,
+    InternalTest,
+}
+
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Public,
+    /// A valid user JWT.
+    User,
+    /// A `Bearer ` header must be present, not verified (except in development).
+    BearerPresent,
+    /// `X-API-Key` plus a service JWT.
+    Internal,
+}
+
+impl Endpoint {
+    fn access(self) -> Access {
+        match self {
+            Endpoint::Index | Endpoint::Health | Endpoint::Ready | Endpoint::ApiHealth => {
+                Access::Public
+            }
+            Endpoint::Providers | Endpoint::Models => Access::BearerPresent,
+            Endpoint::InternalTest => Access::Internal,
+            _ => Access::User,
+        }
+    }
 }
 
 /// The route table, in the order `Allow` lists methods.
@@ -32,6 +82,19 @@ static ROUTES: &[(Method, &str, Endpoint)] = &[
     (Method::GET, "/health", Endpoint::Health),
     (Method::GET, "/ready", Endpoint::Ready),
     (Method::GET, "/api/v1/health", Endpoint::ApiHealth),
+    (Method::GET, "/api/v1/metrics", Endpoint::ApiMetrics),
+    (Method::POST, "/api/v1/chat/generate", Endpoint::Generate),
+    (Method::POST, "/api/v1/chat/stream", Endpoint::Stream),
+    (Method::POST, "/api/v1/translate", Endpoint::Translate),
+    (
+        Method::GET,
+        "/api/v1/translate/languages",
+        Endpoint::Languages,
+    ),
+    (Method::POST, "/api/v1/translate/detect", Endpoint::Detect),
+    (Method::GET, "/api/v1/providers", Endpoint::Providers),
+    (Method::GET, "/api/v1/models", Endpoint::Models),
+    (Method::GET, "/internal/api/v1/test", Endpoint::InternalTest),
 ];
 
 /// The outcome of matching a request line against [`ROUTES`].
@@ -64,51 +127,390 @@ pub fn lookup(method: &Method, path: &str) -> Match {
     }
 }
 
-/// Serves one request: resolves its id, dispatches, and adds the common
-/// headers. Never fails: every outcome is an HTTP response.
-pub async fn handle<B>(req: Request<B>, state: &AppState) -> Response<Body> {
+/// The metric label of a path: the matched template, or `unmatched`.
+fn route_label(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|(_, p, _)| *p == path)
+        .map_or("unmatched", |(_, p, _)| p)
+}
+
+/// Facts about one request that `finish` needs after the handler ran.
+struct Exchange {
+    request_id: String,
+    method: Method,
+    path: String,
+    origin: Option<String>,
+    preflight: bool,
+    limit: Option<Verdict>,
+    accept_encoding: Option<String>,
+    no_compression: bool,
+}
+
+/// Serves one request. Never fails: every outcome is an HTTP response.
+pub async fn handle<B>(req: Request<B>, state: Arc<AppState>, peer: SocketAddr) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = Instant::now();
     let request_id =
         request_id::resolve(req.headers().get("x-request-id").map(HeaderValue::as_bytes));
-    let path = req.uri().path().to_owned();
-    let mut resp = dispatch(&req, &path, &request_id, state).await;
-    response::finish(&mut resp, &path, &request_id, &state.worker_id_header);
+    let headers = req.headers();
+    let mut ex = Exchange {
+        request_id,
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        origin: None,
+        preflight: req.method() == Method::OPTIONS,
+        limit: None,
+        accept_encoding: header_str(headers, "accept-encoding").map(str::to_owned),
+        no_compression: headers.contains_key("x-no-compression"),
+    };
+    let mut resp = dispatch(req, &state, peer, &mut ex).await;
+    finish(&mut resp, &state, &ex).await;
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    telemetry::http_request(ex.method.as_str(), route_label(&ex.path), status, elapsed);
+    tracing::info!(
+        target: "access",
+        request_id = %ex.request_id,
+        method = %ex.method,
+        path = %ex.path,
+        status,
+        duration_ms = (elapsed.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        worker = state.settings.worker_id,
+        "request"
+    );
     resp
 }
 
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The client address: the socket peer, or the first `X-Forwarded-For`
+/// entry when `TRUST_PROXY` says a proxy in front sets it.
+fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_proxy: bool) -> String {
+    if trust_proxy {
+        if let Some(first) =
+            header_str(headers, "x-forwarded-for").and_then(|v| v.split(',').next())
+        {
+            if let Ok(ip) = first.trim().parse::<IpAddr>() {
+                return ip.to_string();
+            }
+        }
+    }
+    peer.ip().to_string()
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Crawlers (except the big search and chat-preview bots) are refused in production.
+pub fn blocked_user_agent(ua: &str) -> bool {
+    let ua = ua.to_ascii_lowercase();
+    ["bot", "crawler", "spider", "scraper"]
+        .iter()
+        .any(|w| ua.contains(w))
+        && !["googlebot", "bingbot", "slackbot", "twitterbot"]
+            .iter()
+            .any(|w| ua.contains(w))
+}
+
 async fn dispatch<B>(
-    req: &Request<B>,
-    path: &str,
-    request_id: &str,
-    state: &AppState,
-) -> Response<Body> {
-    match lookup(req.method(), path) {
-        Match::Found(Endpoint::Index) => index(state, request_id),
-        Match::Found(Endpoint::Health) => health::liveness(state),
-        Match::Found(Endpoint::Ready) => health::readiness(state),
-        Match::Found(Endpoint::ApiHealth) => health::components(state),
+    req: Request<B>,
+    state: &Arc<AppState>,
+    peer: SocketAddr,
+    ex: &mut Exchange,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let svc = &state.services;
+    let rid = ex.request_id.clone();
+    let rid = rid.as_str();
+    let settings = &state.settings;
+
+    // (1) CORS; a preflight is answered here.
+    match svc.cors.decide(header_str(req.headers(), "origin")) {
+        CorsDecision::Deny => {
+            return response::error(
+                StatusCode::FORBIDDEN,
+                "CORS_ORIGIN_DENIED",
+                "Origin not allowed",
+                None,
+                rid,
+            );
+        }
+        CorsDecision::AllowWithWarning(o) => {
+            tracing::warn!(origin = %o, "CORS: origin not in the allow-list; allowed outside production");
+            ex.origin = Some(o);
+        }
+        CorsDecision::Allow(o) => ex.origin = Some(o),
+        CorsDecision::NoOrigin => {}
+    }
+    if ex.preflight {
+        let mut resp = Response::new(response::full(Bytes::new()));
+        *resp.status_mut() = StatusCode::OK;
+        return resp;
+    }
+    // (2) The production User-Agent filter.
+    if settings.is_production()
+        && header_str(req.headers(), "user-agent").is_some_and(blocked_user_agent)
+    {
+        return response::json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"success": false, "error": "Access denied", "code": "USER_AGENT_BLOCKED"}),
+        );
+    }
+    // (3) Route match, before any token is looked at.
+    let endpoint = match lookup(req.method(), &ex.path) {
+        Match::Found(e) => e,
         Match::MethodNotAllowed(allow) => {
-            let message = format!("Method {} not allowed for {path}", req.method());
+            let message = format!("Method {} not allowed for {}", req.method(), ex.path);
             let mut resp = response::error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "METHOD_NOT_ALLOWED",
                 &message,
                 None,
-                request_id,
+                rid,
             );
             if let Ok(v) = HeaderValue::from_str(&allow) {
                 resp.headers_mut().insert(ALLOW, v);
             }
-            resp
+            return resp;
         }
         Match::NotFound => {
-            let message = format!("Route {} {path} not found", req.method());
-            response::error(
+            let message = format!("Route {} {} not found", req.method(), ex.path);
+            return response::error(
                 StatusCode::NOT_FOUND,
                 "ROUTE_NOT_FOUND",
                 "Not Found",
                 Some(&message),
-                request_id,
-            )
+                rid,
+            );
+        }
+    };
+    // (4) Authentication.
+    let now = now_unix();
+    let secret = settings.pipeline.jwt_secret.0.as_bytes();
+    let authorization = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let mut user: Option<auth::AuthUser> = None;
+    let mut service_claims: Option<Value> = None;
+    match endpoint.access() {
+        Access::Public => {}
+        Access::User => match auth::verify_user(authorization, secret, now) {
+            Ok(u) => user = Some(u),
+            Err(e) => return auth_error(&e, rid),
+        },
+        Access::BearerPresent => {
+            let has_bearer = authorization.is_some_and(|a| a.starts_with(b"Bearer "));
+            if !has_bearer && settings.node_env != "development" {
+                return response::error(
+                    StatusCode::UNAUTHORIZED,
+                    "AUTHENTICATION_ERROR",
+                    "Authentication required",
+                    None,
+                    rid,
+                );
+            }
+        }
+        Access::Internal => {
+            let key = req.headers().get("x-api-key").map(HeaderValue::as_bytes);
+            match auth::verify_internal(
+                key,
+                authorization,
+                &settings.pipeline.heartalk_api_key.0,
+                secret,
+                now,
+            ) {
+                Ok(claims) => service_claims = Some(claims),
+                Err(e) => return auth_error(&e, rid),
+            }
+        }
+    }
+    // (5) Rate limit (401s above were not counted).
+    if !ratelimit::exempt(req.method(), &ex.path) {
+        let ip = client_ip(req.headers(), peer, settings.pipeline.trust_proxy);
+        let rule = ratelimit::rule(
+            &settings.pipeline.rate_limits,
+            &ex.path,
+            user.as_ref().map(|u| u.user_id.as_str()),
+            &ip,
+            false,
+        );
+        let start = ratelimit::window_start(now, rule.window);
+        let count = svc.limiter.hit(&rule.key, start, rule.window);
+        let verdict = ratelimit::verdict(&rule, count, now);
+        let refused = !verdict.allowed;
+        ex.limit = Some(verdict.clone());
+        if refused {
+            telemetry::rate_limited(rule.bucket.label());
+            let mut extra = serde_json::Map::new();
+            let retry_after = match rule.bucket {
+                ratelimit::Bucket::Admin => 900,
+                ratelimit::Bucket::Global => rule.window,
+                _ => 60,
+            };
+            extra.insert("retryAfter".into(), retry_after.into());
+            return response::error_with(
+                StatusCode::TOO_MANY_REQUESTS,
+                rule.bucket.code(),
+                &rule.message,
+                None,
+                rid,
+                extra,
+            );
+        }
+    }
+    // (6) Body, for POST.
+    let body = if req.method() == Method::POST {
+        match read_json(req, settings.pipeline.max_body_size).await {
+            Ok(v) => Some(v),
+            Err(resp) => return with_rid(resp, rid),
+        }
+    } else {
+        None
+    };
+    // (7) Validation, then the handler.
+    let user_id = user.as_ref().map(|u| u.user_id.as_str());
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match endpoint {
+        Endpoint::Index => index(state, rid),
+        Endpoint::Health => health::liveness(state),
+        Endpoint::Ready => health::readiness(state),
+        Endpoint::ApiHealth => health::components(state),
+        Endpoint::ApiMetrics => api::metrics_stub(),
+        Endpoint::Languages => api::languages(),
+        Endpoint::Providers => api::providers(svc.provider.is_simulated()),
+        Endpoint::Models => api::models(),
+        Endpoint::InternalTest => api::internal_test(service_claims.unwrap_or_default(), rid),
+        Endpoint::Generate | Endpoint::Stream => {
+            let body = body.unwrap_or_default();
+            match validate::chat(&body, user_id, now_ms) {
+                Err(e) => validation_error(&e.0, rid),
+                Ok(input) if endpoint == Endpoint::Generate => {
+                    chat::generate(state, input, rid).await
+                }
+                Ok(input) => chat::stream(state.clone(), input, rid, true).await,
+            }
+        }
+        Endpoint::Translate => match validate::translate(&body.unwrap_or_default()) {
+            Err(e) => validation_error(&e.0, rid),
+            Ok(input) => api::translate(state, input, rid).await,
+        },
+        Endpoint::Detect => match validate::detect(&body.unwrap_or_default()) {
+            Err(e) => validation_error(&e.0, rid),
+            Ok(text) => api::detect(text),
+        },
+    }
+}
+
+fn validation_error(message: &str, rid: &str) -> Response<Body> {
+    response::error(
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_ERROR",
+        message,
+        None,
+        rid,
+    )
+}
+
+fn auth_error(e: &auth::AuthError, rid: &str) -> Response<Body> {
+    match e.shape {
+        ErrorShape::E1 => response::error(e.status, e.code, e.message, None, rid),
+        ErrorShape::E2 => response::error_e2(e.status, e.code, e.message, rid),
+    }
+}
+
+/// Body errors are built before the request id is known to `read_json`.
+fn with_rid(resp: BodyError, rid: &str) -> Response<Body> {
+    match resp {
+        BodyError::ContentType => validation_error("Content-Type must be application/json", rid),
+        BodyError::TooLarge(max) => response::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            &format!("Request body too large (max {max} bytes)"),
+            None,
+            rid,
+        ),
+        BodyError::InvalidJson => validation_error("invalid JSON body", rid),
+        BodyError::Read => validation_error("could not read request body", rid),
+    }
+}
+
+enum BodyError {
+    ContentType,
+    TooLarge(usize),
+    InvalidJson,
+    Read,
+}
+
+/// §2 step 6: JSON content type, non-empty, at most `max` bytes, valid
+/// UTF-8 JSON. A declared `Content-Length` over the limit is refused
+/// before reading.
+async fn read_json<B>(req: Request<B>, max: usize) -> Result<Value, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let is_json = header_str(req.headers(), "content-type")
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(BodyError::ContentType);
+    }
+    let declared =
+        header_str(req.headers(), "content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(BodyError::TooLarge(max));
+    }
+    let bytes = match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(BodyError::TooLarge(max));
+        }
+        Err(_) => return Err(BodyError::Read),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(BodyError::ContentType);
+    }
+    serde_json::from_slice(&bytes).map_err(|_| BodyError::InvalidJson)
+}
+
+/// Adds the headers every response carries and compresses large JSON.
+async fn finish(resp: &mut Response<Body>, state: &AppState, ex: &Exchange) {
+    response::finish(resp, &ex.path, &ex.request_id, &state.worker_id_header);
+    let headers = resp.headers_mut();
+    for (name, value) in &state.services.env_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some(origin) = &ex.origin {
+        state.services.cors.apply(headers, origin, ex.preflight);
+    }
+    if let Some(v) = &ex.limit {
+        for (name, value) in ratelimit::headers(v) {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    if !ex.no_compression {
+        if let Some(enc) = ex.accept_encoding.as_deref() {
+            response::compress(resp, enc).await;
         }
     }
 }
@@ -143,11 +545,17 @@ mod tests {
     use super::*;
     use crate::settings::Settings;
     use crate::state::Phase;
-    use http_body_util::BodyExt;
 
-    fn state() -> AppState {
-        let settings = Settings::from_lookup(|k| (k == "HEARTALK_WORKER_ID").then(|| "7".into()));
-        AppState::new(settings, std::time::Instant::now(), true)
+    fn state() -> Arc<AppState> {
+        let settings = Settings::from_lookup(|k| match k {
+            "HEARTALK_WORKER_ID" => Some("7".into()),
+            "KEYWORDS_CONFIG" => {
+                Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/keywords.json").into())
+            }
+            _ => None,
+        });
+        let services = crate::services::Services::new(&settings).unwrap();
+        Arc::new(AppState::new(settings, std::time::Instant::now(), services))
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -157,21 +565,52 @@ mod tests {
             .block_on(f)
     }
 
-    fn call(state: &AppState, method: Method, path: &str) -> (Response<()>, serde_json::Value) {
+    fn call(
+        state: &Arc<AppState>,
+        method: Method,
+        path: &str,
+    ) -> (Response<()>, serde_json::Value) {
         let req = Request::builder()
             .method(method)
             .uri(path)
             .header("x-request-id", "test-id")
-            .body(())
+            .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
         block_on(async {
-            let (parts, body) = handle(req, state).await.into_parts();
+            let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            let (parts, body) = handle(req, state.clone(), peer).await.into_parts();
             let bytes = body.collect().await.unwrap().to_bytes();
             (
                 Response::from_parts(parts, ()),
                 serde_json::from_slice(&bytes).unwrap(),
             )
         })
+    }
+
+    #[test]
+    fn user_agent_filter() {
+        assert!(blocked_user_agent(
+            "Mozilla/5.0 (compatible; AhrefsBot/7.0)"
+        ));
+        assert!(blocked_user_agent("my-scraper/1.0"));
+        assert!(!blocked_user_agent(
+            "Mozilla/5.0 (compatible; Googlebot/2.1)"
+        ));
+        assert!(!blocked_user_agent("curl/8.0"));
+    }
+
+    #[test]
+    fn forwarded_ip_only_when_trusted() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 10.0.0.1"),
+        );
+        let peer: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        assert_eq!(client_ip(&h, peer, false), "10.0.0.1");
+        assert_eq!(client_ip(&h, peer, true), "203.0.113.9");
+        h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(client_ip(&h, peer, true), "10.0.0.1");
     }
 
     #[test]

@@ -174,7 +174,7 @@ fn spawn_connection(
     let svc_state = state.clone();
     let service = service_fn(move |req| {
         let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(router::handle(req, &state).await) }
+        async move { Ok::<_, Infallible>(router::handle(req, state, peer).await) }
     });
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -210,5 +210,46 @@ impl StopSignals {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
         }
+    }
+}
+
+/// Serves `GET /metrics` (this worker's Prometheus text) on
+/// `127.0.0.1:<METRICS_PORT>`-style admin port `port`, all interfaces.
+/// Failing to bind is logged, not fatal: metrics must not take the service down.
+pub async fn serve_metrics(port: u16) {
+    let listener = match TcpListener::bind(("0.0.0.0", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(port, error = %e, "cannot bind METRICS_PORT; /metrics disabled");
+            return;
+        }
+    };
+    tracing::info!(port, "serving /metrics");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let resp = if req.uri().path() == "/metrics" {
+                    let mut r =
+                        http::Response::new(crate::response::full(crate::telemetry::render()));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    r
+                } else {
+                    let mut r = http::Response::new(crate::response::full("not found\n"));
+                    *r.status_mut() = http::StatusCode::NOT_FOUND;
+                    r
+                };
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }

@@ -8,7 +8,9 @@
 //! matters because a worker that fails to start is retried in a loop by the
 //! supervisor.
 //!
-//! The `.env` file cascade of §14 is not implemented yet.
+//! The `.env` files of §14 are read too: `.env.<NODE_ENV>.local`,
+//! `.env.local`, `.env.<NODE_ENV>`, `.env` in the working directory, an
+//! earlier file winning, the process environment beating them all.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +36,61 @@ pub struct Settings {
     pub reasoning: ReasoningSettings,
     /// Which upstream provider mode is in force (§10).
     pub provider: ProviderSettings,
+    /// Everything the chat pipeline reads (§14).
+    pub pipeline: PipelineSettings,
+}
+
+/// A secret value: usable, but never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// The chat pipeline's configuration (API.md §14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineSettings {
+    pub jwt_secret: Secret,
+    pub heartalk_api_key: Secret,
+    pub backend_url: String,
+    pub backend_api_prefix: String,
+    pub backend_conversation_path: String,
+    /// `HEARTALK_TIMEOUT`: backend request timeout.
+    pub backend_timeout: Duration,
+    /// `HEALTH_CHECK_INTERVAL`: backend probe period.
+    pub health_check_interval: Duration,
+    /// `HISTORY_CACHE_TTL`, capped at 30 s.
+    pub history_cache_ttl: Duration,
+    pub max_context_tokens: u64,
+    pub max_conversation_rounds: usize,
+    pub base_url: String,
+    pub api_key: Secret,
+    /// Endpoint ids (model names) for the two routes.
+    pub chat_endpoint: String,
+    pub work_endpoint: String,
+    /// Whether the endpoint ids came from the environment (live mode needs them).
+    pub endpoints_configured: bool,
+    pub chat_timeout: Duration,
+    pub work_timeout: Duration,
+    pub max_retries: u32,
+    pub stream_usage: bool,
+    pub simulated_latency: Duration,
+    pub simulated_tokens_per_sec: u32,
+    pub simulated_reasoning: bool,
+    pub cache_enabled: bool,
+    pub cache_ttl: Duration,
+    pub cache_max_entries: u64,
+    pub redis_url: Option<String>,
+    pub rate_limits: crate::ratelimit::Limits,
+    /// `ALLOWED_ORIGINS`, or `None` for the built-in list.
+    pub allowed_origins: Option<Vec<String>>,
+    pub trust_proxy: bool,
+    pub max_body_size: usize,
+    pub sse_heartbeat: Duration,
+    pub metrics_port: Option<u16>,
 }
 
 /// The reasoning switches, reported by `/api/v1/health`.
@@ -62,14 +119,16 @@ impl ProviderSettings {
     /// by an empty `BYTEPLUS_API_KEY` (§13 p: no provider config is not a
     /// start-up failure any more).
     pub fn simulated(&self) -> bool {
-        self.mode == "simulated" || !self.has_api_key
+        self.mode == "simulated" || (self.mode != "live" && !self.has_api_key)
     }
 }
 
 impl Settings {
-    /// Reads the process environment.
+    /// Reads the process environment, then the `.env` cascade of the
+    /// working directory for keys the environment does not set.
     pub fn from_env() -> Self {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        let files = dotenv_cascade(std::path::Path::new("."), |k| std::env::var(k).ok());
+        Self::from_lookup(|k| std::env::var(k).ok().or_else(|| files.get(k).cloned()))
     }
 
     /// Builds settings from any key lookup; `from_env` with the process
@@ -104,6 +163,7 @@ impl Settings {
                 name: nonempty("AI_PROVIDER_NAME", "byteplus"),
                 has_api_key: !string("BYTEPLUS_API_KEY", "").trim().is_empty(),
             },
+            pipeline: pipeline(&get),
         }
     }
 
@@ -111,6 +171,138 @@ impl Settings {
     pub fn is_production(&self) -> bool {
         self.node_env == "production"
     }
+}
+
+fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
+    let nonempty = |k: &str, default: &str| {
+        get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let int = |k: &str, default: u64| parse_int(get(k).as_deref(), default);
+    // `MAX_*` = 0 means the default (§14).
+    let max = |k: &str, default: u64| match int(k, default) {
+        0 => default,
+        n => n,
+    };
+    let boolean = |k: &str, default: bool| parse_bool(get(k).as_deref(), default);
+    let ms = |k: &str, default: u64| Duration::from_millis(int(k, default));
+    let chat_ep = get("BYTEPLUS_AMI_CHAT_EP").filter(|v| !v.trim().is_empty());
+    let work_ep = get("BYTEPLUS_AMI_WORK_ASSISTANT_EP").filter(|v| !v.trim().is_empty());
+    let origins = get("ALLOWED_ORIGINS")
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            v.split(',')
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect()
+        });
+    let defaults = crate::ratelimit::Limits::default();
+    PipelineSettings {
+        jwt_secret: Secret(nonempty(
+            "JWT_SECRET",
+            "dev_jwt_secret_key_change_in_production",
+        )),
+        heartalk_api_key: Secret(nonempty(
+            "HEARTALK_API_KEY",
+            "dev_heartalk_api_key_placeholder",
+        )),
+        backend_url: nonempty("HEARTALK_BACKEND_URL", "http://localhost:8000")
+            .trim_end_matches('/')
+            .to_string(),
+        backend_api_prefix: nonempty("BACKEND_API_PREFIX", "/internal/api/v1"),
+        backend_conversation_path: nonempty("BACKEND_CONVERSATION_PATH", "/conversations"),
+        backend_timeout: ms("HEARTALK_TIMEOUT", 10_000),
+        health_check_interval: ms("HEALTH_CHECK_INTERVAL", 30_000),
+        history_cache_ttl: Duration::from_secs(int("HISTORY_CACHE_TTL", 30).min(30)),
+        max_context_tokens: max("MAX_CONTEXT_TOKENS", 2000),
+        max_conversation_rounds: max("MAX_CONVERSATION_ROUNDS", 10) as usize,
+        base_url: nonempty(
+            "BYTEPLUS_BASE_URL",
+            "https://ark.ap-southeast.bytepluses.com/api/v3",
+        )
+        .trim_end_matches('/')
+        .to_string(),
+        api_key: Secret(
+            get("BYTEPLUS_API_KEY")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        endpoints_configured: chat_ep.is_some() && work_ep.is_some(),
+        chat_endpoint: chat_ep
+            .unwrap_or_else(|| "sim-chat".into())
+            .trim()
+            .to_string(),
+        work_endpoint: work_ep
+            .unwrap_or_else(|| "sim-work".into())
+            .trim()
+            .to_string(),
+        chat_timeout: ms("BYTEPLUS_TIMEOUT", 30_000),
+        work_timeout: ms("BYTEPLUS_WORK_ASSISTANT_TIMEOUT", 60_000),
+        max_retries: parse_int(get("UPSTREAM_MAX_RETRIES").as_deref(), 2),
+        stream_usage: boolean("UPSTREAM_STREAM_USAGE", true),
+        simulated_latency: ms("SIMULATED_LATENCY_MS", 300),
+        simulated_tokens_per_sec: parse_int(get("SIMULATED_TOKENS_PER_SEC").as_deref(), 40),
+        simulated_reasoning: boolean("SIMULATED_REASONING", false),
+        cache_enabled: boolean("CACHE_ENABLED", true),
+        cache_ttl: Duration::from_secs(int("CACHE_TTL", 7200)),
+        cache_max_entries: max("RESPONSE_CACHE_MAX_ENTRIES", 10_000),
+        redis_url: get("REDIS_URL").filter(|v| !v.trim().is_empty()),
+        rate_limits: crate::ratelimit::Limits {
+            admin_max: max("RATE_LIMIT_ADMIN_MAX", defaults.admin_max),
+            stream_max: max("RATE_LIMIT_STREAM_MAX", defaults.stream_max),
+            ai_max: max("RATE_LIMIT_AI_MAX", defaults.ai_max),
+            user_max: max("RATE_LIMIT_USER_MAX", defaults.user_max),
+            global_max: max("RATE_LIMIT_MAX_REQUESTS", defaults.global_max),
+            global_window: max("RATE_LIMIT_WINDOW", 15) * 60,
+            global_message: nonempty("RATE_LIMIT_MESSAGE", &defaults.global_message),
+        },
+        allowed_origins: origins,
+        trust_proxy: boolean("TRUST_PROXY", false),
+        max_body_size: max("MAX_BODY_SIZE", 1_048_576) as usize,
+        sse_heartbeat: Duration::from_secs(max("SSE_HEARTBEAT_SECS", 15)),
+        metrics_port: get("METRICS_PORT").and_then(|v| v.trim().parse().ok()),
+    }
+}
+
+/// Reads the `.env` cascade in `dir` (§14): `.env.<NODE_ENV>.local`,
+/// `.env.local`, `.env.<NODE_ENV>`, `.env`; the first file to set a key
+/// wins. `NODE_ENV` itself comes from `env`, else from `.env.local`/`.env`.
+pub fn dotenv_cascade(
+    dir: &std::path::Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> std::collections::HashMap<String, String> {
+    let read = |name: &str| -> Vec<(String, String)> {
+        match dotenvy::from_path_iter(dir.join(name)) {
+            Ok(iter) => iter.filter_map(Result::ok).collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+    let local = read(".env.local");
+    let base = read(".env");
+    let find = |list: &[(String, String)], k: &str| {
+        list.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let node_env = env("NODE_ENV")
+        .or_else(|| find(&local, "NODE_ENV"))
+        .or_else(|| find(&base, "NODE_ENV"))
+        .unwrap_or_else(|| "development".into());
+    let mut out = std::collections::HashMap::new();
+    for list in [
+        read(&format!(".env.{node_env}.local")),
+        local,
+        read(&format!(".env.{node_env}")),
+        base,
+    ] {
+        for (k, v) in list {
+            out.entry(k).or_insert(v);
+        }
+    }
+    out
 }
 
 /// A base-10 integer (surrounding whitespace allowed); unset, empty,
@@ -210,6 +402,68 @@ mod tests {
         assert!(forced.provider.simulated());
         let blank = settings(&[("BYTEPLUS_API_KEY", "  ")]);
         assert!(blank.provider.simulated());
+    }
+
+    #[test]
+    fn pipeline_defaults_and_overrides() {
+        let p = settings(&[]).pipeline;
+        assert_eq!(p.jwt_secret.0, "dev_jwt_secret_key_change_in_production");
+        assert_eq!(p.chat_endpoint, "sim-chat");
+        assert!(!p.endpoints_configured);
+        assert_eq!(p.chat_timeout, Duration::from_secs(30));
+        assert_eq!(p.work_timeout, Duration::from_secs(60));
+        assert_eq!(p.rate_limits.global_window, 900);
+        assert_eq!(p.max_body_size, 1_048_576);
+        assert_eq!(
+            format!("{:?}", p.heartalk_api_key),
+            "\"***\"",
+            "secrets never print"
+        );
+        let p = settings(&[
+            ("HISTORY_CACHE_TTL", "300"),
+            ("MAX_CONTEXT_TOKENS", "0"),
+            ("RATE_LIMIT_WINDOW", "1"),
+            ("ALLOWED_ORIGINS", " https://a.example , https://b.example,"),
+            ("BYTEPLUS_AMI_CHAT_EP", "ep-chat"),
+            ("BYTEPLUS_AMI_WORK_ASSISTANT_EP", "ep-work"),
+            ("BYTEPLUS_BASE_URL", "http://127.0.0.1:9/api/v3/"),
+        ])
+        .pipeline;
+        assert_eq!(
+            p.history_cache_ttl,
+            Duration::from_secs(30),
+            "capped at 30 s"
+        );
+        assert_eq!(p.max_context_tokens, 2000, "MAX_* = 0 means the default");
+        assert_eq!(p.rate_limits.global_window, 60);
+        assert_eq!(
+            p.allowed_origins.unwrap(),
+            ["https://a.example", "https://b.example"]
+        );
+        assert!(p.endpoints_configured);
+        assert_eq!(p.base_url, "http://127.0.0.1:9/api/v3");
+    }
+
+    #[test]
+    fn live_mode_without_key_is_still_live() {
+        let s = settings(&[("AI_PROVIDER_MODE", "live")]);
+        assert!(!s.provider.simulated());
+    }
+
+    #[test]
+    fn dotenv_cascade_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        w(".env", "A=base\nB=base\nC=base\nD=base\n");
+        w(".env.production", "A=prod\nB=prod\nC=prod\n");
+        w(".env.local", "A=local\nB=local\n");
+        w(".env.production.local", "A=prodlocal\n");
+        let env = |k: &str| (k == "NODE_ENV").then(|| "production".to_string());
+        let m = dotenv_cascade(dir.path(), env);
+        assert_eq!(m["A"], "prodlocal");
+        assert_eq!(m["B"], "local");
+        assert_eq!(m["C"], "prod");
+        assert_eq!(m["D"], "base");
     }
 
     #[test]

@@ -27,7 +27,6 @@ pub enum Phase {
 }
 
 /// Shared, read-mostly worker state.
-#[derive(Debug)]
 pub struct AppState {
     pub settings: Settings,
     /// When the process started, for `uptime`.
@@ -38,18 +37,21 @@ pub struct AppState {
     /// loads its table once, so that is the state it is in (false → the
     /// built-in fallback table, health `degraded`).
     pub router_config_loaded: bool,
+    /// Provider, router, history client, limiter, CORS policy.
+    pub services: crate::services::Services,
     phase: AtomicU8,
     connections: AtomicUsize,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, started: Instant, router_config_loaded: bool) -> Self {
+    pub fn new(settings: Settings, started: Instant, services: crate::services::Services) -> Self {
         let worker_id_header = HeaderValue::from(settings.worker_id);
         AppState {
             settings,
             started,
             worker_id_header,
-            router_config_loaded,
+            router_config_loaded: !services.router.is_fallback(),
+            services,
             phase: AtomicU8::new(Phase::Starting as u8),
             connections: AtomicUsize::new(0),
         }
@@ -82,7 +84,6 @@ impl AppState {
 }
 
 /// See [`AppState::connection_opened`].
-#[derive(Debug)]
 pub struct ConnectionGuard(std::sync::Arc<AppState>);
 
 impl Drop for ConnectionGuard {

@@ -55,6 +55,7 @@ pub struct Supervisor {
     pub dir: tempfile::TempDir,
     events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
 
@@ -105,7 +106,7 @@ impl Supervisor {
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().expect("stdout");
         let ev = events.clone();
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 // Worker output shares this stream; keep the supervisor's
                 // own events (target `heartalk` or `heartalk::*`).
@@ -119,7 +120,7 @@ impl Supervisor {
         });
         let err = child.stderr.take().expect("stderr");
         let se = stderr.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = BufReader::new(err).read_to_string(&mut s);
             se.lock().unwrap().push_str(&s);
@@ -129,6 +130,7 @@ impl Supervisor {
             dir,
             events,
             stderr,
+            readers: vec![out_reader, err_reader],
             status: None,
         }
     }

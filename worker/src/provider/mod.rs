@@ -215,7 +215,9 @@ impl UpstreamError {
     /// The `outcome` label of `ai_upstream_requests_total`.
     pub fn outcome(&self) -> &'static str {
         match self {
-            UpstreamError::Http { status: 429, code, .. } if is_quota(code.as_deref()) => "quota",
+            UpstreamError::Http {
+                status: 429, code, ..
+            } if is_quota(code.as_deref()) => "quota",
             UpstreamError::Http { status: 429, .. } => "rate_limited",
             UpstreamError::Http { status, .. } if *status >= 500 => "http_5xx",
             UpstreamError::Http { .. } => "http_4xx",
@@ -229,7 +231,9 @@ impl UpstreamError {
     /// `upstream:{status, code}` for E1 bodies, when known.
     pub fn upstream_info(&self) -> Option<serde_json::Value> {
         match self {
-            UpstreamError::Http { status, code, .. } => Some(serde_json::json!({"status": status, "code": code})),
+            UpstreamError::Http { status, code, .. } => {
+                Some(serde_json::json!({"status": status, "code": code}))
+            }
             _ => None,
         }
     }
@@ -261,13 +265,19 @@ pub trait Provider: Send + Sync {
     fn is_simulated(&self) -> bool;
 
     /// One whole completion, retried as §10.1 allows.
-    fn complete(&self, req: CompletionRequest) -> BoxFuture<'static, Result<Completion, UpstreamError>>;
+    fn complete(
+        &self,
+        req: CompletionRequest,
+    ) -> BoxFuture<'static, Result<Completion, UpstreamError>>;
 
     /// Starts a streamed completion. The future resolves once the upstream
     /// has answered 2xx (so earlier failures are ordinary JSON errors, and
     /// are retried as §10.1 allows); the stream then yields deltas and ends
     /// with [`StreamEvent::Done`] or an error.
-    fn stream(&self, req: CompletionRequest) -> BoxFuture<'static, Result<EventStream, UpstreamError>>;
+    fn stream(
+        &self,
+        req: CompletionRequest,
+    ) -> BoxFuture<'static, Result<EventStream, UpstreamError>>;
 }
 
 #[cfg(test)]
@@ -314,7 +324,13 @@ mod tests {
         assert!(!t.retryable());
         assert_eq!(t.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(t.to_string(), "Upstream timeout after 30000 ms");
-        assert!(UpstreamError::Network { kind: "connect".into(), detail: "refused".into() }.retryable());
+        assert!(
+            UpstreamError::Network {
+                kind: "connect".into(),
+                detail: "refused".into()
+            }
+            .retryable()
+        );
     }
 
     #[test]
@@ -328,7 +344,10 @@ mod tests {
         )
         .unwrap();
         a.add(&b);
-        assert_eq!((a.prompt_tokens, a.completion_tokens, a.total_tokens), (11, 7, 18));
+        assert_eq!(
+            (a.prompt_tokens, a.completion_tokens, a.total_tokens),
+            (11, 7, 18)
+        );
         assert_eq!(a.extra["completion_tokens_details"]["reasoning_tokens"], 6);
         let missing: Usage = serde_json::from_str("{}").unwrap();
         assert_eq!(missing.total_tokens, 0);

@@ -1,0 +1,324 @@
+//! Rate limits (API.md §4): which bucket a request falls in, fixed windows
+//! aligned to the Unix epoch, and the headers every limited response
+//! carries.
+//!
+//! Bucket choice and header values are pure functions. Counting goes
+//! through the [`Counter`] trait: [`LocalCounter`] counts inside this
+//! process; fleet-wide and Redis-backed counters implement the same trait.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// One of the Node.js service's buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    Admin,
+    Stream,
+    AiApi,
+    User,
+    Global,
+}
+
+impl Bucket {
+    /// The metric label and key prefix.
+    pub fn label(self) -> &'static str {
+        match self {
+            Bucket::Admin => "admin",
+            Bucket::Stream => "stream",
+            Bucket::AiApi => "ai_api",
+            Bucket::User => "user",
+            Bucket::Global => "global",
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Bucket::Admin => "ADMIN_API_RATE_LIMIT_EXCEEDED",
+            Bucket::Stream => "STREAM_RATE_LIMIT_EXCEEDED",
+            Bucket::AiApi => "AI_API_RATE_LIMIT_EXCEEDED",
+            Bucket::User => "USER_RATE_LIMIT_EXCEEDED",
+            Bucket::Global => "RATE_LIMIT_EXCEEDED",
+        }
+    }
+}
+
+/// Limits per bucket (`RATE_LIMIT_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub admin_max: u64,
+    pub stream_max: u64,
+    pub ai_max: u64,
+    pub user_max: u64,
+    pub global_max: u64,
+    /// `RATE_LIMIT_WINDOW` in seconds (minutes × 60).
+    pub global_window: u64,
+    /// `RATE_LIMIT_MESSAGE`.
+    pub global_message: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            admin_max: 100,
+            stream_max: 10,
+            ai_max: 30,
+            user_max: 60,
+            global_max: 100,
+            global_window: 15 * 60,
+            global_message: "Too many requests from this IP, please try again later.".into(),
+        }
+    }
+}
+
+/// The rule that applies to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub bucket: Bucket,
+    pub max: u64,
+    /// Window length in seconds.
+    pub window: u64,
+    /// Counter key, e.g. `stream:user-1` or `203.0.113.9`.
+    pub key: String,
+    pub message: String,
+}
+
+/// Paths and methods that are never limited.
+pub fn exempt(method: &http::Method, path: &str) -> bool {
+    method == http::Method::OPTIONS
+        || matches!(
+            path,
+            "/" | "/health" | "/ready" | "/metrics" | "/api/v1/health" | "/favicon.ico"
+        )
+}
+
+/// §4: the first matching row, by substring of the lower-cased path.
+/// `streaming_completions` is true for `/v1/chat/completions` with
+/// `stream:true`.
+pub fn rule(
+    limits: &Limits,
+    path: &str,
+    user: Option<&str>,
+    ip: &str,
+    streaming_completions: bool,
+) -> Rule {
+    let p = path.to_ascii_lowercase();
+    let who = user.unwrap_or(ip);
+    let completions = p == "/v1/chat/completions";
+    let (bucket, max, window, key, message) = if p.contains("/admin/") {
+        (
+            Bucket::Admin,
+            limits.admin_max,
+            900,
+            format!("admin:{who}"),
+            "Too many admin API requests, please try again later.",
+        )
+    } else if p.contains("/stream") || (completions && streaming_completions) {
+        (
+            Bucket::Stream,
+            limits.stream_max,
+            60,
+            format!("stream:{who}"),
+            "Too many streaming requests, please try again later.",
+        )
+    } else if p.contains("/api/v1/chat/") || p.contains("/api/v1/translate/") || completions {
+        (
+            Bucket::AiApi,
+            limits.ai_max,
+            60,
+            format!("ai_api:{who}"),
+            "Too many AI API requests, please try again later.",
+        )
+    } else if let (Some(u), false) = (user, p.starts_with("/internal/")) {
+        (
+            Bucket::User,
+            limits.user_max,
+            60,
+            format!("user:{u}"),
+            "Too many requests from this user, please try again later.",
+        )
+    } else {
+        return Rule {
+            bucket: Bucket::Global,
+            max: limits.global_max,
+            window: limits.global_window,
+            key: ip.to_string(),
+            message: limits.global_message.clone(),
+        };
+    };
+    Rule {
+        bucket,
+        max,
+        window,
+        key,
+        message: message.to_string(),
+    }
+}
+
+/// The verdict for one request, with what the headers need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub window: u64,
+    /// Seconds until the window ends.
+    pub reset_in: u64,
+    /// Unix seconds of the window end.
+    pub reset_at: u64,
+}
+
+/// Window start for `now` (fixed windows aligned to the epoch).
+pub fn window_start(now_unix: u64, window: u64) -> u64 {
+    now_unix - now_unix % window.max(1)
+}
+
+/// Turns the count *including this request* into a verdict: the
+/// (max+1)-th request in a window is refused.
+pub fn verdict(rule: &Rule, count: u64, now_unix: u64) -> Verdict {
+    let start = window_start(now_unix, rule.window);
+    let reset_at = start + rule.window;
+    Verdict {
+        allowed: count <= rule.max,
+        limit: rule.max,
+        remaining: rule.max.saturating_sub(count),
+        window: rule.window,
+        reset_in: reset_at - now_unix,
+        reset_at,
+    }
+}
+
+/// The rate-limit headers of §4 (plus `Retry-After` when refused).
+pub fn headers(v: &Verdict) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("ratelimit-policy", format!("{};w={}", v.limit, v.window)),
+        ("ratelimit-limit", v.limit.to_string()),
+        ("ratelimit-remaining", v.remaining.to_string()),
+        ("ratelimit-reset", v.reset_in.to_string()),
+        ("x-ratelimit-limit", v.limit.to_string()),
+        ("x-ratelimit-remaining", v.remaining.to_string()),
+        ("x-ratelimit-reset", v.reset_at.to_string()),
+    ];
+    if !v.allowed {
+        h.push(("retry-after", v.reset_in.to_string()));
+    }
+    h
+}
+
+/// Counts hits per key and window.
+pub trait Counter: Send + Sync {
+    /// Adds one hit to `key` in the window starting at `window_start` and
+    /// returns the count so far, this hit included.
+    fn hit(&self, key: &str, window_start: u64, window: u64) -> u64;
+}
+
+/// Counts inside this process.
+#[derive(Default)]
+pub struct LocalCounter {
+    counts: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+/// Entries kept before stale windows are swept.
+const SWEEP_AT: usize = 50_000;
+
+impl Counter for LocalCounter {
+    fn hit(&self, key: &str, window_start: u64, window: u64) -> u64 {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.len() >= SWEEP_AT {
+            counts.retain(|_, (start, _)| *start + window >= window_start);
+        }
+        let entry = counts.entry(key.to_string()).or_insert((window_start, 0));
+        if entry.0 != window_start {
+            *entry = (window_start, 0);
+        }
+        entry.1 += 1;
+        entry.1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_match_in_table_order() {
+        let l = Limits::default();
+        let r = |path: &str, user: Option<&str>| rule(&l, path, user, "1.2.3.4", false);
+        assert_eq!(r("/api/v1/admin/users", Some("u")).bucket, Bucket::Admin);
+        assert_eq!(r("/api/v1/admin/users", None).key, "admin:1.2.3.4");
+        assert_eq!(r("/api/v1/chat/stream", Some("u")).bucket, Bucket::Stream);
+        assert_eq!(r("/api/v1/chat/stream", Some("u")).key, "stream:u");
+        assert_eq!(r("/API/V1/CHAT/GENERATE", Some("u")).bucket, Bucket::AiApi);
+        assert_eq!(
+            r("/api/v1/translate/detect", Some("u")).bucket,
+            Bucket::AiApi
+        );
+        assert_eq!(
+            r("/api/v1/translate", Some("u")).bucket,
+            Bucket::User,
+            "no trailing slash"
+        );
+        assert_eq!(r("/api/v1/metrics", Some("u")).key, "user:u");
+        assert_eq!(
+            r("/internal/api/v1/test", Some("svc")).bucket,
+            Bucket::Global
+        );
+        assert_eq!(r("/api/v1/providers", None).key, "1.2.3.4");
+        assert_eq!(r("/v1/chat/completions", Some("u")).bucket, Bucket::AiApi);
+        assert_eq!(
+            rule(&l, "/v1/chat/completions", Some("u"), "ip", true).bucket,
+            Bucket::Stream
+        );
+        let g = r("/api/v1/providers", None);
+        assert_eq!((g.max, g.window), (100, 900));
+    }
+
+    #[test]
+    fn exemptions() {
+        use http::Method;
+        for p in [
+            "/",
+            "/health",
+            "/ready",
+            "/metrics",
+            "/api/v1/health",
+            "/favicon.ico",
+        ] {
+            assert!(exempt(&Method::GET, p), "{p}");
+        }
+        assert!(exempt(&Method::OPTIONS, "/api/v1/chat/generate"));
+        assert!(!exempt(&Method::POST, "/api/v1/chat/generate"));
+    }
+
+    #[test]
+    fn the_eleventh_stream_request_is_refused_with_headers() {
+        let l = Limits::default();
+        let c = LocalCounter::default();
+        let rule = rule(&l, "/api/v1/chat/stream", Some("u"), "ip", false);
+        let now = 1_700_000_010;
+        let start = window_start(now, rule.window);
+        let verdicts: Vec<Verdict> = (0..11)
+            .map(|_| verdict(&rule, c.hit(&rule.key, start, rule.window), now))
+            .collect();
+        assert!(verdicts[..10].iter().all(|v| v.allowed));
+        let last = &verdicts[10];
+        assert!(!last.allowed);
+        assert_eq!(last.remaining, 0);
+        let h: HashMap<_, _> = headers(last).into_iter().collect();
+        assert_eq!(h["ratelimit-limit"], "10");
+        assert_eq!(h["x-ratelimit-limit"], "10");
+        assert_eq!(h["ratelimit-policy"], "10;w=60");
+        assert_eq!(h["retry-after"], "30");
+        assert_eq!(h["ratelimit-reset"], "30");
+        assert_eq!(h["x-ratelimit-reset"], "1700000040");
+        assert_eq!(verdicts[0].remaining, 9);
+    }
+
+    #[test]
+    fn a_new_window_starts_from_zero() {
+        let c = LocalCounter::default();
+        assert_eq!(c.hit("k", 60, 60), 1);
+        assert_eq!(c.hit("k", 60, 60), 2);
+        assert_eq!(c.hit("k", 120, 60), 1);
+        assert_eq!(window_start(119, 60), 60);
+    }
+}

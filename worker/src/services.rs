@@ -1,0 +1,185 @@
+//! The long-lived objects the request handlers share, built once per
+//! worker from [`Settings`]: the provider (wrapped so every upstream call
+//! is counted), the keyword router and its decision cache, the history
+//! client, the rate-limit counter and the CORS policy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use http::{HeaderName, HeaderValue};
+
+use crate::cors::{self, Cors};
+use crate::history::{HistoryClient, HistoryConfig};
+use crate::provider::ark::{ArkConfig, ArkProvider};
+use crate::provider::simulated::{SimulatedConfig, SimulatedProvider};
+use crate::provider::{
+    Completion, CompletionRequest, EndpointKind, EventStream, Provider, StreamEvent, UpstreamError,
+};
+use crate::ratelimit::{Counter, LocalCounter};
+use crate::routing::{DecisionCache, Router};
+use crate::settings::Settings;
+use crate::telemetry;
+
+/// Everything a handler needs besides the request.
+pub struct Services {
+    pub provider: Arc<dyn Provider>,
+    pub router: Router,
+    pub decisions: DecisionCache,
+    pub history: HistoryClient,
+    pub limiter: Box<dyn Counter>,
+    pub cors: Cors,
+    /// CSP, CORP, COOP, HSTS for this `NODE_ENV`, computed once.
+    pub env_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Services {
+    pub fn new(settings: &Settings) -> anyhow::Result<Services> {
+        let p = &settings.pipeline;
+        let inner: Arc<dyn Provider> = if settings.provider.simulated() {
+            Arc::new(SimulatedProvider::new(SimulatedConfig {
+                latency: p.simulated_latency,
+                tokens_per_sec: p.simulated_tokens_per_sec,
+                reasoning: p.simulated_reasoning,
+            }))
+        } else {
+            if !p.endpoints_configured {
+                tracing::error!(
+                    "live mode without BYTEPLUS_AMI_CHAT_EP / BYTEPLUS_AMI_WORK_ASSISTANT_EP: calls will use the placeholder model names sim-chat / sim-work"
+                );
+            }
+            Arc::new(ArkProvider::new(ArkConfig {
+                base_url: p.base_url.clone(),
+                api_key: p.api_key.0.clone(),
+                name: settings.provider.name.clone(),
+                max_retries: p.max_retries,
+                stream_usage: p.stream_usage,
+            })?)
+        };
+        let router = Router::load(&settings.keywords_config);
+        if router.is_fallback() {
+            tracing::warn!(path = %settings.keywords_config.display(), "router config missing or invalid; using the built-in fallback table");
+        }
+        let decisions = DecisionCache::new(router.cache_size(), router.cache_ttl());
+        let history = HistoryClient::new(HistoryConfig {
+            base_url: p.backend_url.clone(),
+            api_prefix: p.backend_api_prefix.clone(),
+            conversation_path: p.backend_conversation_path.clone(),
+            api_key: p.heartalk_api_key.0.clone(),
+            jwt_secret: p.jwt_secret.0.as_bytes().to_vec(),
+            timeout: p.backend_timeout,
+            retry_delay: Duration::from_secs(1),
+            cache_ttl: p.history_cache_ttl,
+            max_rounds: p.max_conversation_rounds,
+            max_context_tokens: p.max_context_tokens,
+        })?;
+        Ok(Services {
+            provider: Arc::new(Metered(inner)),
+            router,
+            decisions,
+            history,
+            limiter: Box::new(LocalCounter::default()),
+            cors: Cors::new(&settings.node_env, p.allowed_origins.as_deref()),
+            env_headers: cors::environment_headers(&settings.node_env),
+        })
+    }
+
+    /// Model id and per-attempt timeout of an endpoint.
+    pub fn endpoint(&self, settings: &Settings, kind: EndpointKind) -> (String, Duration) {
+        let p = &settings.pipeline;
+        match kind {
+            EndpointKind::Chat => (p.chat_endpoint.clone(), p.chat_timeout),
+            EndpointKind::WorkAssistant => (p.work_endpoint.clone(), p.work_timeout),
+        }
+    }
+}
+
+/// Counts every upstream call (`ai_upstream_requests_total`,
+/// `ai_upstream_duration_seconds`) around any provider.
+struct Metered(Arc<dyn Provider>);
+
+impl Provider for Metered {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn is_simulated(&self) -> bool {
+        self.0.is_simulated()
+    }
+
+    fn complete(
+        &self,
+        req: CompletionRequest,
+    ) -> BoxFuture<'static, Result<Completion, UpstreamError>> {
+        let name = self.0.name().to_string();
+        let endpoint = req.endpoint.label();
+        let call = self.0.complete(req);
+        Box::pin(async move {
+            let start = Instant::now();
+            let result = call.await;
+            let outcome = match &result {
+                Ok(_) => "success",
+                Err(e) => e.outcome(),
+            };
+            telemetry::upstream(&name, endpoint, outcome, start.elapsed());
+            result
+        })
+    }
+
+    fn stream(
+        &self,
+        req: CompletionRequest,
+    ) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
+        let name = self.0.name().to_string();
+        let endpoint = req.endpoint.label();
+        let call = self.0.stream(req);
+        Box::pin(async move {
+            let start = Instant::now();
+            match call.await {
+                Err(e) => {
+                    telemetry::upstream(&name, endpoint, e.outcome(), start.elapsed());
+                    Err(e)
+                }
+                Ok(stream) => {
+                    // Record once, when the stream ends (or is dropped).
+                    let guard = StreamOutcome {
+                        name,
+                        endpoint,
+                        start,
+                        outcome: "cancelled",
+                    };
+                    let counted = stream.scan(guard, |g, item| {
+                        match &item {
+                            Ok(StreamEvent::Done { .. }) => g.outcome = "success",
+                            Err(e) => g.outcome = e.outcome(),
+                            _ => {}
+                        }
+                        futures_util::future::ready(Some(item))
+                    });
+                    Ok(counted.boxed())
+                }
+            }
+        })
+    }
+}
+
+/// Records a stream's outcome when it is dropped: `cancelled` unless the
+/// stream reached `Done` or an error first.
+struct StreamOutcome {
+    name: String,
+    endpoint: &'static str,
+    start: Instant,
+    outcome: &'static str,
+}
+
+impl Drop for StreamOutcome {
+    fn drop(&mut self) {
+        telemetry::upstream(
+            &self.name,
+            self.endpoint,
+            self.outcome,
+            self.start.elapsed(),
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! Server-Sent Events to the client (API.md §5.3): the frame formats, the
+//! 15-second `: ping` heartbeat, exactly one final `complete` (or `error`)
+//! frame, and cancellation of the upstream call when the client leaves.
+//!
+//! A spawned task pumps upstream deltas into a bounded channel that backs
+//! the response body. It waits on three things at once: the next upstream
+//! event, the heartbeat timer, and the channel closing (hyper drops the
+//! body when the client disconnects). On the last, it drops the upstream
+//! stream at once, which aborts the upstream HTTP request — so a client
+//! that goes away stops costing tokens within milliseconds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::provider::{EventStream, StreamEvent, Usage};
+use crate::reasoning::Strategy;
+use crate::response::{Body, BoxError};
+use crate::state::AppState;
+use crate::telemetry;
+
+/// Frames buffered between the pump and the socket. Small: a slow client
+/// should slow the pump (and so the upstream read), not grow memory.
+const CHANNEL_FRAMES: usize = 16;
+
+/// What the frames need to say besides the deltas.
+pub struct Meta {
+    pub provider: String,
+    pub conversation_id: String,
+    pub route: String,
+    pub strategy: Strategy,
+    pub show_reasoning: bool,
+    /// Estimated prompt tokens, for a stream without upstream usage.
+    pub prompt_estimate: u64,
+    pub heartbeat: Duration,
+    /// Legacy body: a finished turn invalidates the history cache.
+    pub legacy: bool,
+    pub started: Instant,
+}
+
+/// `data: <compact JSON>\n\n`.
+pub fn frame(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+pub const PING: &[u8] = b": ping\n\n";
+
+pub fn content_frame(delta: &str, provider: &str) -> Bytes {
+    frame(&json!({"type": "content", "content": delta, "done": false, "provider": provider}))
+}
+
+pub fn reasoning_frame(delta: &str) -> Bytes {
+    frame(&json!({"type": "reasoning", "reasoning": delta, "done": false}))
+}
+
+pub fn error_frame(message: &str, code: &str) -> Bytes {
+    frame(&json!({"type": "error", "error": message, "code": code, "done": true}))
+}
+
+/// The one final frame of a successful stream.
+pub fn complete_frame(
+    meta: &Meta,
+    usage: &Value,
+    finish_reason: &str,
+    endpoint: &str,
+    cached: bool,
+) -> Bytes {
+    frame(&json!({
+        "type": "complete",
+        "done": true,
+        "usage": usage,
+        "finish_reason": finish_reason,
+        "provider": meta.provider,
+        "metadata": {
+            "conversation_id": meta.conversation_id,
+            "endpoint": endpoint,
+            "route": meta.route,
+            "reasoning": meta.strategy.label(),
+            "cached": cached,
+        }
+    }))
+}
+
+/// Usage from the upstream, or the §8 estimate marked `estimated:true`.
+pub fn final_usage(
+    upstream: Option<Usage>,
+    prompt_estimate: u64,
+    content: &str,
+    reasoning: &str,
+) -> Value {
+    match upstream {
+        Some(u) => serde_json::to_value(u).unwrap_or_else(|_| json!({})),
+        None => {
+            let completion = crate::tokens::estimate(content) + crate::tokens::estimate(reasoning);
+            json!({
+                "prompt_tokens": prompt_estimate,
+                "completion_tokens": completion,
+                "total_tokens": prompt_estimate + completion,
+                "estimated": true,
+            })
+        }
+    }
+}
+
+/// Starts the pump and returns the 200 `text/event-stream` response.
+pub fn respond(
+    state: Arc<AppState>,
+    upstream: EventStream,
+    meta: Meta,
+    http1: bool,
+) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
+    tokio::spawn(pump(state, upstream, meta, tx));
+    let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+    }));
+    let mut resp = Response::new(BodyExt::boxed(body));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    if http1 {
+        // A connection-specific header: legal (and expected) on HTTP/1.1 only.
+        h.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("keep-alive"),
+        );
+    }
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert("x-cache", HeaderValue::from_static("MISS"));
+    resp
+}
+
+/// Why the pump stopped.
+enum End {
+    Completed,
+    Failed,
+    ClientGone,
+}
+
+async fn pump(
+    state: Arc<AppState>,
+    mut upstream: EventStream,
+    meta: Meta,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let mut content = String::new();
+    let mut reasoning = String::new();
+    let mut model: Option<String> = None;
+    let heartbeat = meta.heartbeat.max(Duration::from_millis(100));
+    let end = loop {
+        let next = tokio::select! {
+            biased;
+            () = tx.closed() => break End::ClientGone,
+            item = tokio::time::timeout(heartbeat, upstream.next()) => item,
+        };
+        let out = match next {
+            // No output for a heartbeat interval: keep proxies from timing out.
+            Err(_elapsed) => Bytes::from_static(PING),
+            Ok(None) => {
+                // The provider ends every good stream with Done; a bare end is an error.
+                let _ = send(
+                    &tx,
+                    error_frame(
+                        "Response processing error: stream ended unexpectedly",
+                        "AI_PROVIDER_ERROR",
+                    ),
+                )
+                .await;
+                break End::Failed;
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "upstream stream failed after it started");
+                let _ = send(&tx, error_frame(&e.to_string(), e.code())).await;
+                break End::Failed;
+            }
+            Ok(Some(Ok(StreamEvent::Content(delta)))) => {
+                content.push_str(&delta);
+                content_frame(&delta, &meta.provider)
+            }
+            Ok(Some(Ok(StreamEvent::Reasoning(delta)))) => {
+                reasoning.push_str(&delta);
+                if !meta.show_reasoning {
+                    continue;
+                }
+                reasoning_frame(&delta)
+            }
+            Ok(Some(Ok(StreamEvent::Done {
+                finish_reason,
+                usage,
+                model: m,
+            }))) => {
+                model = m.or(model);
+                let usage_value =
+                    final_usage(usage.clone(), meta.prompt_estimate, &content, &reasoning);
+                if let Some(u) = &usage {
+                    telemetry::tokens("prompt", u.prompt_tokens);
+                    telemetry::tokens("completion", u.completion_tokens);
+                }
+                let endpoint = model.as_deref().unwrap_or("unknown");
+                let fin = complete_frame(
+                    &meta,
+                    &usage_value,
+                    finish_reason.as_deref().unwrap_or("stop"),
+                    endpoint,
+                    false,
+                );
+                if send(&tx, fin).await {
+                    break End::Completed;
+                }
+                break End::ClientGone;
+            }
+        };
+        if !send(&tx, out).await {
+            break End::ClientGone;
+        }
+    };
+    // Dropping the upstream stream here aborts the upstream request.
+    drop(upstream);
+    telemetry::reasoning(meta.strategy.label(), meta.started.elapsed());
+    match end {
+        End::Completed => {
+            if meta.legacy {
+                state.services.history.invalidate(&meta.conversation_id);
+            }
+        }
+        End::ClientGone => {
+            tracing::info!(conversation_id = %meta.conversation_id, "client left mid-stream; upstream cancelled")
+        }
+        End::Failed => {}
+    }
+}
+
+/// Sends one frame unless the client has gone; false when it has.
+async fn send(tx: &mpsc::Sender<Bytes>, frame: Bytes) -> bool {
+    tokio::select! {
+        biased;
+        () = tx.closed() => false,
+        r = tx.send(frame) => r.is_ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_compact_json_lines() {
+        assert_eq!(
+            content_frame("你好", "byteplus"),
+            Bytes::from(
+                "data: {\"type\":\"content\",\"content\":\"你好\",\"done\":false,\"provider\":\"byteplus\"}\n\n"
+            )
+        );
+        assert_eq!(
+            error_frame("Upstream timeout after 5 ms", "TIMEOUT_ERROR"),
+            Bytes::from(
+                "data: {\"type\":\"error\",\"error\":\"Upstream timeout after 5 ms\",\"code\":\"TIMEOUT_ERROR\",\"done\":true}\n\n"
+            )
+        );
+    }
+
+    #[test]
+    fn usage_is_estimated_and_marked_without_upstream_usage() {
+        let u = final_usage(None, 10, "hello world", "");
+        assert_eq!(
+            u,
+            json!({"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"estimated":true})
+        );
+        let real = Usage {
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            total_tokens: 3,
+            ..Usage::default()
+        };
+        assert_eq!(
+            final_usage(Some(real), 10, "x", ""),
+            json!({"prompt_tokens":1,"completion_tokens":2,"total_tokens":3})
+        );
+    }
+}

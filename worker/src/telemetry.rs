@@ -1,0 +1,152 @@
+//! The worker's Prometheus metrics (API.md §12): one recorder per process,
+//! the metric names and labels in one place, and the text rendering that
+//! `/metrics` (on `METRICS_PORT`) and the supervisor's aggregation read.
+//!
+//! Names follow Prometheus conventions: base units in the name, `_total`
+//! on counters, `_seconds` on durations. Recording goes through the
+//! `metrics` facade, so the hot path is a relaxed atomic add. The
+//! `process_*` series (memory, CPU per worker) are not recorded here: the
+//! supervisor reads them from /proc for every worker, with full precision.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Histogram buckets for request and upstream durations, in seconds:
+/// fine below 100 ms (our own overhead), coarse up to model timeouts.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Installs the process-wide recorder (once) and describes every metric.
+/// Returns the handle that renders the text format.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let handle = match builder.install_recorder() {
+            Ok(h) => h,
+            // Another recorder is already installed (tests): render an
+            // unattached one so callers still get a handle.
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        };
+        describe();
+        handle
+    })
+}
+
+/// The current metrics in Prometheus text format.
+pub fn render() -> String {
+    install().render()
+}
+
+fn describe() {
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests answered, by method, route template and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request duration"
+    );
+    describe_counter!(
+        "ai_route_decisions_total",
+        "Keyword-router decisions by route"
+    );
+    describe_counter!(
+        "ai_cache_requests_total",
+        "Cache lookups by cache and result"
+    );
+    describe_gauge!("ai_cache_hit_rate", "Hit rate per cache since start");
+    describe_histogram!(
+        "ai_reasoning_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time spent per reasoning strategy"
+    );
+    describe_counter!(
+        "ai_upstream_requests_total",
+        "Upstream model calls by provider, endpoint and outcome"
+    );
+    describe_histogram!(
+        "ai_upstream_duration_seconds",
+        metrics::Unit::Seconds,
+        "Upstream call duration"
+    );
+    describe_counter!(
+        "ai_tokens_total",
+        "Tokens by kind (prompt, completion, reasoning)"
+    );
+    describe_counter!(
+        "ai_backend_history_requests_total",
+        "History fetches from the HearTalk backend by outcome"
+    );
+    describe_gauge!(
+        "ai_backend_up",
+        "1 when the backend's /health answered the last probe"
+    );
+    describe_counter!(
+        "ai_rate_limited_total",
+        "Requests refused by a rate-limit bucket"
+    );
+    describe_counter!(
+        "ai_upstream_stream_parse_errors_total",
+        "Upstream SSE payloads that did not parse"
+    );
+}
+
+pub fn http_request(method: &str, route: &'static str, status: u16, elapsed: Duration) {
+    counter!("http_requests_total", "method" => method.to_string(), "route" => route, "status" => status.to_string())
+        .increment(1);
+    histogram!("http_request_duration_seconds", "method" => method.to_string(), "route" => route)
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn route_decision(route: &str) {
+    counter!("ai_route_decisions_total", "route" => route.to_string()).increment(1);
+}
+
+pub fn cache_lookup(cache: &'static str, result: &'static str) {
+    counter!("ai_cache_requests_total", "cache" => cache, "result" => result).increment(1);
+}
+
+pub fn reasoning(strategy: &'static str, elapsed: Duration) {
+    histogram!("ai_reasoning_duration_seconds", "strategy" => strategy)
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn upstream(provider: &str, endpoint: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!("ai_upstream_requests_total", "provider" => provider.to_string(), "endpoint" => endpoint, "outcome" => outcome)
+        .increment(1);
+    histogram!("ai_upstream_duration_seconds", "provider" => provider.to_string(), "endpoint" => endpoint)
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn tokens(kind: &'static str, n: u64) {
+    if n > 0 {
+        counter!("ai_tokens_total", "kind" => kind).increment(n);
+    }
+}
+
+pub fn history(outcome: &'static str) {
+    counter!("ai_backend_history_requests_total", "outcome" => outcome).increment(1);
+}
+
+pub fn backend_up(up: bool) {
+    gauge!("ai_backend_up").set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn rate_limited(bucket: &'static str) {
+    counter!("ai_rate_limited_total", "bucket" => bucket).increment(1);
+}
+
+pub fn stream_parse_errors(n: u64) {
+    if n > 0 {
+        counter!("ai_upstream_stream_parse_errors_total").increment(n);
+    }
+}
