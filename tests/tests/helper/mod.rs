@@ -75,6 +75,12 @@ impl Supervisor {
         Self::spawn(config, Some(wrapper), |_| {})
     }
 
+    /// Runs `heartalk run -c <file>` on an existing config file.
+    pub fn run_file(file: &Path, tweak: impl FnOnce(&mut Command)) -> Supervisor {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn_file(file.to_path_buf(), dir, None, tweak)
+    }
+
     fn spawn(
         config: &str,
         wrapper: Option<&[&str]>,
@@ -83,6 +89,15 @@ impl Supervisor {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("ecosystem.toml");
         std::fs::write(&file, config).expect("write config");
+        Self::spawn_file(file, dir, wrapper, tweak)
+    }
+
+    fn spawn_file(
+        file: PathBuf,
+        dir: tempfile::TempDir,
+        wrapper: Option<&[&str]>,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Supervisor {
         let heartalk = workspace_bin("heartalk");
         let mut cmd = match wrapper {
             Some(w) => {
@@ -352,4 +367,144 @@ pub fn real_worker_config(instances: &str, extra: &str) -> String {
         "[[apps]]\nname = \"heartalk\"\nscript = \"{}\"\ninstances = {instances}\nlisten = \"127.0.0.1:0\"\n{extra}\n",
         workspace_bin("heartalk-worker").display()
     )
+}
+
+/// The JWT secret every pipeline test configures.
+pub const SECRET: &str = "test-secret";
+
+/// An HS256 token for `claims`, signed with `secret`.
+pub fn jwt(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("hmac key"),
+    )
+    .expect("encode jwt")
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// API.md §15's `T`: `{userId:"test-user-123", exp:now+3600}`.
+pub fn user_token() -> String {
+    jwt(
+        &serde_json::json!({"userId": "test-user-123", "exp": now_unix() + 3600}),
+        SECRET,
+    )
+}
+
+/// A supervisor running the real worker with `env` in `[apps.env]`, ready.
+pub struct Service {
+    pub sup: Supervisor,
+    pub addr: SocketAddr,
+}
+
+impl Service {
+    pub fn start(instances: u32, env: &[(&str, &str)]) -> Service {
+        let mut extra = String::from("[apps.env]\n");
+        for (k, v) in env {
+            extra.push_str(&format!("{k} = {v:?}\n"));
+        }
+        let keywords = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/keywords.json");
+        if !env.iter().any(|(k, _)| *k == "KEYWORDS_CONFIG") {
+            extra.push_str(&format!(
+                "KEYWORDS_CONFIG = {:?}\n",
+                keywords.display().to_string()
+            ));
+        }
+        if !env.iter().any(|(k, _)| *k == "JWT_SECRET") {
+            extra.push_str(&format!("JWT_SECRET = {SECRET:?}\n"));
+        }
+        let mut sup = Supervisor::start(&real_worker_config(&instances.to_string(), &extra));
+        let addr = sup.addr();
+        sup.wait_ready(instances as usize);
+        Service { sup, addr }
+    }
+
+    /// Env for live mode against `ark` (the §15 set-up).
+    pub fn live_env(base_url: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AI_PROVIDER_MODE", "live".into()),
+            ("BYTEPLUS_API_KEY", "test-key".into()),
+            ("BYTEPLUS_BASE_URL", base_url.to_string()),
+            ("BYTEPLUS_AMI_CHAT_EP", "ep-chat".into()),
+            ("BYTEPLUS_AMI_WORK_ASSISTANT_EP", "ep-work".into()),
+        ]
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Response {
+        post_json(self.addr, path, Some(&user_token()), body)
+    }
+}
+
+/// Starts a live-mode service on `ark`, plus `more` env.
+pub fn live_service(ark_url: &str, more: &[(&str, &str)]) -> Service {
+    let mut env = Service::live_env(ark_url);
+    env.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Service::start(1, &refs)
+}
+
+/// One raw HTTP/1.1 request on a fresh connection; `headers` are added as given.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let timeout = Duration::from_secs(30);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// POST a JSON body with an optional bearer token.
+pub fn post_json(addr: SocketAddr, path: &str, token: Option<&str>, body: &Value) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    request(addr, "POST", path, &headers, body.to_string().as_bytes()).expect("POST")
+}
+
+/// GET with a bearer token.
+pub fn get_auth(addr: SocketAddr, path: &str, token: &str) -> Response {
+    let auth = format!("Bearer {token}");
+    request(addr, "GET", path, &[("Authorization", &auth)], b"").expect("GET")
+}
+
+/// The SSE events of a body, each as its raw text (`data: ...` or `: ping`),
+/// without the blank-line terminator.
+pub fn sse_events(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The JSON payloads of the `data:` events.
+pub fn sse_json(body: &str) -> Vec<Value> {
+    sse_events(body)
+        .iter()
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|err| panic!("bad frame {d}: {err}")))
+        .collect()
 }

@@ -98,8 +98,15 @@ pub fn answer(req: &CompletionRequest, reasoning: bool) -> (String, Option<Strin
         .rev()
         .find(|m| m.role == "user")
         .map(|m| {
-            m.content
-                .split_whitespace()
+            // A wrapped turn (chain-of-thought) carries the user's words in
+            // its question slot; quote those, not the instructions.
+            let text = m
+                .content
+                .split_once("问题：")
+                .map_or(m.content.as_str(), |(_, q)| {
+                    q.split("\n\n").next().unwrap_or(q)
+                });
+            text.split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" ")
                 .chars()
@@ -280,6 +287,13 @@ mod tests {
         assert_eq!(fnv1a(b"", FNV_OFFSET), 0xcbf29ce484222325);
         assert_eq!(fnv1a(b"a", FNV_OFFSET), 0xaf63dc4c8601ec8c);
         assert_eq!(fnv1a(b"foobar", FNV_OFFSET), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn a_wrapped_turn_is_quoted_by_its_question() {
+        let wrapped = crate::reasoning::cot_prompt("我最近工作压力很大", false);
+        let a = answer(&req(&wrapped, 0.7, 2000), false);
+        assert!(a.0.starts_with("关于「我最近工作压力很大」"), "{}", a.0);
     }
 
     #[test]

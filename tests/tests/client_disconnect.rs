@@ -1,0 +1,60 @@
+//! A client that leaves mid-stream cancels the upstream call: the mock Ark
+//! sees its connection closed within 1 s (API.md §5.3 "Disconnects").
+
+mod helper;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use heartalk_e2e::mock_ark::{Behavior, MockArk};
+use helper::*;
+use serde_json::json;
+
+#[test]
+fn disconnect_mid_stream_aborts_the_upstream_within_a_second() {
+    let ark = MockArk::start();
+    // A long, slow answer: 4 characters every 200 ms.
+    ark.set(
+        Behavior::success()
+            .with_content("慢".repeat(400))
+            .with_chunk_delay(Duration::from_millis(200)),
+    );
+    let svc = live_service(&ark.base_url(), &[]);
+
+    let body = json!({"messages":[{"role":"user","content":"你好"}]}).to_string();
+    let mut s = TcpStream::connect(svc.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /api/v1/chat/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        user_token(),
+        body.len()
+    )
+    .unwrap();
+    // Read until the first content frame has arrived.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"type\":\"content\"") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert_eq!(ark.cancelled(), 0);
+
+    let left = Instant::now();
+    drop(s);
+    assert!(
+        ark.wait_for_cancelled(1, Duration::from_secs(1)),
+        "the upstream stream was not cancelled within 1 s"
+    );
+    assert!(left.elapsed() < Duration::from_secs(1));
+    assert_eq!(ark.completed(), 0, "the upstream answer was never finished");
+    // The worker carries on.
+    assert_eq!(http_get(svc.addr, "/health", DEADLINE).unwrap().status, 200);
+}
