@@ -469,7 +469,9 @@ pub fn request(
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
+    // A server may answer (413) and close before reading a large body; the
+    // answer is still there to read.
+    let _ = s.write_all(body);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse_response(&raw)
