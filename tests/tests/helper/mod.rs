@@ -213,6 +213,17 @@ impl Supervisor {
             self.child.try_wait().expect("try_wait")
         });
         self.status = Some(status);
+        // Everything the supervisor wrote is read once its pipes close. A
+        // worker that outlives it would hold them open, hence the deadline.
+        let deadline = std::time::Instant::now() + DEADLINE;
+        for r in std::mem::take(&mut self.readers) {
+            while !r.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
         status
     }
 
