@@ -228,6 +228,10 @@ impl Behavior {
 struct State {
     default: Behavior,
     queue: VecDeque<Behavior>,
+    /// Calls received, recorded or not.
+    calls: usize,
+    /// Keep every request in `requests` (off for long benchmark runs).
+    forget_requests: bool,
     requests: Vec<Value>,
     cancelled: usize,
     completed: usize,
@@ -255,7 +259,12 @@ impl MockArk {
     /// # Panics
     /// If the socket or the runtime cannot be created (a test setup failure).
     pub fn start() -> MockArk {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock ark");
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// Like [`MockArk::start`] on a given address (the benchmark's fixed port).
+    pub fn start_on(addr: &str) -> MockArk {
+        let std_listener = std::net::TcpListener::bind(addr).expect("bind mock ark");
         std_listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
@@ -302,6 +311,12 @@ impl MockArk {
     }
 
     /// Every `/chat/completions` request received so far, in order.
+    /// Stops recording request bodies (calls are still counted), so a long
+    /// load test does not grow the mock's memory.
+    pub fn forget_requests(&self) {
+        lock(&self.state).forget_requests = true;
+    }
+
     pub fn requests(&self) -> Vec<Value> {
         lock(&self.state).requests.clone()
     }
@@ -321,7 +336,7 @@ impl MockArk {
 
     /// How many `/chat/completions` requests were received.
     pub fn calls(&self) -> usize {
-        lock(&self.state).requests.len()
+        lock(&self.state).calls
     }
 
     /// Calls whose client went away before the mock finished answering.
@@ -338,6 +353,7 @@ impl MockArk {
     pub fn reset(&self) {
         let mut s = lock(&self.state);
         s.requests.clear();
+        s.calls = 0;
         s.queue.clear();
         s.cancelled = 0;
         s.completed = 0;
@@ -460,9 +476,12 @@ async fn handle(req: Request<Incoming>, state: Shared) -> Result<Response<Body>,
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned()));
     let behavior = {
         let mut s = lock(&state);
-        s.requests.push(
-            json!({"method": method, "path": path, "headers": headers, "body": body.clone()}),
-        );
+        s.calls += 1;
+        if !s.forget_requests {
+            s.requests.push(
+                json!({"method": method, "path": path, "headers": headers, "body": body.clone()}),
+            );
+        }
         let b = s.queue.pop_front();
         b.unwrap_or_else(|| s.default.clone())
     };
