@@ -104,13 +104,17 @@ run_wrk() { # connections url script
   python3 - "$out" <<'PY'
 import re, sys
 t = sys.argv[1]
+if "50%" not in t:
+    sys.exit("wrk gave no latency distribution:\n" + t)
 def ms(v):
-    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+    if not m:
+        sys.exit(f"unexpected wrk latency {v!r} in:\n{t}")
     n, u = float(m.group(1)), m.group(2)
-    return n / 1000 if u == "us" else n * 1000 if u == "s" else n
+    return {"us": n / 1000, "ms": n, "s": n * 1000, "m": n * 60000}[u]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", t).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", t).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)$", t, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)$", t, re.M).group(1))
 non2xx = int(re.search(r"Non-2xx or 3xx responses: (\d+)", t).group(1)) if "Non-2xx" in t else 0
 m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
 errors = sum(int(x) for x in m.groups()) if m else 0
