@@ -195,7 +195,13 @@ Median: **{med:.0f} req/s** = **{med / baseline:.1f}×** the Node.js service's {
 Added by heartalk: **p50 {th[1] - ma[1]:+.2f} ms**, **p99 {th[2] - ma[2]:+.2f} ms**
 (targets ≤ 1 ms p50: {'met' if th[1] - ma[1] <= 1 else 'NOT met'}; ≤ 5 ms p99: {'met' if th[2] - ma[2] <= 5 else 'NOT met'}).
 """
+# Hand-written analysis below "## Notes" survives a re-run.
+notes = ""
+if os.path.exists(out):
+    old = open(out).read()
+    if "\n## Notes" in old:
+        notes = old[old.index("\n## Notes"):]
 os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-open(out, "w").write(text)
+open(out, "w").write(text + notes)
 print(text)
 PY

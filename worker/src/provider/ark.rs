@@ -69,6 +69,7 @@ pub struct ArkProvider {
 struct Inner {
     client: reqwest::Client,
     url: String,
+    parsed_url: reqwest::Url,
     auth: Option<HeaderValue>,
     name: String,
     max_retries: u32,
@@ -104,13 +105,22 @@ impl ArkProvider {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
+            // Keep every connection a burst opened: with N requests in
+            // flight per worker, a smaller idle cap closes connections after
+            // each burst and the next burst pays for new ones (tail latency).
+            .pool_max_idle_per_host(1024)
             .tcp_keepalive(Duration::from_secs(60))
             .build()
             .map_err(|e| ArkInitError::Client(error_chain(&e)))?;
         Ok(ArkProvider {
             inner: Arc::new(Inner {
                 client,
+                // Parsed once: reqwest would otherwise re-parse (and IDNA-map)
+                // the string on every call.
+                parsed_url: reqwest::Url::parse(&url).map_err(|e| ArkInitError::BaseUrl {
+                    url: cfg.base_url.clone(),
+                    reason: e.to_string(),
+                })?,
                 url,
                 auth,
                 name: cfg.name,
@@ -236,7 +246,7 @@ fn request(inner: &Inner, body: Bytes, stream: bool) -> reqwest::RequestBuilder 
     };
     let mut rb = inner
         .client
-        .post(&inner.url)
+        .post(inner.parsed_url.clone())
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, accept)
         .body(body);
