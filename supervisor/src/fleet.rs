@@ -1,16 +1,28 @@
 //! The fleet: every app's slots, the worker in each, and the rules that move
-//! them between states. All decisions happen here, driven by four inputs
-//! from the event loop (`run.rs`): a child exited, a worker notified, a
-//! deadline passed, an operator asked to stop. Nothing here blocks.
+//! them between states. All decisions happen here, driven by the event loop
+//! (`run.rs`): a child exited, a worker notified, a deadline passed, an
+//! operator asked to stop or reload. Nothing here blocks; the only I/O is
+//! forking workers, signalling them and reading their memory from /proc.
 //!
 //! Slot states: `starting` (spawned, waiting for `READY=1` until
 //! `listen_timeout`) → `online` → (exit) → `waiting` (restart backoff) →
 //! `starting` ...; or `errored` once the restart policy gives up; or
 //! `stopping` → `stopped` during shutdown.
+//!
+//! Replacing a worker never leaves its slot without one: the replacement
+//! starts on the slot's (kept) socket, and only once it is READY does the
+//! old worker get SIGTERM and join the `draining` list, where it finishes
+//! its in-flight requests until it exits or `kill_timeout` passes. A reload
+//! (a *rollout*) does this for every slot, all or nothing: the old
+//! generation keeps serving until every new worker is READY, then all old
+//! workers drain at once (the commit); if any new worker fails to start,
+//! the new ones are killed and the old generation carries on (rollback).
+//! A memory replacement does the same for one slot (its *successor*).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -18,13 +30,14 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use shared::config::{App, Config, Instances};
 
+use crate::memory::{self, Verdict};
 use crate::notify::Message;
 use crate::restart::{Decision, Policy};
 use crate::sockets::{SlotSocket, bind_slots};
 use crate::spawn::{Launch, resolve_program, spawn};
 use crate::sys;
 
-/// Why the fleet could not be set up.
+/// Why the fleet (or a new generation of it) could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("{0}")]
@@ -65,10 +78,21 @@ impl fmt::Display for SlotState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitInfo {
     /// `crash` (non-zero exit or signal), `exit` (code 0 while not asked to
-    /// stop), `listen_timeout`, `spawn_failed` or `stopped`.
+    /// stop), `listen_timeout`, `spawn_failed`, `memory` (killed over
+    /// `max_memory_hard`), `stopped`, `reload` or `memory` (replaced and
+    /// drained).
     pub reason: &'static str,
     pub code: Option<i32>,
     pub signal: Option<String>,
+}
+
+/// The outcome of the last reload, for logs and `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub generation: u64,
+    /// `committed`, `rolled_back` or `refused`.
+    pub outcome: &'static str,
+    pub reason: Option<String>,
 }
 
 struct Worker {
@@ -81,25 +105,103 @@ struct Worker {
     kill_at: Option<Instant>,
     /// Killed for missing `listen_timeout`.
     failed_start: bool,
+    /// Why the supervisor killed it, if it did (`memory`).
+    kill_reason: Option<&'static str>,
     killed: bool,
+}
+
+impl Worker {
+    fn new(pid: Pid, generation: u64, now: Instant, listen_timeout: Duration) -> Worker {
+        Worker {
+            pid,
+            generation,
+            spawned_at: now,
+            ready_at: None,
+            ready_deadline: now + listen_timeout,
+            kill_at: None,
+            failed_start: false,
+            kill_reason: None,
+            killed: false,
+        }
+    }
 }
 
 struct Slot {
     index: usize,
-    socket: Option<SlotSocket>,
+    socket: Option<Arc<SlotSocket>>,
     state: SlotState,
     worker: Option<Worker>,
+    /// A memory replacement waiting for READY.
+    successor: Option<Worker>,
     restarts: u32,
     unstable: u32,
     restart_at: Option<Instant>,
     last_exit: Option<ExitInfo>,
+    strikes: u32,
+    next_memory_check: Option<Instant>,
+}
+
+impl Slot {
+    fn new(index: usize, socket: Arc<SlotSocket>) -> Slot {
+        Slot {
+            index,
+            socket: Some(socket),
+            state: SlotState::Waiting,
+            worker: None,
+            successor: None,
+            restarts: 0,
+            unstable: 0,
+            restart_at: None,
+            last_exit: None,
+            strikes: 0,
+            next_memory_check: None,
+        }
+    }
 }
 
 struct AppRun {
     config: App,
     program: PathBuf,
     policy: Policy,
+    limits: memory::Limits,
     slots: Vec<Slot>,
+}
+
+impl AppRun {
+    fn monitored(&self) -> bool {
+        self.limits.soft.is_some() || self.limits.hard.is_some()
+    }
+}
+
+/// A reload in progress: the next generation, started `max_surge` workers
+/// at a time per app while the current one keeps serving.
+struct Rollout {
+    apps: Vec<AppRun>,
+    pending: VecDeque<(usize, usize)>,
+    generation: u64,
+}
+
+/// An old worker finishing its in-flight work.
+struct Draining {
+    pid: Pid,
+    app: String,
+    slot: usize,
+    generation: u64,
+    reason: &'static str,
+    kill_at: Instant,
+    killed: bool,
+    /// Keeps a retired slot's socket open until its worker has drained, so
+    /// connections queued on it are still served (scale-down).
+    _socket: Option<Arc<SlotSocket>>,
+}
+
+/// Which worker a pid is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Current(usize, usize),
+    Successor(usize, usize),
+    Next(usize, usize),
+    Draining,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,72 +212,114 @@ enum Mode {
 
 pub struct Fleet {
     apps: Vec<AppRun>,
-    /// pid → (app index, slot index), for every live worker.
-    pids: HashMap<Pid, (usize, usize)>,
+    rollout: Option<Rollout>,
+    draining: Vec<Draining>,
+    pids: HashMap<Pid, Role>,
     mode: Mode,
     notify_socket: String,
+    /// The newest generation number handed out.
     generation: u64,
+    cpus: u32,
     /// A worker had to be SIGKILLed during the stop (exit code 1).
     forced: bool,
     announced_ready: bool,
+    reload_queued: bool,
+    last_reload: Option<ReloadOutcome>,
+}
+
+/// Builds the runtime form of `config`'s apps, reusing the slot sockets of
+/// `current` where app name, address and slot index match.
+fn build_apps(config: &Config, cpus: u32, current: &[AppRun]) -> Result<Vec<AppRun>, SetupError> {
+    let mut apps = Vec::new();
+    for app in &config.apps {
+        let program = resolve_program(app).map_err(SetupError::Program)?;
+        let count = match app.instances {
+            Instances::Count(n) => n.get() as usize,
+            Instances::Max => cpus as usize,
+        };
+        let old = current
+            .iter()
+            .find(|a| a.config.name == app.name && a.config.listen == app.listen);
+        let reusable: Vec<Arc<SlotSocket>> = old
+            .map(|a| a.slots.iter().filter_map(|s| s.socket.clone()).collect())
+            .unwrap_or_default();
+        let mut sockets: Vec<Arc<SlotSocket>> = reusable.into_iter().take(count).collect();
+        if sockets.len() < count {
+            let addr = sockets.first().map_or(app.listen, |s| s.addr);
+            let fresh =
+                bind_slots(addr, count - sockets.len()).map_err(|source| SetupError::Bind {
+                    app: app.name.clone(),
+                    addr: app.listen,
+                    source,
+                })?;
+            sockets.extend(fresh.into_iter().map(Arc::new));
+        }
+        tracing::info!(
+            event = "listening",
+            app = %app.name,
+            addr = %sockets[0].addr,
+            slots = count,
+            "{count} SO_REUSEPORT socket(s)"
+        );
+        apps.push(AppRun {
+            policy: Policy {
+                base: app.restart_delay,
+                cap: app.restart_delay_max,
+                min_uptime: app.min_uptime,
+                max_restarts: app.max_restarts,
+            },
+            limits: memory::Limits {
+                soft: app.max_memory,
+                hard: app.max_memory_hard,
+                strikes: app.memory_strikes,
+            },
+            config: app.clone(),
+            program,
+            slots: sockets
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| Slot::new(i, s))
+                .collect(),
+        });
+    }
+    Ok(apps)
+}
+
+fn exit_parts(status: WaitStatus) -> (Option<i32>, Option<String>) {
+    match status {
+        WaitStatus::Exited(_, code) => (Some(code), None),
+        WaitStatus::Signaled(_, sig, _) => (None, Some(sig.as_str().to_string())),
+        _ => (None, None),
+    }
 }
 
 impl Fleet {
     /// Resolves programs and binds every slot socket; starts nothing yet.
     pub fn new(config: &Config, notify_socket: String, cpus: u32) -> Result<Fleet, SetupError> {
-        let mut apps = Vec::new();
-        for app in &config.apps {
-            let program = resolve_program(app).map_err(SetupError::Program)?;
-            let count = match app.instances {
-                Instances::Count(n) => n.get() as usize,
-                Instances::Max => cpus as usize,
-            };
-            let sockets = bind_slots(app.listen, count).map_err(|source| SetupError::Bind {
-                app: app.name.clone(),
-                addr: app.listen,
-                source,
-            })?;
-            tracing::info!(
-                event = "listening",
-                app = %app.name,
-                addr = %sockets[0].addr,
-                slots = count,
-                "bound {count} SO_REUSEPORT socket(s)"
-            );
-            let slots = sockets
-                .into_iter()
-                .enumerate()
-                .map(|(index, s)| Slot {
-                    index,
-                    socket: Some(s),
-                    state: SlotState::Waiting,
-                    worker: None,
-                    restarts: 0,
-                    unstable: 0,
-                    restart_at: None,
-                    last_exit: None,
-                })
-                .collect();
-            apps.push(AppRun {
-                policy: Policy {
-                    base: app.restart_delay,
-                    cap: app.restart_delay_max,
-                    min_uptime: app.min_uptime,
-                    max_restarts: app.max_restarts,
-                },
-                config: app.clone(),
-                program,
-                slots,
-            });
-        }
         Ok(Fleet {
-            apps,
+            apps: build_apps(config, cpus, &[])?,
+            rollout: None,
+            draining: Vec::new(),
             pids: HashMap::new(),
             mode: Mode::Running,
             notify_socket,
             generation: 1,
+            cpus,
             forced: false,
             announced_ready: false,
+            reload_queued: false,
+            last_reload: None,
+        })
+    }
+
+    fn launch(&self, app: &AppRun, slot: &Slot, generation: u64) -> std::io::Result<Pid> {
+        spawn(&Launch {
+            app: &app.config,
+            program: &app.program,
+            slot: slot.index,
+            generation,
+            socket: slot.socket.as_ref().map(|s| s.raw_fd()),
+            notify_socket: &self.notify_socket,
         })
     }
 
@@ -190,32 +334,17 @@ impl Fleet {
 
     fn start_slot(&mut self, a: usize, s: usize, now: Instant) {
         let generation = self.generation;
+        let result = self.launch(&self.apps[a], &self.apps[a].slots[s], generation);
         let app = &mut self.apps[a];
         let slot = &mut app.slots[s];
         slot.restart_at = None;
-        let launch = Launch {
-            app: &app.config,
-            program: &app.program,
-            slot: slot.index,
-            generation,
-            socket: slot.socket.as_ref().map(SlotSocket::raw_fd),
-            notify_socket: &self.notify_socket,
-        };
-        match spawn(&launch) {
+        match result {
             Ok(pid) => {
                 tracing::info!(event = "worker_spawned", app = %app.config.name, slot = slot.index, pid = pid.as_raw(), generation);
                 slot.state = SlotState::Starting;
-                slot.worker = Some(Worker {
-                    pid,
-                    generation,
-                    spawned_at: now,
-                    ready_at: None,
-                    ready_deadline: now + app.config.listen_timeout,
-                    kill_at: None,
-                    failed_start: false,
-                    killed: false,
-                });
-                self.pids.insert(pid, (a, s));
+                slot.strikes = 0;
+                slot.worker = Some(Worker::new(pid, generation, now, app.config.listen_timeout));
+                self.pids.insert(pid, Role::Current(a, s));
             }
             Err(e) => {
                 tracing::error!(event = "spawn_failed", app = %app.config.name, slot = slot.index, program = %app.program.display(), error = %e);
@@ -231,23 +360,73 @@ impl Fleet {
 
     /// A child was reaped. Orphans (not workers) are only logged.
     pub fn on_exit(&mut self, pid: Pid, status: WaitStatus, now: Instant) {
-        let Some((a, s)) = self.pids.remove(&pid) else {
+        let Some(role) = self.pids.remove(&pid) else {
             tracing::debug!(event = "orphan_reaped", pid = pid.as_raw(), status = ?status);
             return;
         };
+        let (code, signal) = exit_parts(status);
+        match role {
+            Role::Current(a, s) => self.current_exited(a, s, code, signal, now),
+            Role::Successor(a, s) => {
+                let app = &mut self.apps[a];
+                let slot = &mut app.slots[s];
+                slot.successor = None;
+                tracing::warn!(
+                    event = "memory_replace_failed",
+                    app = %app.config.name,
+                    slot = slot.index,
+                    pid = pid.as_raw(),
+                    code,
+                    signal = signal.as_deref(),
+                    "the replacement exited before it was ready; the old worker keeps serving"
+                );
+            }
+            Role::Next(a, s) => {
+                let name = self
+                    .rollout
+                    .as_ref()
+                    .map(|r| r.apps[a].config.name.clone())
+                    .unwrap_or_default();
+                tracing::info!(event = "worker_exited", app = %name, slot = s, pid = pid.as_raw(), reason = "reload_failed", code, signal = signal.as_deref());
+                self.rollback(format!("new worker of app `{name}` slot {s} exited before it was ready (code {code:?}, signal {signal:?})"));
+            }
+            Role::Draining => {
+                if let Some(i) = self.draining.iter().position(|d| d.pid == pid) {
+                    let d = self.draining.swap_remove(i);
+                    tracing::info!(
+                        event = "worker_exited",
+                        app = %d.app,
+                        slot = d.slot,
+                        pid = pid.as_raw(),
+                        generation = d.generation,
+                        reason = d.reason,
+                        code,
+                        signal = signal.as_deref(),
+                        killed = d.killed,
+                    );
+                }
+            }
+        }
+    }
+
+    fn current_exited(
+        &mut self,
+        a: usize,
+        s: usize,
+        code: Option<i32>,
+        signal: Option<String>,
+        now: Instant,
+    ) {
         let stopping = self.mode == Mode::Stopping;
         let app = &mut self.apps[a];
         let slot = &mut app.slots[s];
         let Some(worker) = slot.worker.take() else {
             return;
         };
-        let (code, signal) = match status {
-            WaitStatus::Exited(_, code) => (Some(code), None),
-            WaitStatus::Signaled(_, sig, _) => (None, Some(sig.as_str().to_string())),
-            _ => (None, None),
-        };
         let reason = if worker.failed_start {
             "listen_timeout"
+        } else if let Some(r) = worker.kill_reason {
+            r
         } else if stopping || worker.kill_at.is_some() {
             "stopped"
         } else if code == Some(0) {
@@ -260,7 +439,7 @@ impl Fleet {
             event = "worker_exited",
             app = %app.config.name,
             slot = slot.index,
-            pid = pid.as_raw(),
+            pid = worker.pid.as_raw(),
             generation = worker.generation,
             reason,
             code,
@@ -275,6 +454,19 @@ impl Fleet {
         if stopping {
             slot.last_exit = Some(exit);
             slot.state = SlotState::Stopped;
+            return;
+        }
+        // A memory replacement already under way takes the slot over.
+        if let Some(successor) = slot.successor.take() {
+            slot.last_exit = Some(exit);
+            slot.restarts += 1;
+            slot.state = if successor.ready_at.is_some() {
+                SlotState::Online
+            } else {
+                SlotState::Starting
+            };
+            self.pids.insert(successor.pid, Role::Current(a, s));
+            slot.worker = Some(successor);
             return;
         }
         Self::after_exit(app, s, exit, uptime, now);
@@ -316,7 +508,7 @@ impl Fleet {
 
     /// A datagram arrived on the notify socket.
     pub fn on_notify(&mut self, msg: &Message, now: Instant) {
-        let Some(&(a, s)) = self.pids.get(&msg.pid) else {
+        let Some(&role) = self.pids.get(&msg.pid) else {
             tracing::debug!(
                 event = "notify_ignored",
                 pid = msg.pid.as_raw(),
@@ -324,25 +516,59 @@ impl Fleet {
             );
             return;
         };
-        let app = &mut self.apps[a];
-        let slot = &mut app.slots[s];
-        let Some(worker) = slot.worker.as_mut() else {
+        if !msg.ready {
             return;
-        };
-        if let Some(status) = &msg.status {
-            tracing::debug!(event = "worker_status", app = %app.config.name, slot = slot.index, status = %status);
         }
-        if msg.ready && worker.ready_at.is_none() && slot.state == SlotState::Starting {
-            worker.ready_at = Some(now);
-            slot.state = SlotState::Online;
-            tracing::info!(
-                event = "worker_ready",
-                app = %app.config.name,
-                slot = slot.index,
-                pid = worker.pid.as_raw(),
-                generation = worker.generation,
-                startup_ms = now.saturating_duration_since(worker.spawned_at).as_millis() as u64,
-            );
+        match role {
+            Role::Current(a, s) => {
+                let app = &mut self.apps[a];
+                let slot = &mut app.slots[s];
+                let Some(w) = slot.worker.as_mut() else {
+                    return;
+                };
+                if w.ready_at.is_none() && slot.state == SlotState::Starting {
+                    w.ready_at = Some(now);
+                    slot.state = SlotState::Online;
+                    log_ready(&app.config.name, slot.index, w, now);
+                    slot.next_memory_check = Some(now + app.config.memory_check_interval);
+                }
+            }
+            Role::Successor(a, s) => {
+                let app = &mut self.apps[a];
+                let slot = &mut app.slots[s];
+                let Some(mut successor) = slot.successor.take() else {
+                    return;
+                };
+                successor.ready_at = Some(now);
+                log_ready(&app.config.name, slot.index, &successor, now);
+                self.pids.insert(successor.pid, Role::Current(a, s));
+                slot.strikes = 0;
+                slot.state = SlotState::Online;
+                slot.next_memory_check = Some(now + app.config.memory_check_interval);
+                slot.restarts += 1;
+                if let Some(old) = slot.worker.replace(successor) {
+                    let kill_timeout = app.config.kill_timeout;
+                    let name = app.config.name.clone();
+                    let index = slot.index;
+                    self.drain(old, &name, index, "memory", kill_timeout, None, now);
+                }
+            }
+            Role::Next(a, s) => {
+                let Some(r) = self.rollout.as_mut() else {
+                    return;
+                };
+                let app = &mut r.apps[a];
+                let slot = &mut app.slots[s];
+                if let Some(w) = slot.worker.as_mut() {
+                    if w.ready_at.is_none() {
+                        w.ready_at = Some(now);
+                        slot.state = SlotState::Online;
+                        log_ready(&app.config.name, slot.index, w, now);
+                    }
+                }
+                self.advance(now);
+            }
+            Role::Draining => {}
         }
     }
 
@@ -367,47 +593,394 @@ impl Fleet {
         all
     }
 
+    /// SIGTERM `worker` and track it until it exits (SIGKILL at the deadline).
+    #[allow(clippy::too_many_arguments)]
+    fn drain(
+        &mut self,
+        worker: Worker,
+        app: &str,
+        slot: usize,
+        reason: &'static str,
+        kill_timeout: Duration,
+        socket: Option<Arc<SlotSocket>>,
+        now: Instant,
+    ) {
+        tracing::info!(event = "worker_draining", app = %app, slot, pid = worker.pid.as_raw(), generation = worker.generation, reason);
+        sys::signal(worker.pid, Signal::SIGTERM);
+        self.pids.insert(worker.pid, Role::Draining);
+        self.draining.push(Draining {
+            pid: worker.pid,
+            app: app.to_string(),
+            slot,
+            generation: worker.generation,
+            reason,
+            kill_at: now + kill_timeout,
+            killed: false,
+            _socket: socket,
+        });
+    }
+
+    /// Begins a reload to `config`: the next generation starts beside the
+    /// current one. A reload asked for while one is running is queued and
+    /// runs (once, however many were asked for) after it.
+    pub fn reload(&mut self, config: &Config, now: Instant) {
+        if self.mode == Mode::Stopping {
+            tracing::warn!(event = "reload_ignored", "reload asked for during a stop");
+            return;
+        }
+        if self.rollout.is_some() {
+            self.reload_queued = true;
+            tracing::info!(
+                event = "reload_queued",
+                "a reload is in progress; this one will follow it"
+            );
+            return;
+        }
+        let generation = self.generation + 1;
+        let apps = match build_apps(config, self.cpus, &self.apps) {
+            Ok(apps) => apps,
+            Err(e) => {
+                tracing::error!(event = "reload_refused", generation, error = %e);
+                self.last_reload = Some(ReloadOutcome {
+                    generation,
+                    outcome: "refused",
+                    reason: Some(e.to_string()),
+                });
+                return;
+            }
+        };
+        self.generation = generation;
+        let pending = apps
+            .iter()
+            .enumerate()
+            .flat_map(|(a, app)| (0..app.slots.len()).map(move |s| (a, s)))
+            .collect();
+        tracing::info!(
+            event = "reload_started",
+            generation,
+            workers = apps.iter().map(|a| a.slots.len()).sum::<usize>()
+        );
+        self.rollout = Some(Rollout {
+            apps,
+            pending,
+            generation,
+        });
+        self.advance(now);
+    }
+
+    /// Starts more next-generation workers (up to each app's `max_surge`
+    /// not yet ready), and commits once all of them are ready.
+    fn advance(&mut self, now: Instant) {
+        let Some(mut r) = self.rollout.take() else {
+            return;
+        };
+        let mut failure = None;
+        let mut i = 0;
+        while i < r.pending.len() {
+            let (a, s) = r.pending[i];
+            let app = &r.apps[a];
+            let starting = app
+                .slots
+                .iter()
+                .filter(|s| s.state == SlotState::Starting)
+                .count();
+            if starting >= app.config.max_surge as usize {
+                i += 1;
+                continue;
+            }
+            r.pending.remove(i);
+            match self.launch(app, &app.slots[s], r.generation) {
+                Ok(pid) => {
+                    tracing::info!(event = "worker_spawned", app = %app.config.name, slot = s, pid = pid.as_raw(), generation = r.generation);
+                    let timeout = app.config.listen_timeout;
+                    let slot = &mut r.apps[a].slots[s];
+                    slot.state = SlotState::Starting;
+                    slot.worker = Some(Worker::new(pid, r.generation, now, timeout));
+                    self.pids.insert(pid, Role::Next(a, s));
+                }
+                Err(e) => {
+                    failure = Some(format!(
+                        "cannot start a worker of app `{}`: {e}",
+                        app.config.name
+                    ));
+                    break;
+                }
+            }
+        }
+        let done = r.pending.is_empty()
+            && r.apps
+                .iter()
+                .flat_map(|a| &a.slots)
+                .all(|s| s.state == SlotState::Online);
+        self.rollout = Some(r);
+        if let Some(reason) = failure {
+            self.rollback(reason);
+        } else if done {
+            self.commit(now);
+        }
+    }
+
+    /// Every new worker is ready: the next generation becomes current and
+    /// the old workers drain.
+    fn commit(&mut self, now: Instant) {
+        let Some(r) = self.rollout.take() else { return };
+        let old = std::mem::replace(&mut self.apps, r.apps);
+        for (a, app) in self.apps.iter_mut().enumerate() {
+            for (s, slot) in app.slots.iter_mut().enumerate() {
+                if let Some(w) = &slot.worker {
+                    self.pids.insert(w.pid, Role::Current(a, s));
+                }
+                slot.next_memory_check = Some(now + app.config.memory_check_interval);
+            }
+        }
+        // A retired slot's socket (scale-down, new address) stays open until
+        // its worker has drained; a kept one lives on in `apps`.
+        let kept: Vec<*const SlotSocket> = self
+            .apps
+            .iter()
+            .flat_map(|a| &a.slots)
+            .filter_map(|s| s.socket.as_ref().map(Arc::as_ptr))
+            .collect();
+        for app in old {
+            for mut slot in app.slots {
+                let retired = slot
+                    .socket
+                    .take()
+                    .filter(|s| !kept.contains(&Arc::as_ptr(s)));
+                if let Some(succ) = slot.successor.take() {
+                    sys::signal_group(succ.pid, Signal::SIGKILL);
+                    self.pids.insert(succ.pid, Role::Draining);
+                    self.draining.push(Draining {
+                        pid: succ.pid,
+                        app: app.config.name.clone(),
+                        slot: slot.index,
+                        generation: succ.generation,
+                        reason: "reload",
+                        kill_at: now,
+                        killed: true,
+                        _socket: None,
+                    });
+                }
+                if let Some(w) = slot.worker.take() {
+                    self.drain(
+                        w,
+                        &app.config.name,
+                        slot.index,
+                        "reload",
+                        app.config.kill_timeout,
+                        retired,
+                        now,
+                    );
+                }
+            }
+        }
+        tracing::info!(
+            event = "reload_committed",
+            generation = r.generation,
+            draining = self.draining.len()
+        );
+        self.last_reload = Some(ReloadOutcome {
+            generation: r.generation,
+            outcome: "committed",
+            reason: None,
+        });
+        self.announced_ready = true;
+    }
+
+    /// A new worker failed: kill the next generation, keep the current one.
+    fn rollback(&mut self, reason: String) {
+        let Some(r) = self.rollout.take() else { return };
+        let now = Instant::now();
+        for app in &r.apps {
+            for slot in &app.slots {
+                if let Some(w) = &slot.worker {
+                    sys::signal_group(w.pid, Signal::SIGKILL);
+                    // A worker already reaped (the one whose exit caused
+                    // this rollback) is no longer tracked.
+                    if let Some(role) = self.pids.get_mut(&w.pid) {
+                        *role = Role::Draining;
+                        self.draining.push(Draining {
+                            pid: w.pid,
+                            app: app.config.name.clone(),
+                            slot: slot.index,
+                            generation: w.generation,
+                            reason: "rolled_back",
+                            kill_at: now,
+                            killed: true,
+                            _socket: None,
+                        });
+                    }
+                }
+            }
+        }
+        tracing::error!(event = "reload_rolled_back", generation = r.generation, reason = %reason, "the previous generation keeps serving");
+        self.last_reload = Some(ReloadOutcome {
+            generation: r.generation,
+            outcome: "rolled_back",
+            reason: Some(reason),
+        });
+    }
+
+    /// Whether a queued reload should start now (the caller re-reads the
+    /// config and calls [`Fleet::reload`]).
+    pub fn take_queued_reload(&mut self) -> bool {
+        if self.rollout.is_none() && self.reload_queued && self.mode == Mode::Running {
+            self.reload_queued = false;
+            return true;
+        }
+        false
+    }
+
+    /// Records a reload refused before it started (bad config).
+    pub fn record_refused(&mut self, reason: String) {
+        self.last_reload = Some(ReloadOutcome {
+            generation: self.generation + 1,
+            outcome: "refused",
+            reason: Some(reason),
+        });
+    }
+
+    pub fn last_reload(&self) -> Option<&ReloadOutcome> {
+        self.last_reload.as_ref()
+    }
+
+    pub fn reloading(&self) -> bool {
+        self.rollout.is_some()
+    }
+
     /// Acts on every deadline that has passed.
     pub fn tick(&mut self, now: Instant) {
         for a in 0..self.apps.len() {
             for s in 0..self.apps[a].slots.len() {
-                let app = &mut self.apps[a];
-                let name = &app.config.name;
-                let slot = &mut app.slots[s];
-                if let Some(w) = slot.worker.as_mut() {
-                    if slot.state == SlotState::Starting
-                        && !w.failed_start
-                        && now >= w.ready_deadline
-                    {
-                        tracing::warn!(
-                            event = "listen_timeout",
-                            app = %name,
-                            slot = slot.index,
-                            pid = w.pid.as_raw(),
-                            timeout_ms = app.config.listen_timeout.as_millis() as u64,
-                            "worker did not send READY=1 in time; killing it"
-                        );
-                        w.failed_start = true;
-                        sys::signal_group(w.pid, Signal::SIGKILL);
-                    }
-                    if let Some(at) = w.kill_at {
-                        if !w.killed && now >= at {
-                            tracing::warn!(
-                                event = "kill_timeout",
-                                app = %name,
-                                slot = slot.index,
-                                pid = w.pid.as_raw(),
-                                "worker still running after kill_timeout; sending SIGKILL"
-                            );
-                            w.killed = true;
-                            self.forced = true;
-                            sys::signal_group(w.pid, Signal::SIGKILL);
-                        }
-                    }
+                self.tick_slot(a, s, now);
+            }
+        }
+        // New workers that miss their READY deadline fail the rollout.
+        let late = self.rollout.as_ref().and_then(|r| {
+            r.apps.iter().find_map(|app| {
+                app.slots.iter().find_map(|slot| {
+                    let w = slot.worker.as_ref()?;
+                    (w.ready_at.is_none() && now >= w.ready_deadline).then(|| {
+                        format!(
+                            "new worker of app `{}` slot {} (pid {}) was not ready within listen_timeout ({:?})",
+                            app.config.name, slot.index, w.pid, app.config.listen_timeout
+                        )
+                    })
+                })
+            })
+        });
+        if let Some(reason) = late {
+            self.rollback(reason);
+        }
+        for d in &mut self.draining {
+            if !d.killed && now >= d.kill_at {
+                tracing::warn!(event = "kill_timeout", app = %d.app, slot = d.slot, pid = d.pid.as_raw(), "draining worker still running after kill_timeout; sending SIGKILL");
+                d.killed = true;
+                if self.mode == Mode::Stopping {
+                    self.forced = true;
                 }
-                let due = slot.restart_at.is_some_and(|at| now >= at);
-                if due && slot.state == SlotState::Waiting && self.mode == Mode::Running {
-                    self.start_slot(a, s, now);
+                sys::signal_group(d.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn tick_slot(&mut self, a: usize, s: usize, now: Instant) {
+        let stopping = self.mode == Mode::Stopping;
+        let reloading = self.rollout.is_some();
+        let app = &mut self.apps[a];
+        let monitored = app.monitored();
+        let name = &app.config.name;
+        let slot = &mut app.slots[s];
+        if let Some(w) = slot.worker.as_mut() {
+            if slot.state == SlotState::Starting && !w.failed_start && now >= w.ready_deadline {
+                tracing::warn!(
+                    event = "listen_timeout",
+                    app = %name,
+                    slot = slot.index,
+                    pid = w.pid.as_raw(),
+                    timeout_ms = app.config.listen_timeout.as_millis() as u64,
+                    "worker did not send READY=1 in time; killing it"
+                );
+                w.failed_start = true;
+                sys::signal_group(w.pid, Signal::SIGKILL);
+            }
+            if let Some(at) = w.kill_at {
+                if !w.killed && now >= at {
+                    tracing::warn!(event = "kill_timeout", app = %name, slot = slot.index, pid = w.pid.as_raw(), "worker still running after kill_timeout; sending SIGKILL");
+                    w.killed = true;
+                    self.forced = true;
+                    sys::signal_group(w.pid, Signal::SIGKILL);
+                }
+            }
+        }
+        if let Some(succ) = slot.successor.as_ref() {
+            if succ.ready_at.is_none() && now >= succ.ready_deadline {
+                tracing::warn!(event = "memory_replace_failed", app = %name, slot = slot.index, pid = succ.pid.as_raw(), "the replacement was not ready within listen_timeout; the old worker keeps serving");
+                sys::signal_group(succ.pid, Signal::SIGKILL);
+                // Its exit (Role::Successor) clears the slot's successor.
+            }
+        }
+        let due = slot.restart_at.is_some_and(|at| now >= at);
+        if due && slot.state == SlotState::Waiting && !stopping {
+            self.start_slot(a, s, now);
+            return;
+        }
+        let check_due = slot.next_memory_check.is_some_and(|at| now >= at);
+        if check_due && !stopping && monitored {
+            slot.next_memory_check = Some(now + app.config.memory_check_interval);
+            if slot.state == SlotState::Online && slot.successor.is_none() && !reloading {
+                self.check_memory(a, s, now);
+            }
+        }
+    }
+
+    /// One memory-guard sample of slot `s`'s worker.
+    fn check_memory(&mut self, a: usize, s: usize, now: Instant) {
+        let generation = self.generation;
+        let app = &mut self.apps[a];
+        let slot = &mut app.slots[s];
+        let Some(w) = slot.worker.as_mut() else {
+            return;
+        };
+        let Some(rss) = memory::rss(w.pid) else {
+            return;
+        };
+        let pss = app
+            .limits
+            .soft
+            .filter(|soft| rss > *soft)
+            .and_then(|_| memory::pss(w.pid));
+        match memory::judge(&app.limits, rss, pss, &mut slot.strikes) {
+            Verdict::Fine => {}
+            Verdict::Strike(n) => {
+                tracing::info!(event = "memory_strike", app = %app.config.name, slot = slot.index, pid = w.pid.as_raw(), rss, pss, strike = n, limit = app.limits.soft);
+            }
+            Verdict::Kill => {
+                tracing::warn!(event = "memory_kill", app = %app.config.name, slot = slot.index, pid = w.pid.as_raw(), rss, limit = app.limits.hard, "over max_memory_hard: SIGKILL");
+                w.kill_reason = Some("memory");
+                w.killed = true;
+                sys::signal_group(w.pid, Signal::SIGKILL);
+            }
+            Verdict::Replace => {
+                tracing::warn!(event = "memory_replace", app = %app.config.name, slot = slot.index, pid = w.pid.as_raw(), rss, pss, limit = app.limits.soft, "over max_memory: starting a replacement");
+                let launched = spawn(&Launch {
+                    app: &app.config,
+                    program: &app.program,
+                    slot: slot.index,
+                    generation,
+                    socket: slot.socket.as_ref().map(|s| s.raw_fd()),
+                    notify_socket: &self.notify_socket,
+                });
+                match launched {
+                    Ok(pid) => {
+                        tracing::info!(event = "worker_spawned", app = %app.config.name, slot = slot.index, pid = pid.as_raw(), generation);
+                        slot.successor =
+                            Some(Worker::new(pid, generation, now, app.config.listen_timeout));
+                        self.pids.insert(pid, Role::Successor(a, s));
+                    }
+                    Err(e) => {
+                        tracing::error!(event = "spawn_failed", app = %app.config.name, slot = slot.index, error = %e)
+                    }
                 }
             }
         }
@@ -415,19 +988,37 @@ impl Fleet {
 
     /// The earliest instant at which [`Fleet::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.apps
-            .iter()
-            .flat_map(|a| &a.slots)
-            .flat_map(|s| {
+        let current = self.apps.iter().flat_map(|a| {
+            let monitored = a.monitored();
+            a.slots.iter().flat_map(move |s| {
                 let w = s.worker.as_ref();
                 let ready = w
                     .filter(|w| s.state == SlotState::Starting && !w.failed_start)
                     .map(|w| w.ready_deadline);
                 let kill = w.filter(|w| !w.killed).and_then(|w| w.kill_at);
-                [ready, kill, s.restart_at]
+                let succ = s
+                    .successor
+                    .as_ref()
+                    .filter(|w| w.ready_at.is_none())
+                    .map(|w| w.ready_deadline);
+                let mem = s.next_memory_check.filter(|_| monitored);
+                [ready, kill, succ, s.restart_at, mem]
             })
-            .flatten()
-            .min()
+        });
+        let next = self.rollout.iter().flat_map(|r| {
+            r.apps.iter().flat_map(|a| &a.slots).filter_map(|s| {
+                s.worker
+                    .as_ref()
+                    .filter(|w| w.ready_at.is_none())
+                    .map(|w| Some(w.ready_deadline))
+            })
+        });
+        let draining = self
+            .draining
+            .iter()
+            .filter(|d| !d.killed)
+            .map(|d| Some(d.kill_at));
+        current.chain(next).chain(draining).flatten().min()
     }
 
     /// Begins a graceful stop (SIGTERM, SIGKILL after `kill_timeout`) or a
@@ -441,10 +1032,52 @@ impl Fleet {
             event = if fast { "fast_stop" } else { "stop" },
             workers = self.pids.len()
         );
+        if let Some(r) = self.rollout.take() {
+            for w in r
+                .apps
+                .iter()
+                .flat_map(|a| &a.slots)
+                .filter_map(|s| s.worker.as_ref())
+            {
+                sys::signal_group(w.pid, Signal::SIGKILL);
+                self.pids.insert(w.pid, Role::Draining);
+                self.draining.push(Draining {
+                    pid: w.pid,
+                    app: String::new(),
+                    slot: 0,
+                    generation: w.generation,
+                    reason: "stopped",
+                    kill_at: now,
+                    killed: true,
+                    _socket: None,
+                });
+            }
+        }
+        for d in &mut self.draining {
+            d._socket = None;
+            if fast && !d.killed {
+                d.killed = true;
+                sys::signal_group(d.pid, Signal::SIGKILL);
+            }
+        }
         for app in &mut self.apps {
             for slot in &mut app.slots {
                 slot.socket = None;
                 slot.restart_at = None;
+                if let Some(succ) = slot.successor.take() {
+                    sys::signal_group(succ.pid, Signal::SIGKILL);
+                    self.pids.insert(succ.pid, Role::Draining);
+                    self.draining.push(Draining {
+                        pid: succ.pid,
+                        app: app.config.name.clone(),
+                        slot: slot.index,
+                        generation: succ.generation,
+                        reason: "stopped",
+                        kill_at: now,
+                        killed: true,
+                        _socket: None,
+                    });
+                }
                 match slot.worker.as_mut() {
                     None => {
                         if slot.state != SlotState::Errored {
@@ -494,4 +1127,15 @@ impl Fleet {
     pub fn worker_pids(&self) -> Vec<Pid> {
         self.pids.keys().copied().collect()
     }
+}
+
+fn log_ready(app: &str, slot: usize, w: &Worker, now: Instant) {
+    tracing::info!(
+        event = "worker_ready",
+        app = %app,
+        slot,
+        pid = w.pid.as_raw(),
+        generation = w.generation,
+        startup_ms = now.saturating_duration_since(w.spawned_at).as_millis() as u64,
+    );
 }

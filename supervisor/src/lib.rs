@@ -9,6 +9,7 @@
 pub mod cpus;
 pub mod exit;
 pub mod fleet;
+pub mod memory;
 pub mod notify;
 pub mod restart;
 pub mod run;

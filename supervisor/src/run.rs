@@ -72,7 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
                     Some(Intent::Stop) if fleet.is_stopping() => fleet.stop(true, now),
                     Some(Intent::Stop) => fleet.stop(false, now),
                     Some(Intent::FastStop) => fleet.stop(true, now),
-                    Some(Intent::Reload) => tracing::warn!(event = "reload_unsupported", "SIGHUP received; reload is not available in this version"),
+                    Some(Intent::Reload) => reload(&mut fleet, &config.path, now),
                     Some(Intent::ReopenLogs) => tracing::info!(event = "reopen_logs", "SIGUSR1 received; no log files are open (logs go to stdout)"),
                 }
             }
@@ -85,6 +85,9 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
             _ = sleep => {}
         }
         fleet.tick(Instant::now());
+        if fleet.take_queued_reload() {
+            reload(&mut fleet, &config.path, Instant::now());
+        }
         if fleet.take_first_ready() {
             // We may ourselves be a Type=notify systemd service.
             let _ = shared::activation::notify("READY=1");
@@ -105,6 +108,25 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
                 "every slot is errored; exiting so the orchestrator can restart us"
             );
             return Ok(Exit::AllErrored);
+        }
+    }
+}
+
+/// Re-reads the config and starts a rollout; a bad file is refused with
+/// every error logged, and the running generation keeps serving.
+fn reload(fleet: &mut Fleet, path: &std::path::Path, now: Instant) {
+    tracing::info!(event = "reload_requested", config = %path.display());
+    match Config::load(path) {
+        Ok(config) => fleet.reload(&config, now),
+        Err(e) => {
+            let errors: Vec<String> = match &e {
+                shared::config::LoadError::Invalid(list) => {
+                    list.to_string().lines().map(str::to_string).collect()
+                }
+                other => vec![other.to_string()],
+            };
+            tracing::error!(event = "reload_refused", errors = ?errors, "the new config is invalid; keeping the running generation");
+            fleet.record_refused(errors.join("; "));
         }
     }
 }

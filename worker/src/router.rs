@@ -508,6 +508,11 @@ async fn finish(resp: &mut Response<Body>, state: &AppState, ex: &Exchange) {
             }
         }
     }
+    if state.draining() {
+        // Hyper closes an HTTP/1 connection after a response that says so;
+        // the client reconnects and reaches a live worker.
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if !ex.no_compression {
         if let Some(enc) = ex.accept_encoding.as_deref() {
             response::compress(resp, enc).await;

@@ -63,37 +63,71 @@ pub async fn serve(
     let reason = accept_loop(&listeners, &builder, &graceful, &state, &mut signals).await;
 
     // Drain. Closing our copies of the listening sockets stops accepting;
-    // under the supervisor the sockets stay open in the parent, so queued
-    // connections wait for the next worker rather than being refused.
+    // under the supervisor the sockets stay open in the parent (and in our
+    // replacement), so queued connections wait for the next worker rather
+    // than being refused.
     state.set_phase(Phase::Draining);
     drop(listeners);
     if let Err(e) = shared::activation::notify("STOPPING=1") {
         tracing::warn!(error = %e, "notifying the supervisor of STOPPING failed");
     }
     let grace = state.settings.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(
         signal = reason,
         connections = state.open_connections(),
         grace_secs = grace.as_secs(),
         "draining"
     );
+    // Keep-alive linger: for a moment, idle connections stay open and every
+    // response carries `Connection: close` (the router adds it while
+    // draining), so a client that is about to reuse a connection gets its
+    // answer and a clean close instead of racing our close of an idle
+    // socket (the race that makes "graceful" reloads drop requests).
+    let linger = KEEPALIVE_LINGER.min(grace);
+    tokio::select! {
+        () = wait_idle(&state) => {}
+        () = tokio::time::sleep(linger) => {}
+        _ = signals.recv() => {}
+    }
     // Idle keep-alive connections close now; HTTP/1 requests in flight
     // finish with `Connection: close`; HTTP/2 gets GOAWAY.
     let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    let mut cut_short = None;
     tokio::select! {
-        () = drained => tracing::info!("drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!(
+        () = &mut drained => tracing::info!("drained"),
+        () = tokio::time::sleep_until(deadline) => cut_short = Some("grace period over"),
+        second = signals.recv() => {
+            tracing::warn!(signal = second, "second stop signal");
+            cut_short = Some("second stop signal");
+        }
+    }
+    if let Some(why) = cut_short {
+        // Long streams get a final error frame rather than a silent cut.
+        let streams = state.finish_streams();
+        tracing::warn!(
             abandoned = state.open_connections(),
+            streams,
             grace_secs = grace.as_secs(),
-            "grace period over; abandoning open connections"
-        ),
-        second = signals.recv() => tracing::warn!(
-            signal = second,
-            abandoned = state.open_connections(),
-            "second stop signal; abandoning open connections"
-        ),
+            "{why}; closing open streams with an error frame"
+        );
+        let _ = tokio::time::timeout(STREAM_FAREWELL, &mut drained).await;
     }
     Ok(())
+}
+
+/// How long idle keep-alive connections stay open after a drain starts.
+const KEEPALIVE_LINGER: Duration = Duration::from_secs(1);
+
+/// Time open streams get to write their final error frame.
+const STREAM_FAREWELL: Duration = Duration::from_millis(500);
+
+/// Resolves once no connection is open.
+async fn wait_idle(state: &AppState) {
+    while state.open_connections() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Accepts until a stop signal arrives; returns the signal's name.

@@ -41,6 +41,9 @@ pub struct AppState {
     pub services: crate::services::Services,
     phase: AtomicU8,
     connections: AtomicUsize,
+    /// Flips to true when the drain deadline passes: open SSE streams send
+    /// their final error frame and end.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -54,6 +57,7 @@ impl AppState {
             services,
             phase: AtomicU8::new(Phase::Starting as u8),
             connections: AtomicUsize::new(0),
+            shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -67,6 +71,22 @@ impl AppState {
 
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// Subscribes a stream to the drain deadline.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Tells every open stream to finish now; returns how many listen.
+    pub fn finish_streams(&self) -> usize {
+        self.shutdown.send_replace(true);
+        self.shutdown.receiver_count()
+    }
+
+    /// Whether responses should close their connection (draining).
+    pub fn draining(&self) -> bool {
+        self.phase() == Phase::Draining
     }
 
     /// Connections currently being served.

@@ -52,6 +52,11 @@ pub fn frame(v: &Value) -> Bytes {
 
 pub const PING: &[u8] = b": ping\n\n";
 
+/// The final frame of a stream cut by the drain deadline (a restart or
+/// reload): the client should retry, and will reach a live worker.
+pub const SHUTDOWN_MESSAGE: &str = "Service restarting; please retry";
+pub const SHUTDOWN_CODE: &str = "SERVICE_UNAVAILABLE";
+
 pub fn content_frame(delta: &str, provider: &str) -> Bytes {
     frame(&json!({"type": "content", "content": delta, "done": false, "provider": provider}))
 }
@@ -151,6 +156,8 @@ enum End {
     Completed,
     Failed,
     ClientGone,
+    /// The drain deadline passed (restart or reload).
+    Shutdown,
 }
 
 async fn pump(
@@ -163,10 +170,12 @@ async fn pump(
     let mut reasoning = String::new();
     let mut model: Option<String> = None;
     let heartbeat = meta.heartbeat.max(Duration::from_millis(100));
+    let mut shutdown = state.shutdown_signal();
     let end = loop {
         let next = tokio::select! {
             biased;
             () = tx.closed() => break End::ClientGone,
+            _ = shutdown.wait_for(|now| *now) => break End::Shutdown,
             item = tokio::time::timeout(heartbeat, upstream.next()) => item,
         };
         let out = match next {
@@ -232,6 +241,9 @@ async fn pump(
     };
     // Dropping the upstream stream here aborts the upstream request.
     drop(upstream);
+    if matches!(end, End::Shutdown) {
+        let _ = send(&tx, error_frame(SHUTDOWN_MESSAGE, SHUTDOWN_CODE)).await;
+    }
     telemetry::reasoning(meta.strategy.label(), meta.started.elapsed());
     match end {
         End::Completed => {
@@ -242,7 +254,7 @@ async fn pump(
         End::ClientGone => {
             tracing::info!(conversation_id = %meta.conversation_id, "client left mid-stream; upstream cancelled")
         }
-        End::Failed => {}
+        End::Failed | End::Shutdown => {}
     }
 }
 

@@ -95,6 +95,8 @@ pub struct App {
     pub listen_timeout: Duration,
     /// Time a stopping worker has to exit before SIGKILL.
     pub kill_timeout: Duration,
+    /// Replacement workers started at once during a reload.
+    pub max_surge: u32,
 }
 
 /// The port `listen` defaults to, as the Node.js service did.
@@ -150,6 +152,7 @@ impl App {
             restart_delay_max: Duration::from_secs(15),
             listen_timeout: Duration::from_secs(10),
             kill_timeout: Duration::from_secs(35),
+            max_surge: 1,
         }
     }
 }

@@ -40,6 +40,7 @@ const APP_KEYS: &[&str] = &[
     "restart_delay_max",
     "listen_timeout",
     "kill_timeout",
+    "max_surge",
 ];
 
 const SIZE_HINT: &str =
@@ -246,6 +247,10 @@ fn read_app(
         positive_duration(d, t, "listen_timeout"),
     );
     set(&mut app.kill_timeout, duration(d, t, "kill_timeout"));
+    set(
+        &mut app.max_surge,
+        integer(d, t, "max_surge", 1, 1024).map(|n| n as u32),
+    );
 
     if let (Some(soft), Some(hard)) = (app.max_memory, app.max_memory_hard) {
         if hard <= soft {

@@ -3,20 +3,25 @@
 //! It speaks the same contract as `heartalk-worker` (sockets from
 //! `LISTEN_FDS`, `READY=1` on `NOTIFY_SOCKET`, drain on SIGTERM) but can be
 //! told, through its first argument, to do what the production worker must
-//! never do: exit at once, ignore SIGTERM, never become ready, or leave an
-//! orphaned grandchild behind. Keeping these switches here keeps them out of
-//! the production binary. Plain std threads and a tiny HTTP/1.0-style
-//! responder keep it small; `GET /slow?ms=N` answers after N milliseconds.
+//! never do: exit at once, ignore SIGTERM, never become ready, leave an
+//! orphaned grandchild behind, or leak memory. Keeping these switches here
+//! keeps them out of the production binary. Plain std threads and a tiny
+//! HTTP/1.0-style responder keep it small.
 //!
 //! Modes: `serve` (default), `exit-now[=CODE]`, `ignore-term`, `no-ready`,
-//! `orphan=SECONDS` (spawns `sleep SECONDS` as an orphan, then serves).
+//! `slow-ready=MS`, `orphan=SECONDS` (spawns `sleep SECONDS` as an orphan,
+//! then serves), `leak=KB` (every request keeps KB of touched memory).
+//! Paths: `GET /slow?ms=N` answers after N ms; `GET /balloon?mb=N` touches
+//! N MB at once; anything else answers `{"pid":…,"slot":…}`.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Memory kept on purpose (`leak=` and `/balloon`).
+static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
@@ -25,7 +30,7 @@ fn main() {
         eprintln!("test-worker: exiting at once with {code}");
         std::process::exit(code);
     }
-    // Block SIGTERM in every thread; a dedicated thread takes it with sigwait.
+    // Block SIGTERM in every thread; the main thread takes it with sigwait.
     // SAFETY: plain libc signal-mask calls on a local, initialised sigset,
     // before any other thread exists.
     let set = unsafe {
@@ -40,13 +45,15 @@ fn main() {
         // sleep is orphaned and reparented to the nearest subreaper.
         let status = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!(
-                "sleep {secs} & echo $! > \"${{ORPHAN_PID_FILE:-/dev/null}}\""
-            ))
+            .arg(format!("sleep {secs} &"))
             .status()
             .expect("sh");
         assert!(status.success());
     }
+    let leak_kb: usize = mode
+        .strip_prefix("leak=")
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(0);
 
     let listeners: Vec<TcpListener> = match shared::activation::take_listen_fds() {
         Ok(fds) if !fds.is_empty() => fds.into_iter().map(|i| TcpListener::from(i.fd)).collect(),
@@ -55,27 +62,37 @@ fn main() {
             vec![TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind")]
         }
     };
-    for l in &listeners {
-        l.set_nonblocking(false).expect("blocking accept");
-    }
     let slot = std::env::var("HEARTALK_WORKER_ID").unwrap_or_else(|_| "0".into());
     let inflight = Arc::new(AtomicUsize::new(0));
-    let raw_fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut acceptors = Vec::new();
     for l in listeners {
-        let slot = slot.clone();
-        let inflight = inflight.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(conn) = conn else { break };
-                inflight.fetch_add(1, Ordering::SeqCst);
-                let slot = slot.clone();
-                let inflight = inflight.clone();
-                std::thread::spawn(move || {
-                    handle(conn, &slot);
-                    inflight.fetch_sub(1, Ordering::SeqCst);
-                });
+        // Polling accept: a stop flag ends the loop and the listener fd is
+        // closed. (shutdown() would stop the *shared* socket for everyone,
+        // including the worker replacing this one.)
+        l.set_nonblocking(true).expect("nonblocking accept");
+        let (slot, inflight, stop) = (slot.clone(), inflight.clone(), stop.clone());
+        acceptors.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((conn, _)) => {
+                        inflight.fetch_add(1, Ordering::SeqCst);
+                        let (slot, inflight) = (slot.clone(), inflight.clone());
+                        std::thread::spawn(move || {
+                            handle(conn, &slot, leak_kb);
+                            inflight.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
             }
-        });
+        }));
+    }
+    if let Some(ms) = mode.strip_prefix("slow-ready=") {
+        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(500)));
     }
     if mode != "no-ready" {
         shared::activation::notify("READY=1").expect("notify");
@@ -90,10 +107,9 @@ fn main() {
         }
         break;
     }
-    // Stop accepting: shutdown() wakes the threads blocked in accept().
-    for fd in raw_fds {
-        // SAFETY: shutdown on a listening fd we own; it stays open until exit.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    stop.store(true, Ordering::SeqCst);
+    for a in acceptors {
+        let _ = a.join();
     }
     while inflight.load(Ordering::SeqCst) > 0 {
         std::thread::sleep(Duration::from_millis(10));
@@ -101,7 +117,17 @@ fn main() {
     std::process::exit(0);
 }
 
-fn handle(mut conn: TcpStream, slot: &str) {
+/// Allocates `bytes` and touches every page so it counts in RSS.
+fn hoard(bytes: usize) {
+    let mut v = vec![0u8; bytes];
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    HOARD.lock().unwrap().push(v);
+}
+
+fn handle(mut conn: TcpStream, slot: &str, leak_kb: usize) {
+    let _ = conn.set_nonblocking(false);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -114,6 +140,12 @@ fn handle(mut conn: TcpStream, slot: &str) {
     let path = head.split_whitespace().nth(1).unwrap_or("/");
     if let Some(ms) = path.strip_prefix("/slow?ms=") {
         std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(1000)));
+    }
+    if let Some(mb) = path.strip_prefix("/balloon?mb=") {
+        hoard(mb.parse::<usize>().unwrap_or(1) << 20);
+    }
+    if leak_kb > 0 {
+        hoard(leak_kb << 10);
     }
     let body = format!("{{\"pid\":{},\"slot\":\"{slot}\"}}", std::process::id());
     let _ = write!(

@@ -521,3 +521,95 @@ pub fn sse_json(body: &str) -> Vec<Value> {
         .map(|d| serde_json::from_str(d).unwrap_or_else(|err| panic!("bad frame {d}: {err}")))
         .collect()
 }
+
+impl Supervisor {
+    /// The config file the supervisor was started with (tests rewrite it
+    /// before a reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ecosystem.toml")
+    }
+
+    /// Every event so far, in order, with these names.
+    pub fn timeline(&self, names: &[&str]) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| names.iter().any(|n| v["event"] == *n))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A minimal HTTP/1.1 keep-alive client: reuses its connection until the
+/// server answers `Connection: close`, then reconnects. It never retries:
+/// a request lost on a reused connection is an error, which is exactly
+/// what a graceful drain must not cause.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive { addr, conn: None }
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let result = self.exchange(path);
+        match &result {
+            Ok(r)
+                if r.header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close")) =>
+            {
+                self.conn = None
+            }
+            Ok(_) => {}
+            Err(_) => self.conn = None,
+        }
+        result
+    }
+
+    fn exchange(&mut self, path: &str) -> std::io::Result<Response> {
+        let conn = self.conn.as_mut().expect("connected");
+        write!(
+            conn.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.addr
+        )?;
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if conn.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {} bytes of response", head.len()),
+                ));
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .ok_or_else(|| std::io::Error::other(format!("no content-length in {head:?}")))?;
+        let mut body = vec![0u8; length];
+        conn.read_exact(&mut body)?;
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(b"\r\n");
+        raw.extend_from_slice(&body);
+        parse_response(&raw)
+    }
+}
