@@ -253,3 +253,60 @@ fn reasoning_is_hidden_unless_shown() {
         expected_frames(&sent, &usage, Some("先想一想再回答"))
     );
 }
+
+#[test]
+fn hidden_reasoning_still_gets_heartbeats() {
+    let ark = MockArk::start();
+    // 2.4 s of reasoning (12 pieces × 200 ms) that is not shown, then content.
+    ark.set(
+        Behavior::success()
+            .with_reasoning("思".repeat(48))
+            .with_chunk_delay(std::time::Duration::from_millis(200)),
+    );
+    let svc = live_service(&ark.base_url(), &[("SSE_HEARTBEAT_SECS", "1")]);
+    let r = svc.post("/api/v1/chat/stream", &hello());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = sse_events(&r.body);
+    let first_content = events
+        .iter()
+        .position(|e| e.contains("\"type\":\"content\""))
+        .unwrap();
+    let pings = events[..first_content]
+        .iter()
+        .filter(|e| *e == ": ping")
+        .count();
+    assert!(
+        pings >= 1,
+        "no heartbeat during 2.4 s of hidden reasoning: {events:?}"
+    );
+    assert!(events.iter().all(|e| !e.contains("\"type\":\"reasoning\"")));
+}
+
+#[test]
+fn metrics_port_serves_this_workers_counters() {
+    let ark = MockArk::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let svc = live_service(&ark.base_url(), &[("METRICS_PORT", &port.to_string())]);
+    assert_eq!(svc.post("/api/v1/chat/generate", &hello()).status, 200);
+    // an invented method must not become a label of its own
+    let _ = request(svc.addr, "FROBNICATE", "/x", &[], b"");
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let text = wait_for("metrics", DEADLINE, || {
+        http_get(metrics_addr, "/metrics", DEADLINE).ok()
+    })
+    .body;
+    for needle in [
+        "http_requests_total{method=\"POST\",route=\"/api/v1/chat/generate\",status=\"200\"} 1",
+        "ai_upstream_requests_total{provider=\"byteplus\",endpoint=\"chat\",outcome=\"success\"} 1",
+        "ai_route_decisions_total{route=\"chat\"} 1",
+        "method=\"OTHER\"",
+        "# TYPE http_request_duration_seconds histogram",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    assert!(!text.contains("FROBNICATE"));
+}

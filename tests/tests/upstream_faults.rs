@@ -206,3 +206,39 @@ fn a_stream_failing_after_it_started_ends_with_one_error_frame() {
     assert_eq!(frames.last().unwrap()["type"], "complete", "{frames:?}");
     assert_still_healthy(&svc, pid);
 }
+
+#[test]
+fn broken_credentials_make_the_health_probe_unhealthy() {
+    let ark = MockArk::start();
+    ark.set(Behavior::ark_error(
+        401,
+        "AuthenticationError",
+        "invalid api key",
+    ));
+    let svc = live_service(&ark.base_url(), &[]);
+    for _ in 0..5 {
+        let r = svc.post(
+            "/api/v1/chat/generate",
+            &json!({"messages":[{"role":"user","content":"你好"}],
+            "options": {"endpointType": "chat"}}),
+        );
+        assert_eq!(r.status, 502, "{}", r.body);
+    }
+    let r = http_get(svc.addr, "/api/v1/health", DEADLINE).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    let d = &r.json()["data"];
+    assert_eq!(d["status"], "unhealthy");
+    assert_eq!(d["services"]["providers"]["status"], "unhealthy");
+    // the liveness probe is unaffected: restarting would not fix a bad key
+    assert_eq!(http_get(svc.addr, "/health", DEADLINE).unwrap().status, 200);
+
+    // a success ends the unhealthy verdict; the failure rate still degrades
+    ark.set(Behavior::success());
+    assert_eq!(svc.post("/api/v1/chat/generate", &hello()).status, 200);
+    let r = http_get(svc.addr, "/api/v1/health", DEADLINE).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["data"]["services"]["providers"]["status"],
+        "degraded"
+    );
+}

@@ -16,6 +16,7 @@ use crate::clock;
 use crate::response::{self, Body};
 use crate::settings::{ProviderSettings, ReasoningSettings};
 use crate::state::{AppState, Phase};
+use crate::upstream_health;
 
 /// A component's or the service's health, ordered from best to worst so
 /// the overall status is simply the maximum.
@@ -110,6 +111,8 @@ pub struct Inputs<'a> {
     pub reasoning: &'a ReasoningSettings,
     pub provider: &'a ProviderSettings,
     pub production: bool,
+    /// What recent upstream calls say (live mode only).
+    pub upstream: upstream_health::Verdict,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -166,11 +169,10 @@ pub struct ProviderHealth {
     pub simulated: bool,
 }
 
-/// Component health from what is true of this milestone: the router
-/// config file, a memory-only cache, the reasoning switches, and the
-/// provider mode (simulated is `degraded` only in production, where it
-/// means a missing API key). Live-mode failure tracking comes with the
-/// provider.
+/// Component health: the router config file, a memory-only cache, the
+/// reasoning switches, and the provider: simulated is `degraded` only in
+/// production (where it means a missing API key); live mode follows the
+/// recent upstream outcomes (see [`crate::upstream_health`]).
 pub fn services(inputs: Inputs<'_>) -> Services {
     let router = if inputs.router_config_loaded {
         RouterHealth {
@@ -196,7 +198,11 @@ pub fn services(inputs: Inputs<'_>) -> Services {
         }
     } else {
         ProviderHealth {
-            status: Status::Healthy,
+            status: match inputs.upstream {
+                upstream_health::Verdict::Healthy => Status::Healthy,
+                upstream_health::Verdict::Degraded => Status::Degraded,
+                upstream_health::Verdict::Unhealthy => Status::Unhealthy,
+            },
             provider: inputs.provider.name.clone(),
             mode: "live",
             simulated: false,
@@ -264,6 +270,7 @@ pub fn components(state: &AppState) -> Response<Body> {
         reasoning: &s.reasoning,
         provider: &s.provider,
         production: s.is_production(),
+        upstream: state.services.upstream.verdict(std::time::Instant::now()),
     });
     let overall = services.overall();
     let memory = Memory::current();
@@ -320,6 +327,7 @@ mod tests {
             reasoning: &r,
             provider: &p,
             production: true,
+            upstream: upstream_health::Verdict::Healthy,
         });
         assert_eq!(s.overall(), Status::Healthy);
         s.cache.status = Status::Degraded;
@@ -342,6 +350,7 @@ mod tests {
             reasoning: &r,
             provider: &p,
             production: false,
+            upstream: upstream_health::Verdict::Healthy,
         });
         assert_eq!(
             s.router,
@@ -365,6 +374,7 @@ mod tests {
                     reasoning: &r,
                     provider: &p,
                     production,
+                    upstream: upstream_health::Verdict::Unhealthy,
                 });
                 assert!(s.providers.simulated, "{mode} {key}");
                 assert_eq!(s.providers.provider, "simulated");
@@ -389,6 +399,7 @@ mod tests {
             reasoning: &r,
             provider: &p,
             production: true,
+            upstream: upstream_health::Verdict::Healthy,
         });
         assert_eq!(
             s.providers,
@@ -401,6 +412,20 @@ mod tests {
         );
         assert_eq!(s.reasoning.samples, 5);
         assert!(!s.reasoning.self_consistency);
+        for (verdict, want) in [
+            (upstream_health::Verdict::Degraded, Status::Degraded),
+            (upstream_health::Verdict::Unhealthy, Status::Unhealthy),
+        ] {
+            let s = services(Inputs {
+                router_config_loaded: true,
+                reasoning: &r,
+                provider: &p,
+                production: true,
+                upstream: verdict,
+            });
+            assert_eq!(s.providers.status, want);
+            assert_eq!(s.overall(), want);
+        }
     }
 
     #[test]
@@ -412,6 +437,7 @@ mod tests {
             reasoning: &r,
             provider: &p,
             production: false,
+            upstream: upstream_health::Verdict::Healthy,
         }))
         .unwrap();
         assert_eq!(

@@ -427,6 +427,9 @@ fn to_message(v: &Value) -> ChatMessage {
 /// invalidation counter) instead of removing the conversation, so a fetch
 /// that started before the invalidation, and may therefore miss the new
 /// turn, sees on completion that it is stale and does not store.
+/// See [`Cache::cacheable`].
+const MAX_CACHED_ID_LEN: usize = 128;
+
 struct Cache {
     ttl: Duration,
     inner: Mutex<CacheInner>,
@@ -467,6 +470,13 @@ impl Cache {
         !self.ttl.is_zero()
     }
 
+    /// Conversation ids longer than this are never cached (nor marked): the
+    /// id comes from the client unbounded, and the cache holds up to
+    /// `CACHE_CAPACITY` of them. The backend's ids are short integers.
+    fn cacheable(id: &str) -> bool {
+        id.len() <= MAX_CACHED_ID_LEN
+    }
+
     /// The lock; a panic elsewhere while holding it leaves only cache
     /// entries behind, which are safe to keep using.
     fn lock(&self) -> MutexGuard<'_, CacheInner> {
@@ -479,7 +489,7 @@ impl Cache {
         history_length: Option<u64>,
         now: Instant,
     ) -> Option<Vec<ChatMessage>> {
-        if !self.enabled() {
+        if !self.enabled() || !Self::cacheable(id) {
             return None;
         }
         let ttl = self.ttl;
@@ -505,7 +515,7 @@ impl Cache {
         ticket: u64,
         stored_at: Instant,
     ) {
-        if !self.enabled() {
+        if !self.enabled() || !Self::cacheable(id) {
             return;
         }
         let mut inner = self.lock();
@@ -530,7 +540,7 @@ impl Cache {
     }
 
     fn invalidate(&self, id: &str) {
-        if !self.enabled() {
+        if !self.enabled() || !Self::cacheable(id) {
             return;
         }
         let mut inner = self.lock();
@@ -733,6 +743,21 @@ mod tests {
         }
         assert_eq!(cache.lookup("c", Some(4), t0), None);
         assert_eq!(cache.lookup("c", Some(19), t0), Some(vec![]));
+    }
+
+    #[test]
+    fn long_ids_are_never_cached_or_marked() {
+        let cache = Cache::new(Duration::from_secs(30), 10);
+        let long = "x".repeat(MAX_CACHED_ID_LEN + 1);
+        let now = Instant::now();
+        let t = cache.ticket();
+        cache.store(&long, None, &[msg("user", "hi")], t, now);
+        assert!(cache.lookup(&long, None, now).is_none());
+        cache.invalidate(&long);
+        assert_eq!(cache.lock().conversations.len(), 0, "no entry, no marker");
+        let short = "42";
+        cache.store(short, None, &[msg("user", "hi")], cache.ticket(), now);
+        assert!(cache.lookup(short, None, now).is_some());
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod state;
 pub mod stream;
 pub mod telemetry;
 pub mod tokens;
+pub mod upstream_health;
 pub mod validate;
 
 use std::sync::Arc;

@@ -214,24 +214,41 @@ pub trait Counter: Send + Sync {
 /// Counts inside this process.
 #[derive(Default)]
 pub struct LocalCounter {
-    counts: Mutex<HashMap<String, (u64, u64)>>,
+    inner: Mutex<Local>,
 }
 
-/// Entries kept before stale windows are swept.
-const SWEEP_AT: usize = 50_000;
+#[derive(Default)]
+struct Local {
+    /// key → (window start, window length, count)
+    counts: HashMap<String, (u64, u64, u64)>,
+    hits: u64,
+}
+
+/// Stale windows are swept every this many hits (not on every hit), so
+/// the map stays bounded by the keys active in their own windows.
+const SWEEP_EVERY: u64 = 10_000;
 
 impl Counter for LocalCounter {
     fn hit(&self, key: &str, window_start: u64, window: u64) -> u64 {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.len() >= SWEEP_AT {
-            counts.retain(|_, (start, _)| *start + window >= window_start);
+        let mut local = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        local.hits += 1;
+        if local.hits % SWEEP_EVERY == 0 {
+            // `window_start` of this hit is a lower bound of "now"; each
+            // entry expires by its *own* window, whatever this key's is.
+            let now = window_start;
+            local
+                .counts
+                .retain(|_, (start, len, _)| *start + *len > now);
         }
-        let entry = counts.entry(key.to_string()).or_insert((window_start, 0));
+        let entry = local
+            .counts
+            .entry(key.to_string())
+            .or_insert((window_start, window, 0));
         if entry.0 != window_start {
-            *entry = (window_start, 0);
+            *entry = (window_start, window, 0);
         }
-        entry.1 += 1;
-        entry.1
+        entry.2 += 1;
+        entry.2
     }
 }
 
@@ -311,6 +328,31 @@ mod tests {
         assert_eq!(h["ratelimit-reset"], "30");
         assert_eq!(h["x-ratelimit-reset"], "1700000040");
         assert_eq!(verdicts[0].remaining, 9);
+    }
+
+    #[test]
+    fn a_sweep_keeps_longer_windows_alive() {
+        let c = LocalCounter::default();
+        // a 900 s bucket, 600 s into its window, at 101 hits
+        for _ in 0..101 {
+            c.hit("ip", 0, 900);
+        }
+        // enough 60 s traffic to trigger sweeps
+        for i in 0..(2 * SWEEP_EVERY) {
+            c.hit(&format!("stream:{i}"), 600, 60);
+        }
+        assert_eq!(
+            c.hit("ip", 0, 900),
+            102,
+            "the long window survived the sweep"
+        );
+        let len = c.inner.lock().unwrap().counts.len();
+        assert!(len as u64 <= 2 * SWEEP_EVERY + 1);
+        // and a window that really ended is swept
+        for i in 0..SWEEP_EVERY {
+            c.hit(&format!("later:{i}"), 2000, 60);
+        }
+        assert!(!c.inner.lock().unwrap().counts.contains_key("ip"));
     }
 
     #[test]

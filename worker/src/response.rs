@@ -168,6 +168,19 @@ fn add_security_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `Accept-Encoding` accepts `name` (a `q=0` refuses it).
+pub fn accepts_encoding(header: &str, name: &str) -> bool {
+    header.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let token = parts.next().unwrap_or("").trim();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        token.eq_ignore_ascii_case(name) && q > 0.0
+    })
+}
+
 /// Bodies smaller than this are sent as they are (§11).
 const COMPRESS_MIN: u64 = 1024;
 
@@ -192,13 +205,7 @@ pub async fn compress(resp: &mut Response<Body>, accept_encoding: &str) {
     if size.is_none_or(|n| n < COMPRESS_MIN) {
         return;
     }
-    let accepts = |name: &str| {
-        accept_encoding.split(',').any(|e| {
-            e.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case(name))
-        })
-    };
+    let accepts = |name: &str| accepts_encoding(accept_encoding, name);
     let encoding = if accepts("gzip") {
         "gzip"
     } else if accepts("deflate") {
@@ -276,5 +283,14 @@ mod tests {
         finish(&mut plain, "/health", "rid", &wid);
         assert!(!plain.headers().contains_key(CACHE_CONTROL));
         assert_eq!(plain.headers()["x-service-name"], "HearTalk-AI-MVP");
+    }
+
+    #[test]
+    fn accept_encoding_honours_q_zero() {
+        assert!(accepts_encoding("gzip, deflate", "gzip"));
+        assert!(accepts_encoding("deflate, GZIP;q=0.5", "gzip"));
+        assert!(!accepts_encoding("gzip;q=0", "gzip"));
+        assert!(!accepts_encoding("gzip; q=0.0, deflate", "gzip"));
+        assert!(!accepts_encoding("br", "gzip"));
     }
 }

@@ -21,10 +21,13 @@ use crate::ratelimit::{Counter, LocalCounter};
 use crate::routing::{DecisionCache, Router};
 use crate::settings::Settings;
 use crate::telemetry;
+use crate::upstream_health::{self, UpstreamHealth};
 
 /// Everything a handler needs besides the request.
 pub struct Services {
     pub provider: Arc<dyn Provider>,
+    /// Recent upstream outcomes, for `/api/v1/health`.
+    pub upstream: Arc<UpstreamHealth>,
     pub router: Router,
     pub decisions: DecisionCache,
     pub history: HistoryClient,
@@ -74,8 +77,13 @@ impl Services {
             max_rounds: p.max_conversation_rounds,
             max_context_tokens: p.max_context_tokens,
         })?;
+        let upstream = Arc::new(UpstreamHealth::default());
         Ok(Services {
-            provider: Arc::new(Metered(inner)),
+            provider: Arc::new(Metered {
+                inner,
+                health: upstream.clone(),
+            }),
+            upstream,
             router,
             decisions,
             history,
@@ -96,25 +104,43 @@ impl Services {
 }
 
 /// Counts every upstream call (`ai_upstream_requests_total`,
-/// `ai_upstream_duration_seconds`) around any provider.
-struct Metered(Arc<dyn Provider>);
+/// `ai_upstream_duration_seconds`) around any provider, and feeds the
+/// health window.
+struct Metered {
+    inner: Arc<dyn Provider>,
+    health: Arc<UpstreamHealth>,
+}
+
+/// The health-window view of a call's end (`None`: a cancel says nothing
+/// about the upstream).
+fn health_outcome(result: Result<(), &UpstreamError>) -> Option<upstream_health::Outcome> {
+    match result {
+        Ok(()) => Some(upstream_health::Outcome::Ok),
+        Err(UpstreamError::Cancelled) => None,
+        Err(UpstreamError::Http {
+            status: 401 | 403, ..
+        }) => Some(upstream_health::Outcome::AuthFailed),
+        Err(_) => Some(upstream_health::Outcome::Failed),
+    }
+}
 
 impl Provider for Metered {
     fn name(&self) -> &str {
-        self.0.name()
+        self.inner.name()
     }
 
     fn is_simulated(&self) -> bool {
-        self.0.is_simulated()
+        self.inner.is_simulated()
     }
 
     fn complete(
         &self,
         req: CompletionRequest,
     ) -> BoxFuture<'static, Result<Completion, UpstreamError>> {
-        let name = self.0.name().to_string();
+        let name = self.inner.name().to_string();
         let endpoint = req.endpoint.label();
-        let call = self.0.complete(req);
+        let call = self.inner.complete(req);
+        let health = self.health.clone();
         Box::pin(async move {
             let start = Instant::now();
             let result = call.await;
@@ -123,6 +149,9 @@ impl Provider for Metered {
                 Err(e) => e.outcome(),
             };
             telemetry::upstream(&name, endpoint, outcome, start.elapsed());
+            if let Some(o) = health_outcome(result.as_ref().map(|_| ())) {
+                health.record(o, Instant::now());
+            }
             result
         })
     }
@@ -131,14 +160,18 @@ impl Provider for Metered {
         &self,
         req: CompletionRequest,
     ) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
-        let name = self.0.name().to_string();
+        let name = self.inner.name().to_string();
         let endpoint = req.endpoint.label();
-        let call = self.0.stream(req);
+        let call = self.inner.stream(req);
+        let health = self.health.clone();
         Box::pin(async move {
             let start = Instant::now();
             match call.await {
                 Err(e) => {
                     telemetry::upstream(&name, endpoint, e.outcome(), start.elapsed());
+                    if let Some(o) = health_outcome(Err(&e)) {
+                        health.record(o, Instant::now());
+                    }
                     Err(e)
                 }
                 Ok(stream) => {
@@ -148,11 +181,19 @@ impl Provider for Metered {
                         endpoint,
                         start,
                         outcome: "cancelled",
+                        health: None,
+                        window: health,
                     };
                     let counted = stream.scan(guard, |g, item| {
                         match &item {
-                            Ok(StreamEvent::Done { .. }) => g.outcome = "success",
-                            Err(e) => g.outcome = e.outcome(),
+                            Ok(StreamEvent::Done { .. }) => {
+                                g.outcome = "success";
+                                g.health = health_outcome(Ok(()));
+                            }
+                            Err(e) => {
+                                g.outcome = e.outcome();
+                                g.health = health_outcome(Err(e));
+                            }
                             _ => {}
                         }
                         futures_util::future::ready(Some(item))
@@ -171,6 +212,8 @@ struct StreamOutcome {
     endpoint: &'static str,
     start: Instant,
     outcome: &'static str,
+    health: Option<upstream_health::Outcome>,
+    window: Arc<UpstreamHealth>,
 }
 
 impl Drop for StreamOutcome {
@@ -181,5 +224,8 @@ impl Drop for StreamOutcome {
             self.outcome,
             self.start.elapsed(),
         );
+        if let Some(o) = self.health {
+            self.window.record(o, Instant::now());
+        }
     }
 }

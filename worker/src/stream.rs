@@ -171,16 +171,20 @@ async fn pump(
     let mut model: Option<String> = None;
     let heartbeat = meta.heartbeat.max(Duration::from_millis(100));
     let mut shutdown = state.shutdown_signal();
+    // Measured from our last *output*, not the upstream's: hidden reasoning
+    // deltas arrive but write nothing, and proxies time out on silence.
+    let mut ping_at = tokio::time::Instant::now() + heartbeat;
     let end = loop {
         let next = tokio::select! {
             biased;
             () = tx.closed() => break End::ClientGone,
             _ = shutdown.wait_for(|now| *now) => break End::Shutdown,
-            item = tokio::time::timeout(heartbeat, upstream.next()) => item,
+            () = tokio::time::sleep_until(ping_at) => Err(()),
+            item = upstream.next() => Ok(item),
         };
         let out = match next {
             // No output for a heartbeat interval: keep proxies from timing out.
-            Err(_elapsed) => Bytes::from_static(PING),
+            Err(()) => Bytes::from_static(PING),
             Ok(None) => {
                 // The provider ends every good stream with Done; a bare end is an error.
                 let _ = send(
@@ -235,6 +239,7 @@ async fn pump(
                 break End::ClientGone;
             }
         };
+        ping_at = tokio::time::Instant::now() + heartbeat;
         if !send(&tx, out).await {
             break End::ClientGone;
         }

@@ -101,10 +101,38 @@ fn describe() {
 }
 
 pub fn http_request(method: &str, route: &'static str, status: u16, elapsed: Duration) {
-    counter!("http_requests_total", "method" => method.to_string(), "route" => route, "status" => status.to_string())
+    let method = method_label(method);
+    counter!("http_requests_total", "method" => method, "route" => route, "status" => status.to_string())
         .increment(1);
-    histogram!("http_request_duration_seconds", "method" => method.to_string(), "route" => route)
+    histogram!("http_request_duration_seconds", "method" => method, "route" => route)
         .record(elapsed.as_secs_f64());
+}
+
+/// The method label from a fixed set: a client can send any token as a
+/// method, and a label per token would grow the registry without bound.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "HEAD" => "HEAD",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("M123XXXX"), "OTHER");
+        assert_eq!(method_label("get"), "OTHER");
+    }
 }
 
 pub fn route_decision(route: &str) {

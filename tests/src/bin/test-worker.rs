@@ -10,7 +10,8 @@
 //!
 //! Modes: `serve` (default), `exit-now[=CODE]`, `ignore-term`, `no-ready`,
 //! `slow-ready=MS`, `orphan=SECONDS` (spawns `sleep SECONDS` as an orphan,
-//! then serves), `leak=KB` (every request keeps KB of touched memory).
+//! then serves), `leak=KB` (every request keeps KB of touched memory),
+//! `grow=MB_PER_SEC` (memory grows steadily, whatever the load).
 //! Paths: `GET /slow?ms=N` answers after N ms; `GET /balloon?mb=N` touches
 //! N MB at once; anything else answers `{"pid":…,"slot":…}`.
 

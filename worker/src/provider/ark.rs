@@ -275,10 +275,21 @@ async fn complete_once(
             .map_err(|e| map_reqwest(&e, "request", timeout))?;
         let status = resp.status();
         let retry_after = parse_retry_after(resp.headers());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| map_reqwest(&e, "body", timeout))?;
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => return Err(timeout_error(timeout)),
+            // The status already says what happened; a cut-off error body
+            // must not turn a 401 or a quota 429 into a retried network error.
+            Err(_) if !status.is_success() => Bytes::new(),
+            // A response had started: §10.1 retries only failures before
+            // any response, so this is final.
+            Err(e) => {
+                return Err(UpstreamError::InvalidResponse(format!(
+                    "Invalid response format: body cut off ({})",
+                    error_chain(&e)
+                )));
+            }
+        };
         if !status.is_success() {
             return Err(http_error(status, retry_after, &bytes));
         }
