@@ -123,18 +123,6 @@ pub fn method_label(method: &str) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_methods_share_one_label() {
-        assert_eq!(method_label("GET"), "GET");
-        assert_eq!(method_label("M123XXXX"), "OTHER");
-        assert_eq!(method_label("get"), "OTHER");
-    }
-}
-
 pub fn route_decision(route: &str) {
     counter!("ai_route_decisions_total", "route" => route.to_string()).increment(1);
 }
@@ -176,5 +164,17 @@ pub fn rate_limited(bucket: &'static str) {
 pub fn stream_parse_errors(n: u64) {
     if n > 0 {
         counter!("ai_upstream_stream_parse_errors_total").increment(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("M123XXXX"), "OTHER");
+        assert_eq!(method_label("get"), "OTHER");
     }
 }
