@@ -55,6 +55,19 @@ fn main() {
         .strip_prefix("leak=")
         .and_then(|k| k.parse().ok())
         .unwrap_or(0);
+    if let Some(rate) = mode
+        .strip_prefix("grow=")
+        .and_then(|r| r.parse::<u64>().ok())
+    {
+        // 1 MiB every 1/rate seconds.
+        let every = Duration::from_micros(1_000_000 / rate.max(1));
+        std::thread::spawn(move || {
+            loop {
+                hoard(1 << 20);
+                std::thread::sleep(every);
+            }
+        });
+    }
 
     let listeners: Vec<TcpListener> = match shared::activation::take_listen_fds() {
         Ok(fds) if !fds.is_empty() => fds.into_iter().map(|i| TcpListener::from(i.fd)).collect(),
