@@ -27,5 +27,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (the end-to-end tests run the built binaries)"
+cargo build --workspace --bins --locked
 echo "== cargo nextest"
 cargo nextest run --workspace --locked --profile ci "$@"

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod chat;
 pub mod clock;
 pub mod cors;
+pub mod fleet_metrics;
 pub mod health;
 pub mod history;
 pub mod listener;
@@ -94,8 +95,19 @@ pub fn run() -> anyhow::Result<()> {
         );
         let state = Arc::new(AppState::new(settings, started, services));
         tokio::spawn(probe_backend(state.clone()));
-        if let Some(port) = state.settings.pipeline.metrics_port {
-            tokio::spawn(server::serve_metrics(port));
+        match (
+            &state.settings.metrics_socket,
+            state.settings.pipeline.metrics_port,
+        ) {
+            // Under a supervisor: it scrapes us and serves the fleet's sum
+            // (on its own admin address; N workers could not share one port).
+            (Some(name), _) => {
+                tokio::spawn(server::serve_metrics_unix(name.clone()));
+            }
+            (None, Some(port)) => {
+                tokio::spawn(server::serve_metrics(port));
+            }
+            (None, None) => {}
         }
         server::serve(sockets.listeners, state).await
     })

@@ -49,6 +49,8 @@ pub enum Endpoint {
     Providers,
     Models,
     InternalTest,
+    /// Fleet-wide Prometheus text, under a supervisor.
+    Metrics,
 }
 
 /// Who may call an endpoint.
@@ -66,9 +68,11 @@ enum Access {
 impl Endpoint {
     fn access(self) -> Access {
         match self {
-            Endpoint::Index | Endpoint::Health | Endpoint::Ready | Endpoint::ApiHealth => {
-                Access::Public
-            }
+            Endpoint::Index
+            | Endpoint::Health
+            | Endpoint::Ready
+            | Endpoint::ApiHealth
+            | Endpoint::Metrics => Access::Public,
             Endpoint::Providers | Endpoint::Models => Access::BearerPresent,
             Endpoint::InternalTest => Access::Internal,
             _ => Access::User,
@@ -95,6 +99,7 @@ static ROUTES: &[(Method, &str, Endpoint)] = &[
     (Method::GET, "/api/v1/providers", Endpoint::Providers),
     (Method::GET, "/api/v1/models", Endpoint::Models),
     (Method::GET, "/internal/api/v1/test", Endpoint::InternalTest),
+    (Method::GET, "/metrics", Endpoint::Metrics),
 ];
 
 /// The outcome of matching a request line against [`ROUTES`].
@@ -296,6 +301,18 @@ where
             );
         }
     };
+    // `/metrics` exists on this port only under a supervisor (and when its
+    // config allows it); otherwise it is an unknown route like any other.
+    if endpoint == Endpoint::Metrics && settings.control_socket.is_none() {
+        let message = format!("Route {} {} not found", req.method(), ex.path);
+        return response::error(
+            StatusCode::NOT_FOUND,
+            "ROUTE_NOT_FOUND",
+            "Not Found",
+            Some(&message),
+            rid,
+        );
+    }
     // (4) Authentication.
     let now = now_unix();
     let secret = settings.pipeline.jwt_secret.0.as_bytes();
@@ -395,6 +412,7 @@ where
         Endpoint::Providers => api::providers(svc.provider.is_simulated()),
         Endpoint::Models => api::models(),
         Endpoint::InternalTest => api::internal_test(service_claims.unwrap_or_default(), rid),
+        Endpoint::Metrics => fleet_metrics(settings, rid).await,
         Endpoint::Generate | Endpoint::Stream => {
             let body = body.unwrap_or_default();
             match validate::chat(&body, user_id, now_ms) {
@@ -413,6 +431,39 @@ where
             Err(e) => validation_error(&e.0, rid),
             Ok(text) => api::detect(text),
         },
+    }
+}
+
+/// `GET /metrics`: the supervisor's fleet-wide exposition.
+async fn fleet_metrics(settings: &crate::settings::Settings, rid: &str) -> Response<Body> {
+    let Some(socket) = &settings.control_socket else {
+        return response::error(
+            StatusCode::NOT_FOUND,
+            "ROUTE_NOT_FOUND",
+            "Not Found",
+            None,
+            rid,
+        );
+    };
+    match crate::fleet_metrics::fetch(socket).await {
+        Ok(text) => {
+            let mut resp = Response::new(response::full(text));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(telemetry::CONTENT_TYPE),
+            );
+            resp
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "fleet metrics unavailable");
+            response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "METRICS_UNAVAILABLE",
+                "Metrics unavailable",
+                None,
+                rid,
+            )
+        }
     }
 }
 

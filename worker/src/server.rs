@@ -247,9 +247,42 @@ impl StopSignals {
     }
 }
 
-/// Serves `GET /metrics` (this worker's Prometheus text) on
-/// `127.0.0.1:<METRICS_PORT>`-style admin port `port`, all interfaces.
-/// Failing to bind is logged, not fatal: metrics must not take the service down.
+/// This worker's metrics as an HTTP response (Prometheus text format).
+fn metrics_response(
+    req: &http::Request<hyper::body::Incoming>,
+) -> http::Response<crate::response::Body> {
+    if req.uri().path() == "/metrics" {
+        let mut r = http::Response::new(crate::response::full(crate::telemetry::render()));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(crate::telemetry::CONTENT_TYPE),
+        );
+        r
+    } else {
+        let mut r = http::Response::new(crate::response::full("not found\n"));
+        *r.status_mut() = http::StatusCode::NOT_FOUND;
+        r
+    }
+}
+
+/// Serves one metrics connection (HTTP/1, `GET /metrics` only).
+fn serve_metrics_connection<S>(stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+            Ok::<_, Infallible>(metrics_response(&req))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+}
+
+/// Serves `GET /metrics` (this worker's own numbers) on `0.0.0.0:port`:
+/// `METRICS_PORT` for a worker running without a supervisor. Failing to
+/// bind is logged, not fatal: metrics must not take the service down.
 pub async fn serve_metrics(port: u16) {
     let listener = match TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
@@ -260,30 +293,38 @@ pub async fn serve_metrics(port: u16) {
     };
     tracing::info!(port, "serving /metrics");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(ACCEPT_BACKOFF).await;
-            continue;
-        };
-        tokio::spawn(async move {
-            let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                let resp = if req.uri().path() == "/metrics" {
-                    let mut r =
-                        http::Response::new(crate::response::full(crate::telemetry::render()));
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                    );
-                    r
-                } else {
-                    let mut r = http::Response::new(crate::response::full("not found\n"));
-                    *r.status_mut() = http::StatusCode::NOT_FOUND;
-                    r
-                };
-                Ok::<_, Infallible>(resp)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+        match listener.accept().await {
+            Ok((stream, _)) => serve_metrics_connection(stream),
+            Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+        }
+    }
+}
+
+/// Serves this worker's metrics to its supervisor on the abstract Unix
+/// socket named by `HEARTALK_METRICS_SOCKET` (`@name`): the supervisor
+/// scrapes every worker and serves the fleet-wide sum.
+pub async fn serve_metrics_unix(name: String) {
+    use std::os::linux::net::SocketAddrExt;
+    let bound = name
+        .strip_prefix('@')
+        .ok_or_else(|| io::Error::other("not an abstract socket name (must start with @)"))
+        .and_then(|n| std::os::unix::net::SocketAddr::from_abstract_name(n.as_bytes()))
+        .and_then(|addr| std::os::unix::net::UnixListener::bind_addr(&addr))
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
         });
+    let listener = match bound {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(socket = %name, error = %e, "cannot serve metrics to the supervisor");
+            return;
+        }
+    };
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => serve_metrics_connection(stream),
+            Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+        }
     }
 }

@@ -38,6 +38,13 @@ pub struct Settings {
     pub provider: ProviderSettings,
     /// Everything the chat pipeline reads (§14).
     pub pipeline: PipelineSettings,
+    /// Set by the supervisor: where it scrapes this worker's metrics
+    /// (`HEARTALK_METRICS_SOCKET`, an abstract socket name).
+    pub metrics_socket: Option<String>,
+    /// Set by the supervisor: its control socket, asked for the fleet-wide
+    /// metrics that `GET /metrics` on the service port serves
+    /// (`HEARTALK_CONTROL_SOCKET`; unset = no `/metrics` on this port).
+    pub control_socket: Option<PathBuf>,
 }
 
 /// A secret value: usable, but never printed by `Debug`.
@@ -164,6 +171,10 @@ impl Settings {
                 has_api_key: !string("BYTEPLUS_API_KEY", "").trim().is_empty(),
             },
             pipeline: pipeline(&get),
+            metrics_socket: get("HEARTALK_METRICS_SOCKET").filter(|v| !v.is_empty()),
+            control_socket: get("HEARTALK_CONTROL_SOCKET")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         }
     }
 

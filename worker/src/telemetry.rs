@@ -16,6 +16,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// `Content-Type` of the Prometheus text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Histogram buckets for request and upstream durations, in seconds:
 /// fine below 100 ms (our own overhead), coarse up to model timeouts.
 const DURATION_BUCKETS: &[f64] = &[

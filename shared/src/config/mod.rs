@@ -39,8 +39,23 @@ pub enum LoadError {
 pub struct Config {
     /// The file this was read from (for reloads and messages).
     pub path: PathBuf,
+    pub supervisor: SupervisorSettings,
     pub log: LogSettings,
     pub apps: Vec<App>,
+}
+
+/// `[supervisor]`: the control plane.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SupervisorSettings {
+    /// The control socket; `None` = the default location (see the
+    /// supervisor's `control` module).
+    pub control_socket: Option<PathBuf>,
+    /// An admin address where the supervisor itself serves the fleet-wide
+    /// `/metrics` (e.g. `127.0.0.1:9464`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether `GET /metrics` on the service port answers with the
+    /// fleet-wide metrics (default true).
+    pub service_metrics: bool,
 }
 
 /// Where and how worker output is kept (used by the log writer).

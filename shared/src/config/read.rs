@@ -16,11 +16,14 @@ use toml::de::{DeTable, DeValue};
 
 use super::diag::{Diagnostics, closest};
 use super::units::{parse_duration, parse_size};
-use super::{App, Config, ConfigErrors, DEFAULT_PORT, Instances, LogSettings, expand_env};
+use super::{
+    App, Config, ConfigErrors, DEFAULT_PORT, Instances, LogSettings, SupervisorSettings, expand_env,
+};
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
-const TOP_KEYS: &[&str] = &["apps", "log"];
+const TOP_KEYS: &[&str] = &["apps", "log", "supervisor"];
+const SUPERVISOR_KEYS: &[&str] = &["control_socket", "metrics_listen", "service_metrics"];
 const LOG_KEYS: &[&str] = &["dir", "max_size", "max_files", "stdout"];
 const APP_KEYS: &[&str] = &[
     "name",
@@ -72,6 +75,7 @@ pub(super) fn read(
     check_keys(&mut d, top, TOP_KEYS, "top level");
 
     let log = read_log(&mut d, top.get("log"), base);
+    let supervisor = read_supervisor(&mut d, top.get("supervisor"), base);
     let mut apps = Vec::new();
     match top.get("apps") {
         None => d.error(
@@ -102,6 +106,7 @@ pub(super) fn read(
     check_fleet(&mut d, &apps);
     let config = Config {
         path: path.to_path_buf(),
+        supervisor,
         log,
         apps: apps.into_iter().map(|(app, _)| app).collect(),
     };
@@ -111,6 +116,7 @@ pub(super) fn read(
 fn placeholder(path: &Path) -> Config {
     Config {
         path: path.to_path_buf(),
+        supervisor: SupervisorSettings::default(),
         log: default_log(Path::new(".")),
         apps: Vec::new(),
     }
@@ -169,6 +175,33 @@ fn read_log(d: &mut Diagnostics, v: Option<&Value>, base: &Path) -> LogSettings 
     }
     log.stdout = boolean(d, t, "stdout");
     log
+}
+
+fn read_supervisor(d: &mut Diagnostics, v: Option<&Value>, base: &Path) -> SupervisorSettings {
+    let mut out = SupervisorSettings {
+        service_metrics: true,
+        ..SupervisorSettings::default()
+    };
+    let Some(v) = v else { return out };
+    let DeValue::Table(t) = v.get_ref() else {
+        type_error(
+            d,
+            v.span(),
+            "supervisor",
+            "a table (`[supervisor]`)",
+            v.get_ref(),
+        );
+        return out;
+    };
+    check_keys(d, t, SUPERVISOR_KEYS, "[supervisor]");
+    out.control_socket = string(d, t, "control_socket").map(|s| base.join(s));
+    if let Some(v) = t.get("metrics_listen") {
+        out.metrics_listen = listen(d, v);
+    }
+    if let Some(b) = boolean(d, t, "service_metrics") {
+        out.service_metrics = b;
+    }
+    out
 }
 
 fn read_app(

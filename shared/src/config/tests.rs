@@ -210,3 +210,25 @@ fn display_lists_file_line_column_and_hint() {
     );
     assert!(text.contains("\n  hint: write a size"));
 }
+
+#[test]
+fn supervisor_table() {
+    let c = parse("[supervisor]\ncontrol_socket = \"run/ctl.sock\"\nmetrics_listen = \"127.0.0.1:9464\"\nservice_metrics = false\n[[apps]]\nname = \"a\"\n").unwrap();
+    assert_eq!(
+        c.supervisor.control_socket.as_deref(),
+        Some(Path::new("/etc/heartalk/run/ctl.sock"))
+    );
+    assert_eq!(
+        c.supervisor.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert!(!c.supervisor.service_metrics);
+    let d = parse("[[apps]]\nname = \"a\"\n").unwrap();
+    assert!(d.supervisor.service_metrics, "on by default");
+    let errs = errors("[supervisor]\ncontrol_sock = 1\n[[apps]]\nname = \"a\"\n");
+    assert!(
+        errs[0]
+            .message
+            .contains("unknown key `control_sock` in [supervisor]")
+    );
+}

@@ -23,7 +23,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} not built; run the tests through cargo (nextest --workspace)",
+        "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
         path.display()
     );
     path
