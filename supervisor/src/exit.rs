@@ -10,7 +10,8 @@ pub enum Exit {
     /// Every worker stopped cleanly (or a fast stop was requested).
     Clean = 0,
     /// A stop had to SIGKILL at least one worker at `kill_timeout`, or
-    /// another runtime failure.
+    /// another runtime failure; for `heartalk reload`, a refused or
+    /// rolled-back reload.
     Forced = 1,
     /// Bad command line or bad config file (EX_USAGE).
     Usage = 64,
@@ -18,6 +19,10 @@ pub enum Exit {
     AllErrored = 69,
     /// Setting up failed: socket bind, program missing, signal setup (EX_OSERR).
     Setup = 71,
+    /// Another supervisor already answers on the control socket (EX_TEMPFAIL).
+    AlreadyRunning = 75,
+    /// CLI verbs: no supervisor is running (like `systemctl status`'s 3).
+    NotRunning = 3,
 }
 
 impl Exit {

@@ -19,9 +19,9 @@
 //! the new ones are killed and the old generation carries on (rollback).
 //! A memory replacement does the same for one slot (its *successor*).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,11 +108,20 @@ struct Worker {
     /// Why the supervisor killed it, if it did (`memory`).
     kill_reason: Option<&'static str>,
     killed: bool,
+    /// Abstract socket name it serves its metrics on.
+    metrics_id: String,
 }
 
 impl Worker {
-    fn new(pid: Pid, generation: u64, now: Instant, listen_timeout: Duration) -> Worker {
+    fn new(
+        pid: Pid,
+        generation: u64,
+        now: Instant,
+        listen_timeout: Duration,
+        metrics_id: String,
+    ) -> Worker {
         Worker {
+            metrics_id,
             pid,
             generation,
             spawned_at: now,
@@ -225,6 +234,48 @@ pub struct Fleet {
     announced_ready: bool,
     reload_queued: bool,
     last_reload: Option<ReloadOutcome>,
+    /// Workers spawned so far (names their metrics sockets).
+    spawn_seq: u64,
+    /// Handed to workers for `/metrics` on the service port.
+    control_socket: Option<PathBuf>,
+    /// Restarts by (app, reason: crash | memory | reload | manual).
+    restarts_by: BTreeMap<(String, &'static str), u64>,
+    /// Reloads by (app, outcome: committed | rolled_back | refused).
+    reloads_by: BTreeMap<(String, &'static str), u64>,
+}
+
+/// A read-only picture of the fleet, for `status` and `/metrics`.
+pub struct FleetView {
+    pub apps: Vec<AppView>,
+    pub generation: u64,
+    pub reloading: bool,
+    pub last_reload: Option<ReloadOutcome>,
+    pub stopping: bool,
+    pub restarts_by: Vec<(String, &'static str, u64)>,
+    pub reloads_by: Vec<(String, &'static str, u64)>,
+}
+
+pub struct AppView {
+    pub name: String,
+    /// The bound address (port 0 resolved).
+    pub listen: std::net::SocketAddr,
+    pub slots: Vec<SlotView>,
+}
+
+pub struct SlotView {
+    pub slot: usize,
+    pub state: SlotState,
+    pub worker: Option<WorkerView>,
+    pub restarts: u32,
+    pub unstable_restarts: u32,
+    pub last_exit: Option<ExitInfo>,
+}
+
+pub struct WorkerView {
+    pub pid: Pid,
+    pub generation: u64,
+    pub started: Instant,
+    pub metrics_id: String,
 }
 
 /// Builds the runtime form of `config`'s apps, reusing the slot sockets of
@@ -309,18 +360,109 @@ impl Fleet {
             announced_ready: false,
             reload_queued: false,
             last_reload: None,
+            spawn_seq: 0,
+            control_socket: None,
+            restarts_by: BTreeMap::new(),
+            reloads_by: BTreeMap::new(),
         })
     }
 
-    fn launch(&self, app: &AppRun, slot: &Slot, generation: u64) -> std::io::Result<Pid> {
-        spawn(&Launch {
-            app: &app.config,
-            program: &app.program,
-            slot: slot.index,
+    /// Tells workers where the control socket is (for `/metrics` on the
+    /// service port); `None` keeps that path off.
+    pub fn set_control_socket(&mut self, path: Option<&Path>) {
+        self.control_socket = path.map(Path::to_path_buf);
+    }
+
+    fn next_metrics_id(&mut self) -> String {
+        self.spawn_seq += 1;
+        format!(
+            "@heartalk/{}/metrics/{}",
+            std::process::id(),
+            self.spawn_seq
+        )
+    }
+
+    fn count_restart(&mut self, app: &str, reason: &'static str) {
+        *self
+            .restarts_by
+            .entry((app.to_string(), reason))
+            .or_default() += 1;
+    }
+
+    fn count_reload(&mut self, outcome: &'static str) {
+        for app in &self.apps {
+            *self
+                .reloads_by
+                .entry((app.config.name.clone(), outcome))
+                .or_default() += 1;
+        }
+    }
+
+    /// A picture of every slot and worker.
+    pub fn view(&self) -> FleetView {
+        let apps = self
+            .apps
+            .iter()
+            .map(|a| AppView {
+                name: a.config.name.clone(),
+                listen: a
+                    .slots
+                    .iter()
+                    .find_map(|s| s.socket.as_ref().map(|x| x.addr))
+                    .unwrap_or(a.config.listen),
+                slots: a
+                    .slots
+                    .iter()
+                    .map(|s| SlotView {
+                        slot: s.index,
+                        state: s.state,
+                        worker: s.worker.as_ref().map(|w| WorkerView {
+                            pid: w.pid,
+                            generation: w.generation,
+                            started: w.spawned_at,
+                            metrics_id: w.metrics_id.clone(),
+                        }),
+                        restarts: s.restarts,
+                        unstable_restarts: s.unstable,
+                        last_exit: s.last_exit.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        FleetView {
+            apps,
+            generation: self.generation,
+            reloading: self.rollout.is_some(),
+            last_reload: self.last_reload.clone(),
+            stopping: self.mode == Mode::Stopping,
+            restarts_by: self
+                .restarts_by
+                .iter()
+                .map(|((a, r), n)| (a.clone(), *r, *n))
+                .collect(),
+            reloads_by: self
+                .reloads_by
+                .iter()
+                .map(|((a, o), n)| (a.clone(), *o, *n))
+                .collect(),
+        }
+    }
+
+    fn launch(
+        &self,
+        app: &AppRun,
+        slot: &Slot,
+        generation: u64,
+        metrics_id: &str,
+    ) -> std::io::Result<Pid> {
+        launch_worker(
+            &self.notify_socket,
+            self.control_socket.as_deref(),
+            app,
+            slot,
             generation,
-            socket: slot.socket.as_ref().map(|s| s.raw_fd()),
-            notify_socket: &self.notify_socket,
-        })
+            metrics_id,
+        )
     }
 
     /// Starts a worker in every slot.
@@ -334,7 +476,13 @@ impl Fleet {
 
     fn start_slot(&mut self, a: usize, s: usize, now: Instant) {
         let generation = self.generation;
-        let result = self.launch(&self.apps[a], &self.apps[a].slots[s], generation);
+        let metrics_id = self.next_metrics_id();
+        let result = self.launch(
+            &self.apps[a],
+            &self.apps[a].slots[s],
+            generation,
+            &metrics_id,
+        );
         let app = &mut self.apps[a];
         let slot = &mut app.slots[s];
         slot.restart_at = None;
@@ -343,7 +491,13 @@ impl Fleet {
                 tracing::info!(event = "worker_spawned", app = %app.config.name, slot = slot.index, pid = pid.as_raw(), generation);
                 slot.state = SlotState::Starting;
                 slot.strikes = 0;
-                slot.worker = Some(Worker::new(pid, generation, now, app.config.listen_timeout));
+                slot.worker = Some(Worker::new(
+                    pid,
+                    generation,
+                    now,
+                    app.config.listen_timeout,
+                    metrics_id,
+                ));
                 self.pids.insert(pid, Role::Current(a, s));
             }
             Err(e) => {
@@ -353,7 +507,10 @@ impl Fleet {
                     code: None,
                     signal: None,
                 };
-                Self::after_exit(app, s, exit, Duration::ZERO, now);
+                let name = app.config.name.clone();
+                if Self::after_exit(app, s, exit, Duration::ZERO, now) {
+                    self.count_restart(&name, "crash");
+                }
             }
         }
     }
@@ -467,12 +624,24 @@ impl Fleet {
             };
             self.pids.insert(successor.pid, Role::Current(a, s));
             slot.worker = Some(successor);
+            let name = app.config.name.clone();
+            self.count_restart(&name, restart_reason(reason));
             return;
         }
-        Self::after_exit(app, s, exit, uptime, now);
+        let name = app.config.name.clone();
+        if Self::after_exit(app, s, exit, uptime, now) {
+            self.count_restart(&name, restart_reason(reason));
+        }
     }
 
-    fn after_exit(app: &mut AppRun, s: usize, exit: ExitInfo, uptime: Duration, now: Instant) {
+    /// Applies the restart policy; true when a restart was scheduled.
+    fn after_exit(
+        app: &mut AppRun,
+        s: usize,
+        exit: ExitInfo,
+        uptime: Duration,
+        now: Instant,
+    ) -> bool {
         let slot = &mut app.slots[s];
         slot.last_exit = Some(exit);
         match app.policy.on_exit(uptime, &mut slot.unstable) {
@@ -488,6 +657,7 @@ impl Fleet {
                     restarts = slot.restarts,
                     unstable_restarts = slot.unstable,
                 );
+                true
             }
             Decision::Errored => {
                 slot.state = SlotState::Errored;
@@ -502,6 +672,7 @@ impl Fleet {
                     max_restarts = app.policy.max_restarts,
                     "worker keeps exiting before min_uptime; giving up on this slot"
                 );
+                false
             }
         }
     }
@@ -550,6 +721,7 @@ impl Fleet {
                     let kill_timeout = app.config.kill_timeout;
                     let name = app.config.name.clone();
                     let index = slot.index;
+                    self.count_restart(&name, "memory");
                     self.drain(old, &name, index, "memory", kill_timeout, None, now);
                 }
             }
@@ -640,6 +812,7 @@ impl Fleet {
         let apps = match build_apps(config, self.cpus, &self.apps) {
             Ok(apps) => apps,
             Err(e) => {
+                self.count_reload("refused");
                 tracing::error!(event = "reload_refused", generation, error = %e);
                 self.last_reload = Some(ReloadOutcome {
                     generation,
@@ -689,13 +862,19 @@ impl Fleet {
                 continue;
             }
             r.pending.remove(i);
-            match self.launch(app, &app.slots[s], r.generation) {
+            self.spawn_seq += 1;
+            let metrics_id = format!(
+                "@heartalk/{}/metrics/{}",
+                std::process::id(),
+                self.spawn_seq
+            );
+            match self.launch(app, &app.slots[s], r.generation, &metrics_id) {
                 Ok(pid) => {
                     tracing::info!(event = "worker_spawned", app = %app.config.name, slot = s, pid = pid.as_raw(), generation = r.generation);
                     let timeout = app.config.listen_timeout;
                     let slot = &mut r.apps[a].slots[s];
                     slot.state = SlotState::Starting;
-                    slot.worker = Some(Worker::new(pid, r.generation, now, timeout));
+                    slot.worker = Some(Worker::new(pid, r.generation, now, timeout, metrics_id));
                     self.pids.insert(pid, Role::Next(a, s));
                 }
                 Err(e) => {
@@ -774,6 +953,15 @@ impl Fleet {
                 }
             }
         }
+        let replaced: Vec<String> = self
+            .apps
+            .iter()
+            .flat_map(|a| a.slots.iter().map(move |_| a.config.name.clone()))
+            .collect();
+        for name in replaced {
+            self.count_restart(&name, "reload");
+        }
+        self.count_reload("committed");
         tracing::info!(
             event = "reload_committed",
             generation = r.generation,
@@ -813,6 +1001,7 @@ impl Fleet {
                 }
             }
         }
+        self.count_reload("rolled_back");
         tracing::error!(event = "reload_rolled_back", generation = r.generation, reason = %reason, "the previous generation keeps serving");
         self.last_reload = Some(ReloadOutcome {
             generation: r.generation,
@@ -833,6 +1022,7 @@ impl Fleet {
 
     /// Records a reload refused before it started (bad config).
     pub fn record_refused(&mut self, reason: String) {
+        self.count_reload("refused");
         self.last_reload = Some(ReloadOutcome {
             generation: self.generation + 1,
             outcome: "refused",
@@ -963,6 +1153,12 @@ impl Fleet {
             }
             Verdict::Replace => {
                 tracing::warn!(event = "memory_replace", app = %app.config.name, slot = slot.index, pid = w.pid.as_raw(), rss, pss, limit = app.limits.soft, "over max_memory: starting a replacement");
+                self.spawn_seq += 1;
+                let metrics_id = format!(
+                    "@heartalk/{}/metrics/{}",
+                    std::process::id(),
+                    self.spawn_seq
+                );
                 let launched = spawn(&Launch {
                     app: &app.config,
                     program: &app.program,
@@ -970,12 +1166,19 @@ impl Fleet {
                     generation,
                     socket: slot.socket.as_ref().map(|s| s.raw_fd()),
                     notify_socket: &self.notify_socket,
+                    metrics_socket: &metrics_id,
+                    control_socket: self.control_socket.as_deref(),
                 });
                 match launched {
                     Ok(pid) => {
                         tracing::info!(event = "worker_spawned", app = %app.config.name, slot = slot.index, pid = pid.as_raw(), generation);
-                        slot.successor =
-                            Some(Worker::new(pid, generation, now, app.config.listen_timeout));
+                        slot.successor = Some(Worker::new(
+                            pid,
+                            generation,
+                            now,
+                            app.config.listen_timeout,
+                            metrics_id,
+                        ));
                         self.pids.insert(pid, Role::Successor(a, s));
                     }
                     Err(e) => {
@@ -1126,6 +1329,37 @@ impl Fleet {
     /// Live worker pids (for logs and tests).
     pub fn worker_pids(&self) -> Vec<Pid> {
         self.pids.keys().copied().collect()
+    }
+}
+
+/// Forks a worker for `slot` of `app`.
+fn launch_worker(
+    notify_socket: &str,
+    control_socket: Option<&Path>,
+    app: &AppRun,
+    slot: &Slot,
+    generation: u64,
+    metrics_id: &str,
+) -> std::io::Result<Pid> {
+    spawn(&Launch {
+        app: &app.config,
+        program: &app.program,
+        slot: slot.index,
+        generation,
+        socket: slot.socket.as_ref().map(|s| s.raw_fd()),
+        notify_socket,
+        metrics_socket: metrics_id,
+        control_socket,
+    })
+}
+
+/// The restart reason a worker's end counts under in
+/// `heartalk_worker_restarts_total`.
+pub fn restart_reason(exit_reason: &str) -> &'static str {
+    match exit_reason {
+        "memory" => "memory",
+        "reload" => "reload",
+        _ => "crash",
     }
 }
 

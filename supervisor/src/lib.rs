@@ -6,14 +6,19 @@
 //! [`restart`] and [`cpus`] are pure policies; [`sys`] holds every unsafe
 //! libc call; [`exit`] lists the exit codes.
 
+pub mod client;
+pub mod control;
 pub mod cpus;
 pub mod exit;
 pub mod fleet;
 pub mod memory;
+pub mod metrics;
 pub mod notify;
 pub mod restart;
 pub mod run;
+pub mod scrape;
 pub mod signals;
 pub mod sockets;
 pub mod spawn;
+pub mod status;
 pub mod sys;

@@ -3,13 +3,16 @@
 //! Exit codes are listed in `exit.rs` and docs/operations.md; a bad config
 //! file is always 64 with every error printed, whichever verb read it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use heartalk::client::{ClientError, ask};
 use heartalk::exit::Exit;
 use shared::config::{Config, LoadError};
+use shared::control::{self, Body};
 
 /// Process supervisor for the HearTalk AI service (replaces PM2).
 #[derive(Parser)]
@@ -33,6 +36,36 @@ enum Command {
         #[arg(default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
         file: PathBuf,
     },
+    /// Show every worker of the running fleet.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the stable JSON schema (docs/operations.md) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the config with zero downtime; waits for the outcome
+    /// (exit 0 committed, 1 refused or rolled back).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop the fleet gracefully and wait until the supervisor has exited.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which supervisor a verb talks to.
+#[derive(clap::Args)]
+struct Target {
+    /// Config file of the running supervisor (locates its control socket).
+    #[arg(short, long, default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
+    config: PathBuf,
+    /// The control socket itself (overrides the config's).
+    #[arg(long, env = "HEARTALK_SOCKET")]
+    socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +93,9 @@ fn main() -> ExitCode {
             }
             Err(code) => ExitCode::from(code.code()),
         },
+        Command::Status { target, json } => verb(&target, |path| status(path, json)),
+        Command::Reload { target } => verb(&target, reload),
+        Command::Stop { target } => verb(&target, stop),
         Command::Run { config } => {
             init_tracing();
             let config = match load(&config) {
@@ -75,6 +111,89 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Resolves the control socket of `target` and runs `f` on it; failures
+/// are one plain line on stderr and a documented exit code.
+fn verb(target: &Target, f: impl FnOnce(&Path) -> Result<Exit, ClientError>) -> ExitCode {
+    let path = match &target.socket {
+        Some(p) => p.clone(),
+        None => match load(&target.config) {
+            Ok(c) => heartalk::control::socket_path(&c),
+            Err(code) => return ExitCode::from(code.code()),
+        },
+    };
+    match f(&path) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(e @ ClientError::NotRunning(_)) => {
+            eprintln!("heartalk: {e}");
+            ExitCode::from(Exit::NotRunning.code())
+        }
+        Err(e) => {
+            eprintln!("heartalk: {e}");
+            ExitCode::from(Exit::Forced.code())
+        }
+    }
+}
+
+fn status(path: &Path, json: bool) -> Result<Exit, ClientError> {
+    match ask(path, control::Command::Status, Duration::from_secs(10))? {
+        Body::Status(s) if json => {
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            Ok(Exit::Clean)
+        }
+        Body::Status(s) => {
+            print!("{}", heartalk::status::render_table(&s));
+            Ok(Exit::Clean)
+        }
+        other => unexpected(other),
+    }
+}
+
+fn reload(path: &Path) -> Result<Exit, ClientError> {
+    // A reload waits for every new worker's READY: allow for slow starts.
+    match ask(path, control::Command::Reload, Duration::from_secs(600))? {
+        Body::Reload(r) if r.outcome == "committed" => {
+            println!("reload committed: generation {}", r.generation);
+            Ok(Exit::Clean)
+        }
+        Body::Reload(r) => {
+            eprintln!(
+                "heartalk: reload {} (generation {}): {}",
+                r.outcome.replace('_', " "),
+                r.generation,
+                r.reason.as_deref().unwrap_or("no reason given")
+            );
+            Ok(Exit::Forced)
+        }
+        other => unexpected(other),
+    }
+}
+
+fn stop(path: &Path) -> Result<Exit, ClientError> {
+    match ask(path, control::Command::Stop, Duration::from_secs(10))? {
+        Body::Stopping => {}
+        other => return unexpected(other),
+    }
+    // The supervisor removes its socket when it has exited.
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while std::time::Instant::now() < deadline {
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            println!("stopped");
+            return Ok(Exit::Clean);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("heartalk: the supervisor is still stopping after 10 minutes");
+    Ok(Exit::Forced)
+}
+
+fn unexpected(body: Body) -> Result<Exit, ClientError> {
+    match body {
+        Body::Error { message, .. } => eprintln!("heartalk: the supervisor refused: {message}"),
+        other => eprintln!("heartalk: unexpected answer from the supervisor: {other:?}"),
+    }
+    Ok(Exit::Forced)
 }
 
 /// Reads the config, printing every problem to stderr.

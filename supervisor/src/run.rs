@@ -1,21 +1,28 @@
 //! `heartalk run`: the event loop that owns the fleet.
 //!
-//! One task on a current-thread runtime waits on four sources (operator
-//! signals, SIGCHLD, sd_notify datagrams, the next fleet deadline) and hands
-//! each event to [`Fleet`]. Single-threaded on purpose: workers are forked
-//! from this thread, so `PR_SET_PDEATHSIG` stays tied to the supervisor's
-//! life, and no locking is needed anywhere in the supervisor.
+//! One task on a current-thread runtime waits on its sources (operator
+//! signals and SIGCHLD, sd_notify datagrams, control-socket requests, the
+//! metrics refresh, the next fleet deadline) and hands each event to
+//! [`Fleet`]. Single-threaded on purpose: workers are forked from this
+//! thread, so `PR_SET_PDEATHSIG` stays tied to the supervisor's life, and
+//! the fleet needs no locking. Only metrics scrapes (network I/O to the
+//! workers) run in spawned tasks, fed a snapshot of the fleet.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shared::config::Config;
+use shared::control::{Body, Command, ErrorCode, ReloadResult};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::control::{self, Ask, ControlError, ControlSocket};
 use crate::exit::Exit;
-use crate::fleet::{Fleet, SetupError};
+use crate::fleet::{Fleet, ReloadOutcome, SetupError};
 use crate::notify::NotifySocket;
+use crate::scrape::{self, CpuSampler, FleetMetrics};
 use crate::signals::{Intent, Signals};
-use crate::{cpus, sockets, sys};
+use crate::{cpus, sockets, status, sys};
 
 /// Runs the fleet until it is stopped; returns the exit code to use.
 pub async fn run(config: Config) -> anyhow::Result<Exit> {
@@ -27,6 +34,7 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
             tracing::warn!(event = "subreaper_unavailable", error = %e, "orphaned grandchildren will go to init");
         }
     }
+    let started = Instant::now();
     let notify = NotifySocket::bind().context("binding the sd_notify socket")?;
     let migrate = sockets::enable_tcp_migrate_req();
     let cpus = cpus::usable();
@@ -40,6 +48,19 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
         tcp_migrate_req = ?migrate,
     );
 
+    let control_path = control::socket_path(&config);
+    let control_socket = match ControlSocket::bind(&control_path) {
+        Ok(c) => c,
+        Err(e @ ControlError::InUse(_)) => {
+            tracing::error!(event = "setup_failed", error = %e);
+            return Ok(Exit::AlreadyRunning);
+        }
+        Err(e) => {
+            tracing::error!(event = "setup_failed", error = %e);
+            return Ok(Exit::Setup);
+        }
+    };
+
     let mut fleet = match Fleet::new(&config, notify.env_value.clone(), cpus) {
         Ok(f) => f,
         Err(e @ SetupError::Program(_)) => {
@@ -51,9 +72,47 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
             return Ok(Exit::Setup);
         }
     };
+    fleet.set_control_socket(
+        config
+            .supervisor
+            .service_metrics
+            .then_some(control_path.as_path()),
+    );
+
+    let (ask_tx, mut asks) = mpsc::channel::<Ask>(64);
+    let control_task = tokio::spawn({
+        let tx = ask_tx.clone();
+        async move { control::serve(&control_socket, tx).await }
+    });
+    if let Some(addr) = config.supervisor.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(event = "metrics_listen", addr = %addr);
+                tokio::spawn(serve_metrics_http(listener, ask_tx.clone()));
+            }
+            Err(e) => {
+                tracing::error!(event = "metrics_listen_failed", addr = %addr, error = %e, "fleet metrics are still on the service port")
+            }
+        }
+    }
+    drop(ask_tx);
+
+    let metrics = Arc::new(FleetMetrics::default());
+    let mut cpu = CpuSampler::default();
+    let mut refresh = tokio::time::interval(scrape::REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let config_text = config.path.display().to_string();
+    let me = status::Supervisor {
+        started,
+        config: &config_text,
+        pid1,
+        tcp_migrate_req: migrate,
+    };
+    let mut pending_reloads: Vec<(Option<ReloadOutcome>, oneshot::Sender<Body>)> = Vec::new();
+
     fleet.start_all(Instant::now());
 
-    loop {
+    let exit = loop {
         let deadline = fleet.next_deadline();
         let sleep = tokio::time::sleep_until(
             deadline
@@ -82,12 +141,56 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
                     Err(e) => tracing::warn!(event = "notify_error", error = %e),
                 }
             }
+            Some(ask) = asks.recv() => {
+                let now = Instant::now();
+                match ask.command {
+                    Command::Status => {
+                        let report = status::build(&fleet.view(), &me, &metrics, &mut cpu, now);
+                        let _ = ask.reply.send(Body::Status(report));
+                    }
+                    Command::Metrics => {
+                        let view = fleet.view();
+                        let extra = scrape::supervisor_families(&view, &mut cpu, now);
+                        let targets = scrape::targets(&view);
+                        let metrics = metrics.clone();
+                        tokio::spawn(async move {
+                            let text = metrics.collect(targets, extra).await;
+                            let _ = ask.reply.send(Body::Metrics { text });
+                        });
+                    }
+                    Command::Reload if fleet.is_stopping() => {
+                        let _ = ask.reply.send(Body::Error { code: ErrorCode::Stopping, message: "the supervisor is stopping".into() });
+                    }
+                    Command::Reload => {
+                        pending_reloads.push((fleet.last_reload().cloned(), ask.reply));
+                        reload(&mut fleet, &config.path, now);
+                    }
+                    Command::Stop => {
+                        let _ = ask.reply.send(Body::Stopping);
+                        if !fleet.is_stopping() {
+                            tracing::info!(event = "stop_requested", via = "control socket");
+                            fleet.stop(false, now);
+                        }
+                    }
+                }
+            }
+            _ = refresh.tick() => {
+                // Keep every worker's last known numbers fresh, so a worker
+                // that dies without warning loses little from the totals.
+                let view = fleet.view();
+                let targets = scrape::targets(&view);
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    metrics.collect(targets, String::new()).await;
+                });
+            }
             _ = sleep => {}
         }
         fleet.tick(Instant::now());
         if fleet.take_queued_reload() {
             reload(&mut fleet, &config.path, Instant::now());
         }
+        answer_reloads(&fleet, &mut pending_reloads);
         if fleet.take_first_ready() {
             // We may ourselves be a Type=notify systemd service.
             let _ = shared::activation::notify("READY=1");
@@ -99,7 +202,7 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
                 Exit::Clean
             };
             tracing::info!(event = "supervisor_exit", code = exit.code());
-            return Ok(exit);
+            break exit;
         }
         if !fleet.is_stopping() && fleet.all_errored() {
             tracing::error!(
@@ -107,9 +210,37 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
                 code = Exit::AllErrored.code(),
                 "every slot is errored; exiting so the orchestrator can restart us"
             );
-            return Ok(Exit::AllErrored);
+            break Exit::AllErrored;
+        }
+    };
+    control_task.abort();
+    let _ = std::fs::remove_file(&control_path);
+    Ok(exit)
+}
+
+/// Answers `heartalk reload` callers once their reload has an outcome.
+fn answer_reloads(
+    fleet: &Fleet,
+    pending: &mut Vec<(Option<ReloadOutcome>, oneshot::Sender<Body>)>,
+) {
+    if fleet.reloading() || pending.is_empty() {
+        return;
+    }
+    let last = fleet.last_reload().cloned();
+    let mut still = Vec::new();
+    for (before, reply) in pending.drain(..) {
+        match &last {
+            Some(now) if Some(now) != before.as_ref() => {
+                let _ = reply.send(Body::Reload(ReloadResult {
+                    generation: now.generation,
+                    outcome: now.outcome.to_string(),
+                    reason: now.reason.clone(),
+                }));
+            }
+            _ => still.push((before, reply)),
         }
     }
+    *pending = still;
 }
 
 /// Re-reads the config and starts a rollout; a bad file is refused with
@@ -128,5 +259,57 @@ fn reload(fleet: &mut Fleet, path: &std::path::Path, now: Instant) {
             tracing::error!(event = "reload_refused", errors = ?errors, "the new config is invalid; keeping the running generation");
             fleet.record_refused(errors.join("; "));
         }
+    }
+}
+
+/// The fleet-wide `/metrics` on `[supervisor] metrics_listen`, served by
+/// the supervisor itself (it does not depend on any worker being up).
+async fn serve_metrics_http(listener: tokio::net::TcpListener, asks: mpsc::Sender<Ask>) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let asks = asks.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let asks = asks.clone();
+                async move {
+                    let (status, body) = if req.uri().path() != "/metrics" {
+                        (hyper::StatusCode::NOT_FOUND, "not found\n".to_string())
+                    } else {
+                        let (tx, rx) = oneshot::channel();
+                        let asked = asks
+                            .send(Ask {
+                                command: Command::Metrics,
+                                reply: tx,
+                            })
+                            .await;
+                        match (asked, rx.await) {
+                            (Ok(()), Ok(Body::Metrics { text })) => (hyper::StatusCode::OK, text),
+                            _ => (
+                                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                                "metrics unavailable\n".to_string(),
+                            ),
+                        }
+                    };
+                    let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
+                    *resp.status_mut() = status;
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }

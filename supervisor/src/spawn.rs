@@ -21,6 +21,8 @@ const OWN_ACTIVATION_VARS: &[&str] = &[
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "NOTIFY_SOCKET",
+    "HEARTALK_METRICS_SOCKET",
+    "HEARTALK_CONTROL_SOCKET",
 ];
 
 /// Name of the passed socket in `LISTEN_FDNAMES`.
@@ -69,6 +71,11 @@ pub struct Launch<'a> {
     pub generation: u64,
     pub socket: Option<RawFd>,
     pub notify_socket: &'a str,
+    /// Abstract socket name the worker serves its metrics on.
+    pub metrics_socket: &'a str,
+    /// The supervisor's control socket, for `/metrics` on the service port
+    /// (`None` when `[supervisor] service_metrics = false`).
+    pub control_socket: Option<&'a Path>,
 }
 
 /// Starts the worker; returns its pid once `execve` succeeded.
@@ -87,6 +94,13 @@ pub fn spawn(l: &Launch) -> io::Result<Pid> {
     env.push(("HEARTALK_WORKER_ID".into(), l.slot.to_string()));
     env.push(("HEARTALK_GENERATION".into(), l.generation.to_string()));
     env.push(("NOTIFY_SOCKET".into(), l.notify_socket.to_string()));
+    env.push((
+        "HEARTALK_METRICS_SOCKET".into(),
+        l.metrics_socket.to_string(),
+    ));
+    if let Some(c) = l.control_socket {
+        env.push(("HEARTALK_CONTROL_SOCKET".into(), c.display().to_string()));
+    }
     let fds: Vec<RawFd> = l.socket.into_iter().collect();
     if !fds.is_empty() {
         env.push(("LISTEN_FDS".into(), fds.len().to_string()));

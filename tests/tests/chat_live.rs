@@ -283,28 +283,20 @@ fn hidden_reasoning_still_gets_heartbeats() {
 }
 
 #[test]
-fn metrics_port_serves_this_workers_counters() {
+fn metrics_on_the_service_port_come_from_the_supervisor() {
     let ark = MockArk::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let svc = live_service(&ark.base_url(), &[("METRICS_PORT", &port.to_string())]);
+    let svc = live_service(&ark.base_url(), &[]);
     assert_eq!(svc.post("/api/v1/chat/generate", &hello()).status, 200);
     // an invented method must not become a label of its own
     let _ = request(svc.addr, "FROBNICATE", "/x", &[], b"");
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let text = wait_for("metrics", DEADLINE, || {
-        http_get(metrics_addr, "/metrics", DEADLINE).ok()
-    })
-    .body;
+    let text = http_get(svc.addr, "/metrics", DEADLINE).unwrap().body;
     for needle in [
         "http_requests_total{method=\"POST\",route=\"/api/v1/chat/generate\",status=\"200\"} 1",
-        "ai_upstream_requests_total{provider=\"byteplus\",endpoint=\"chat\",outcome=\"success\"} 1",
+        "ai_upstream_requests_total{endpoint=\"chat\",outcome=\"success\",provider=\"byteplus\"} 1",
         "ai_route_decisions_total{route=\"chat\"} 1",
         "method=\"OTHER\"",
         "# TYPE http_request_duration_seconds histogram",
+        "heartalk_worker_up{app=\"heartalk\",slot=\"0\"} 1",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }

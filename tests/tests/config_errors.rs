@@ -119,8 +119,13 @@ fn run_with_a_bad_file_starts_nothing() {
     let mut sup = Supervisor::start(&test_worker_config(2, "serve", "max_memory = \"12X\""));
     let status = sup.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(64));
+    let written = std::fs::read_to_string(sup.config_path()).unwrap();
+    let line = 1 + written
+        .lines()
+        .position(|l| l.starts_with("max_memory"))
+        .unwrap();
     assert!(
-        sup.stderr().contains("ecosystem.toml:7:"),
+        sup.stderr().contains(&format!("ecosystem.toml:{line}:")),
         "{}",
         sup.stderr()
     );

@@ -88,6 +88,15 @@ impl Supervisor {
     ) -> Supervisor {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("ecosystem.toml");
+        // Every test supervisor gets its own control socket in its temp dir.
+        let config = if config.contains("[supervisor]") || config.is_empty() {
+            config.to_string()
+        } else {
+            format!(
+                "[supervisor]\ncontrol_socket = {:?}\n\n{config}",
+                dir.path().join("control.sock").display().to_string()
+            )
+        };
         std::fs::write(&file, config).expect("write config");
         Self::spawn_file(file, dir, wrapper, tweak)
     }
@@ -527,6 +536,32 @@ impl Supervisor {
     /// before a reload).
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("ecosystem.toml")
+    }
+
+    /// The control socket of a supervisor started from a generated config.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    /// Runs a `heartalk` CLI verb against this supervisor.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(workspace_bin("heartalk"))
+            .args(args)
+            .arg("--socket")
+            .arg(self.control_socket())
+            .output()
+            .expect("run heartalk")
+    }
+
+    /// `heartalk status --json`, parsed.
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
     /// Every event so far, in order, with these names.

@@ -1,0 +1,295 @@
+//! The control socket: where `heartalk status|reload|stop` (and workers
+//! asking for the fleet-wide metrics) reach a running supervisor.
+//!
+//! A Unix stream socket, mode 0600, whose peers must run as the
+//! supervisor's own user (or root): the kernel's SO_PEERCRED says who is
+//! connecting, so a socket directory with loose permissions still does not
+//! open the fleet to other users. A socket file left by a dead supervisor
+//! is detected (nobody answers a connect) and replaced; a live one makes a
+//! second supervisor refuse to start. Requests are the framed, versioned
+//! messages of `shared::control`; each is handed to the event loop as an
+//! [`Ask`] and answered when the loop replies.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shared::config::Config;
+use shared::control::{self, Body, ErrorCode, Request, Response, VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// A connection that sends nothing for this long is closed.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "another supervisor is already running on {0} (stop it first, or set [supervisor] control_socket)"
+    )]
+    InUse(PathBuf),
+    #[error("cannot create the control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The control socket's path: `[supervisor] control_socket`, else
+/// `$XDG_RUNTIME_DIR/heartalk.sock`, else `/run/heartalk/heartalk.sock`,
+/// else `heartalk.sock` next to the config file — the first whose
+/// directory exists (or can be made) and is writable.
+pub fn socket_path(config: &Config) -> PathBuf {
+    if let Some(p) = &config.supervisor.control_socket {
+        return p.clone();
+    }
+    let candidates = [
+        std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("heartalk.sock")),
+        Some(PathBuf::from("/run/heartalk/heartalk.sock")),
+    ];
+    for path in candidates.into_iter().flatten() {
+        if path.parent().is_some_and(writable_dir) {
+            return path;
+        }
+    }
+    config
+        .path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("heartalk.sock")
+}
+
+fn writable_dir(dir: &Path) -> bool {
+    if !dir.exists() && std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let probe = dir.join(format!(".heartalk-probe-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// The bound control socket; the file is removed when this is dropped.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds `path` (mode 0600), replacing a stale socket file.
+    pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
+        let io_err = |source| ControlError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(io_err)?;
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            }
+        }
+        if path.exists() {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(ControlError::InUse(path.to_path_buf())),
+                Err(_) => {
+                    tracing::warn!(event = "stale_control_socket", path = %path.display(), "removing a control socket nobody answers on");
+                    std::fs::remove_file(path).map_err(io_err)?;
+                }
+            }
+        }
+        // Created with a umask that leaves it private, then made 0600 for sure.
+        let std_listener =
+            with_umask(0o177, || std::os::unix::net::UnixListener::bind(path)).map_err(io_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        std_listener.set_nonblocking(true).map_err(io_err)?;
+        let listener = UnixListener::from_std(std_listener).map_err(io_err)?;
+        tracing::info!(event = "control_socket", path = %path.display());
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    let old = crate::sys::umask(mask);
+    let out = f();
+    crate::sys::umask(old);
+    out
+}
+
+/// One command for the event loop, with where to send the answer.
+pub struct Ask {
+    pub command: control::Command,
+    pub reply: oneshot::Sender<Body>,
+}
+
+/// Accepts connections until the socket is dropped; every well-formed
+/// request becomes an [`Ask`] on `asks`.
+pub async fn serve(socket: &ControlSocket, asks: mpsc::Sender<Ask>) {
+    let me = nix::unistd::geteuid().as_raw();
+    loop {
+        let stream = match socket.listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(event = "control_accept_failed", error = %e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me || cred.uid() == 0 => {}
+            Ok(cred) => {
+                tracing::warn!(
+                    event = "control_refused",
+                    uid = cred.uid(),
+                    "control client runs as another user"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(event = "control_refused", error = %e, "cannot read the peer's credentials");
+                continue;
+            }
+        }
+        tokio::spawn(connection(stream, asks.clone()));
+    }
+}
+
+/// Serves one client: frames in, frames out, until it closes, idles, or
+/// sends something that is not a valid request (answered, then closed).
+async fn connection(mut stream: UnixStream, asks: mpsc::Sender<Ask>) {
+    loop {
+        let mut prefix = [0u8; 4];
+        match tokio::time::timeout(IDLE, stream.read_exact(&mut prefix)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let len = match control::frame_len(prefix) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = reply(&mut stream, error(ErrorCode::BadRequest, e.to_string())).await;
+                return;
+            }
+        };
+        let mut body = vec![0u8; len];
+        match tokio::time::timeout(IDLE, stream.read_exact(&mut body)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let answer = match parse(&body) {
+            Err((code, message)) => {
+                let _ = reply(&mut stream, error(code, message)).await;
+                return;
+            }
+            Ok(command) => {
+                let (tx, rx) = oneshot::channel();
+                if asks.send(Ask { command, reply: tx }).await.is_err() {
+                    error(
+                        ErrorCode::Stopping,
+                        "the supervisor is shutting down".into(),
+                    )
+                } else {
+                    rx.await.unwrap_or_else(|_| {
+                        error(
+                            ErrorCode::Stopping,
+                            "the supervisor is shutting down".into(),
+                        )
+                    })
+                }
+            }
+        };
+        if reply(&mut stream, answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A request body → its command, or the error to answer with. The version
+/// is checked before the command, so a newer CLI gets "unsupported
+/// version", not a confusing parse error.
+fn parse(body: &[u8]) -> Result<control::Command, (ErrorCode, String)> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| (ErrorCode::BadRequest, format!("not JSON: {e}")))?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(VERSION) => {}
+        Some(v) => {
+            return Err((
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {v} is not supported; this supervisor speaks {VERSION}"),
+            ));
+        }
+        None => return Err((ErrorCode::BadRequest, "missing protocol version".into())),
+    }
+    let req: Request =
+        serde_json::from_value(value).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+    Ok(req.command)
+}
+
+fn error(code: ErrorCode, message: String) -> Body {
+    Body::Error { code, message }
+}
+
+async fn reply(stream: &mut UnixStream, body: Body) -> io::Result<()> {
+    let frame = control::encode(&Response {
+        version: VERSION,
+        body,
+    })
+    .map_err(io::Error::other)?;
+    stream.write_all(&frame).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_checked_before_the_command() {
+        assert!(matches!(
+            parse(br#"{"version":99,"command":{"type":"nope"}}"#),
+            Err((ErrorCode::UnsupportedVersion, _))
+        ));
+        assert!(matches!(parse(b"garbage"), Err((ErrorCode::BadRequest, _))));
+        assert!(matches!(
+            parse(br#"{"version":1,"command":{"type":"nope"}}"#),
+            Err((ErrorCode::BadRequest, _))
+        ));
+        assert_eq!(
+            parse(br#"{"version":1,"command":{"type":"status"}}"#).unwrap(),
+            control::Command::Status
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        // a socket file nobody listens on (its listener was dropped)
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = ControlSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(ControlError::InUse(_))
+        ));
+        drop(live);
+        assert!(!path.exists(), "removed on drop");
+    }
+}

@@ -1,0 +1,347 @@
+//! How worker metrics reach the supervisor, and the supervisor's own.
+//!
+//! Every worker serves its Prometheus text on a private abstract Unix
+//! socket (`HEARTALK_METRICS_SOCKET`). On each scrape (and every
+//! [`REFRESH`] in the background, so the last known numbers of a worker
+//! that is killed are recent) the supervisor fetches all of them at once,
+//! keeps each worker's latest exposition, and merges them with
+//! [`crate::metrics::Aggregator`]: a worker that left the fleet is retired
+//! with its last numbers, so fleet counters never go backwards. Scrapes are
+//! serialised by an async mutex, so a retired worker cannot be re-added by
+//! a slower concurrent scrape.
+//!
+//! Chosen over shared memory or pushing over the control channel because
+//! it needs nothing from the worker but an ordinary `/metrics` endpoint
+//! (any Prometheus-instrumented program can be supervised), and a scrape
+//! of 16 workers in parallel costs a few milliseconds.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::os::linux::net::SocketAddrExt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::fleet::FleetView;
+use crate::metrics::{Aggregator, Exposition, WorkerLabel, parse};
+
+/// Background refresh period of the workers' last known numbers.
+pub const REFRESH: Duration = Duration::from_secs(2);
+/// How long one worker may take to answer a scrape.
+const WORKER_TIMEOUT: Duration = Duration::from_millis(500);
+/// Largest exposition read from one worker.
+const MAX_BODY: usize = 16 << 20;
+
+/// One worker to scrape.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: String,
+    pub label: WorkerLabel,
+}
+
+/// The targets of a fleet: every worker currently holding a slot.
+pub fn targets(view: &FleetView) -> Vec<Target> {
+    view.apps
+        .iter()
+        .flat_map(|a| {
+            a.slots.iter().filter_map(move |s| {
+                s.worker.as_ref().map(|w| Target {
+                    id: w.metrics_id.clone(),
+                    label: WorkerLabel {
+                        app: a.name.clone(),
+                        slot: s.slot,
+                    },
+                })
+            })
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct State {
+    last: HashMap<String, (WorkerLabel, Exposition)>,
+    aggregator: Aggregator,
+}
+
+/// The merged metrics of the fleet, and each worker's request count.
+#[derive(Default)]
+pub struct FleetMetrics {
+    state: tokio::sync::Mutex<State>,
+    requests: Mutex<HashMap<String, u64>>,
+}
+
+impl FleetMetrics {
+    /// Scrapes `targets`, retires workers that are gone, and renders the
+    /// fleet-wide exposition with `extra` (the supervisor's families).
+    pub async fn collect(&self, targets: Vec<Target>, extra: String) -> String {
+        let mut st = self.state.lock().await;
+        let live: HashSet<&str> = targets.iter().map(|t| t.id.as_str()).collect();
+        let gone: Vec<String> = st
+            .last
+            .keys()
+            .filter(|id| !live.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some((label, exp)) = st.last.remove(&id) {
+                st.aggregator.retire(&label.app, &exp);
+            }
+        }
+        let fetched = join_all(targets.iter().map(|t| fetch(&t.id))).await;
+        for (t, result) in targets.iter().zip(fetched) {
+            match result.and_then(|text| parse(&text).map_err(|e| e.to_string())) {
+                Ok(exp) => {
+                    st.last.insert(t.id.clone(), (t.label.clone(), exp));
+                }
+                // Keep the previous numbers: a worker that is starting or
+                // busy must not vanish from the sums for one scrape.
+                Err(e) => tracing::debug!(event = "scrape_failed", worker = %t.id, error = %e),
+            }
+        }
+        let requests: HashMap<String, u64> = st
+            .last
+            .iter()
+            .map(|(id, (_, exp))| (id.clone(), requests_served(exp)))
+            .collect();
+        *self.requests.lock().unwrap_or_else(|e| e.into_inner()) = requests;
+        let live: Vec<(WorkerLabel, &Exposition)> = targets
+            .iter()
+            .filter_map(|t| st.last.get(&t.id).map(|(l, e)| (l.clone(), e)))
+            .collect();
+        st.aggregator.render(&live, &extra)
+    }
+
+    /// Requests a worker had answered at the last scrape.
+    pub fn requests(&self, id: &str) -> Option<u64> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+    }
+}
+
+/// The sum of `http_requests_total` over all its series.
+fn requests_served(exp: &Exposition) -> u64 {
+    exp.families
+        .get("http_requests_total")
+        .map(|f| f.samples.iter().map(|s| s.value).sum::<f64>() as u64)
+        .unwrap_or(0)
+}
+
+/// `GET /metrics` over a worker's abstract socket.
+async fn fetch(id: &str) -> Result<String, String> {
+    let attempt = async {
+        let name = id.strip_prefix('@').ok_or("not an abstract socket name")?;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let std_stream =
+            std::os::unix::net::UnixStream::connect_addr(&addr).map_err(|e| e.to_string())?;
+        std_stream
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        let mut stream = tokio::net::UnixStream::from_std(std_stream).map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: worker\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        stream
+            .take(MAX_BODY as u64)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8(raw).map_err(|_| "not UTF-8".to_string())?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or("incomplete HTTP response")?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(format!("answered {}", head.lines().next().unwrap_or("")));
+        }
+        Ok(body.to_string())
+    };
+    match tokio::time::timeout(WORKER_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {WORKER_TIMEOUT:?}")),
+    }
+}
+
+/// Remembers each worker's CPU time to report CPU % between two looks.
+#[derive(Default)]
+pub struct CpuSampler {
+    last: HashMap<i32, (Instant, f64)>,
+}
+
+impl CpuSampler {
+    /// CPU % of `pid` since the previous call (or over its life on the
+    /// first), plus its total CPU seconds.
+    pub fn sample(
+        &mut self,
+        pid: nix::unistd::Pid,
+        started: Instant,
+        now: Instant,
+    ) -> Option<(f64, f64)> {
+        let total = crate::sys::cpu_seconds(pid)?;
+        let (since, before) = self
+            .last
+            .insert(pid.as_raw(), (now, total))
+            .unwrap_or((started, 0.0));
+        let wall = now.saturating_duration_since(since).as_secs_f64();
+        let pct = if wall > 0.0 {
+            100.0 * (total - before).max(0.0) / wall
+        } else {
+            0.0
+        };
+        Some((pct, total))
+    }
+
+    /// Forgets pids that are no longer workers.
+    pub fn retain(&mut self, live: &HashSet<i32>) {
+        self.last.retain(|pid, _| live.contains(pid));
+    }
+}
+
+/// The supervisor's own families (appended to the merged exposition).
+pub fn supervisor_families(view: &FleetView, cpu: &mut CpuSampler, now: Instant) -> String {
+    let mut out = String::new();
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+
+    family(
+        &mut out,
+        "heartalk_worker_restarts_total",
+        "counter",
+        "Worker restarts by reason (crash, memory, reload, manual)",
+    );
+    for (app, reason, n) in &view.restarts_by {
+        let _ = writeln!(
+            out,
+            "heartalk_worker_restarts_total{{app=\"{}\",reason=\"{reason}\"}} {n}",
+            esc(app)
+        );
+    }
+    family(
+        &mut out,
+        "heartalk_reloads_total",
+        "counter",
+        "Reloads by outcome (committed, rolled_back, refused)",
+    );
+    for (app, outcome, n) in &view.reloads_by {
+        let _ = writeln!(
+            out,
+            "heartalk_reloads_total{{app=\"{}\",outcome=\"{outcome}\"}} {n}",
+            esc(app)
+        );
+    }
+    let mut up = String::new();
+    let mut state = String::new();
+    let mut memory = String::new();
+    let mut rss_lines = String::new();
+    let mut cpu_lines = String::new();
+    let mut live = HashSet::new();
+    for app in &view.apps {
+        let a = esc(&app.name);
+        for s in &app.slots {
+            let online = u8::from(s.state == crate::fleet::SlotState::Online);
+            let _ = writeln!(
+                up,
+                "heartalk_worker_up{{app=\"{a}\",slot=\"{}\"}} {online}",
+                s.slot
+            );
+            for st in [
+                "starting", "online", "waiting", "stopping", "stopped", "errored",
+            ] {
+                let v = u8::from(s.state.to_string() == st);
+                let _ = writeln!(
+                    state,
+                    "heartalk_worker_state{{app=\"{a}\",slot=\"{}\",state=\"{st}\"}} {v}",
+                    s.slot
+                );
+            }
+            let Some(w) = &s.worker else { continue };
+            live.insert(w.pid.as_raw());
+            if let Some(rss) = crate::memory::rss(w.pid) {
+                let _ = writeln!(
+                    memory,
+                    "heartalk_worker_memory_bytes{{app=\"{a}\",slot=\"{}\",kind=\"rss\"}} {rss}",
+                    s.slot
+                );
+                let _ = writeln!(
+                    rss_lines,
+                    "process_resident_memory_bytes{{app=\"{a}\",worker=\"{}\",pid=\"{}\"}} {rss}",
+                    s.slot, w.pid
+                );
+            }
+            if let Some(pss) = crate::memory::pss(w.pid) {
+                let _ = writeln!(
+                    memory,
+                    "heartalk_worker_memory_bytes{{app=\"{a}\",slot=\"{}\",kind=\"pss\"}} {pss}",
+                    s.slot
+                );
+            }
+            if let Some((_, total)) = cpu.sample(w.pid, w.started, now) {
+                let _ = writeln!(
+                    cpu_lines,
+                    "process_cpu_seconds_total{{app=\"{a}\",worker=\"{}\",pid=\"{}\"}} {total}",
+                    s.slot, w.pid
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "heartalk_worker_up",
+        "gauge",
+        "1 when the slot's worker is online",
+    );
+    out.push_str(&up);
+    family(
+        &mut out,
+        "heartalk_worker_state",
+        "gauge",
+        "The slot's state (1 for the current one)",
+    );
+    out.push_str(&state);
+    family(
+        &mut out,
+        "heartalk_worker_memory_bytes",
+        "gauge",
+        "Worker memory by kind (rss, pss)",
+    );
+    out.push_str(&memory);
+    family(
+        &mut out,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of each worker process",
+    );
+    out.push_str(&rss_lines);
+    family(
+        &mut out,
+        "process_cpu_seconds_total",
+        "counter",
+        "CPU time of each worker process (a new pid starts a new series)",
+    );
+    out.push_str(&cpu_lines);
+    family(
+        &mut out,
+        "heartalk_supervisor_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the supervisor",
+    );
+    if let Some(rss) = crate::memory::rss(nix::unistd::Pid::this()) {
+        let _ = writeln!(out, "heartalk_supervisor_resident_memory_bytes {rss}");
+    }
+    cpu.retain(&live);
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
