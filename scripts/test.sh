@@ -8,12 +8,15 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages the end-to-end tests use: taskset/unshare (util-linux),
-# sh and sleep for the orphan test, procps for debugging.
+# Debian packages the end-to-end tests use: taskset/unshare/setpriv
+# (util-linux), curl, and promtool (prometheus).
 need=()
 command -v taskset >/dev/null || need+=(util-linux)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
+command -v setpriv >/dev/null || need+=(util-linux)
+# promtool checks the fleet-wide /metrics exposition.
+command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   echo "test.sh: installing ${need[*]}"
   as_root apt-get update -qq

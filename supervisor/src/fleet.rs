@@ -199,6 +199,9 @@ struct Draining {
     reason: &'static str,
     kill_at: Instant,
     killed: bool,
+    /// Its metrics socket: scraped until it exits, so what it counts while
+    /// draining reaches the fleet totals.
+    metrics_id: Option<String>,
     /// Keeps a retired slot's socket open until its worker has drained, so
     /// connections queued on it are still served (scale-down).
     _socket: Option<Arc<SlotSocket>>,
@@ -236,6 +239,8 @@ pub struct Fleet {
     last_reload: Option<ReloadOutcome>,
     /// Workers spawned so far (names their metrics sockets).
     spawn_seq: u64,
+    /// Drains started so far (the event loop scrapes a worker as it starts draining).
+    drains_started: u64,
     /// Handed to workers for `/metrics` on the service port.
     control_socket: Option<PathBuf>,
     /// Restarts by (app, reason: crash | memory | reload | manual).
@@ -247,6 +252,8 @@ pub struct Fleet {
 /// A read-only picture of the fleet, for `status` and `/metrics`.
 pub struct FleetView {
     pub apps: Vec<AppView>,
+    /// Draining workers: (app, slot, metrics socket).
+    pub draining: Vec<(String, usize, String)>,
     pub generation: u64,
     pub reloading: bool,
     pub last_reload: Option<ReloadOutcome>,
@@ -361,6 +368,7 @@ impl Fleet {
             reload_queued: false,
             last_reload: None,
             spawn_seq: 0,
+            drains_started: 0,
             control_socket: None,
             restarts_by: BTreeMap::new(),
             reloads_by: BTreeMap::new(),
@@ -431,6 +439,11 @@ impl Fleet {
             .collect();
         FleetView {
             apps,
+            draining: self
+                .draining
+                .iter()
+                .filter_map(|d| d.metrics_id.clone().map(|id| (d.app.clone(), d.slot, id)))
+                .collect(),
             generation: self.generation,
             reloading: self.rollout.is_some(),
             last_reload: self.last_reload.clone(),
@@ -722,6 +735,14 @@ impl Fleet {
                     let name = app.config.name.clone();
                     let index = slot.index;
                     self.count_restart(&name, "memory");
+                    // What `status` shows as the slot's last exit: the old
+                    // worker was replaced for its memory (it drains on).
+                    let app = &mut self.apps[a];
+                    app.slots[s].last_exit = Some(ExitInfo {
+                        reason: "memory",
+                        code: None,
+                        signal: None,
+                    });
                     self.drain(old, &name, index, "memory", kill_timeout, None, now);
                 }
             }
@@ -778,6 +799,7 @@ impl Fleet {
         now: Instant,
     ) {
         tracing::info!(event = "worker_draining", app = %app, slot, pid = worker.pid.as_raw(), generation = worker.generation, reason);
+        self.drains_started += 1;
         sys::signal(worker.pid, Signal::SIGTERM);
         self.pids.insert(worker.pid, Role::Draining);
         self.draining.push(Draining {
@@ -788,6 +810,7 @@ impl Fleet {
             reason,
             kill_at: now + kill_timeout,
             killed: false,
+            metrics_id: Some(worker.metrics_id.clone()),
             _socket: socket,
         });
     }
@@ -937,6 +960,7 @@ impl Fleet {
                         reason: "reload",
                         kill_at: now,
                         killed: true,
+                        metrics_id: None,
                         _socket: None,
                     });
                 }
@@ -995,6 +1019,7 @@ impl Fleet {
                             reason: "rolled_back",
                             kill_at: now,
                             killed: true,
+                            metrics_id: None,
                             _socket: None,
                         });
                     }
@@ -1032,6 +1057,11 @@ impl Fleet {
 
     pub fn last_reload(&self) -> Option<&ReloadOutcome> {
         self.last_reload.as_ref()
+    }
+
+    /// How many drains have started (changes when a worker begins one).
+    pub fn drains_started(&self) -> u64 {
+        self.drains_started
     }
 
     pub fn reloading(&self) -> bool {
@@ -1252,6 +1282,7 @@ impl Fleet {
                     reason: "stopped",
                     kill_at: now,
                     killed: true,
+                    metrics_id: None,
                     _socket: None,
                 });
             }
@@ -1278,6 +1309,7 @@ impl Fleet {
                         reason: "stopped",
                         kill_at: now,
                         killed: true,
+                        metrics_id: None,
                         _socket: None,
                     });
                 }

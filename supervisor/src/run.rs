@@ -111,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
     let mut pending_reloads: Vec<(Option<ReloadOutcome>, oneshot::Sender<Body>)> = Vec::new();
 
     fleet.start_all(Instant::now());
+    let mut drains_seen = fleet.drains_started();
 
     let exit = loop {
         let deadline = fleet.next_deadline();
@@ -137,7 +138,18 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
             }
             msg = notify.recv() => {
                 match msg {
-                    Ok(m) => fleet.on_notify(&m, Instant::now()),
+                    Ok(m) => {
+                        if m.status.as_deref() == Some("drained") {
+                            // A draining worker is done and waits for its
+                            // last scrape: take it, then it exits.
+                            let targets = scrape::targets(&fleet.view());
+                            let metrics = metrics.clone();
+                            tokio::spawn(async move {
+                                metrics.collect(targets, String::new()).await;
+                            });
+                        }
+                        fleet.on_notify(&m, Instant::now());
+                    }
                     Err(e) => tracing::warn!(event = "notify_error", error = %e),
                 }
             }
@@ -187,6 +199,16 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
             _ = sleep => {}
         }
         fleet.tick(Instant::now());
+        if fleet.drains_started() != drains_seen {
+            // Catch what a worker counted before it began draining (it keeps
+            // serving its metrics until it exits).
+            drains_seen = fleet.drains_started();
+            let targets = scrape::targets(&fleet.view());
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                metrics.collect(targets, String::new()).await;
+            });
+        }
         if fleet.take_queued_reload() {
             reload(&mut fleet, &config.path, Instant::now());
         }

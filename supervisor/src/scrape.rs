@@ -41,22 +41,31 @@ pub struct Target {
     pub label: WorkerLabel,
 }
 
-/// The targets of a fleet: every worker currently holding a slot.
+/// The targets of a fleet: every worker holding a slot, then every worker
+/// still draining. Draining ones come last: they share a slot label with
+/// its new worker, and the merge keeps the first worker's gauges for a
+/// label, while every worker's counters are summed — so what a draining
+/// worker counts keeps adding up until it exits and is retired.
 pub fn targets(view: &FleetView) -> Vec<Target> {
-    view.apps
-        .iter()
-        .flat_map(|a| {
-            a.slots.iter().filter_map(move |s| {
-                s.worker.as_ref().map(|w| Target {
-                    id: w.metrics_id.clone(),
-                    label: WorkerLabel {
-                        app: a.name.clone(),
-                        slot: s.slot,
-                    },
-                })
+    let current = view.apps.iter().flat_map(|a| {
+        a.slots.iter().filter_map(move |s| {
+            s.worker.as_ref().map(|w| Target {
+                id: w.metrics_id.clone(),
+                label: WorkerLabel {
+                    app: a.name.clone(),
+                    slot: s.slot,
+                },
             })
         })
-        .collect()
+    });
+    let draining = view.draining.iter().map(|(app, slot, id)| Target {
+        id: id.clone(),
+        label: WorkerLabel {
+            app: app.clone(),
+            slot: *slot,
+        },
+    });
+    current.chain(draining).collect()
 }
 
 #[derive(Default)]

@@ -114,8 +114,29 @@ pub async fn serve(
         );
         let _ = tokio::time::timeout(STREAM_FAREWELL, &mut drained).await;
     }
+    if state.settings.metrics_socket.is_some() {
+        final_scrape().await;
+    }
     Ok(())
 }
+
+/// Under a supervisor: say the drain is over and wait (briefly) for its
+/// last scrape, so requests finished during the drain reach the fleet
+/// totals instead of leaving with the process.
+async fn final_scrape() {
+    let before = crate::telemetry::scrapes();
+    if let Err(e) = shared::activation::notify("STATUS=drained") {
+        tracing::debug!(error = %e, "could not announce the end of the drain");
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + FINAL_SCRAPE_WAIT;
+    while crate::telemetry::scrapes() == before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// How long a drained worker waits for the supervisor's last scrape.
+const FINAL_SCRAPE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long idle keep-alive connections stay open after a drain starts.
 const KEEPALIVE_LINGER: Duration = Duration::from_secs(1);
@@ -252,7 +273,8 @@ fn metrics_response(
     req: &http::Request<hyper::body::Incoming>,
 ) -> http::Response<crate::response::Body> {
     if req.uri().path() == "/metrics" {
-        let mut r = http::Response::new(crate::response::full(crate::telemetry::render()));
+        let mut r =
+            http::Response::new(crate::response::full(crate::telemetry::render_for_scrape()));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(crate::telemetry::CONTENT_TYPE),

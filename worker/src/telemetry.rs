@@ -16,6 +16,21 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Times the metrics were rendered for a scrape (the drain waits for one
+/// last scrape after it finished, so the supervisor has the final numbers).
+static SCRAPES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Renders for a scrape and counts it.
+pub fn render_for_scrape() -> String {
+    SCRAPES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    render()
+}
+
+/// Scrapes served so far.
+pub fn scrapes() -> u64 {
+    SCRAPES.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// `Content-Type` of the Prometheus text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
