@@ -95,7 +95,13 @@ fn a_second_supervisor_on_the_same_socket_refuses_to_start() {
     let mut second = Supervisor::start(&config);
     assert_eq!(second.wait_exit(DEADLINE).code(), Some(75));
     let failed = second.wait_event("setup_failed", |_| true);
-    assert!(failed["error"].as_str().unwrap().contains("another supervisor is already running"), "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("another supervisor is already running"),
+        "{failed}"
+    );
     // the first one is untouched
     assert!(first.status()["apps"][0]["workers"][0]["state"] == "online");
 }
@@ -105,18 +111,36 @@ fn reload_and_stop_verbs_report_their_outcome() {
     let mut sup = Supervisor::start(&real_worker_config("2", ""));
     sup.wait_ready(2);
     let out = sup.cli(&["reload"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "reload committed: generation 2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "reload committed: generation 2"
+    );
 
     let good = std::fs::read_to_string(sup.config_path()).unwrap();
-    std::fs::write(sup.config_path(), good.replace("instances = 2", "instances = 0")).unwrap();
+    std::fs::write(
+        sup.config_path(),
+        good.replace("instances = 2", "instances = 0"),
+    )
+    .unwrap();
     let out = sup.cli(&["reload"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("reload refused") && err.contains("at least one worker"), "{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("at least one worker"),
+        "{err}"
+    );
 
     let out = sup.cli(&["stop"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "stopped");
     assert_eq!(sup.wait_exit(DEADLINE).code(), Some(0));
 }

@@ -238,3 +238,88 @@ fn reloads_during_a_reload_are_queued_not_interleaved() {
     sup.signal(Signal::SIGTERM);
     assert_eq!(sup.wait_exit(DEADLINE).code(), Some(0));
 }
+
+#[test]
+fn scaling_up_and_down_by_reload_loses_no_request() {
+    let mut sup = Supervisor::start(&config("1.0.0", "").replace("instances = 2", "instances = 3"));
+    let addr = sup.addr();
+    sup.wait_ready(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                let mut keep_alive = KeepAlive::new(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    let r = if i % 2 == 0 {
+                        keep_alive.get("/health")
+                    } else {
+                        http_get(addr, "/health", Duration::from_secs(30))
+                    };
+                    match r {
+                        Ok(r) if r.status == 200 => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => errors.push(format!("{other:?}")),
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    for (n, instances) in [(1, 1), (2, 4)] {
+        let before = served.load(Ordering::Relaxed);
+        let cfg = std::fs::read_to_string(sup.config_path()).unwrap();
+        let current = if n == 1 {
+            "instances = 3"
+        } else {
+            "instances = 1"
+        };
+        std::fs::write(
+            sup.config_path(),
+            cfg.replace(current, &format!("instances = {instances}")),
+        )
+        .unwrap();
+        let out = sup.cli(&["reload"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = sup.status();
+        let workers = status["apps"][0]["workers"].as_array().unwrap().len();
+        assert_eq!(workers, instances, "{status}");
+        wait_for("traffic after the reload", DEADLINE, || {
+            (served.load(Ordering::Relaxed) > before + 200).then_some(())
+        });
+    }
+    // the retired slots' workers drained and exited
+    wait_for("old workers gone", DEADLINE, || {
+        (sup.events("worker_exited").len() >= 4).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let errors: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    // every new worker answers
+    let mut seen = HashSet::new();
+    for _ in 0..80 {
+        seen.insert(
+            http_get(addr, "/health", DEADLINE)
+                .unwrap()
+                .header("x-worker-id")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(seen.len() >= 2, "{seen:?}");
+}

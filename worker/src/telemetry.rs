@@ -147,6 +147,22 @@ pub fn route_decision(route: &str) {
 
 pub fn cache_lookup(cache: &'static str, result: &'static str) {
     counter!("ai_cache_requests_total", "cache" => cache, "result" => result).increment(1);
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    // (hits, lookups) per cache since start, for `ai_cache_hit_rate`.
+    static COUNTS: [(AtomicU64, AtomicU64); 3] = [
+        (AtomicU64::new(0), AtomicU64::new(0)),
+        (AtomicU64::new(0), AtomicU64::new(0)),
+        (AtomicU64::new(0), AtomicU64::new(0)),
+    ];
+    let i = match cache {
+        "route" => 0,
+        "response" => 1,
+        _ => 2,
+    };
+    let (hits, total) = &COUNTS[i];
+    let h = hits.fetch_add(u64::from(result == "hit"), Relaxed) + u64::from(result == "hit");
+    let t = total.fetch_add(1, Relaxed) + 1;
+    gauge!("ai_cache_hit_rate", "cache" => cache).set(h as f64 / t as f64);
 }
 
 pub fn reasoning(strategy: &'static str, elapsed: Duration) {
