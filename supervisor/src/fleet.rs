@@ -241,6 +241,10 @@ pub struct Fleet {
     spawn_seq: u64,
     /// Drains started so far (the event loop scrapes a worker as it starts draining).
     drains_started: u64,
+    /// Whether workers' stdout/stderr go through pipes to the log writer.
+    capture_output: bool,
+    /// Output pipes of workers spawned since the event loop last looked.
+    new_outputs: Vec<WorkerOutputs>,
     /// Handed to workers for `/metrics` on the service port.
     control_socket: Option<PathBuf>,
     /// Restarts by (app, reason: crash | memory | reload | manual).
@@ -369,6 +373,8 @@ impl Fleet {
             last_reload: None,
             spawn_seq: 0,
             drains_started: 0,
+            capture_output: false,
+            new_outputs: Vec::new(),
             control_socket: None,
             restarts_by: BTreeMap::new(),
             reloads_by: BTreeMap::new(),
@@ -467,15 +473,39 @@ impl Fleet {
         slot: &Slot,
         generation: u64,
         metrics_id: &str,
-    ) -> std::io::Result<Pid> {
+    ) -> std::io::Result<(Pid, Option<Outputs>)> {
         launch_worker(
             &self.notify_socket,
             self.control_socket.as_deref(),
-            app,
-            slot,
+            self.capture_output,
+            &app.config,
+            &app.program,
+            slot.index,
+            slot.socket.as_ref().map(|s| s.raw_fd()),
             generation,
             metrics_id,
         )
+    }
+
+    /// Capture worker stdout/stderr through pipes (the log writer reads them).
+    pub fn set_capture_output(&mut self, on: bool) {
+        self.capture_output = on;
+    }
+
+    /// New workers' output pipes since the last call.
+    pub fn take_new_outputs(&mut self) -> Vec<WorkerOutputs> {
+        std::mem::take(&mut self.new_outputs)
+    }
+
+    fn keep_outputs(&mut self, app: &str, slot: usize, pid: Pid, outputs: Option<Outputs>) {
+        if let Some(outputs) = outputs {
+            self.new_outputs.push(WorkerOutputs {
+                app: app.to_string(),
+                slot,
+                pid,
+                outputs,
+            });
+        }
     }
 
     /// Starts a worker in every slot.
@@ -500,8 +530,9 @@ impl Fleet {
         let slot = &mut app.slots[s];
         slot.restart_at = None;
         match result {
-            Ok(pid) => {
+            Ok((pid, outputs)) => {
                 tracing::info!(event = "worker_spawned", app = %app.config.name, slot = slot.index, pid = pid.as_raw(), generation);
+                let (name, index) = (app.config.name.clone(), slot.index);
                 slot.state = SlotState::Starting;
                 slot.strikes = 0;
                 slot.worker = Some(Worker::new(
@@ -512,6 +543,7 @@ impl Fleet {
                     metrics_id,
                 ));
                 self.pids.insert(pid, Role::Current(a, s));
+                self.keep_outputs(&name, index, pid, outputs);
             }
             Err(e) => {
                 tracing::error!(event = "spawn_failed", app = %app.config.name, slot = slot.index, program = %app.program.display(), error = %e);
@@ -892,13 +924,15 @@ impl Fleet {
                 self.spawn_seq
             );
             match self.launch(app, &app.slots[s], r.generation, &metrics_id) {
-                Ok(pid) => {
+                Ok((pid, outputs)) => {
+                    let name = app.config.name.clone();
                     tracing::info!(event = "worker_spawned", app = %app.config.name, slot = s, pid = pid.as_raw(), generation = r.generation);
                     let timeout = app.config.listen_timeout;
                     let slot = &mut r.apps[a].slots[s];
                     slot.state = SlotState::Starting;
                     slot.worker = Some(Worker::new(pid, r.generation, now, timeout, metrics_id));
                     self.pids.insert(pid, Role::Next(a, s));
+                    self.keep_outputs(&name, s, pid, outputs);
                 }
                 Err(e) => {
                     failure = Some(format!(
@@ -1189,18 +1223,27 @@ impl Fleet {
                     std::process::id(),
                     self.spawn_seq
                 );
-                let launched = spawn(&Launch {
-                    app: &app.config,
-                    program: &app.program,
-                    slot: slot.index,
+                let launched = launch_worker(
+                    &self.notify_socket,
+                    self.control_socket.as_deref(),
+                    self.capture_output,
+                    &app.config,
+                    &app.program,
+                    slot.index,
+                    slot.socket.as_ref().map(|s| s.raw_fd()),
                     generation,
-                    socket: slot.socket.as_ref().map(|s| s.raw_fd()),
-                    notify_socket: &self.notify_socket,
-                    metrics_socket: &metrics_id,
-                    control_socket: self.control_socket.as_deref(),
-                });
+                    &metrics_id,
+                );
                 match launched {
-                    Ok(pid) => {
+                    Ok((pid, outputs)) => {
+                        if let Some(outputs) = outputs {
+                            self.new_outputs.push(WorkerOutputs {
+                                app: app.config.name.clone(),
+                                slot: slot.index,
+                                pid,
+                                outputs,
+                            });
+                        }
                         tracing::info!(event = "worker_spawned", app = %app.config.name, slot = slot.index, pid = pid.as_raw(), generation);
                         slot.successor = Some(Worker::new(
                             pid,
@@ -1365,24 +1408,60 @@ impl Fleet {
 }
 
 /// Forks a worker for `slot` of `app`.
+#[allow(clippy::too_many_arguments)]
 fn launch_worker(
     notify_socket: &str,
     control_socket: Option<&Path>,
-    app: &AppRun,
-    slot: &Slot,
+    capture: bool,
+    app: &App,
+    program: &Path,
+    slot: usize,
+    socket: Option<std::os::fd::RawFd>,
     generation: u64,
     metrics_id: &str,
-) -> std::io::Result<Pid> {
-    spawn(&Launch {
-        app: &app.config,
-        program: &app.program,
-        slot: slot.index,
+) -> std::io::Result<(Pid, Option<Outputs>)> {
+    use std::os::fd::AsRawFd;
+    // Pipes for stdout and stderr; the write ends go to the child and are
+    // closed here when this returns, so EOF means the worker (and anything
+    // it started) has closed them.
+    let pipes = if capture {
+        let (out_r, out_w) = sys::pipe()?;
+        let (err_r, err_w) = sys::pipe()?;
+        Some(((out_r, out_w), (err_r, err_w)))
+    } else {
+        None
+    };
+    let pid = spawn(&Launch {
+        app,
+        program,
+        slot,
         generation,
-        socket: slot.socket.as_ref().map(|s| s.raw_fd()),
+        socket,
         notify_socket,
         metrics_socket: metrics_id,
         control_socket,
-    })
+        outputs: pipes
+            .as_ref()
+            .map(|((_, o), (_, e))| (o.as_raw_fd(), e.as_raw_fd())),
+    })?;
+    Ok((
+        pid,
+        pipes.map(|((stdout, _), (stderr, _))| Outputs { stdout, stderr }),
+    ))
+}
+
+/// The read ends of a new worker's stdout and stderr pipes.
+pub struct Outputs {
+    pub stdout: std::os::fd::OwnedFd,
+    pub stderr: std::os::fd::OwnedFd,
+}
+
+/// A new worker's output, for the event loop to read.
+pub struct WorkerOutputs {
+    pub app: String,
+    pub slot: usize,
+    pub pid: Pid,
+    pub outputs: Outputs,
 }
 
 /// The restart reason a worker's end counts under in

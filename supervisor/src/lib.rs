@@ -11,6 +11,7 @@ pub mod control;
 pub mod cpus;
 pub mod exit;
 pub mod fleet;
+pub mod logs;
 pub mod memory;
 pub mod metrics;
 pub mod notify;

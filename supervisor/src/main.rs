@@ -97,12 +97,25 @@ fn main() -> ExitCode {
         Command::Reload { target } => verb(&target, reload),
         Command::Stop { target } => verb(&target, stop),
         Command::Run { config } => {
-            init_tracing();
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return ExitCode::from(code.code()),
             };
-            match runtime().and_then(|rt| rt.block_on(heartalk::run::run(config))) {
+            // The log writer starts first, so the supervisor's own events
+            // go to the same file as the workers' lines.
+            let mirror = config.log.stdout.unwrap_or_else(heartalk::sys::is_pid1);
+            let sink = match heartalk::logs::LogSink::start(&config.log, mirror) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!(
+                        "heartalk: cannot write logs to {}: {e}; worker output goes to stdout",
+                        config.log.dir.display()
+                    );
+                    None
+                }
+            };
+            init_tracing(sink.clone());
+            match runtime().and_then(|rt| rt.block_on(heartalk::run::run(config, sink))) {
                 Ok(exit) => ExitCode::from(exit.code()),
                 Err(e) => {
                     tracing::error!(event = "fatal", error = format!("{e:#}"));
@@ -219,9 +232,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-/// Lifecycle events as JSON lines on stdout; `HEARTALK_LOG` or `LOG_LEVEL`
-/// sets the filter (default `info`).
-fn init_tracing() {
+/// Lifecycle events as JSON lines on stdout and in the log file;
+/// `HEARTALK_LOG` or `LOG_LEVEL` sets the filter (default `info`).
+fn init_tracing(sink: Option<heartalk::logs::LogSink>) {
     let filter = std::env::var("HEARTALK_LOG")
         .or_else(|_| std::env::var("LOG_LEVEL"))
         .unwrap_or_else(|_| "info".into());
@@ -231,6 +244,6 @@ fn init_tracing() {
         .with_current_span(false)
         .with_target(true)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stdout)
+        .with_writer(heartalk::logs::OwnEvents { sink })
         .init();
 }

@@ -19,13 +19,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::{self, Ask, ControlError, ControlSocket};
 use crate::exit::Exit;
 use crate::fleet::{Fleet, ReloadOutcome, SetupError};
+use crate::logs::{self, LogSink};
 use crate::notify::NotifySocket;
 use crate::scrape::{self, CpuSampler, FleetMetrics};
 use crate::signals::{Intent, Signals};
 use crate::{cpus, sockets, status, sys};
 
 /// Runs the fleet until it is stopped; returns the exit code to use.
-pub async fn run(config: Config) -> anyhow::Result<Exit> {
+pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> {
     // Install handlers before the first fork so no SIGCHLD is missed.
     let mut signals = Signals::install().context("installing signal handlers")?;
     let pid1 = sys::is_pid1();
@@ -78,6 +79,8 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
             .service_metrics
             .then_some(control_path.as_path()),
     );
+    fleet.set_capture_output(sink.is_some());
+    let mut readers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
 
     let (ask_tx, mut asks) = mpsc::channel::<Ask>(64);
     let control_task = tokio::spawn({
@@ -112,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
 
     fleet.start_all(Instant::now());
     let mut drains_seen = fleet.drains_started();
+    read_outputs(&mut fleet, sink.as_ref(), config.log.max_line, &mut readers);
 
     let exit = loop {
         let deadline = fleet.next_deadline();
@@ -133,7 +137,12 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
                     Some(Intent::Stop) => fleet.stop(false, now),
                     Some(Intent::FastStop) => fleet.stop(true, now),
                     Some(Intent::Reload) => reload(&mut fleet, &config.path, now),
-                    Some(Intent::ReopenLogs) => tracing::info!(event = "reopen_logs", "SIGUSR1 received; no log files are open (logs go to stdout)"),
+                    Some(Intent::ReopenLogs) => {
+                        tracing::info!(event = "reopen_logs", "SIGUSR1: reopening the log file");
+                        if let Some(sink) = &sink {
+                            sink.reopen();
+                        }
+                    }
                 }
             }
             msg = notify.recv() => {
@@ -162,7 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
                     }
                     Command::Metrics => {
                         let view = fleet.view();
-                        let extra = scrape::supervisor_families(&view, &mut cpu, now);
+                        let extra = scrape::supervisor_families(&view, &mut cpu, now, sink.as_ref().map(LogSink::dropped));
                         let targets = scrape::targets(&view);
                         let metrics = metrics.clone();
                         tokio::spawn(async move {
@@ -199,6 +208,7 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
             _ = sleep => {}
         }
         fleet.tick(Instant::now());
+        read_outputs(&mut fleet, sink.as_ref(), config.log.max_line, &mut readers);
         if fleet.drains_started() != drains_seen {
             // Catch what a worker counted before it began draining (it keeps
             // serving its metrics until it exits).
@@ -237,7 +247,84 @@ pub async fn run(config: Config) -> anyhow::Result<Exit> {
     };
     control_task.abort();
     let _ = std::fs::remove_file(&control_path);
+    // Every worker has exited: let the readers take what is left in the
+    // pipes (bounded: an orphan may still hold one open), then write it out.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures_util::future::join_all(readers),
+    )
+    .await;
+    if let Some(sink) = &sink {
+        sink.flush(Duration::from_secs(5)).await;
+    }
     Ok(exit)
+}
+
+/// Starts a reader task for each new worker's stdout and stderr.
+fn read_outputs(
+    fleet: &mut Fleet,
+    sink: Option<&LogSink>,
+    max_line: usize,
+    readers: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let Some(sink) = sink else { return };
+    readers.retain(|r| !r.is_finished());
+    for w in fleet.take_new_outputs() {
+        for (fd, stream) in [(w.outputs.stdout, "stdout"), (w.outputs.stderr, "stderr")] {
+            let source = logs::Source {
+                app: w.app.clone(),
+                slot: w.slot,
+                pid: w.pid.as_raw(),
+                stream,
+            };
+            readers.push(tokio::spawn(read_output(
+                fd,
+                source,
+                sink.clone(),
+                max_line,
+            )));
+        }
+    }
+}
+
+/// Frames one pipe into log lines until EOF.
+async fn read_output(
+    fd: std::os::fd::OwnedFd,
+    source: logs::Source,
+    sink: LogSink,
+    max_line: usize,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(event = "log_pipe_failed", app = %source.app, slot = source.slot, error = %e);
+            return;
+        }
+    };
+    let mut framer = logs::Framer::new(max_line);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pieces = Vec::new();
+    loop {
+        let n = match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        framer.push(&buf[..n], &mut pieces);
+        forward(&source, &sink, &mut pieces).await;
+    }
+    framer.finish(&mut pieces);
+    forward(&source, &sink, &mut pieces).await;
+}
+
+async fn forward(source: &logs::Source, sink: &LogSink, pieces: &mut Vec<logs::Piece>) {
+    if pieces.is_empty() {
+        return;
+    }
+    let ts = logs::timestamp(std::time::SystemTime::now());
+    for p in pieces.drain(..) {
+        sink.worker_line(logs::render(source, &p, &ts)).await;
+    }
 }
 
 /// Answers `heartalk reload` callers once their reload has an outcome.

@@ -213,7 +213,12 @@ impl CpuSampler {
 }
 
 /// The supervisor's own families (appended to the merged exposition).
-pub fn supervisor_families(view: &FleetView, cpu: &mut CpuSampler, now: Instant) -> String {
+pub fn supervisor_families(
+    view: &FleetView,
+    cpu: &mut CpuSampler,
+    now: Instant,
+    log_dropped: Option<u64>,
+) -> String {
     let mut out = String::new();
     let esc = |s: &str| {
         s.replace('\\', "\\\\")
@@ -337,6 +342,15 @@ pub fn supervisor_families(view: &FleetView, cpu: &mut CpuSampler, now: Instant)
         "CPU time of each worker process (a new pid starts a new series)",
     );
     out.push_str(&cpu_lines);
+    if let Some(n) = log_dropped {
+        family(
+            &mut out,
+            "heartalk_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped (queue full or log disk failing)",
+        );
+        let _ = writeln!(out, "heartalk_log_lines_dropped_total {n}");
+    }
     family(
         &mut out,
         "heartalk_supervisor_resident_memory_bytes",

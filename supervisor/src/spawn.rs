@@ -76,6 +76,9 @@ pub struct Launch<'a> {
     /// The supervisor's control socket, for `/metrics` on the service port
     /// (`None` when `[supervisor] service_metrics = false`).
     pub control_socket: Option<&'a Path>,
+    /// Write ends of the pipes that become the worker's stdout and stderr
+    /// (`None`: it inherits the supervisor's).
+    pub outputs: Option<(RawFd, RawFd)>,
 }
 
 /// Starts the worker; returns its pid once `execve` succeeded.
@@ -106,6 +109,9 @@ pub fn spawn(l: &Launch) -> io::Result<Pid> {
         env.push(("LISTEN_FDS".into(), fds.len().to_string()));
         env.push(("LISTEN_FDNAMES".into(), FD_NAME.into()));
     }
-    let spec = ExecSpec::new(l.program, &l.app.args, &env, &l.app.cwd, fds)?;
+    let mut spec = ExecSpec::new(l.program, &l.app.args, &env, &l.app.cwd, fds)?;
+    if let Some((out, err)) = l.outputs {
+        spec.redirect_output(out, err);
+    }
     sys::spawn(&spec)
 }

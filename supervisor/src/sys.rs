@@ -81,7 +81,6 @@ impl ExecSpec {
     }
 
     /// Sends the child's stdout/stderr to these descriptors.
-    #[allow(dead_code)] // wired up by the log writer
     pub fn redirect_output(&mut self, stdout: RawFd, stderr: RawFd) {
         self.stdout = Some(stdout);
         self.stderr = Some(stderr);
@@ -330,4 +329,9 @@ pub fn cpu_seconds(pid: Pid) -> Option<f64> {
     // SAFETY: sysconf has no memory effects.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (ticks > 0).then(|| (utime + stime) / ticks as f64)
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }

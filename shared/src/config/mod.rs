@@ -68,6 +68,14 @@ pub struct LogSettings {
     pub max_files: u32,
     /// Mirror every line on the supervisor's stdout; `None` = only when PID 1.
     pub stdout: Option<bool>,
+    /// Longest line kept whole; longer ones are split into marked chunks.
+    pub max_line: usize,
+    /// Also rotate when the file is this old.
+    pub rotate_interval: Option<Duration>,
+    /// Lines queued for the writer; past this, lines are dropped and counted.
+    pub queue: usize,
+    /// Compress rotated files.
+    pub compress: bool,
 }
 
 /// How many workers an app runs.

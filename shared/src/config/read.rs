@@ -24,7 +24,16 @@ type Value<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &["apps", "log", "supervisor"];
 const SUPERVISOR_KEYS: &[&str] = &["control_socket", "metrics_listen", "service_metrics"];
-const LOG_KEYS: &[&str] = &["dir", "max_size", "max_files", "stdout"];
+const LOG_KEYS: &[&str] = &[
+    "dir",
+    "max_size",
+    "max_files",
+    "stdout",
+    "max_line",
+    "rotate_interval",
+    "queue",
+    "compress",
+];
 const APP_KEYS: &[&str] = &[
     "name",
     "script",
@@ -128,6 +137,10 @@ fn default_log(base: &Path) -> LogSettings {
         max_size: 10 << 20,
         max_files: 10,
         stdout: None,
+        max_line: 64 << 10,
+        rotate_interval: None,
+        queue: 65_536,
+        compress: true,
     }
 }
 
@@ -174,6 +187,29 @@ fn read_log(d: &mut Diagnostics, v: Option<&Value>, base: &Path) -> LogSettings 
         log.max_files = n as u32;
     }
     log.stdout = boolean(d, t, "stdout");
+    if let Some(n) = size(d, t, "max_line") {
+        if n < 256 {
+            d.error(
+                t["max_line"].span(),
+                "`max_line` must be at least 256 bytes",
+                None,
+            );
+        } else {
+            log.max_line = n as usize;
+        }
+    }
+    log.rotate_interval = positive_duration(d, t, "rotate_interval");
+    if let Some(n) = integer(d, t, "queue", 1, 100_000_000) {
+        log.queue = n as usize;
+    }
+    if let Some(b) = boolean(d, t, "compress") {
+        log.compress = b;
+    }
+    if log.max_size == 0 {
+        if let Some(v) = t.get("max_size") {
+            d.error(v.span(), "`max_size` must be larger than zero", None);
+        }
+    }
     log
 }
 

@@ -1,0 +1,686 @@
+//! Worker output, owned by the supervisor: framed into whole lines, tagged,
+//! written to one log file with rotation by rename, and never allowed to
+//! block a worker for long or to grow the supervisor without bound.
+//!
+//! Each worker's stdout and stderr are pipes read by a task here. A
+//! [`Framer`] cuts the byte stream into lines, splitting a line longer
+//! than `max_line` into marked chunks so a worker that never writes a
+//! newline cannot make us buffer without limit. Every line becomes one
+//! JSON line tagged with app, slot, pid, stream and time (a worker line
+//! that is already a JSON object is merged, not escaped). All lines, the
+//! supervisor's own events included, go through one bounded queue to one
+//! writer thread, so one file (`<log.dir>/heartalk.log`) tells the whole
+//! story in order. Rotation renames the file and opens a new one (never
+//! copy-and-truncate, which loses lines), gzips the rotated file on
+//! another thread and keeps `max_files` of them. When the disk is slow the
+//! queue absorbs bursts; a line that cannot be queued within
+//! [`QUEUE_WAIT`], or cannot be written (disk full), is dropped and
+//! counted, and a warning line says how many once writing works again.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use shared::config::LogSettings;
+use tokio::sync::mpsc;
+
+/// The log file's name inside `log.dir`.
+pub const FILE_NAME: &str = "heartalk.log";
+/// How long a reader waits for room in the queue before it drops a line:
+/// long enough to ride out a burst, short enough that a stuck disk never
+/// stalls a worker (its pipe keeps draining).
+pub const QUEUE_WAIT: Duration = Duration::from_millis(200);
+
+/// One framed piece of a worker's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Line(String),
+    /// Part `index` (from 0) of a line longer than `max_line`.
+    Chunk {
+        text: String,
+        index: u32,
+        last: bool,
+    },
+}
+
+/// Cuts a byte stream into lines, holding at most `max` bytes.
+pub struct Framer {
+    buf: Vec<u8>,
+    max: usize,
+    /// The next chunk index of an over-long line in progress (0: none).
+    chunk: u32,
+}
+
+impl Framer {
+    pub fn new(max: usize) -> Framer {
+        Framer {
+            buf: Vec::new(),
+            max: max.max(16),
+            chunk: 0,
+        }
+    }
+
+    /// Adds `data`; complete lines and full chunks are appended to `out`.
+    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Piece>) {
+        while !data.is_empty() {
+            let room = self.max - self.buf.len();
+            let take = match data.iter().position(|&b| b == b'\n') {
+                Some(nl) if nl <= room => {
+                    self.buf.extend_from_slice(&data[..nl]);
+                    data = &data[nl + 1..];
+                    self.end_line(out);
+                    continue;
+                }
+                _ => room.min(data.len()),
+            };
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() >= self.max {
+                self.emit_chunk(out);
+            }
+        }
+    }
+
+    /// End of stream: a pending partial line is emitted.
+    pub fn finish(&mut self, out: &mut Vec<Piece>) {
+        if !self.buf.is_empty() || self.chunk > 0 {
+            self.end_line(out);
+        }
+    }
+
+    fn end_line(&mut self, out: &mut Vec<Piece>) {
+        if self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+        }
+        let text = String::from_utf8_lossy(&self.buf).into_owned();
+        self.buf.clear();
+        if self.chunk > 0 {
+            out.push(Piece::Chunk {
+                text,
+                index: self.chunk,
+                last: true,
+            });
+            self.chunk = 0;
+        } else {
+            out.push(Piece::Line(text));
+        }
+    }
+
+    /// Emits the buffer as a chunk, cut at a UTF-8 boundary when possible.
+    fn emit_chunk(&mut self, out: &mut Vec<Piece>) {
+        let cut = utf8_cut(&self.buf);
+        let text = String::from_utf8_lossy(&self.buf[..cut]).into_owned();
+        self.buf.drain(..cut);
+        out.push(Piece::Chunk {
+            text,
+            index: self.chunk,
+            last: false,
+        });
+        self.chunk += 1;
+    }
+}
+
+/// The longest prefix of `b` that does not end inside a UTF-8 sequence
+/// (all of `b` when it is not UTF-8 anyway).
+fn utf8_cut(b: &[u8]) -> usize {
+    match std::str::from_utf8(b) {
+        Ok(_) => b.len(),
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+        Err(_) => b.len(),
+    }
+}
+
+/// Where a line came from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub app: String,
+    pub slot: usize,
+    pub pid: i32,
+    pub stream: &'static str,
+}
+
+/// RFC 3339 UTC with microseconds.
+pub fn timestamp(now: SystemTime) -> String {
+    humantime::format_rfc3339_micros(now).to_string()
+}
+
+/// One JSON line for `piece`. A worker line that is a JSON object keeps
+/// its own fields and gains ours (its own win on a clash); anything else
+/// becomes `message`. Chunks are never parsed: they are fragments.
+pub fn render(source: &Source, piece: &Piece, ts: &str) -> String {
+    let (text, chunk) = match piece {
+        Piece::Line(t) => (t, None),
+        Piece::Chunk { text, index, last } => (text, Some((*index, *last))),
+    };
+    let parsed = match chunk {
+        None if text.starts_with('{') => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(obj)) => Some(obj),
+            _ => None,
+        },
+        _ => None,
+    };
+    let merged = parsed.is_some();
+    let mut fields = parsed.unwrap_or_default();
+    let mut put = |k: &str, v: Value| {
+        fields.entry(k.to_string()).or_insert(v);
+    };
+    put("timestamp", Value::from(ts));
+    put("app", Value::from(source.app.as_str()));
+    put("slot", Value::from(source.slot));
+    put("pid", Value::from(source.pid));
+    put("stream", Value::from(source.stream));
+    if !merged {
+        fields.insert("message".into(), Value::from(text.as_str()));
+    }
+    if let Some((index, last)) = chunk {
+        fields.insert("chunk".into(), Value::from(index));
+        fields.insert("partial".into(), Value::from(!last));
+    }
+    Value::Object(fields).to_string()
+}
+
+/// A message for the writer thread.
+pub enum Msg {
+    /// A rendered line; `mirror` also copies it to stdout.
+    Line { text: String, mirror: bool },
+    /// Reopen the file (external logrotate renamed it; SIGUSR1).
+    Reopen,
+    /// Write out everything queued so far, then answer.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The sending side, shared by every reader and the tracing writer.
+#[derive(Clone)]
+pub struct LogSink {
+    tx: mpsc::Sender<Msg>,
+    dropped: Arc<AtomicU64>,
+    /// Copy worker lines to stdout too (containers: `log.stdout`).
+    pub mirror_workers: bool,
+}
+
+impl LogSink {
+    /// Opens `<dir>/heartalk.log` and starts the writer thread.
+    pub fn start(settings: &LogSettings, mirror_workers: bool) -> io::Result<LogSink> {
+        std::fs::create_dir_all(&settings.dir)?;
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut writer = Writer::new(settings, dropped.clone())?;
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(LogSink {
+            tx,
+            dropped,
+            mirror_workers,
+        })
+    }
+
+    /// Queues a worker line, waiting at most [`QUEUE_WAIT`] for room.
+    pub async fn worker_line(&self, text: String) {
+        let msg = Msg::Line {
+            text,
+            mirror: self.mirror_workers,
+        };
+        if self.tx.send_timeout(msg, QUEUE_WAIT).await.is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a line from a synchronous context (the supervisor's own
+    /// events, already printed to stdout); never waits.
+    pub fn own_line(&self, text: String) {
+        if self
+            .tx
+            .try_send(Msg::Line {
+                text,
+                mirror: false,
+            })
+            .is_err()
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn reopen(&self) {
+        let _ = self.tx.try_send(Msg::Reopen);
+    }
+
+    /// Waits (up to `timeout`) until everything queued so far is written.
+    pub async fn flush(&self, timeout: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send_timeout(Msg::Flush(tx), timeout).await.is_ok() {
+            let _ = tokio::task::spawn_blocking(move || rx.recv_timeout(timeout)).await;
+        }
+    }
+
+    /// Lines dropped so far (queue full or disk failing).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer thread's state: the open file and its rotation.
+struct Writer {
+    dir: PathBuf,
+    file: Option<BufWriter<File>>,
+    size: u64,
+    opened: Instant,
+    max_size: u64,
+    max_files: usize,
+    interval: Option<Duration>,
+    dropped: Arc<AtomicU64>,
+    /// Drops counted when writing last failed (None: writing works).
+    failing_since: Option<u64>,
+    seq: u64,
+    gzip: Option<std::sync::mpsc::Sender<PathBuf>>,
+}
+
+impl Writer {
+    fn new(s: &LogSettings, dropped: Arc<AtomicU64>) -> io::Result<Writer> {
+        let gzip = if s.compress {
+            let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+            let dir = s.dir.clone();
+            let keep = s.max_files as usize;
+            std::thread::Builder::new()
+                .name("log-gzip".into())
+                .spawn(move || {
+                    for path in rx {
+                        if let Err(e) = gzip(&path) {
+                            eprintln!("heartalk: compressing {} failed: {e}", path.display());
+                        }
+                        retain(&dir, keep);
+                    }
+                })?;
+            Some(tx)
+        } else {
+            None
+        };
+        let mut w = Writer {
+            dir: s.dir.clone(),
+            file: None,
+            size: 0,
+            opened: Instant::now(),
+            max_size: s.max_size.max(1),
+            max_files: s.max_files as usize,
+            interval: s.rotate_interval,
+            dropped,
+            failing_since: None,
+            seq: 0,
+            gzip,
+        };
+        w.open()?;
+        Ok(w)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    fn open(&mut self) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path())?;
+        self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        self.file = Some(BufWriter::with_capacity(64 << 10, f));
+        self.opened = Instant::now();
+        Ok(())
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut stdout = io::stdout();
+        while let Some(msg) = rx.blocking_recv() {
+            let mut next = Some(msg);
+            // Take what is queued, then flush once: few syscalls under load,
+            // and an idle writer leaves nothing sitting in the buffer.
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Line { text, mirror } => {
+                        if mirror {
+                            let _ = writeln!(stdout, "{text}");
+                        }
+                        self.write(&text);
+                    }
+                    Msg::Reopen => {
+                        self.flush();
+                        self.file = None;
+                        if let Err(e) = self.open() {
+                            eprintln!("heartalk: reopening the log file failed: {e}");
+                        }
+                    }
+                    Msg::Flush(done) => {
+                        self.flush();
+                        let _ = done.send(());
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            self.flush();
+            let _ = stdout.flush();
+        }
+        self.flush();
+    }
+
+    fn write(&mut self, line: &str) {
+        let due = self.size > 0
+            && (self.size + line.len() as u64 + 1 > self.max_size
+                || self.interval.is_some_and(|i| self.opened.elapsed() >= i));
+        if due {
+            self.rotate();
+        }
+        if self.file.is_none() && self.open().is_err() {
+            self.fail();
+            return;
+        }
+        let Some(f) = self.file.as_mut() else { return };
+        let ok = f
+            .write_all(line.as_bytes())
+            .and_then(|_| f.write_all(b"\n"))
+            .is_ok();
+        if !ok {
+            // The buffered bytes are lost with the file handle: count this
+            // line and start afresh (the file is reopened on the next line).
+            self.file = None;
+            self.fail();
+            return;
+        }
+        self.size += line.len() as u64 + 1;
+        if let Some(before) = self.failing_since.take() {
+            let lost = self.dropped.load(Ordering::Relaxed) - before;
+            let warn = serde_json::json!({
+                "timestamp": timestamp(SystemTime::now()),
+                "level": "WARN",
+                "event": "log_writes_resumed",
+                "dropped": lost,
+                "message": "log writing works again; lines were dropped while it failed",
+            });
+            let _ = self.file.as_mut().map(|f| writeln!(f, "{warn}"));
+            eprintln!("{warn}");
+        }
+    }
+
+    fn fail(&mut self) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+        if self.failing_since.is_none() {
+            self.failing_since = Some(n);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(f) = self.file.as_mut() {
+            if f.flush().is_err() {
+                self.file = None;
+                self.fail();
+            }
+        }
+    }
+
+    /// Rename the current file aside (never copy-and-truncate) and start a
+    /// new one; compression and retention happen off this thread.
+    fn rotate(&mut self) {
+        self.flush();
+        self.file = None;
+        self.seq += 1;
+        let stamp = humantime::format_rfc3339_micros(SystemTime::now())
+            .to_string()
+            .replace([':', '-'], "")
+            .replace('.', "");
+        let rotated = self
+            .dir
+            .join(format!("heartalk-{stamp}-{:06}.log", self.seq));
+        if let Err(e) = std::fs::rename(self.path(), &rotated) {
+            eprintln!("heartalk: rotating the log file failed: {e}");
+        } else if let Some(gz) = &self.gzip {
+            let _ = gz.send(rotated);
+        } else {
+            retain(&self.dir, self.max_files);
+        }
+        if self.open().is_err() {
+            self.fail();
+        }
+    }
+}
+
+/// Compresses `path` to `path.gz` (through a temporary name, so a reader
+/// never sees half a file) and removes the original.
+fn gzip(path: &Path) -> io::Result<()> {
+    let gz = path.with_extension("log.gz");
+    let tmp = path.with_extension("log.gz.tmp");
+    {
+        let mut input = File::open(path)?;
+        let out = File::create(&tmp)?;
+        let mut enc =
+            flate2::write::GzEncoder::new(BufWriter::new(out), flate2::Compression::fast());
+        io::copy(&mut input, &mut enc)?;
+        enc.finish()?.flush()?;
+    }
+    std::fs::rename(&tmp, &gz)?;
+    std::fs::remove_file(path)
+}
+
+/// Keeps the newest `keep` rotated files (plain or gzipped).
+fn retain(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut rotated: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("heartalk-") && (n.ends_with(".log") || n.ends_with(".log.gz")))
+        .collect();
+    rotated.sort();
+    let excess = rotated.len().saturating_sub(keep);
+    for name in &rotated[..excess] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+}
+
+/// The tracing writer for the supervisor's own events: printed to stdout
+/// as before, and queued for the log file.
+#[derive(Clone)]
+pub struct OwnEvents {
+    pub sink: Option<LogSink>,
+}
+
+pub struct OwnEventWriter {
+    buf: Vec<u8>,
+    sink: Option<LogSink>,
+}
+
+impl io::Write for OwnEventWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for OwnEventWriter {
+    fn drop(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(&self.buf);
+        let _ = out.flush();
+        if let Some(sink) = &self.sink {
+            for line in String::from_utf8_lossy(&self.buf)
+                .lines()
+                .filter(|l| !l.is_empty())
+            {
+                sink.own_line(line.to_string());
+            }
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for OwnEvents {
+    type Writer = OwnEventWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        OwnEventWriter {
+            buf: Vec::new(),
+            sink: self.sink.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(max: usize, chunks: &[&[u8]]) -> Vec<Piece> {
+        let mut f = Framer::new(max);
+        let mut out = Vec::new();
+        for c in chunks {
+            f.push(c, &mut out);
+        }
+        f.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn lines_survive_any_split() {
+        let text = b"alpha\nbeta\r\ngamma\n";
+        for cut in 0..text.len() {
+            assert_eq!(
+                frame(64, &[&text[..cut], &text[cut..]]),
+                vec![
+                    Piece::Line("alpha".into()),
+                    Piece::Line("beta".into()),
+                    Piece::Line("gamma".into())
+                ],
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(
+            frame(64, &[b"no newline"]),
+            vec![Piece::Line("no newline".into())]
+        );
+    }
+
+    #[test]
+    fn long_lines_become_marked_chunks_and_memory_stays_bounded() {
+        let mut f = Framer::new(16);
+        let mut out = Vec::new();
+        let long = vec![b'x'; 1000];
+        for c in long.chunks(7) {
+            f.push(c, &mut out);
+            assert!(f.buf.len() <= 16, "the framer holds at most max_line bytes");
+        }
+        f.push(b"y\nnext\n", &mut out);
+        let chunks: Vec<_> = out
+            .iter()
+            .filter(|p| matches!(p, Piece::Chunk { .. }))
+            .collect();
+        assert_eq!(chunks.len(), 1000 / 16 + 1);
+        assert!(matches!(
+            out[0],
+            Piece::Chunk {
+                index: 0,
+                last: false,
+                ..
+            }
+        ));
+        let Piece::Chunk { text, last, .. } = &out[chunks.len() - 1] else {
+            panic!()
+        };
+        assert!(*last && text.ends_with('y'));
+        let total: usize = out
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Chunk { text, .. } => Some(text.len()),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(total, 1001, "no byte lost");
+        assert_eq!(out.last(), Some(&Piece::Line("next".into())));
+    }
+
+    #[test]
+    fn chunks_do_not_split_characters() {
+        let line = "你好".repeat(20);
+        let out = frame(16, &[line.as_bytes(), b"\n"]);
+        let joined: String = out
+            .iter()
+            .map(|p| match p {
+                Piece::Chunk { text, .. } | Piece::Line(text) => text.clone(),
+            })
+            .collect();
+        assert_eq!(joined, line);
+        assert!(
+            out.iter()
+                .all(|p| !matches!(p, Piece::Chunk { text, .. } if text.contains('\u{FFFD}')))
+        );
+    }
+
+    #[test]
+    fn json_lines_are_merged_and_text_is_wrapped() {
+        let src = Source {
+            app: "heartalk".into(),
+            slot: 2,
+            pid: 42,
+            stream: "stdout",
+        };
+        let merged: Value = serde_json::from_str(&render(
+            &src,
+            &Piece::Line(r#"{"level":"INFO","message":"hi","pid":7}"#.into()),
+            "T",
+        ))
+        .unwrap();
+        assert_eq!(merged["level"], "INFO");
+        assert_eq!(merged["message"], "hi");
+        assert_eq!(merged["pid"], 7, "the worker's own field wins");
+        assert_eq!(merged["slot"], 2);
+        assert_eq!(merged["app"], "heartalk");
+        let plain: Value =
+            serde_json::from_str(&render(&src, &Piece::Line("panic! at \"x\"".into()), "T"))
+                .unwrap();
+        assert_eq!(plain["message"], "panic! at \"x\"");
+        assert_eq!(plain["stream"], "stdout");
+        assert_eq!(plain["timestamp"], "T");
+        let chunk: Value = serde_json::from_str(&render(
+            &src,
+            &Piece::Chunk {
+                text: "{\"a\":".into(),
+                index: 3,
+                last: false,
+            },
+            "T",
+        ))
+        .unwrap();
+        assert_eq!(chunk["message"], "{\"a\":");
+        assert_eq!(chunk["chunk"], 3);
+        assert_eq!(chunk["partial"], true);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.path().join(format!("heartalk-2026-{i}.log.gz")), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(FILE_NAME), b"current").unwrap();
+        retain(dir.path(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "heartalk-2026-3.log.gz",
+                "heartalk-2026-4.log.gz",
+                "heartalk.log"
+            ]
+        );
+    }
+}
