@@ -30,6 +30,9 @@ use tokio::sync::mpsc;
 
 /// The log file's name inside `log.dir`.
 pub const FILE_NAME: &str = "heartalk.log";
+/// Bytes of lines queued for the writer at most: the bound on what a slow
+/// disk can make the supervisor hold (with `max_line`, whatever workers write).
+pub const QUEUE_BYTES: usize = 32 << 20;
 /// How long a reader waits for room in the queue before it drops a line:
 /// long enough to ride out a burst, short enough that a stuck disk never
 /// stalls a worker (its pipe keeps draining).
@@ -185,7 +188,8 @@ pub fn render(source: &Source, piece: &Piece, ts: &str) -> String {
 
 /// A message for the writer thread.
 pub enum Msg {
-    /// A rendered line; `mirror` also copies it to stdout.
+    /// A rendered line; `mirror` also copies it to stdout. Its length is
+    /// held from the byte budget until it is written.
     Line { text: String, mirror: bool },
     /// Reopen the file (external logrotate renamed it; SIGUSR1).
     Reopen,
@@ -196,7 +200,11 @@ pub enum Msg {
 /// The sending side, shared by every reader and the tracing writer.
 #[derive(Clone)]
 pub struct LogSink {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Bytes that may still be queued ([`QUEUE_BYTES`] in all).
+    budget: Arc<tokio::sync::Semaphore>,
+    /// Lines that may still be queued (`log.queue`).
+    slots: Arc<tokio::sync::Semaphore>,
     dropped: Arc<AtomicU64>,
     /// Copy worker lines to stdout too (containers: `log.stdout`).
     pub mirror_workers: bool,
@@ -206,14 +214,18 @@ impl LogSink {
     /// Opens `<dir>/heartalk.log` and starts the writer thread.
     pub fn start(settings: &LogSettings, mirror_workers: bool) -> io::Result<LogSink> {
         std::fs::create_dir_all(&settings.dir)?;
-        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let (tx, rx) = mpsc::unbounded_channel();
         let dropped = Arc::new(AtomicU64::new(0));
-        let mut writer = Writer::new(settings, dropped.clone())?;
+        let budget = Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES));
+        let slots = Arc::new(tokio::sync::Semaphore::new(settings.queue.max(1)));
+        let mut writer = Writer::new(settings, dropped.clone(), budget.clone(), slots.clone())?;
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run(rx))?;
         Ok(LogSink {
             tx,
+            budget,
+            slots,
             dropped,
             mirror_workers,
         })
@@ -221,38 +233,54 @@ impl LogSink {
 
     /// Queues a worker line, waiting at most [`QUEUE_WAIT`] for room.
     pub async fn worker_line(&self, text: String) {
-        let msg = Msg::Line {
-            text,
-            mirror: self.mirror_workers,
+        let cost = weight(&text);
+        let room = async {
+            let slot = self.slots.acquire().await.ok()?;
+            let bytes = self.budget.acquire_many(cost).await.ok()?;
+            slot.forget();
+            bytes.forget();
+            Some(())
         };
-        if self.tx.send_timeout(msg, QUEUE_WAIT).await.is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(QUEUE_WAIT, room).await {
+            Ok(Some(())) => {
+                let _ = self.tx.send(Msg::Line {
+                    text,
+                    mirror: self.mirror_workers,
+                });
+            }
+            _ => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
     /// Queues a line from a synchronous context (the supervisor's own
     /// events, already printed to stdout); never waits.
     pub fn own_line(&self, text: String) {
-        if self
-            .tx
-            .try_send(Msg::Line {
-                text,
-                mirror: false,
-            })
-            .is_err()
-        {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let cost = weight(&text);
+        match (self.slots.try_acquire(), self.budget.try_acquire_many(cost)) {
+            (Ok(slot), Ok(bytes)) => {
+                slot.forget();
+                bytes.forget();
+                let _ = self.tx.send(Msg::Line {
+                    text,
+                    mirror: false,
+                });
+            }
+            _ => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
     pub fn reopen(&self) {
-        let _ = self.tx.try_send(Msg::Reopen);
+        let _ = self.tx.send(Msg::Reopen);
     }
 
     /// Waits (up to `timeout`) until everything queued so far is written.
     pub async fn flush(&self, timeout: Duration) {
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.tx.send_timeout(Msg::Flush(tx), timeout).await.is_ok() {
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = tokio::task::spawn_blocking(move || rx.recv_timeout(timeout)).await;
         }
     }
@@ -263,8 +291,20 @@ impl LogSink {
     }
 }
 
+/// What a queued line holds of the byte budget (at least 1).
+fn weight(text: &str) -> u32 {
+    u32::try_from(text.len() + 1)
+        .unwrap_or(u32::MAX)
+        .min(QUEUE_BYTES as u32)
+}
+
 /// The writer thread's state: the open file and its rotation.
 struct Writer {
+    budget: Arc<tokio::sync::Semaphore>,
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Lines in the buffer since the last successful flush: lost together
+    /// if that flush fails.
+    unflushed: u64,
     dir: PathBuf,
     file: Option<BufWriter<File>>,
     size: u64,
@@ -280,7 +320,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(s: &LogSettings, dropped: Arc<AtomicU64>) -> io::Result<Writer> {
+    fn new(
+        s: &LogSettings,
+        dropped: Arc<AtomicU64>,
+        budget: Arc<tokio::sync::Semaphore>,
+        slots: Arc<tokio::sync::Semaphore>,
+    ) -> io::Result<Writer> {
         let gzip = if s.compress {
             let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
             let dir = s.dir.clone();
@@ -300,6 +345,9 @@ impl Writer {
             None
         };
         let mut w = Writer {
+            budget,
+            slots,
+            unflushed: 0,
             dir: s.dir.clone(),
             file: None,
             size: 0,
@@ -331,7 +379,7 @@ impl Writer {
         Ok(())
     }
 
-    fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
+    fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut stdout = io::stdout();
         while let Some(msg) = rx.blocking_recv() {
             let mut next = Some(msg);
@@ -344,6 +392,8 @@ impl Writer {
                             let _ = writeln!(stdout, "{text}");
                         }
                         self.write(&text);
+                        self.budget.add_permits(weight(&text) as usize);
+                        self.slots.add_permits(1);
                     }
                     Msg::Reopen => {
                         self.flush();
@@ -373,22 +423,44 @@ impl Writer {
             self.rotate();
         }
         if self.file.is_none() && self.open().is_err() {
-            self.fail();
+            self.lost(1);
             return;
         }
         let Some(f) = self.file.as_mut() else { return };
-        let ok = f
-            .write_all(line.as_bytes())
+        if f.write_all(line.as_bytes())
             .and_then(|_| f.write_all(b"\n"))
-            .is_ok();
-        if !ok {
-            // The buffered bytes are lost with the file handle: count this
-            // line and start afresh (the file is reopened on the next line).
+            .is_err()
+        {
+            // The buffer's lines are lost with the handle.
             self.file = None;
-            self.fail();
+            let n = self.unflushed + 1;
+            self.unflushed = 0;
+            self.lost(n);
             return;
         }
+        self.unflushed += 1;
         self.size += line.len() as u64 + 1;
+    }
+
+    /// Counts `n` lines that will never reach the disk.
+    fn lost(&mut self, n: u64) {
+        let before = self.dropped.fetch_add(n, Ordering::Relaxed);
+        if self.failing_since.is_none() {
+            self.failing_since = Some(before);
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some(f) = self.file.as_mut() else { return };
+        if f.flush().is_err() {
+            // Disk full or failing: what was buffered is dropped and counted;
+            // the file is reopened (and retried) with the next line.
+            self.file = None;
+            let n = std::mem::take(&mut self.unflushed);
+            self.lost(n);
+            return;
+        }
+        self.unflushed = 0;
         if let Some(before) = self.failing_since.take() {
             let lost = self.dropped.load(Ordering::Relaxed) - before;
             let warn = serde_json::json!({
@@ -398,23 +470,9 @@ impl Writer {
                 "dropped": lost,
                 "message": "log writing works again; lines were dropped while it failed",
             });
-            let _ = self.file.as_mut().map(|f| writeln!(f, "{warn}"));
             eprintln!("{warn}");
-        }
-    }
-
-    fn fail(&mut self) {
-        let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-        if self.failing_since.is_none() {
-            self.failing_since = Some(n);
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Some(f) = self.file.as_mut() {
-            if f.flush().is_err() {
-                self.file = None;
-                self.fail();
+            if let Some(f) = self.file.as_mut() {
+                let _ = writeln!(f, "{warn}").and_then(|_| f.flush());
             }
         }
     }
@@ -440,7 +498,7 @@ impl Writer {
             retain(&self.dir, self.max_files);
         }
         if self.open().is_err() {
-            self.fail();
+            self.lost(1);
         }
     }
 }

@@ -12,6 +12,10 @@
 //! `slow-ready=MS`, `orphan=SECONDS` (spawns `sleep SECONDS` as an orphan,
 //! then serves), `leak=KB` (every request keeps KB of touched memory),
 //! `grow=MB_PER_SEC` (memory grows steadily, whatever the load).
+//! Output (any argument, combinable): `spam=N` writes N numbered lines
+//! `line <slot> <i>` to stdout before READY; `tick=MS` writes `tick <slot>
+//! <n>` every MS ms forever; `bigline=MB` writes an MB-megabyte line without
+//! a newline, then `\nbigline-done`.
 //! Paths: `GET /slow?ms=N` answers after N ms; `GET /balloon?mb=N` touches
 //! N MB at once; anything else answers `{"pid":…,"slot":…}`.
 
@@ -41,6 +45,35 @@ fn main() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |prefix: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(prefix).map(str::to_string))
+    };
+    let slot_id = std::env::var("HEARTALK_WORKER_ID").unwrap_or_else(|_| "0".into());
+    if let Some(n) = arg("spam=").and_then(|n| n.parse::<u64>().ok()) {
+        let mut out = std::io::stdout().lock();
+        for i in 0..n {
+            writeln!(out, "line {slot_id} {i}").expect("stdout");
+        }
+    }
+    if let Some(mb) = arg("bigline=").and_then(|n| n.parse::<usize>().ok()) {
+        let mut out = std::io::stdout().lock();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..mb {
+            out.write_all(&chunk).expect("stdout");
+        }
+        writeln!(out, "\nbigline-done").expect("stdout");
+    }
+    if let Some(ms) = arg("tick=").and_then(|n| n.parse::<u64>().ok()) {
+        let slot_id = slot_id.clone();
+        std::thread::spawn(move || {
+            for n in 0u64.. {
+                println!("tick {slot_id} {n}");
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+        });
+    }
     if let Some(secs) = mode.strip_prefix("orphan=") {
         // sh starts `sleep` in the background and exits at once, so the
         // sleep is orphaned and reparented to the nearest subreaper.

@@ -648,3 +648,46 @@ impl KeepAlive {
         parse_response(&raw)
     }
 }
+
+impl Supervisor {
+    /// The log directory of a supervisor started from a generated config.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+}
+
+/// Every JSON line in a log directory: the current file, rotated plain
+/// files and gzipped ones (each must decompress completely).
+pub fn read_logs(dir: &Path) -> Vec<Value> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("log dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with("heartalk") && (n.ends_with(".log") || n.ends_with(".log.gz"))
+        })
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for path in names {
+        let mut text = String::new();
+        let file = std::fs::File::open(&path).expect("open log");
+        if path.extension().is_some_and(|e| e == "gz") {
+            flate2::read::GzDecoder::new(file)
+                .read_to_string(&mut text)
+                .unwrap_or_else(|e| panic!("{} is not valid gzip: {e}", path.display()));
+        } else {
+            BufReader::new(file)
+                .read_to_string(&mut text)
+                .expect("read log");
+        }
+        for line in text.lines() {
+            out.push(
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("torn line in {}: {e}: {line:?}", path.display())),
+            );
+        }
+    }
+    out
+}
