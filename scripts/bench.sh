@@ -2,7 +2,7 @@
 # Benchmarks on 127.0.0.1 only, with wrk; each mode rewrites its own section
 # of docs/benchmarks.md (the hand-written "## Notes" stay).
 #
-#   scripts/bench.sh [all|pipeline|reload|memory|metrics]   (default: all, ~6 minutes)
+#   scripts/bench.sh [all|pipeline|reload|memory|metrics|logs]   (default: all, ~7 minutes)
 #   BENCH_SECONDS=3 RUNS=1 scripts/bench.sh pipeline  # quick smoke run
 #
 # pipeline  POST /api/v1/chat/generate through `heartalk run` (release, live mode)
@@ -15,6 +15,7 @@
 #           requests, detection delay after crossing, peak RSS vs the limit
 #           (PM2: a 150 MB limit reached 270 MB).
 # metrics   fleet-wide /metrics scrape latency with 16 workers (target < 50 ms).
+# logs      throughput cost of request logging and the supervisor's CPU share.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -323,11 +324,64 @@ PY
   } | python3 "$REPORT" section "$OUT" metrics
 }
 
+bench_logs() {
+  echo "== logs: generate at 50 connections, request logging on vs off"
+  start_mock 0
+  local results=()
+  for level in warn info; do
+    start_heartalk "$(live_config "$MOCK_URL" | sed "s/LOG_LEVEL = \"warn\"/LOG_LEVEL = \"$level\"/")"
+    local url="http://127.0.0.1:$SVC_PORT/api/v1/chat/generate"
+    run_wrk 50 3 "$url" "$WORK/generate.lua" >/dev/null # warm-up
+    local before after
+    before=$(awk '{print $14 + $15}' "/proc/$SUP_PID/stat")
+    run_wrk 50 "$SECONDS_PER_RUN" "$url" "$WORK/generate.lua" >"$WORK/logs-$level.json"
+    after=$(awk '{print $14 + $15}' "/proc/$SUP_PID/stat")
+    echo "$before $after $(getconf CLK_TCK)" >"$WORK/cpu-$level.txt"
+    du -sb "$WORK/logs" | cut -f1 >"$WORK/bytes-$level.txt" 2>/dev/null || echo 0 >"$WORK/bytes-$level.txt"
+    kill -TERM "$SUP_PID"; wait "$SUP_PID" 2>/dev/null || true
+    PIDS=("${PIDS[@]/$SUP_PID}")
+    rm -rf "$WORK/logs"
+  done
+  stop_all
+  {
+    header
+    python3 - "$WORK" "$SECONDS_PER_RUN" <<'PY'
+import json, sys
+w, secs = sys.argv[1], float(sys.argv[2])
+r = {lvl: json.load(open(f"{w}/logs-{lvl}.json")) for lvl in ("warn", "info")}
+def cpu(lvl):
+    b, a, hz = open(f"{w}/cpu-{lvl}.txt").read().split()
+    return (float(a) - float(b)) / float(hz) / secs * 100
+off, on = r["warn"]["rps"], r["info"]["rps"]
+cost = (off - on) / off * 100
+sup_on = cpu("info")
+per_10k = sup_on * 10000 / on
+print(f"""
+## Request logging
+
+`POST /api/v1/chat/generate` (live mode, mock at 0 ms), 50 connections, {secs:.0f} s: workers at
+`LOG_LEVEL=warn` (no request lines) and at `info` (one JSON access line per request, read from
+the worker's pipe, tagged and written to `logs/heartalk.log` by the supervisor).
+
+| logging | req/s | p99 ms | supervisor CPU | non-2xx | socket errors |
+|---|---|---|---|---|---|
+| off (`warn`) | {off:.0f} | {r['warn']['p99']:.2f} | {cpu('warn'):.1f} % | {r['warn']['non2xx']} | {r['warn']['errors']} |
+| on (`info`) | {on:.0f} | {r['info']['p99']:.2f} | {sup_on:.1f} % | {r['info']['non2xx']} | {r['info']['errors']} |
+
+Throughput cost of logging: **{cost:.1f} %** (target ≤ 10 %: {'met' if cost <= 10 else 'NOT met'}).
+Supervisor CPU with logging on: {sup_on:.1f} % of one core at {on:.0f} req/s, i.e. **{per_10k:.1f} %
+per 10k req/s** (target ≤ 5 % at 10k req/s: {'met' if per_10k <= 5 else 'NOT met'}; PM2's daemon:
+~48 % at 500 req/s in a user report).""")
+PY
+  } | python3 "$REPORT" section "$OUT" logs
+}
+
 case $MODE in
   pipeline) bench_pipeline ;;
   reload) bench_reload ;;
   memory) bench_memory ;;
   metrics) bench_metrics ;;
-  all) bench_pipeline; bench_reload; bench_memory; bench_metrics ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|reload|memory|metrics]" >&2; exit 64 ;;
+  logs) bench_logs ;;
+  all) bench_pipeline; bench_reload; bench_memory; bench_metrics; bench_logs ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|reload|memory|metrics|logs]" >&2; exit 64 ;;
 esac

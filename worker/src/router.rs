@@ -182,6 +182,7 @@ where
         request_id = %ex.request_id,
         method = %ex.method,
         path = %ex.path,
+        route = route_label(&ex.path),
         status,
         duration_ms = (elapsed.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
         worker = state.settings.worker_id,

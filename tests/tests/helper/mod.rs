@@ -54,6 +54,8 @@ pub struct Supervisor {
     pub child: Child,
     pub dir: tempfile::TempDir,
     events: Arc<Mutex<Vec<Value>>>,
+    /// Every line the supervisor printed on stdout that is not its own event.
+    other_stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
@@ -130,15 +132,19 @@ impl Supervisor {
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().expect("stdout");
         let ev = events.clone();
+        let other_stdout = Arc::new(Mutex::new(Vec::new()));
+        let others = other_stdout.clone();
         let out_reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 // Worker output shares this stream; keep the supervisor's
                 // own events (target `heartalk` or `heartalk::*`).
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let own = serde_json::from_str::<Value>(&line).ok().filter(|v| {
                     let target = v["target"].as_str().unwrap_or("");
-                    if target == "heartalk" || target.starts_with("heartalk::") {
-                        ev.lock().unwrap().push(v);
-                    }
+                    target == "heartalk" || target.starts_with("heartalk::")
+                });
+                match own {
+                    Some(v) => ev.lock().unwrap().push(v),
+                    None => others.lock().unwrap().push(line),
                 }
             }
         });
@@ -153,6 +159,7 @@ impl Supervisor {
             child,
             dir,
             events,
+            other_stdout,
             stderr,
             readers: vec![out_reader, err_reader],
             status: None,
@@ -234,6 +241,12 @@ impl Supervisor {
             }
         }
         status
+    }
+
+    /// Stdout lines that are not the supervisor's own events (mirrored
+    /// worker lines, with `[log] stdout = true`).
+    pub fn other_stdout(&self) -> Vec<String> {
+        self.other_stdout.lock().unwrap().clone()
     }
 
     pub fn stderr(&self) -> String {
