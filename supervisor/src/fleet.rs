@@ -818,6 +818,32 @@ impl Fleet {
         all
     }
 
+    /// SIGKILLs a worker nobody needs any more (a failed new generation, a
+    /// superseded replacement) and tracks it until it is reaped.
+    fn discard(
+        &mut self,
+        pid: Pid,
+        generation: u64,
+        app: String,
+        slot: usize,
+        reason: &'static str,
+        now: Instant,
+    ) {
+        sys::signal_group(pid, Signal::SIGKILL);
+        self.pids.insert(pid, Role::Draining);
+        self.draining.push(Draining {
+            pid,
+            app,
+            slot,
+            generation,
+            reason,
+            kill_at: now,
+            killed: true,
+            metrics_id: None,
+            _socket: None,
+        });
+    }
+
     /// SIGTERM `worker` and track it until it exits (SIGKILL at the deadline).
     #[allow(clippy::too_many_arguments)]
     fn drain(
@@ -984,19 +1010,14 @@ impl Fleet {
                     .take()
                     .filter(|s| !kept.contains(&Arc::as_ptr(s)));
                 if let Some(succ) = slot.successor.take() {
-                    sys::signal_group(succ.pid, Signal::SIGKILL);
-                    self.pids.insert(succ.pid, Role::Draining);
-                    self.draining.push(Draining {
-                        pid: succ.pid,
-                        app: app.config.name.clone(),
-                        slot: slot.index,
-                        generation: succ.generation,
-                        reason: "reload",
-                        kill_at: now,
-                        killed: true,
-                        metrics_id: None,
-                        _socket: None,
-                    });
+                    self.discard(
+                        succ.pid,
+                        succ.generation,
+                        app.config.name.clone(),
+                        slot.index,
+                        "reload",
+                        now,
+                    );
                 }
                 if let Some(w) = slot.worker.take() {
                     self.drain(
@@ -1040,22 +1061,17 @@ impl Fleet {
         for app in &r.apps {
             for slot in &app.slots {
                 if let Some(w) = &slot.worker {
-                    sys::signal_group(w.pid, Signal::SIGKILL);
                     // A worker already reaped (the one whose exit caused
                     // this rollback) is no longer tracked.
-                    if let Some(role) = self.pids.get_mut(&w.pid) {
-                        *role = Role::Draining;
-                        self.draining.push(Draining {
-                            pid: w.pid,
-                            app: app.config.name.clone(),
-                            slot: slot.index,
-                            generation: w.generation,
-                            reason: "rolled_back",
-                            kill_at: now,
-                            killed: true,
-                            metrics_id: None,
-                            _socket: None,
-                        });
+                    if self.pids.contains_key(&w.pid) {
+                        self.discard(
+                            w.pid,
+                            w.generation,
+                            app.config.name.clone(),
+                            slot.index,
+                            "rolled_back",
+                            now,
+                        );
                     }
                 }
             }
@@ -1309,25 +1325,19 @@ impl Fleet {
             workers = self.pids.len()
         );
         if let Some(r) = self.rollout.take() {
-            for w in r
-                .apps
-                .iter()
-                .flat_map(|a| &a.slots)
-                .filter_map(|s| s.worker.as_ref())
-            {
-                sys::signal_group(w.pid, Signal::SIGKILL);
-                self.pids.insert(w.pid, Role::Draining);
-                self.draining.push(Draining {
-                    pid: w.pid,
-                    app: String::new(),
-                    slot: 0,
-                    generation: w.generation,
-                    reason: "stopped",
-                    kill_at: now,
-                    killed: true,
-                    metrics_id: None,
-                    _socket: None,
-                });
+            for app in &r.apps {
+                for slot in &app.slots {
+                    if let Some(w) = &slot.worker {
+                        self.discard(
+                            w.pid,
+                            w.generation,
+                            app.config.name.clone(),
+                            slot.index,
+                            "stopped",
+                            now,
+                        );
+                    }
+                }
             }
         }
         for d in &mut self.draining {
@@ -1337,25 +1347,23 @@ impl Fleet {
                 sys::signal_group(d.pid, Signal::SIGKILL);
             }
         }
+        let successors: Vec<(Worker, String, usize)> = self
+            .apps
+            .iter_mut()
+            .flat_map(|a| {
+                let name = a.config.name.clone();
+                a.slots
+                    .iter_mut()
+                    .filter_map(move |s| s.successor.take().map(|w| (w, name.clone(), s.index)))
+            })
+            .collect();
+        for (succ, app, slot) in successors {
+            self.discard(succ.pid, succ.generation, app, slot, "stopped", now);
+        }
         for app in &mut self.apps {
             for slot in &mut app.slots {
                 slot.socket = None;
                 slot.restart_at = None;
-                if let Some(succ) = slot.successor.take() {
-                    sys::signal_group(succ.pid, Signal::SIGKILL);
-                    self.pids.insert(succ.pid, Role::Draining);
-                    self.draining.push(Draining {
-                        pid: succ.pid,
-                        app: app.config.name.clone(),
-                        slot: slot.index,
-                        generation: succ.generation,
-                        reason: "stopped",
-                        kill_at: now,
-                        killed: true,
-                        metrics_id: None,
-                        _socket: None,
-                    });
-                }
                 match slot.worker.as_mut() {
                     None => {
                         if slot.state != SlotState::Errored {
