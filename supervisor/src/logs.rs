@@ -357,7 +357,7 @@ struct Writer {
     /// Drops counted when writing last failed (None: writing works).
     failing_since: Option<u64>,
     seq: u64,
-    gzip: Option<std::sync::mpsc::Sender<PathBuf>>,
+    gzip: Option<std::sync::mpsc::Sender<GzipJob>>,
 }
 
 impl Writer {
@@ -368,17 +368,30 @@ impl Writer {
         slots: Arc<tokio::sync::Semaphore>,
     ) -> io::Result<Writer> {
         let gzip = if s.compress {
-            let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+            let (tx, rx) = std::sync::mpsc::channel::<GzipJob>();
             let dir = s.dir.clone();
             let keep = s.max_files as usize;
             std::thread::Builder::new()
                 .name("log-gzip".into())
                 .spawn(move || {
-                    for path in rx {
-                        if let Err(e) = gzip(&path) {
-                            eprintln!("heartalk: compressing {} failed: {e}", path.display());
+                    for job in rx {
+                        match job {
+                            GzipJob::File(path) => {
+                                // Retention may have removed an old file first.
+                                if let Err(e) = gzip(&path)
+                                    .or_else(|e| if path.exists() { Err(e) } else { Ok(()) })
+                                {
+                                    eprintln!(
+                                        "heartalk: compressing {} failed: {e}",
+                                        path.display()
+                                    );
+                                }
+                                retain(&dir, keep);
+                            }
+                            GzipJob::Barrier(done) => {
+                                let _ = done.send(());
+                            }
                         }
-                        retain(&dir, keep);
                     }
                 })?;
             Some(tx)
@@ -445,6 +458,13 @@ impl Writer {
                     }
                     Msg::Flush(done) => {
                         self.flush();
+                        // Also finish compressing and pruning what was rotated.
+                        if let Some(gz) = &self.gzip {
+                            let (tx, rx) = std::sync::mpsc::channel();
+                            if gz.send(GzipJob::Barrier(tx)).is_ok() {
+                                let _ = rx.recv_timeout(Duration::from_secs(30));
+                            }
+                        }
                         let _ = done.send(());
                     }
                 }
@@ -533,15 +553,25 @@ impl Writer {
             .join(format!("heartalk-{stamp}-{:06}.log", self.seq));
         if let Err(e) = std::fs::rename(self.path(), &rotated) {
             eprintln!("heartalk: rotating the log file failed: {e}");
-        } else if let Some(gz) = &self.gzip {
-            let _ = gz.send(rotated);
         } else {
+            // Prune at once (counting files still waiting for compression),
+            // so retention holds even if compression lags.
             retain(&self.dir, self.max_files);
+            if let Some(gz) = &self.gzip {
+                let _ = gz.send(GzipJob::File(rotated));
+            }
         }
         if self.open().is_err() {
             self.lost(1);
         }
     }
+}
+
+/// Work for the compression thread.
+enum GzipJob {
+    File(PathBuf),
+    /// Answered once every file sent before it is done.
+    Barrier(std::sync::mpsc::Sender<()>),
 }
 
 /// Compresses `path` to `path.gz` (through a temporary name, so a reader

@@ -248,14 +248,21 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
     control_task.abort();
     let _ = std::fs::remove_file(&control_path);
     // Every worker has exited: let the readers take what is left in the
-    // pipes (bounded: an orphan may still hold one open), then write it out.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
+    // pipes (bounded: an orphan may still hold one open), then write it out,
+    // rotated files compressed and pruned.
+    let drained = tokio::time::timeout(
+        Duration::from_secs(10),
         futures_util::future::join_all(readers),
     )
     .await;
+    if drained.is_err() {
+        tracing::warn!(
+            event = "log_pipes_open",
+            "a worker pipe is still open (an orphan holds it?); not waiting for it"
+        );
+    }
     if let Some(sink) = &sink {
-        sink.flush(Duration::from_secs(5)).await;
+        sink.flush(Duration::from_secs(30)).await;
     }
     Ok(exit)
 }

@@ -6,8 +6,6 @@
 mod helper;
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use helper::*;
@@ -29,43 +27,14 @@ fn five_reloads_under_load_lose_no_request() {
     let addr = sup.addr();
     sup.wait_ready(2);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for i in 0..6 {
-        let (stop, served) = (stop.clone(), served.clone());
-        clients.push(std::thread::spawn(move || {
-            let mut errors = Vec::new();
-            let mut keep_alive = KeepAlive::new(addr);
-            while !stop.load(Ordering::Relaxed) {
-                // even clients reuse connections, odd ones open one per request
-                let r = if i % 2 == 0 {
-                    keep_alive.get("/health")
-                } else {
-                    http_get(addr, "/health", Duration::from_secs(30))
-                };
-                match r {
-                    Ok(r) if r.status == 200 => {
-                        served.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => errors.push(format!("client {i}: {other:?}")),
-                }
-            }
-            errors
-        }));
-    }
-    wait_for("load", DEADLINE, || {
-        (served.load(Ordering::Relaxed) > 100).then_some(())
-    });
+    let load = Load::start(addr, 6, "/health");
+    load.wait_more(100);
     for n in 1..=5 {
-        let before = served.load(Ordering::Relaxed);
         sup.signal(Signal::SIGHUP);
         let committed = sup.wait_event_n("reload_committed", n, |_| true);
         assert_eq!(committed["generation"], n as u64 + 1);
         // keep the load on through the old workers' drain
-        wait_for("traffic after the reload", DEADLINE, || {
-            (served.load(Ordering::Relaxed) > before + 200).then_some(())
-        });
+        load.wait_more(200);
         // ~10 s of load in all, as in the PM2 measurement: not a wait for
         // a condition, just the load test's duration.
         std::thread::sleep(Duration::from_millis(1500));
@@ -74,18 +43,15 @@ fn five_reloads_under_load_lose_no_request() {
     wait_for("old workers drained", DEADLINE, || {
         (sup.events("worker_exited").len() >= 10).then_some(())
     });
-    stop.store(true, Ordering::Relaxed);
-    let errors: Vec<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
+    let total = load.served();
+    let errors = load.finish();
     assert!(
         errors.is_empty(),
         "{} failed requests, e.g. {:?}",
         errors.len(),
         &errors[..errors.len().min(5)]
     );
-    assert!(served.load(Ordering::Relaxed) > 1000);
+    assert!(total > 1000);
     let exits = sup.events("worker_exited");
     assert!(
         exits
@@ -244,33 +210,8 @@ fn scaling_up_and_down_by_reload_loses_no_request() {
     let mut sup = Supervisor::start(&config("1.0.0", "").replace("instances = 2", "instances = 3"));
     let addr = sup.addr();
     sup.wait_ready(3);
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|i| {
-            let (stop, served) = (stop.clone(), served.clone());
-            std::thread::spawn(move || {
-                let mut errors = Vec::new();
-                let mut keep_alive = KeepAlive::new(addr);
-                while !stop.load(Ordering::Relaxed) {
-                    let r = if i % 2 == 0 {
-                        keep_alive.get("/health")
-                    } else {
-                        http_get(addr, "/health", Duration::from_secs(30))
-                    };
-                    match r {
-                        Ok(r) if r.status == 200 => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        other => errors.push(format!("{other:?}")),
-                    }
-                }
-                errors
-            })
-        })
-        .collect();
+    let load = Load::start(addr, 4, "/health");
     for (n, instances) in [(1, 1), (2, 4)] {
-        let before = served.load(Ordering::Relaxed);
         let cfg = std::fs::read_to_string(sup.config_path()).unwrap();
         let current = if n == 1 {
             "instances = 3"
@@ -291,19 +232,13 @@ fn scaling_up_and_down_by_reload_loses_no_request() {
         let status = sup.status();
         let workers = status["apps"][0]["workers"].as_array().unwrap().len();
         assert_eq!(workers, instances, "{status}");
-        wait_for("traffic after the reload", DEADLINE, || {
-            (served.load(Ordering::Relaxed) > before + 200).then_some(())
-        });
+        load.wait_more(200);
     }
     // the retired slots' workers drained and exited
     wait_for("old workers gone", DEADLINE, || {
         (sup.events("worker_exited").len() >= 4).then_some(())
     });
-    stop.store(true, Ordering::Relaxed);
-    let errors: Vec<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
+    let errors = load.finish();
     assert!(
         errors.is_empty(),
         "{} failed requests, e.g. {:?}",

@@ -704,3 +704,70 @@ pub fn read_logs(dir: &Path) -> Vec<Value> {
     }
     out
 }
+
+/// Continuous GET load from several client threads: even ones reuse a
+/// keep-alive connection, odd ones open a connection per request. Every
+/// failure is recorded; [`Load::finish`] stops the clients and returns them.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    served: Arc<std::sync::atomic::AtomicUsize>,
+    clients: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize, path: &'static str) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let clients = (0..clients)
+            .map(|i| {
+                let (stop, served) = (stop.clone(), served.clone());
+                std::thread::spawn(move || {
+                    let mut errors = Vec::new();
+                    let mut keep_alive = KeepAlive::new(addr);
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = if i % 2 == 0 {
+                            keep_alive.get(path)
+                        } else {
+                            http_get(addr, path, Duration::from_secs(30))
+                        };
+                        match r {
+                            Ok(r) if r.status == 200 => {
+                                served.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => errors.push(format!("client {i}: {other:?}")),
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            served,
+            clients,
+        }
+    }
+
+    /// Requests answered with 200 so far.
+    pub fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests than now have been served.
+    pub fn wait_more(&self, n: usize) {
+        let target = self.served() + n;
+        wait_for("more traffic", DEADLINE, || {
+            (self.served() >= target).then_some(())
+        });
+    }
+
+    /// Stops the clients; returns every failure they saw.
+    pub fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    }
+}
