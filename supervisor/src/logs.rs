@@ -180,13 +180,32 @@ pub fn render(source: &Source, piece: &Piece, ts: &str) -> String {
     out
 }
 
+/// Which of our tags a worker's JSON object already has. Deserializing
+/// into this validates the whole line but allocates nothing for the keys
+/// and values we skip.
+#[derive(serde::Deserialize)]
+struct OurKeys {
+    timestamp: Option<serde::de::IgnoredAny>,
+    app: Option<serde::de::IgnoredAny>,
+    slot: Option<serde::de::IgnoredAny>,
+    pid: Option<serde::de::IgnoredAny>,
+    stream: Option<serde::de::IgnoredAny>,
+}
+
 /// `text` (a JSON object) with our fields added where it has none.
 fn splice(source: &Source, text: &str, ts: &str) -> Option<String> {
-    use serde::de::IgnoredAny;
-    let keys: std::collections::HashMap<String, IgnoredAny> = serde_json::from_str(text).ok()?;
+    let k: OurKeys = serde_json::from_str(text).ok()?;
+    let has = |name: &str| match name {
+        "timestamp" => k.timestamp.is_some(),
+        "app" => k.app.is_some(),
+        "slot" => k.slot.is_some(),
+        "pid" => k.pid.is_some(),
+        "stream" => k.stream.is_some(),
+        _ => false,
+    };
     let mut out = String::with_capacity(text.len() + 128);
     out.push('{');
-    push_ours(&mut out, source, ts, &|k| keys.contains_key(k));
+    push_ours(&mut out, source, ts, &has);
     let rest = text[1..].trim_start();
     if rest.starts_with('}') {
         out.pop(); // the object was empty: no comma before its `}`
