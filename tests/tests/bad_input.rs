@@ -213,6 +213,9 @@ fn routing_errors_need_no_token() {
     assert_eq!(b["message"], "Route GET /nope not found");
     let r = request(svc.addr, "GET", "/health/", &[], b"").unwrap();
     assert_eq!(r.status, 404, "no trailing-slash normalisation");
+    let r = request(svc.addr, "HEAD", "/health", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "HEAD is served where GET is");
+    assert!(r.body.is_empty());
 }
 
 #[test]

@@ -112,17 +112,22 @@ pub enum Match {
 }
 
 /// Matches a method and exact path.
+/// `HEAD` is served wherever `GET` is (as Express does; hyper sends no
+/// body for it), and listed in `Allow` with it.
 pub fn lookup(method: &Method, path: &str) -> Match {
     let mut allowed: Vec<&str> = Vec::new();
     for (m, p, endpoint) in ROUTES {
         if *p != path {
             continue;
         }
-        if m == method {
+        if m == method || (*m == Method::GET && method == Method::HEAD) {
             return Match::Found(*endpoint);
         }
         if !allowed.contains(&m.as_str()) {
             allowed.push(m.as_str());
+        }
+        if *m == Method::GET && !allowed.contains(&"HEAD") {
+            allowed.push("HEAD");
         }
     }
     if allowed.is_empty() {
@@ -671,6 +676,22 @@ mod tests {
     }
 
     #[test]
+    fn head_is_served_where_get_is() {
+        assert_eq!(
+            lookup(&Method::HEAD, "/health"),
+            Match::Found(Endpoint::Health)
+        );
+        assert_eq!(
+            lookup(&Method::HEAD, "/api/v1/chat/generate"),
+            Match::MethodNotAllowed("POST".into())
+        );
+        assert_eq!(
+            lookup(&Method::POST, "/ready"),
+            Match::MethodNotAllowed("GET, HEAD".into())
+        );
+    }
+
+    #[test]
     fn lookup_is_exact() {
         assert_eq!(
             lookup(&Method::GET, "/health"),
@@ -680,7 +701,7 @@ mod tests {
         assert_eq!(lookup(&Method::GET, "/HEALTH"), Match::NotFound);
         assert_eq!(
             lookup(&Method::POST, "/api/v1/health"),
-            Match::MethodNotAllowed("GET".into())
+            Match::MethodNotAllowed("GET, HEAD".into())
         );
     }
 
@@ -702,7 +723,7 @@ mod tests {
     fn method_not_allowed_body() {
         let (resp, body) = call(&state(), Method::DELETE, "/ready");
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(resp.headers()[ALLOW], "GET");
+        assert_eq!(resp.headers()[ALLOW], "GET, HEAD");
         assert_eq!(body["code"], "METHOD_NOT_ALLOWED");
         assert_eq!(body["error"], "Method DELETE not allowed for /ready");
         assert_eq!(body["requestId"], "test-id");

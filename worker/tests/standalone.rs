@@ -176,7 +176,7 @@ fn serves_health_and_drains_on_sigterm() {
 
     let wrong = request(port, "POST", "/health").expect("POST /health");
     assert_eq!(wrong.status, 405);
-    assert_eq!(wrong.header("allow"), Some("GET"));
+    assert_eq!(wrong.header("allow"), Some("GET, HEAD"));
     assert_eq!(wrong.body["code"], "METHOD_NOT_ALLOWED");
     assert_eq!(wrong.body["success"], false);
 
