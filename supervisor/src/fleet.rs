@@ -467,6 +467,8 @@ impl Fleet {
         }
     }
 
+    /// Forks a worker for `slot` of `app`, with its output pipes when
+    /// output is captured.
     fn launch(
         &self,
         app: &AppRun,
@@ -474,17 +476,34 @@ impl Fleet {
         generation: u64,
         metrics_id: &str,
     ) -> std::io::Result<(Pid, Option<Outputs>)> {
-        launch_worker(
-            &self.notify_socket,
-            self.control_socket.as_deref(),
-            self.capture_output,
-            &app.config,
-            &app.program,
-            slot.index,
-            slot.socket.as_ref().map(|s| s.raw_fd()),
+        use std::os::fd::AsRawFd;
+        // Pipes for stdout and stderr; the write ends go to the child and
+        // are closed here when this returns, so EOF means the worker (and
+        // anything it started) has closed them.
+        let pipes = if self.capture_output {
+            let (out_r, out_w) = sys::pipe()?;
+            let (err_r, err_w) = sys::pipe()?;
+            Some(((out_r, out_w), (err_r, err_w)))
+        } else {
+            None
+        };
+        let pid = spawn(&Launch {
+            app: &app.config,
+            program: &app.program,
+            slot: slot.index,
             generation,
-            metrics_id,
-        )
+            socket: slot.socket.as_ref().map(|s| s.raw_fd()),
+            notify_socket: &self.notify_socket,
+            metrics_socket: metrics_id,
+            control_socket: self.control_socket.as_deref(),
+            outputs: pipes
+                .as_ref()
+                .map(|((_, o), (_, e))| (o.as_raw_fd(), e.as_raw_fd())),
+        })?;
+        Ok((
+            pid,
+            pipes.map(|((stdout, _), (stderr, _))| Outputs { stdout, stderr }),
+        ))
     }
 
     /// Capture worker stdout/stderr through pipes (the log writer reads them).
@@ -943,12 +962,7 @@ impl Fleet {
                 continue;
             }
             r.pending.remove(i);
-            self.spawn_seq += 1;
-            let metrics_id = format!(
-                "@heartalk/{}/metrics/{}",
-                std::process::id(),
-                self.spawn_seq
-            );
+            let metrics_id = self.next_metrics_id();
             match self.launch(app, &app.slots[s], r.generation, &metrics_id) {
                 Ok((pid, outputs)) => {
                     let name = app.config.name.clone();
@@ -1206,7 +1220,6 @@ impl Fleet {
 
     /// One memory-guard sample of slot `s`'s worker.
     fn check_memory(&mut self, a: usize, s: usize, now: Instant) {
-        let generation = self.generation;
         let app = &mut self.apps[a];
         let slot = &mut app.slots[s];
         let Some(w) = slot.worker.as_mut() else {
@@ -1233,47 +1246,38 @@ impl Fleet {
             }
             Verdict::Replace => {
                 tracing::warn!(event = "memory_replace", app = %app.config.name, slot = slot.index, pid = w.pid.as_raw(), rss, pss, limit = app.limits.soft, "over max_memory: starting a replacement");
-                self.spawn_seq += 1;
-                let metrics_id = format!(
-                    "@heartalk/{}/metrics/{}",
-                    std::process::id(),
-                    self.spawn_seq
-                );
-                let launched = launch_worker(
-                    &self.notify_socket,
-                    self.control_socket.as_deref(),
-                    self.capture_output,
-                    &app.config,
-                    &app.program,
-                    slot.index,
-                    slot.socket.as_ref().map(|s| s.raw_fd()),
-                    generation,
-                    &metrics_id,
-                );
-                match launched {
-                    Ok((pid, outputs)) => {
-                        if let Some(outputs) = outputs {
-                            self.new_outputs.push(WorkerOutputs {
-                                app: app.config.name.clone(),
-                                slot: slot.index,
-                                pid,
-                                outputs,
-                            });
-                        }
-                        tracing::info!(event = "worker_spawned", app = %app.config.name, slot = slot.index, pid = pid.as_raw(), generation);
-                        slot.successor = Some(Worker::new(
-                            pid,
-                            generation,
-                            now,
-                            app.config.listen_timeout,
-                            metrics_id,
-                        ));
-                        self.pids.insert(pid, Role::Successor(a, s));
-                    }
-                    Err(e) => {
-                        tracing::error!(event = "spawn_failed", app = %app.config.name, slot = slot.index, error = %e)
-                    }
-                }
+                self.start_successor(a, s, now);
+            }
+        }
+    }
+
+    /// Starts a memory replacement for slot `s` of app `a`: it takes the
+    /// slot over once READY (see `on_notify`).
+    fn start_successor(&mut self, a: usize, s: usize, now: Instant) {
+        let generation = self.generation;
+        let metrics_id = self.next_metrics_id();
+        let launched = self.launch(
+            &self.apps[a],
+            &self.apps[a].slots[s],
+            generation,
+            &metrics_id,
+        );
+        let app = &mut self.apps[a];
+        let (name, index, timeout) = (
+            app.config.name.clone(),
+            app.slots[s].index,
+            app.config.listen_timeout,
+        );
+        match launched {
+            Ok((pid, outputs)) => {
+                tracing::info!(event = "worker_spawned", app = %name, slot = index, pid = pid.as_raw(), generation);
+                app.slots[s].successor =
+                    Some(Worker::new(pid, generation, now, timeout, metrics_id));
+                self.pids.insert(pid, Role::Successor(a, s));
+                self.keep_outputs(&name, index, pid, outputs);
+            }
+            Err(e) => {
+                tracing::error!(event = "spawn_failed", app = %name, slot = index, error = %e)
             }
         }
     }
@@ -1413,49 +1417,6 @@ impl Fleet {
     pub fn worker_pids(&self) -> Vec<Pid> {
         self.pids.keys().copied().collect()
     }
-}
-
-/// Forks a worker for `slot` of `app`.
-#[allow(clippy::too_many_arguments)]
-fn launch_worker(
-    notify_socket: &str,
-    control_socket: Option<&Path>,
-    capture: bool,
-    app: &App,
-    program: &Path,
-    slot: usize,
-    socket: Option<std::os::fd::RawFd>,
-    generation: u64,
-    metrics_id: &str,
-) -> std::io::Result<(Pid, Option<Outputs>)> {
-    use std::os::fd::AsRawFd;
-    // Pipes for stdout and stderr; the write ends go to the child and are
-    // closed here when this returns, so EOF means the worker (and anything
-    // it started) has closed them.
-    let pipes = if capture {
-        let (out_r, out_w) = sys::pipe()?;
-        let (err_r, err_w) = sys::pipe()?;
-        Some(((out_r, out_w), (err_r, err_w)))
-    } else {
-        None
-    };
-    let pid = spawn(&Launch {
-        app,
-        program,
-        slot,
-        generation,
-        socket,
-        notify_socket,
-        metrics_socket: metrics_id,
-        control_socket,
-        outputs: pipes
-            .as_ref()
-            .map(|((_, o), (_, e))| (o.as_raw_fd(), e.as_raw_fd())),
-    })?;
-    Ok((
-        pid,
-        pipes.map(|((stdout, _), (stderr, _))| Outputs { stdout, stderr }),
-    ))
 }
 
 /// The read ends of a new worker's stdout and stderr pipes.

@@ -151,11 +151,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                         if m.status.as_deref() == Some("drained") {
                             // A draining worker is done and waits for its
                             // last scrape: take it, then it exits.
-                            let targets = scrape::targets(&fleet.view());
-                            let metrics = metrics.clone();
-                            tokio::spawn(async move {
-                                metrics.collect(targets, String::new()).await;
-                            });
+                            scrape_in_background(&fleet, &metrics);
                         }
                         fleet.on_notify(&m, Instant::now());
                     }
@@ -198,12 +194,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             _ = refresh.tick() => {
                 // Keep every worker's last known numbers fresh, so a worker
                 // that dies without warning loses little from the totals.
-                let view = fleet.view();
-                let targets = scrape::targets(&view);
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    metrics.collect(targets, String::new()).await;
-                });
+                scrape_in_background(&fleet, &metrics);
             }
             _ = sleep => {}
         }
@@ -213,11 +204,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             // Catch what a worker counted before it began draining (it keeps
             // serving its metrics until it exits).
             drains_seen = fleet.drains_started();
-            let targets = scrape::targets(&fleet.view());
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                metrics.collect(targets, String::new()).await;
-            });
+            scrape_in_background(&fleet, &metrics);
         }
         if fleet.take_queued_reload() {
             reload(&mut fleet, &config.path, Instant::now());
@@ -332,6 +319,16 @@ async fn forward(source: &logs::Source, sink: &LogSink, pieces: &mut Vec<logs::P
     for p in pieces.drain(..) {
         sink.worker_line(logs::render(source, &p, &ts)).await;
     }
+}
+
+/// Scrapes every worker in the background, updating their last known
+/// numbers (what a worker that leaves is retired with).
+fn scrape_in_background(fleet: &Fleet, metrics: &Arc<FleetMetrics>) {
+    let targets = scrape::targets(&fleet.view());
+    let metrics = metrics.clone();
+    tokio::spawn(async move {
+        metrics.collect(targets, String::new()).await;
+    });
 }
 
 /// Answers `heartalk reload` callers once their reload has an outcome.

@@ -231,21 +231,9 @@ pub async fn stream(
     let show = prepared.plan.switches.show_reasoning;
     let turn = reasoning::wrap(prepared.plan.strategy, 0, &prepared.input.message, show);
     let messages = prepared.build(turn);
-    let request = crate::provider::CompletionRequest {
-        endpoint: prepared.plan.endpoint,
-        model: prepared.plan.model.clone(),
-        messages,
-        temperature: prepared
-            .plan
-            .temperature
-            .unwrap_or(reasoning::DEFAULT_TEMPERATURE),
-        max_tokens: prepared
-            .plan
-            .max_tokens
-            .unwrap_or(reasoning::DEFAULT_MAX_TOKENS),
-        top_p: 1.0,
-        timeout: prepared.plan.timeout,
-    };
+    let request = prepared
+        .plan
+        .request(messages, prepared.plan.base_temperature());
     let prompt_estimate: u64 = request
         .messages
         .iter()

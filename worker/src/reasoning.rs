@@ -144,6 +144,27 @@ pub struct Plan {
     pub switches: Switches,
 }
 
+impl Plan {
+    /// The sampling temperature: the request's, else the default.
+    pub fn base_temperature(&self) -> f64 {
+        self.temperature.unwrap_or(DEFAULT_TEMPERATURE)
+    }
+
+    /// One upstream call of this plan with `messages`: the defaults of
+    /// §7 (temperature 0.7, max_tokens 2000) unless the request set them.
+    pub fn request(&self, messages: Vec<ChatMessage>, temperature: f64) -> CompletionRequest {
+        CompletionRequest {
+            endpoint: self.endpoint,
+            model: self.model.clone(),
+            messages,
+            temperature,
+            max_tokens: self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            top_p: 1.0,
+            timeout: self.timeout,
+        }
+    }
+}
+
 /// The answer and how it was reached.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -176,16 +197,8 @@ pub async fn run(
     build: &(dyn Fn(String) -> Vec<ChatMessage> + Sync),
 ) -> Result<Answer, UpstreamError> {
     let show = plan.switches.show_reasoning;
-    let request = |user_turn: String, temperature: f64| CompletionRequest {
-        endpoint: plan.endpoint,
-        model: plan.model.clone(),
-        messages: build(user_turn),
-        temperature,
-        max_tokens: plan.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        top_p: 1.0,
-        timeout: plan.timeout,
-    };
-    let base_temperature = plan.temperature.unwrap_or(DEFAULT_TEMPERATURE);
+    let request = |user_turn: String, temperature: f64| plan.request(build(user_turn), temperature);
+    let base_temperature = plan.base_temperature();
     match plan.strategy {
         Strategy::ChainOfThought | Strategy::Direct => {
             let mut c = provider

@@ -115,9 +115,16 @@ pub enum Match {
 /// `HEAD` is served wherever `GET` is (as Express does; hyper sends no
 /// body for it), and listed in `Allow` with it.
 pub fn lookup(method: &Method, path: &str) -> Match {
+    lookup_with(method, path, true)
+}
+
+/// [`lookup`], where `/metrics` exists only when `fleet_metrics` is set:
+/// under a supervisor that serves the fleet-wide numbers. A worker alone
+/// has no fleet, so there the path is an unknown route like any other.
+pub fn lookup_with(method: &Method, path: &str, fleet_metrics: bool) -> Match {
     let mut allowed: Vec<&str> = Vec::new();
     for (m, p, endpoint) in ROUTES {
-        if *p != path {
+        if *p != path || (*endpoint == Endpoint::Metrics && !fleet_metrics) {
             continue;
         }
         if m == method || (*m == Method::GET && method == Method::HEAD) {
@@ -280,7 +287,7 @@ where
         );
     }
     // (3) Route match, before any token is looked at.
-    let endpoint = match lookup(req.method(), &ex.path) {
+    let endpoint = match lookup_with(req.method(), &ex.path, settings.control_socket.is_some()) {
         Match::Found(e) => e,
         Match::MethodNotAllowed(allow) => {
             let message = format!("Method {} not allowed for {}", req.method(), ex.path);
@@ -307,18 +314,6 @@ where
             );
         }
     };
-    // `/metrics` exists on this port only under a supervisor (and when its
-    // config allows it); otherwise it is an unknown route like any other.
-    if endpoint == Endpoint::Metrics && settings.control_socket.is_none() {
-        let message = format!("Route {} {} not found", req.method(), ex.path);
-        return response::error(
-            StatusCode::NOT_FOUND,
-            "ROUTE_NOT_FOUND",
-            "Not Found",
-            Some(&message),
-            rid,
-        );
-    }
     // (4) Authentication.
     let now = now_unix();
     let secret = settings.pipeline.jwt_secret.0.as_bytes();
@@ -418,7 +413,10 @@ where
         Endpoint::Providers => api::providers(svc.provider.is_simulated()),
         Endpoint::Models => api::models(),
         Endpoint::InternalTest => api::internal_test(service_claims.unwrap_or_default(), rid),
-        Endpoint::Metrics => fleet_metrics(settings, rid).await,
+        Endpoint::Metrics => match &settings.control_socket {
+            Some(socket) => fleet_metrics(socket, rid).await,
+            None => unreachable!("`/metrics` is only routed under a supervisor"),
+        },
         Endpoint::Generate | Endpoint::Stream => {
             let body = body.unwrap_or_default();
             match validate::chat(&body, user_id, now_ms) {
@@ -441,16 +439,7 @@ where
 }
 
 /// `GET /metrics`: the supervisor's fleet-wide exposition.
-async fn fleet_metrics(settings: &crate::settings::Settings, rid: &str) -> Response<Body> {
-    let Some(socket) = &settings.control_socket else {
-        return response::error(
-            StatusCode::NOT_FOUND,
-            "ROUTE_NOT_FOUND",
-            "Not Found",
-            None,
-            rid,
-        );
-    };
+async fn fleet_metrics(socket: &std::path::Path, rid: &str) -> Response<Body> {
     match crate::fleet_metrics::fetch(socket).await {
         Ok(text) => {
             let mut resp = Response::new(response::full(text));
