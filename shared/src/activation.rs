@@ -14,6 +14,10 @@ use std::os::unix::net::UnixDatagram;
 /// The first inherited descriptor, as in `sd_listen_fds(3)`.
 pub const LISTEN_FDS_START: RawFd = 3;
 
+/// Size of the fleet-wide rate-limit table (a memfd the supervisor passes as
+/// `HEARTALK_LIMITS_FD`; the worker's `fleet_limits` module owns its layout).
+pub const LIMITS_TABLE_BYTES: u64 = 4 << 20;
+
 /// Errors reading the socket-activation environment.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {

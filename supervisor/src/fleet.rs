@@ -247,6 +247,8 @@ pub struct Fleet {
     new_outputs: Vec<WorkerOutputs>,
     /// Handed to workers for `/metrics` on the service port.
     control_socket: Option<PathBuf>,
+    /// The shared rate-limit table every worker gets (`HEARTALK_LIMITS_FD`).
+    limits_fd: Option<std::os::fd::RawFd>,
     /// Restarts by (app, reason: crash | memory | reload | manual).
     restarts_by: BTreeMap<(String, &'static str), u64>,
     /// Reloads by (app, outcome: committed | rolled_back | refused).
@@ -376,9 +378,16 @@ impl Fleet {
             capture_output: false,
             new_outputs: Vec::new(),
             control_socket: None,
+            limits_fd: None,
             restarts_by: BTreeMap::new(),
             reloads_by: BTreeMap::new(),
         })
+    }
+
+    /// Passes this shared-memory table to every worker launched from now
+    /// on (the caller keeps it open for the fleet's life).
+    pub fn set_limits_fd(&mut self, fd: Option<std::os::fd::RawFd>) {
+        self.limits_fd = fd;
     }
 
     /// Tells workers where the control socket is (for `/metrics` on the
@@ -496,6 +505,7 @@ impl Fleet {
             notify_socket: &self.notify_socket,
             metrics_socket: metrics_id,
             control_socket: self.control_socket.as_deref(),
+            limits_fd: self.limits_fd,
             outputs: pipes
                 .as_ref()
                 .map(|((_, o), (_, e))| (o.as_raw_fd(), e.as_raw_fd())),

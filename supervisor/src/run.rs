@@ -73,6 +73,19 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             return Ok(Exit::Setup);
         }
     };
+    // The fleet-wide rate-limit table: created once, shared by every worker
+    // of every generation (a reload does not reset a window). Without it the
+    // workers count per process, so a failure is logged, not fatal.
+    let limits =
+        match crate::sys::shared_memory(c"heartalk-limits", shared::activation::LIMITS_TABLE_BYTES)
+        {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(event = "limits_table_unavailable", error = %e);
+                None
+            }
+        };
+    fleet.set_limits_fd(limits.as_ref().map(std::os::fd::AsRawFd::as_raw_fd));
     fleet.set_control_socket(
         config
             .supervisor

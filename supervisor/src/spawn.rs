@@ -23,6 +23,7 @@ const OWN_ACTIVATION_VARS: &[&str] = &[
     "NOTIFY_SOCKET",
     "HEARTALK_METRICS_SOCKET",
     "HEARTALK_CONTROL_SOCKET",
+    "HEARTALK_LIMITS_FD",
 ];
 
 /// Name of the passed socket in `LISTEN_FDNAMES`.
@@ -79,6 +80,8 @@ pub struct Launch<'a> {
     /// Write ends of the pipes that become the worker's stdout and stderr
     /// (`None`: it inherits the supervisor's).
     pub outputs: Option<(RawFd, RawFd)>,
+    /// The fleet's shared rate-limit table, passed after the socket.
+    pub limits_fd: Option<RawFd>,
 }
 
 /// Starts the worker; returns its pid once `execve` succeeded.
@@ -104,10 +107,16 @@ pub fn spawn(l: &Launch) -> io::Result<Pid> {
     if let Some(c) = l.control_socket {
         env.push(("HEARTALK_CONTROL_SOCKET".into(), c.display().to_string()));
     }
-    let fds: Vec<RawFd> = l.socket.into_iter().collect();
+    let mut fds: Vec<RawFd> = l.socket.into_iter().collect();
     if !fds.is_empty() {
         env.push(("LISTEN_FDS".into(), fds.len().to_string()));
         env.push(("LISTEN_FDNAMES".into(), FD_NAME.into()));
+    }
+    if let Some(fd) = l.limits_fd {
+        // Outside the LISTEN_FDS range: the next descriptor after the sockets.
+        let target = shared::activation::LISTEN_FDS_START + fds.len() as RawFd;
+        env.push(("HEARTALK_LIMITS_FD".into(), target.to_string()));
+        fds.push(fd);
     }
     let mut spec = ExecSpec::new(l.program, &l.app.args, &env, &l.app.cwd, fds)?;
     if let Some((out, err)) = l.outputs {

@@ -335,3 +335,20 @@ pub fn cpu_seconds(pid: Pid) -> Option<f64> {
 pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
+
+/// An anonymous shared-memory file of `len` zero bytes (close-on-exec; the
+/// spawner passes it to workers explicitly). Workers map it for the
+/// fleet-wide rate-limit table; it lives as long as the supervisor.
+pub fn shared_memory(name: &std::ffi::CStr, len: u64) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; it
+    // returns a new descriptor (or -1), which we own from here on.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    nix::unistd::ftruncate(&fd, len as libc::off_t).map_err(io::Error::from)?;
+    Ok(fd)
+}

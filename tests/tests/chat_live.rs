@@ -244,7 +244,9 @@ fn reasoning_is_hidden_unless_shown() {
         turn, shown_turn,
         "the five-stage prompt replaces the silent one"
     );
-    let body = json!({"messages":[{"role":"user","content":"你好"}], "conversation_id": "c-1"});
+    // Another temperature: a fresh upstream stream, not the cached answer
+    // of the generate call above.
+    let body = json!({"messages":[{"role":"user","content":"你好"}], "conversation_id": "c-1", "temperature": 0.9});
     let r = shown.post("/api/v1/chat/stream", &body);
     let sent = ark.last_body().unwrap();
     let usage = sse_json(&r.body).last().unwrap()["usage"].clone();

@@ -13,9 +13,12 @@ use std::time::Instant;
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
+use futures_util::StreamExt;
+
+use crate::cache::{self, Begin, Policy};
 use crate::history::Outcome;
-use crate::provider::{ChatMessage, UpstreamError};
-use crate::reasoning::{self, Plan, Switches};
+use crate::provider::{ChatMessage, EventStream, StreamEvent, UpstreamError};
+use crate::reasoning::{self, Plan, Strategy, Switches};
 use crate::response::{self, Body};
 use crate::routing::{self, Decision};
 use crate::state::AppState;
@@ -129,64 +132,173 @@ pub async fn prepare(state: &AppState, input: ChatInput, streaming: bool) -> Pre
     }
 }
 
-/// `POST /api/v1/chat/generate` after validation.
-pub async fn generate(state: &AppState, input: ChatInput, request_id: &str) -> Response<Body> {
-    let prepared = prepare(state, input, false).await;
+/// The response-cache key of a prepared request (§9): the final upstream
+/// message list (sample 0's for SC), the strategy and sample count, the
+/// model parameters and `SHOW_REASONING_PROCESS`.
+pub fn cache_key(state: &AppState, prepared: &Prepared) -> cache::Key {
+    let plan = &prepared.plan;
+    let show = plan.switches.show_reasoning;
+    let turn = reasoning::wrap(plan.strategy, 0, &prepared.input.message, show);
+    let messages = prepared.build(turn);
+    let samples = match plan.strategy {
+        Strategy::SelfConsistency => reasoning::sample_count(&plan.switches),
+        _ => 0,
+    };
+    cache::key::key(&cache::KeyParts {
+        kind: "chat",
+        provider: state.services.provider.name(),
+        model: &plan.model,
+        strategy: plan.strategy.label(),
+        samples,
+        messages: &messages,
+        temperature: plan.base_temperature(),
+        max_tokens: plan.max_tokens.unwrap_or(reasoning::DEFAULT_MAX_TOKENS),
+        top_p: 1.0,
+        show_reasoning: show,
+    })
+}
+
+/// Runs the whole (non-streamed) pipeline for a leader: the entry to share
+/// and store. Counts reasoning time and tokens once per upstream answer.
+fn generate_work(
+    state: &AppState,
+    prepared: Arc<Prepared>,
+) -> impl std::future::Future<Output = Result<cache::Entry, UpstreamError>> + Send + 'static {
+    let provider = state.services.provider.clone();
+    async move {
+        let started = Instant::now();
+        let build = |turn: String| prepared.build(turn);
+        let result = reasoning::run(
+            provider.as_ref(),
+            &prepared.plan,
+            &prepared.input.message,
+            &build,
+        )
+        .await;
+        match result {
+            Ok(answer) => {
+                telemetry::reasoning(answer.used.label(), started.elapsed());
+                count_tokens(answer.completion.usage.as_ref());
+                let c = answer.completion;
+                Ok(cache::Entry {
+                    content: c.content,
+                    reasoning_content: c.reasoning_content.filter(|r| !r.is_empty()),
+                    finish_reason: c.finish_reason,
+                    usage: c.usage,
+                    model: c.model,
+                    reasoning: answer.reasoning,
+                    conversation_id: Some(prepared.input.conversation_id.clone()),
+                    deltas: Vec::new(),
+                })
+            }
+            Err(e) => {
+                telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `ai_tokens_total` for one upstream answer.
+pub fn count_tokens(usage: Option<&crate::provider::Usage>) {
+    let Some(u) = usage else { return };
+    telemetry::tokens("prompt", u.prompt_tokens);
+    telemetry::tokens("completion", u.completion_tokens);
+    if let Some(r) = u
+        .extra
+        .get("completion_tokens_details")
+        .and_then(|d| d.get("reasoning_tokens"))
+        .and_then(Value::as_u64)
+    {
+        telemetry::tokens("reasoning", r);
+    }
+}
+
+/// A whole answer for `prepared`: from the cache, a call in flight, or a
+/// new call. Returns the `X-Cache` value with it.
+pub async fn answer(
+    state: &Arc<AppState>,
+    prepared: Arc<Prepared>,
+    policy: Policy,
+) -> (&'static str, Result<Arc<cache::Entry>, UpstreamError>) {
     let svc = &state.services;
-    let started = Instant::now();
-    let build = |turn: String| prepared.build(turn);
-    let result = reasoning::run(
-        svc.provider.as_ref(),
-        &prepared.plan,
-        &prepared.input.message,
-        &build,
-    )
-    .await;
-    match result {
-        Ok(answer) => {
-            telemetry::reasoning(answer.used.label(), started.elapsed());
-            let c = &answer.completion;
-            let usage = c.usage.clone().unwrap_or_default();
-            telemetry::tokens("prompt", usage.prompt_tokens);
-            telemetry::tokens("completion", usage.completion_tokens);
-            if let Some(r) = usage
-                .extra
-                .get("completion_tokens_details")
-                .and_then(|d| d.get("reasoning_tokens"))
-                .and_then(Value::as_u64)
-            {
-                telemetry::tokens("reasoning", r);
+    let key = cache_key(state, &prepared);
+    match svc.cache.begin(key, policy).await {
+        Begin::Hit(e) => ("HIT", Ok(e)),
+        Begin::Join(mut s) => ("COALESCED", s.answer().await),
+        Begin::Lead(flight, mut s, lead) => {
+            svc.cache
+                .drive(flight, lead, generate_work(state, prepared.clone()));
+            ("MISS", s.answer().await)
+        }
+    }
+}
+
+/// The generate body of §5.2 for an answer. `conversation_id` is the
+/// request's (or, for a request that sent none, the answer's original).
+pub fn generate_body(
+    entry: &cache::Entry,
+    conversation_id: &str,
+    provider: &str,
+    show: bool,
+) -> Value {
+    let usage = entry.usage.clone().unwrap_or_default();
+    let mut data = json!({
+        "content": entry.content,
+        "conversation_id": conversation_id,
+        "finish_reason": entry.finish_reason.as_deref().unwrap_or("stop"),
+        "usage": usage,
+    });
+    if let Some(r) = entry
+        .reasoning_content
+        .as_ref()
+        .filter(|r| show && !r.is_empty())
+    {
+        data["reasoning_content"] = json!(r);
+    }
+    let mut body = json!({
+        "success": true,
+        "data": data,
+        "provider": provider,
+        "endpoint": entry.model.as_deref().unwrap_or("unknown"),
+    });
+    if let Some(r) = &entry.reasoning {
+        body["reasoning"] = r.clone();
+    }
+    body
+}
+
+/// `POST /api/v1/chat/generate` after validation.
+pub async fn generate(
+    state: &Arc<AppState>,
+    input: ChatInput,
+    request_id: &str,
+    policy: Policy,
+) -> Response<Body> {
+    let prepared = Arc::new(prepare(state, input, false).await);
+    let (x_cache, outcome) = answer(state, prepared.clone(), policy).await;
+    match outcome {
+        Ok(entry) => {
+            let input = &prepared.input;
+            if input.shape == Shape::Legacy {
+                state.services.history.invalidate(&input.conversation_id);
             }
-            if prepared.input.shape == Shape::Legacy {
-                svc.history.invalidate(&prepared.input.conversation_id);
-            }
-            let mut data = json!({
-                "content": c.content,
-                "conversation_id": prepared.input.conversation_id,
-                "finish_reason": c.finish_reason.as_deref().unwrap_or("stop"),
-                "usage": usage,
-            });
-            if let Some(r) = c.reasoning_content.as_ref().filter(|r| !r.is_empty()) {
-                data["reasoning_content"] = json!(r);
-            }
-            let mut body = json!({
-                "success": true,
-                "data": data,
-                "provider": svc.provider.name(),
-                "endpoint": c.model.as_deref().unwrap_or("unknown"),
-            });
-            if let Some(r) = answer.reasoning {
-                body["reasoning"] = r;
-            }
+            let conversation_id = match (&entry.conversation_id, input.conversation_id_defaulted) {
+                (Some(original), true) => original.as_str(),
+                _ => input.conversation_id.as_str(),
+            };
+            let body = generate_body(
+                &entry,
+                conversation_id,
+                state.services.provider.name(),
+                prepared.plan.switches.show_reasoning,
+            );
             let mut resp = response::json(StatusCode::OK, &body);
             resp.headers_mut()
-                .insert("x-cache", http::HeaderValue::from_static("MISS"));
+                .insert("x-cache", http::HeaderValue::from_static(x_cache));
             resp
         }
-        Err(e) => {
-            telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
-            upstream_error(&e, request_id)
-        }
+        Err(e) => upstream_error(&e, request_id),
     }
 }
 
@@ -218,6 +330,83 @@ pub fn upstream_error(e: &UpstreamError, request_id: &str) -> Response<Body> {
     resp
 }
 
+/// Opens the upstream stream for a leader and publishes it to the flight:
+/// the entry at the end (deltas in order), or the error.
+fn stream_work(
+    state: &AppState,
+    flight: Arc<cache::Flight>,
+    request: crate::provider::CompletionRequest,
+    reasoning_key: Option<Value>,
+) -> impl std::future::Future<Output = Result<cache::Entry, UpstreamError>> + Send + 'static {
+    let provider = state.services.provider.clone();
+    async move {
+        use futures_util::StreamExt;
+        let mut upstream = provider.stream(request).await?;
+        flight.start();
+        let mut deltas = Vec::new();
+        while let Some(item) = upstream.next().await {
+            match item? {
+                StreamEvent::Content(d) => {
+                    deltas.push(cache::Delta::Content(d.clone()));
+                    flight.push(cache::Delta::Content(d));
+                }
+                StreamEvent::Reasoning(d) => {
+                    deltas.push(cache::Delta::Reasoning(d.clone()));
+                    flight.push(cache::Delta::Reasoning(d));
+                }
+                StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                    model,
+                } => {
+                    count_tokens(usage.as_ref());
+                    return Ok(cache::Entry::from_stream(
+                        deltas,
+                        finish_reason,
+                        usage,
+                        model,
+                        reasoning_key,
+                    ));
+                }
+            }
+        }
+        Err(UpstreamError::InvalidResponse(
+            "stream ended unexpectedly".to_string(),
+        ))
+    }
+}
+
+/// A stream for `prepared`: from the cache (replayed), a call in flight
+/// (from its start), or a new call. `Err` is a failure before the upstream
+/// answered 2xx: an ordinary JSON error for the caller.
+pub async fn open_stream(
+    state: &Arc<AppState>,
+    prepared: &Prepared,
+    policy: Policy,
+) -> Result<(&'static str, EventStream), UpstreamError> {
+    let svc = &state.services;
+    let key = cache_key(state, prepared);
+    match svc.cache.begin(key, policy).await {
+        Begin::Hit(e) => Ok(("HIT", futures_util::stream::iter(e.replay()).boxed())),
+        Begin::Join(mut s) => {
+            s.started().await?;
+            Ok(("COALESCED", s.into_events()))
+        }
+        Begin::Lead(flight, mut s, lead) => {
+            let plan = &prepared.plan;
+            let show = plan.switches.show_reasoning;
+            let turn = reasoning::wrap(plan.strategy, 0, &prepared.input.message, show);
+            let request = plan.request(prepared.build(turn), plan.base_temperature());
+            let reasoning_key = (plan.strategy == Strategy::ChainOfThought)
+                .then(|| json!({"type": "chain-of-thought", "enhanced": true}));
+            let work = stream_work(state, flight.clone(), request, reasoning_key);
+            svc.cache.drive(flight, lead, work);
+            s.started().await?;
+            Ok(("MISS", s.into_events()))
+        }
+    }
+}
+
 /// `POST /api/v1/chat/stream` after validation: a JSON error until the
 /// upstream answers 2xx, then Server-Sent Events (see [`crate::stream`]).
 pub async fn stream(
@@ -225,39 +414,56 @@ pub async fn stream(
     input: ChatInput,
     request_id: &str,
     http1: bool,
+    policy: Policy,
 ) -> Response<Body> {
     let prepared = prepare(&state, input, true).await;
-    let svc = &state.services;
-    let show = prepared.plan.switches.show_reasoning;
-    let turn = reasoning::wrap(prepared.plan.strategy, 0, &prepared.input.message, show);
-    let messages = prepared.build(turn);
-    let request = prepared
-        .plan
-        .request(messages, prepared.plan.base_temperature());
-    let prompt_estimate: u64 = request
-        .messages
-        .iter()
-        .map(|m| crate::tokens::estimate(&m.content))
-        .sum();
     let started = Instant::now();
-    match svc.provider.stream(request).await {
+    match open_stream(&state, &prepared, policy).await {
         Err(e) => {
             telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
             upstream_error(&e, request_id)
         }
-        Ok(upstream) => {
-            let meta = crate::stream::Meta {
-                provider: svc.provider.name().to_string(),
-                conversation_id: prepared.input.conversation_id.clone(),
-                route: prepared.decision.route.clone(),
-                strategy: prepared.plan.strategy,
-                show_reasoning: show,
-                prompt_estimate,
-                heartbeat: state.settings.pipeline.sse_heartbeat,
-                legacy: prepared.input.shape == Shape::Legacy,
+        Ok((x_cache, events)) => {
+            let meta = stream_meta(
+                &state,
+                &prepared,
                 started,
-            };
-            crate::stream::respond(state.clone(), upstream, meta, http1)
+                x_cache,
+                crate::stream::Format::HearTalk,
+            );
+            crate::stream::respond(state.clone(), events, meta, http1)
         }
+    }
+}
+
+/// The frames' metadata for a prepared stream.
+pub fn stream_meta(
+    state: &AppState,
+    prepared: &Prepared,
+    started: Instant,
+    x_cache: &'static str,
+    format: crate::stream::Format,
+) -> crate::stream::Meta {
+    let plan = &prepared.plan;
+    let show = plan.switches.show_reasoning;
+    let turn = reasoning::wrap(plan.strategy, 0, &prepared.input.message, show);
+    let prompt_estimate: u64 = prepared
+        .build(turn)
+        .iter()
+        .map(|m| crate::tokens::estimate(&m.content))
+        .sum();
+    crate::stream::Meta {
+        provider: state.services.provider.name().to_string(),
+        conversation_id: prepared.input.conversation_id.clone(),
+        route: prepared.decision.route.clone(),
+        strategy: plan.strategy,
+        show_reasoning: show,
+        prompt_estimate,
+        heartbeat: state.settings.pipeline.sse_heartbeat,
+        legacy: prepared.input.shape == Shape::Legacy,
+        started,
+        x_cache,
+        cached: x_cache == "HIT",
+        format,
     }
 }

@@ -113,6 +113,12 @@ pub struct Inputs<'a> {
     pub production: bool,
     /// What recent upstream calls say (live mode only).
     pub upstream: upstream_health::Verdict,
+    /// Response-cache backends, and whether Redis is configured but down.
+    pub cache_backends: &'a [&'static str],
+    pub redis_down: bool,
+    pub cache_hit_rate: f64,
+    /// Some endpoint's circuit breaker is open (providers `degraded`).
+    pub circuit_open: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -199,6 +205,7 @@ pub fn services(inputs: Inputs<'_>) -> Services {
     } else {
         ProviderHealth {
             status: match inputs.upstream {
+                upstream_health::Verdict::Healthy if inputs.circuit_open => Status::Degraded,
                 upstream_health::Verdict::Healthy => Status::Healthy,
                 upstream_health::Verdict::Degraded => Status::Degraded,
                 upstream_health::Verdict::Unhealthy => Status::Unhealthy,
@@ -211,9 +218,13 @@ pub fn services(inputs: Inputs<'_>) -> Services {
     Services {
         router,
         cache: CacheHealth {
-            status: Status::Healthy,
-            backends: vec!["memory"],
-            hit_rate: 0.0,
+            status: if inputs.redis_down {
+                Status::Degraded
+            } else {
+                Status::Healthy
+            },
+            backends: inputs.cache_backends.to_vec(),
+            hit_rate: (inputs.cache_hit_rate * 1000.0).round() / 1000.0,
         },
         reasoning: ReasoningHealth {
             status: Status::Healthy,
@@ -271,6 +282,10 @@ pub fn components(state: &AppState) -> Response<Body> {
         provider: &s.provider,
         production: s.is_production(),
         upstream: state.services.upstream.verdict(std::time::Instant::now()),
+        cache_backends: &state.services.cache.backends(),
+        redis_down: state.services.cache.degraded(),
+        cache_hit_rate: crate::telemetry::hit_rate("response"),
+        circuit_open: state.services.breakers.any_open(),
     });
     let overall = services.overall();
     let memory = Memory::current();
@@ -328,6 +343,10 @@ mod tests {
             provider: &p,
             production: true,
             upstream: upstream_health::Verdict::Healthy,
+            cache_backends: &["memory"],
+            redis_down: false,
+            cache_hit_rate: 0.0,
+            circuit_open: false,
         });
         assert_eq!(s.overall(), Status::Healthy);
         s.cache.status = Status::Degraded;
@@ -351,6 +370,10 @@ mod tests {
             provider: &p,
             production: false,
             upstream: upstream_health::Verdict::Healthy,
+            cache_backends: &["memory"],
+            redis_down: false,
+            cache_hit_rate: 0.0,
+            circuit_open: false,
         });
         assert_eq!(
             s.router,
@@ -375,6 +398,10 @@ mod tests {
                     provider: &p,
                     production,
                     upstream: upstream_health::Verdict::Unhealthy,
+                    cache_backends: &["memory"],
+                    redis_down: false,
+                    cache_hit_rate: 0.0,
+                    circuit_open: false,
                 });
                 assert!(s.providers.simulated, "{mode} {key}");
                 assert_eq!(s.providers.provider, "simulated");
@@ -400,6 +427,10 @@ mod tests {
             provider: &p,
             production: true,
             upstream: upstream_health::Verdict::Healthy,
+            cache_backends: &["memory"],
+            redis_down: false,
+            cache_hit_rate: 0.0,
+            circuit_open: false,
         });
         assert_eq!(
             s.providers,
@@ -422,10 +453,30 @@ mod tests {
                 provider: &p,
                 production: true,
                 upstream: verdict,
+                cache_backends: &["memory"],
+                redis_down: false,
+                cache_hit_rate: 0.0,
+                circuit_open: false,
             });
             assert_eq!(s.providers.status, want);
             assert_eq!(s.overall(), want);
         }
+        // An open breaker, or Redis down, is `degraded`, never a 503.
+        let s = services(Inputs {
+            router_config_loaded: true,
+            reasoning: &r,
+            provider: &p,
+            production: true,
+            upstream: upstream_health::Verdict::Healthy,
+            cache_backends: &["memory", "redis"],
+            redis_down: true,
+            cache_hit_rate: 0.5,
+            circuit_open: true,
+        });
+        assert_eq!(s.providers.status, Status::Degraded);
+        assert_eq!(s.cache.status, Status::Degraded);
+        assert_eq!(s.cache.backends, vec!["memory", "redis"]);
+        assert_eq!(http_status(s.overall()), StatusCode::OK);
     }
 
     #[test]
@@ -438,6 +489,10 @@ mod tests {
             provider: &p,
             production: false,
             upstream: upstream_health::Verdict::Healthy,
+            cache_backends: &["memory"],
+            redis_down: false,
+            cache_hit_rate: 0.0,
+            circuit_open: false,
         }))
         .unwrap();
         assert_eq!(

@@ -18,16 +18,21 @@
 
 pub mod api;
 pub mod auth;
+pub mod breaker;
+pub mod cache;
 pub mod chat;
 pub mod clock;
 pub mod cors;
+pub mod fleet_limits;
 pub mod fleet_metrics;
 pub mod health;
 pub mod history;
 pub mod listener;
 pub mod provider;
+pub mod proxy;
 pub mod ratelimit;
 pub mod reasoning;
+pub mod redis_link;
 pub mod request_id;
 pub mod response;
 pub mod router;
@@ -93,6 +98,13 @@ pub fn run() -> anyhow::Result<()> {
             router_fallback = services.router.is_fallback(),
             "pipeline ready"
         );
+        telemetry::register_defaults(services.provider.name());
+        if let Some(link) = &services.redis {
+            tokio::spawn(link.clone().maintain());
+            // A short grace so the first requests already share the cache
+            // and limits; Redis being down never holds the start-up longer.
+            link.wait_up(std::time::Duration::from_secs(1)).await;
+        }
         let state = Arc::new(AppState::new(settings, started, services));
         tokio::spawn(probe_backend(state.clone()));
         match (

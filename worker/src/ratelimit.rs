@@ -2,9 +2,12 @@
 //! aligned to the Unix epoch, and the headers every limited response
 //! carries.
 //!
-//! Bucket choice and header values are pure functions. Counting goes
-//! through the [`Counter`] trait: [`LocalCounter`] counts inside this
-//! process; fleet-wide and Redis-backed counters implement the same trait.
+//! Bucket choice and header values are pure functions. Counting is the
+//! [`Limiter`]'s: with `REDIS_URL`, an atomic script in Redis counts for
+//! every replica (fixed windows: `INCR` + `EXPIRE` on a key per window);
+//! otherwise — and whenever Redis is unreachable — the supervisor's
+//! shared-memory table ([`crate::fleet_limits`]) counts for every worker of
+//! this machine; a worker running alone counts in-process.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -204,11 +207,99 @@ pub fn headers(v: &Verdict) -> Vec<(&'static str, String)> {
     h
 }
 
-/// Counts hits per key and window.
-pub trait Counter: Send + Sync {
+/// Where hits are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Redis: every replica.
+    Replicas,
+    /// The supervisor's shared table: every worker of this machine.
+    Fleet,
+    /// This process only (no supervisor).
+    Process,
+}
+
+/// `INCR` the window's key, set its expiry on the first hit: one atomic
+/// step, so concurrent replicas never lose a count or leave a key behind.
+const REDIS_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
+/// The rate-limit counter of one worker (see the module doc).
+pub struct Limiter {
+    local: LocalCounter,
+    table: Option<crate::fleet_limits::SharedTable>,
+    redis: Option<std::sync::Arc<crate::redis_link::RedisLink>>,
+    script: redis::Script,
+    warned_full: std::sync::atomic::AtomicBool,
+}
+
+impl Limiter {
+    pub fn new(
+        table: Option<crate::fleet_limits::SharedTable>,
+        redis: Option<std::sync::Arc<crate::redis_link::RedisLink>>,
+    ) -> Limiter {
+        Limiter {
+            local: LocalCounter::default(),
+            table,
+            redis,
+            script: redis::Script::new(REDIS_SCRIPT),
+            warned_full: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Where hits are counted right now.
+    pub fn scope(&self) -> Scope {
+        if self.redis.as_ref().is_some_and(|r| r.is_up()) {
+            Scope::Replicas
+        } else if self.table.is_some() {
+            Scope::Fleet
+        } else {
+            Scope::Process
+        }
+    }
+
     /// Adds one hit to `key` in the window starting at `window_start` and
-    /// returns the count so far, this hit included.
-    fn hit(&self, key: &str, window_start: u64, window: u64) -> u64;
+    /// returns the count so far, this hit included. Never fails: Redis
+    /// trouble falls back to the machine's count.
+    pub async fn hit(&self, key: &str, window_start: u64, window: u64) -> u64 {
+        if let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) {
+            let redis_key = format!("heartalk:rl:{window}:{window_start}:{key}");
+            // Expire a little after the window ends (clock skew between replicas).
+            let ttl = window + 5;
+            let script = &self.script;
+            let n = redis
+                .run(|mut c| async move {
+                    script
+                        .key(&redis_key)
+                        .arg(ttl)
+                        .invoke_async::<u64>(&mut c)
+                        .await
+                })
+                .await;
+            match n {
+                Some(n) => return n,
+                None => crate::telemetry::rate_limit_fallback(),
+            }
+        }
+        self.machine_hit(key, window_start, window)
+    }
+
+    fn machine_hit(&self, key: &str, window_start: u64, window: u64) -> u64 {
+        if let Some(t) = &self.table {
+            if let Some(n) = crate::fleet_limits::hit(t.words(), key, window_start, window) {
+                return n;
+            }
+            if !self
+                .warned_full
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!("shared rate-limit table full; counting per process for some keys");
+            }
+        }
+        self.local.hit(key, window_start, window)
+    }
 }
 
 /// Counts inside this process.
@@ -228,8 +319,9 @@ struct Local {
 /// the map stays bounded by the keys active in their own windows.
 const SWEEP_EVERY: u64 = 10_000;
 
-impl Counter for LocalCounter {
-    fn hit(&self, key: &str, window_start: u64, window: u64) -> u64 {
+impl LocalCounter {
+    /// Adds one hit and returns the count so far, this hit included.
+    pub fn hit(&self, key: &str, window_start: u64, window: u64) -> u64 {
         let mut local = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         local.hits += 1;
         if local.hits % SWEEP_EVERY == 0 {

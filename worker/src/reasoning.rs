@@ -132,6 +132,11 @@ pub fn select_median(samples: &[Result<Completion, UpstreamError>]) -> Option<(u
     Some((ok[ok.len() / 2].0, ok.len()))
 }
 
+/// Self-Consistency's sample count (`SELF_CONSISTENCY_SAMPLES`; 0 means 3).
+pub fn sample_count(s: &Switches) -> u32 {
+    if s.samples == 0 { 3 } else { s.samples }
+}
+
 /// Everything one generate call needs beyond the provider.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -220,11 +225,7 @@ pub async fn run(
             })
         }
         Strategy::SelfConsistency => {
-            let n = if plan.switches.samples == 0 {
-                3
-            } else {
-                plan.switches.samples as usize
-            };
+            let n = sample_count(&plan.switches) as usize;
             let calls = (0..n).map(|i| {
                 provider.complete(request(
                     sc_prompt(i, message, show),

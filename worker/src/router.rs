@@ -10,7 +10,7 @@
 //! `Allow` header of a 405 is derived from the same rows and cannot drift.
 //! Paths match exactly, with no trailing-slash normalisation (§1).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -207,19 +207,19 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The client address: the socket peer, or the first `X-Forwarded-For`
-/// entry when `TRUST_PROXY` says a proxy in front sets it.
-fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_proxy: bool) -> String {
-    if trust_proxy {
-        if let Some(first) =
-            header_str(headers, "x-forwarded-for").and_then(|v| v.split(',').next())
-        {
-            if let Ok(ip) = first.trim().parse::<IpAddr>() {
-                return ip.to_string();
-            }
-        }
-    }
-    peer.ip().to_string()
+/// The client address (see [`crate::proxy`]).
+fn client_ip(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    settings: &crate::settings::Settings,
+) -> String {
+    crate::proxy::client_ip(
+        peer.ip(),
+        header_str(headers, "x-forwarded-for"),
+        settings.pipeline.trust_proxy,
+        &settings.pipeline.trusted_proxies,
+    )
+    .to_string()
 }
 
 fn now_unix() -> u64 {
@@ -357,7 +357,7 @@ where
     }
     // (5) Rate limit (401s above were not counted).
     if !ratelimit::exempt(req.method(), &ex.path) {
-        let ip = client_ip(req.headers(), peer, settings.pipeline.trust_proxy);
+        let ip = client_ip(req.headers(), peer, settings);
         let rule = ratelimit::rule(
             &settings.pipeline.rate_limits,
             &ex.path,
@@ -366,7 +366,7 @@ where
             false,
         );
         let start = ratelimit::window_start(now, rule.window);
-        let count = svc.limiter.hit(&rule.key, start, rule.window);
+        let count = svc.limiter.hit(&rule.key, start, rule.window).await;
         let verdict = ratelimit::verdict(&rule, count, now);
         let refused = !verdict.allowed;
         ex.limit = Some(verdict.clone());
@@ -389,6 +389,7 @@ where
             );
         }
     }
+    let policy = crate::cache::Policy::from_header(header_str(req.headers(), "cache-control"));
     // (6) Body, for POST.
     let body = if req.method() == Method::POST {
         match read_json(req, settings.pipeline.max_body_size).await {
@@ -422,9 +423,9 @@ where
             match validate::chat(&body, user_id, now_ms) {
                 Err(e) => validation_error(&e.0, rid),
                 Ok(input) if endpoint == Endpoint::Generate => {
-                    chat::generate(state, input, rid).await
+                    chat::generate(state, input, rid, policy).await
                 }
-                Ok(input) => chat::stream(state.clone(), input, rid, true).await,
+                Ok(input) => chat::stream(state.clone(), input, rid, true, policy).await,
             }
         }
         Endpoint::Translate => match validate::translate(&body.unwrap_or_default()) {
@@ -648,20 +649,6 @@ mod tests {
             "Mozilla/5.0 (compatible; Googlebot/2.1)"
         ));
         assert!(!blocked_user_agent("curl/8.0"));
-    }
-
-    #[test]
-    fn forwarded_ip_only_when_trusted() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("203.0.113.9, 10.0.0.1"),
-        );
-        let peer: SocketAddr = "10.0.0.1:5555".parse().unwrap();
-        assert_eq!(client_ip(&h, peer, false), "10.0.0.1");
-        assert_eq!(client_ip(&h, peer, true), "203.0.113.9");
-        h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
-        assert_eq!(client_ip(&h, peer, true), "10.0.0.1");
     }
 
     #[test]

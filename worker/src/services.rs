@@ -10,6 +10,8 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
 
+use crate::breaker::{self, Breakers, Resilient};
+use crate::cache::ResponseCache;
 use crate::cors::{self, Cors};
 use crate::history::{HistoryClient, HistoryConfig};
 use crate::provider::ark::{ArkConfig, ArkProvider};
@@ -17,7 +19,8 @@ use crate::provider::simulated::{SimulatedConfig, SimulatedProvider};
 use crate::provider::{
     Completion, CompletionRequest, EndpointKind, EventStream, Provider, StreamEvent, UpstreamError,
 };
-use crate::ratelimit::{Counter, LocalCounter};
+use crate::ratelimit::Limiter;
+use crate::redis_link::RedisLink;
 use crate::routing::{DecisionCache, Router};
 use crate::settings::Settings;
 use crate::telemetry;
@@ -31,7 +34,13 @@ pub struct Services {
     pub router: Router,
     pub decisions: DecisionCache,
     pub history: HistoryClient,
-    pub limiter: Box<dyn Counter>,
+    pub limiter: Limiter,
+    /// The response cache and coalescing table (§9).
+    pub cache: Arc<ResponseCache>,
+    /// `REDIS_URL`'s link (its maintenance task is spawned by `run`).
+    pub redis: Option<Arc<RedisLink>>,
+    /// Per-endpoint circuit breakers (health reads them).
+    pub breakers: Arc<Breakers>,
     pub cors: Cors,
     /// CSP, CORP, COOP, HSTS for this `NODE_ENV`, computed once.
     pub env_headers: Vec<(HeaderName, HeaderValue)>,
@@ -78,16 +87,48 @@ impl Services {
             max_context_tokens: p.max_context_tokens,
         })?;
         let upstream = Arc::new(UpstreamHealth::default());
+        let redis = match &p.redis_url {
+            None => None,
+            Some(url) => match RedisLink::new(url, p.redis_timeout) {
+                Ok(link) => Some(Arc::new(link)),
+                Err(e) => {
+                    tracing::error!(error = %e, "REDIS_URL is not a valid Redis URL; running without Redis");
+                    None
+                }
+            },
+        };
+        let cache = Arc::new(ResponseCache::new(
+            p.cache_enabled,
+            p.cache_ttl,
+            p.cache_max_entries,
+            p.cache_max_bytes,
+            redis.clone(),
+        ));
+        let breakers = Arc::new(Breakers::new(
+            breaker::Config {
+                threshold: p.circuit_threshold,
+                open_for: p.circuit_open,
+            },
+            p.chat_fallback.clone(),
+            p.work_fallback.clone(),
+        ));
+        let metered: Arc<dyn Provider> = Arc::new(Metered {
+            inner,
+            health: upstream.clone(),
+        });
         Ok(Services {
-            provider: Arc::new(Metered {
-                inner,
-                health: upstream.clone(),
+            provider: Arc::new(Resilient {
+                inner: metered,
+                breakers: breakers.clone(),
             }),
             upstream,
             router,
             decisions,
             history,
-            limiter: Box::new(LocalCounter::default()),
+            limiter: Limiter::new(crate::fleet_limits::SharedTable::from_env(), redis.clone()),
+            cache,
+            redis,
+            breakers,
             cors: Cors::new(&settings.node_env, p.allowed_origins.as_deref()),
             env_headers: cors::environment_headers(&settings.node_env),
         })

@@ -91,6 +91,21 @@ pub struct PipelineSettings {
     pub cache_ttl: Duration,
     pub cache_max_entries: u64,
     pub redis_url: Option<String>,
+    /// `REDIS_TIMEOUT_MS` (200): deadline of one Redis command.
+    pub redis_timeout: Duration,
+    /// `RESPONSE_CACHE_MAX_BYTES` (64 MiB): L1 memory bound.
+    pub cache_max_bytes: u64,
+    /// `CHAT_FALLBACK_EP` / `WORK_ASSISTANT_FALLBACK_EP`: optional second
+    /// endpoint per route, tried once when the first fails.
+    pub chat_fallback: Option<String>,
+    pub work_fallback: Option<String>,
+    /// `CIRCUIT_FAILURE_THRESHOLD` (5) consecutive failures open an
+    /// endpoint's breaker for `CIRCUIT_OPEN_SECS` (30).
+    pub circuit_threshold: u32,
+    pub circuit_open: Duration,
+    /// `TRUSTED_PROXIES`: addresses/CIDRs whose `X-Forwarded-For` is
+    /// believed (with `TRUST_PROXY=true`; empty = any peer, as before).
+    pub trusted_proxies: Vec<crate::proxy::Cidr>,
     pub rate_limits: crate::ratelimit::Limits,
     /// `ALLOWED_ORIGINS`, or `None` for the built-in list.
     pub allowed_origins: Option<Vec<String>>,
@@ -261,6 +276,19 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
         cache_ttl: Duration::from_secs(int("CACHE_TTL", 7200)),
         cache_max_entries: max("RESPONSE_CACHE_MAX_ENTRIES", 10_000),
         redis_url: get("REDIS_URL").filter(|v| !v.trim().is_empty()),
+        redis_timeout: ms("REDIS_TIMEOUT_MS", 200).max(Duration::from_millis(1)),
+        cache_max_bytes: max("RESPONSE_CACHE_MAX_BYTES", 64 << 20),
+        chat_fallback: get("CHAT_FALLBACK_EP")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+        work_fallback: get("WORK_ASSISTANT_FALLBACK_EP")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+        circuit_threshold: max("CIRCUIT_FAILURE_THRESHOLD", 5) as u32,
+        circuit_open: Duration::from_secs(max("CIRCUIT_OPEN_SECS", 30)),
+        trusted_proxies: get("TRUSTED_PROXIES")
+            .map(|v| crate::proxy::parse_list(&v))
+            .unwrap_or_default(),
         rate_limits: crate::ratelimit::Limits {
             admin_max: max("RATE_LIMIT_ADMIN_MAX", defaults.admin_max),
             stream_max: max("RATE_LIMIT_STREAM_MAX", defaults.stream_max),

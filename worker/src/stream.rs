@@ -43,6 +43,101 @@ pub struct Meta {
     /// Legacy body: a finished turn invalidates the history cache.
     pub legacy: bool,
     pub started: Instant,
+    /// `X-Cache`: `HIT`, `MISS` or `COALESCED`.
+    pub x_cache: &'static str,
+    /// A replay from the cache (`metadata.cached`).
+    pub cached: bool,
+    pub format: Format,
+}
+
+/// The wire format of the events.
+pub enum Format {
+    /// API.md §5.3: `type` frames, one final `complete` frame.
+    HearTalk,
+    /// API.md §5.4: `chat.completion.chunk` events, then `data: [DONE]`.
+    OpenAi(OpenAiStream),
+}
+
+/// What every OpenAI chunk repeats.
+pub struct OpenAiStream {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    /// `stream_options.include_usage`: a `choices:[]` usage chunk at the end.
+    pub include_usage: bool,
+}
+
+impl OpenAiStream {
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Bytes {
+        frame(&json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }))
+    }
+
+    fn usage(&self, usage: &Value) -> Bytes {
+        frame(&json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        }))
+    }
+}
+
+/// An OpenAI-shaped error object (`{"error":{message,type,param,code}}`).
+pub fn openai_error(message: &str, kind: &str, code: &str) -> Value {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+}
+
+impl Format {
+    /// Frames sent before any delta.
+    fn opening(&self) -> Option<Bytes> {
+        match self {
+            Format::HearTalk => None,
+            Format::OpenAi(o) => Some(o.chunk(json!({"role": "assistant", "content": ""}), None)),
+        }
+    }
+
+    fn content(&self, delta: &str, provider: &str) -> Bytes {
+        match self {
+            Format::HearTalk => content_frame(delta, provider),
+            Format::OpenAi(o) => o.chunk(json!({"content": delta}), None),
+        }
+    }
+
+    fn reasoning(&self, delta: &str) -> Bytes {
+        match self {
+            Format::HearTalk => reasoning_frame(delta),
+            Format::OpenAi(o) => o.chunk(json!({"reasoning_content": delta}), None),
+        }
+    }
+
+    fn error(&self, message: &str, code: &str) -> Bytes {
+        match self {
+            Format::HearTalk => error_frame(message, code),
+            Format::OpenAi(_) => frame(&openai_error(message, "api_error", code)),
+        }
+    }
+
+    fn complete(&self, meta: &Meta, usage: &Value, finish_reason: &str, endpoint: &str) -> Bytes {
+        match self {
+            Format::HearTalk => complete_frame(meta, usage, finish_reason, endpoint, meta.cached),
+            Format::OpenAi(o) => {
+                let mut out = o.chunk(json!({}), Some(finish_reason)).to_vec();
+                if o.include_usage {
+                    out.extend_from_slice(&o.usage(usage));
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                Bytes::from(out)
+            }
+        }
+    }
 }
 
 /// `data: <compact JSON>\n\n`.
@@ -122,6 +217,7 @@ pub fn respond(
     http1: bool,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
+    let x_cache = meta.x_cache;
     tokio::spawn(pump(state, upstream, meta, tx));
     let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -147,7 +243,7 @@ pub fn respond(
         );
     }
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    h.insert("x-cache", HeaderValue::from_static("MISS"));
+    h.insert("x-cache", HeaderValue::from_static(x_cache));
     resp
 }
 
@@ -174,6 +270,11 @@ async fn pump(
     // Measured from our last *output*, not the upstream's: hidden reasoning
     // deltas arrive but write nothing, and proxies time out on silence.
     let mut ping_at = tokio::time::Instant::now() + heartbeat;
+    if let Some(first) = meta.format.opening() {
+        if !send(&tx, first).await {
+            return;
+        }
+    }
     let end = loop {
         let next = tokio::select! {
             biased;
@@ -189,7 +290,7 @@ async fn pump(
                 // The provider ends every good stream with Done; a bare end is an error.
                 let _ = send(
                     &tx,
-                    error_frame(
+                    meta.format.error(
                         "Response processing error: stream ended unexpectedly",
                         "AI_PROVIDER_ERROR",
                     ),
@@ -199,19 +300,19 @@ async fn pump(
             }
             Ok(Some(Err(e))) => {
                 tracing::warn!(error = %e, "upstream stream failed after it started");
-                let _ = send(&tx, error_frame(&e.to_string(), e.code())).await;
+                let _ = send(&tx, meta.format.error(&e.to_string(), e.code())).await;
                 break End::Failed;
             }
             Ok(Some(Ok(StreamEvent::Content(delta)))) => {
                 content.push_str(&delta);
-                content_frame(&delta, &meta.provider)
+                meta.format.content(&delta, &meta.provider)
             }
             Ok(Some(Ok(StreamEvent::Reasoning(delta)))) => {
                 reasoning.push_str(&delta);
                 if !meta.show_reasoning {
                     continue;
                 }
-                reasoning_frame(&delta)
+                meta.format.reasoning(&delta)
             }
             Ok(Some(Ok(StreamEvent::Done {
                 finish_reason,
@@ -219,19 +320,15 @@ async fn pump(
                 model: m,
             }))) => {
                 model = m.or(model);
-                let usage_value =
-                    final_usage(usage.clone(), meta.prompt_estimate, &content, &reasoning);
-                if let Some(u) = &usage {
-                    telemetry::tokens("prompt", u.prompt_tokens);
-                    telemetry::tokens("completion", u.completion_tokens);
-                }
+                // Tokens are counted where the upstream call is made (once per
+                // call, not per coalesced listener or cache replay).
+                let usage_value = final_usage(usage, meta.prompt_estimate, &content, &reasoning);
                 let endpoint = model.as_deref().unwrap_or("unknown");
-                let fin = complete_frame(
+                let fin = meta.format.complete(
                     &meta,
                     &usage_value,
                     finish_reason.as_deref().unwrap_or("stop"),
                     endpoint,
-                    false,
                 );
                 if send(&tx, fin).await {
                     break End::Completed;
@@ -247,9 +344,11 @@ async fn pump(
     // Dropping the upstream stream here aborts the upstream request.
     drop(upstream);
     if matches!(end, End::Shutdown) {
-        let _ = send(&tx, error_frame(SHUTDOWN_MESSAGE, SHUTDOWN_CODE)).await;
+        let _ = send(&tx, meta.format.error(SHUTDOWN_MESSAGE, SHUTDOWN_CODE)).await;
     }
-    telemetry::reasoning(meta.strategy.label(), meta.started.elapsed());
+    if meta.x_cache == "MISS" {
+        telemetry::reasoning(meta.strategy.label(), meta.started.elapsed());
+    }
     match end {
         End::Completed => {
             if meta.legacy {

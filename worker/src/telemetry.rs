@@ -11,6 +11,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -116,6 +118,68 @@ fn describe() {
         "ai_upstream_stream_parse_errors_total",
         "Upstream SSE payloads that did not parse"
     );
+    describe_counter!(
+        "ai_upstream_retries_total",
+        "Upstream attempts repeated after a retryable failure"
+    );
+    describe_gauge!(
+        "ai_circuit_state",
+        "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        "ai_circuit_rejections_total",
+        "Calls failed fast because the endpoint's circuit was open"
+    );
+    describe_counter!(
+        "ai_upstream_fallbacks_total",
+        "Calls answered by trying the route's fallback endpoint"
+    );
+    describe_gauge!(
+        "ai_redis_up",
+        "1 when REDIS_URL is set and Redis answered the last command"
+    );
+    describe_counter!(
+        "ai_rate_limit_fallbacks_total",
+        "Rate-limit decisions counted locally because Redis was unreachable"
+    );
+}
+
+/// Registers the series that must exist before anything happens (so
+/// dashboards and alerts see zeros, not gaps).
+pub fn register_defaults(provider: &str) {
+    for endpoint in ["chat", "work_assistant"] {
+        counter!("ai_upstream_retries_total", "provider" => provider.to_string(), "endpoint" => endpoint)
+            .increment(0);
+        gauge!("ai_circuit_state", "endpoint" => endpoint).set(0.0);
+    }
+    gauge!("ai_redis_up").set(0.0);
+}
+
+pub fn upstream_retry(provider: &str, endpoint: &'static str) {
+    counter!("ai_upstream_retries_total", "provider" => provider.to_string(), "endpoint" => endpoint)
+        .increment(1);
+}
+
+/// `state`: 0 closed, 1 half-open, 2 open. `endpoint` is a breaker name
+/// (`chat`, `work_assistant`, or `<route>:fallback`): bounded by config.
+pub fn circuit_state(endpoint: &str, state: u8) {
+    gauge!("ai_circuit_state", "endpoint" => endpoint.to_string()).set(f64::from(state));
+}
+
+pub fn circuit_rejected(endpoint: &str) {
+    counter!("ai_circuit_rejections_total", "endpoint" => endpoint.to_string()).increment(1);
+}
+
+pub fn upstream_fallback(endpoint: &'static str) {
+    counter!("ai_upstream_fallbacks_total", "endpoint" => endpoint).increment(1);
+}
+
+pub fn redis_up(up: bool) {
+    gauge!("ai_redis_up").set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn rate_limit_fallback() {
+    counter!("ai_rate_limit_fallbacks_total").increment(1);
 }
 
 pub fn http_request(method: &str, route: &'static str, status: u16, elapsed: Duration) {
@@ -145,24 +209,41 @@ pub fn route_decision(route: &str) {
     counter!("ai_route_decisions_total", "route" => route.to_string()).increment(1);
 }
 
-pub fn cache_lookup(cache: &'static str, result: &'static str) {
-    counter!("ai_cache_requests_total", "cache" => cache, "result" => result).increment(1);
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    // (hits, lookups) per cache since start, for `ai_cache_hit_rate`.
-    static COUNTS: [(AtomicU64, AtomicU64); 3] = [
-        (AtomicU64::new(0), AtomicU64::new(0)),
-        (AtomicU64::new(0), AtomicU64::new(0)),
-        (AtomicU64::new(0), AtomicU64::new(0)),
-    ];
-    let i = match cache {
+/// (hits, lookups) per cache since start, for `ai_cache_hit_rate`.
+static CACHE_COUNTS: [(AtomicU64, AtomicU64); 3] = [
+    (AtomicU64::new(0), AtomicU64::new(0)),
+    (AtomicU64::new(0), AtomicU64::new(0)),
+    (AtomicU64::new(0), AtomicU64::new(0)),
+];
+
+fn cache_index(cache: &str) -> usize {
+    match cache {
         "route" => 0,
         "response" => 1,
         _ => 2,
-    };
-    let (hits, total) = &COUNTS[i];
-    let h = hits.fetch_add(u64::from(result == "hit"), Relaxed) + u64::from(result == "hit");
+    }
+}
+
+/// A cache lookup. For the response cache a coalesced request counts as a
+/// hit in the rate: it cost no upstream call of its own.
+pub fn cache_lookup(cache: &'static str, result: &'static str) {
+    counter!("ai_cache_requests_total", "cache" => cache, "result" => result).increment(1);
+    let (hits, total) = &CACHE_COUNTS[cache_index(cache)];
+    let hit = u64::from(result == "hit" || result == "coalesced");
+    let h = hits.fetch_add(hit, Relaxed) + hit;
     let t = total.fetch_add(1, Relaxed) + 1;
     gauge!("ai_cache_hit_rate", "cache" => cache).set(h as f64 / t as f64);
+}
+
+/// This worker's hit rate of `cache` since start (0 before any lookup).
+pub fn hit_rate(cache: &str) -> f64 {
+    let (hits, total) = &CACHE_COUNTS[cache_index(cache)];
+    let t = total.load(Relaxed);
+    if t == 0 {
+        0.0
+    } else {
+        hits.load(Relaxed) as f64 / t as f64
+    }
 }
 
 pub fn reasoning(strategy: &'static str, elapsed: Duration) {

@@ -43,6 +43,9 @@ pub enum Shape {
 pub struct ChatInput {
     pub shape: Shape,
     pub conversation_id: String,
+    /// The request sent no conversation id (`temp-<epoch-ms>` was made up):
+    /// a cache hit may answer with the original request's id.
+    pub conversation_id_defaulted: bool,
     pub user_id: String,
     /// The latest user message (legacy: `message`; OpenAI: the content of
     /// the last `user` item, or `""`).
@@ -116,6 +119,7 @@ fn legacy(body: &Value) -> Result<ChatInput, Invalid> {
     Ok(ChatInput {
         shape: Shape::Legacy,
         conversation_id: conversation_id.to_string(),
+        conversation_id_defaulted: false,
         user_id: user_id.to_string(),
         message: message.to_string(),
         messages: Vec::new(),
@@ -159,7 +163,8 @@ fn openai(body: &Value, token_user: Option<&str>, now_ms: u64) -> Result<ChatInp
     let message = latest_user
         .map(|i| messages[i].content.clone())
         .unwrap_or_default();
-    let conversation_id = match body.get("conversation_id").filter(|v| truthy(v)) {
+    let given = body.get("conversation_id").filter(|v| truthy(v));
+    let conversation_id = match given {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
         None => format!("temp-{now_ms}"),
@@ -170,6 +175,7 @@ fn openai(body: &Value, token_user: Option<&str>, now_ms: u64) -> Result<ChatInp
         .to_string();
     Ok(ChatInput {
         shape: Shape::OpenAi,
+        conversation_id_defaulted: given.is_none(),
         conversation_id,
         user_id,
         message,

@@ -169,7 +169,11 @@ impl Provider for ArkProvider {
         async move {
             let body = build_body(&req, false, false)?;
             let retries = inner.max_retries;
-            with_retries(retries, || complete_once(&inner, body.clone(), req.timeout)).await
+            let labels = (inner.name.as_str(), req.endpoint.label());
+            with_retries(retries, labels, || {
+                complete_once(&inner, body.clone(), req.timeout)
+            })
+            .await
         }
         .boxed()
     }
@@ -182,8 +186,11 @@ impl Provider for ArkProvider {
         async move {
             let body = build_body(&req, true, inner.stream_usage)?;
             let retries = inner.max_retries;
-            let resp =
-                with_retries(retries, || open_stream(&inner, body.clone(), req.timeout)).await?;
+            let labels = (inner.name.as_str(), req.endpoint.label());
+            let resp = with_retries(retries, labels, || {
+                open_stream(&inner, body.clone(), req.timeout)
+            })
+            .await?;
             Ok(event_stream(resp, req.timeout))
         }
         .boxed()
@@ -414,9 +421,14 @@ fn event_stream(resp: reqwest::Response, idle: Duration) -> EventStream {
 
 /// Runs `attempt` and retries it as §10.1 allows: only
 /// [`UpstreamError::retryable`] errors, at most `max_retries` more times,
-/// sleeping [`backoff_delay`] in between. Dropping the future (the client
-/// went away) stops the retries.
-async fn with_retries<T, F, Fut>(max_retries: u32, mut attempt: F) -> Result<T, UpstreamError>
+/// sleeping [`backoff_delay`] in between, each counted in
+/// `ai_upstream_retries_total{provider, endpoint}` (`labels`). Dropping the
+/// future (the client went away) stops the retries.
+async fn with_retries<T, F, Fut>(
+    max_retries: u32,
+    labels: (&str, &'static str),
+    mut attempt: F,
+) -> Result<T, UpstreamError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, UpstreamError>>,
@@ -430,6 +442,7 @@ where
                 let delay = backoff_delay(n, e.retry_after(), rng.next_unit());
                 tracing::warn!(attempt = n + 1, error = %e, delay_ms = delay.as_millis() as u64, "upstream call failed, retrying");
                 tokio::time::sleep(delay).await;
+                crate::telemetry::upstream_retry(labels.0, labels.1);
                 n += 1;
             }
             Err(e) => return Err(e),

@@ -178,6 +178,12 @@ pub enum UpstreamError {
     /// The client went away; nothing is answered.
     #[error("request cancelled")]
     Cancelled,
+    /// The endpoint's circuit breaker is open: failed without a call.
+    #[error("Circuit open for endpoint {endpoint}: failing fast after repeated upstream failures")]
+    CircuitOpen {
+        endpoint: String,
+        retry_after: Duration,
+    },
 }
 
 impl UpstreamError {
@@ -225,6 +231,7 @@ impl UpstreamError {
             UpstreamError::Network { .. } => "network",
             UpstreamError::InvalidResponse(_) | UpstreamError::Empty => "invalid_response",
             UpstreamError::Cancelled => "cancelled",
+            UpstreamError::CircuitOpen { .. } => "circuit_open",
         }
     }
 
@@ -242,7 +249,26 @@ impl UpstreamError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             UpstreamError::Http { retry_after, .. } => *retry_after,
+            UpstreamError::CircuitOpen { retry_after, .. } => Some(*retry_after),
             _ => None,
+        }
+    }
+}
+
+impl UpstreamError {
+    /// Whether the failure says the *endpoint* is in trouble (the circuit
+    /// breaker counts it, and the route's fallback endpoint may help):
+    /// retryable failures, timeouts, unusable bodies, an unknown model.
+    /// Not client-side errors (400s), credentials, or quota, which another
+    /// call to the same account would hit the same way.
+    pub fn endpoint_trouble(&self) -> bool {
+        match self {
+            UpstreamError::Http { status: 404, .. } => true,
+            UpstreamError::Timeout { .. }
+            | UpstreamError::InvalidResponse(_)
+            | UpstreamError::Empty
+            | UpstreamError::CircuitOpen { .. } => true,
+            e => e.retryable(),
         }
     }
 }

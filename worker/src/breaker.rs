@@ -1,0 +1,510 @@
+//! Upstream resilience beyond retries (API.md §10, issue [edge]): a circuit
+//! breaker per endpoint and an optional fallback endpoint per route.
+//!
+//! The breaker is a pure state machine ([`step`]): `threshold` consecutive
+//! endpoint failures open it; while open, calls fail at once without
+//! touching the upstream (so a dead endpoint costs no timeouts and no
+//! quota); after `open_for`, one probe call is let through (half-open) and
+//! its outcome closes or re-opens the breaker. What counts as a failure is
+//! [`UpstreamError::endpoint_trouble`]; client errors and cancellations are
+//! neutral.
+//!
+//! [`Resilient`] wraps the metered provider: it asks the breaker before each
+//! call, records the outcome (for streams, the outcome at the end of the
+//! stream), and when the route has a fallback endpoint and the primary
+//! failed with endpoint trouble (or its breaker is open), tries the
+//! fallback once under its own breaker. Each breaker is `ai_circuit_state`
+//! in the metrics, and any open one makes the providers `degraded` in
+//! `/api/v1/health`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+
+use crate::provider::{
+    Completion, CompletionRequest, EndpointKind, EventStream, Provider, StreamEvent, UpstreamError,
+};
+use crate::telemetry;
+
+/// Breaker state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `probing`: the one trial call is out.
+    HalfOpen {
+        probing: bool,
+    },
+}
+
+impl State {
+    /// The `ai_circuit_state` value: 0 closed, 1 half-open, 2 open.
+    pub fn gauge(self) -> u8 {
+        match self {
+            State::Closed { .. } => 0,
+            State::HalfOpen { .. } => 1,
+            State::Open { .. } => 2,
+        }
+    }
+}
+
+/// What happens to a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A call asks to go out.
+    Ask,
+    Success,
+    Failure,
+    /// A call ended saying nothing about the endpoint (cancelled, 4xx).
+    Neutral,
+}
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub threshold: u32,
+    pub open_for: Duration,
+}
+
+/// The answer to [`Event::Ask`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// Refused; retry after this long.
+    Refused(Duration),
+}
+
+/// The pure transition function.
+pub fn step(state: State, event: Event, now: Instant, cfg: Config) -> (State, Admission) {
+    let allowed = Admission::Allowed;
+    match (state, event) {
+        (State::Open { until }, Event::Ask) if now < until => {
+            (state, Admission::Refused(until - now))
+        }
+        (State::Open { .. }, Event::Ask) => (State::HalfOpen { probing: true }, allowed),
+        (State::HalfOpen { probing: true }, Event::Ask) => {
+            (state, Admission::Refused(Duration::from_secs(1)))
+        }
+        (State::HalfOpen { probing: false }, Event::Ask) => {
+            (State::HalfOpen { probing: true }, allowed)
+        }
+        (State::Closed { .. }, Event::Ask) => (state, allowed),
+        (_, Event::Success) => (State::Closed { failures: 0 }, allowed),
+        (State::Closed { failures }, Event::Failure) => {
+            let failures = failures.saturating_add(1);
+            if failures >= cfg.threshold.max(1) {
+                (
+                    State::Open {
+                        until: now + cfg.open_for,
+                    },
+                    allowed,
+                )
+            } else {
+                (State::Closed { failures }, allowed)
+            }
+        }
+        (State::HalfOpen { .. } | State::Open { .. }, Event::Failure) => (
+            State::Open {
+                until: now + cfg.open_for,
+            },
+            allowed,
+        ),
+        // A probe that said nothing: let another one try.
+        (State::HalfOpen { .. }, Event::Neutral) => (State::HalfOpen { probing: false }, allowed),
+        (s, Event::Neutral) => (s, allowed),
+    }
+}
+
+/// One endpoint's breaker.
+pub struct Breaker {
+    name: String,
+    cfg: Config,
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    pub fn new(name: &str, cfg: Config) -> Breaker {
+        telemetry::circuit_state(name, 0);
+        Breaker {
+            name: name.to_string(),
+            cfg,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn apply(&self, event: Event) -> Admission {
+        let Ok(mut s) = self.state.lock() else {
+            return Admission::Allowed;
+        };
+        let before = *s;
+        let (next, admission) = step(before, event, Instant::now(), self.cfg);
+        *s = next;
+        if before.gauge() != next.gauge() {
+            telemetry::circuit_state(&self.name, next.gauge());
+            match next {
+                State::Open { .. } => {
+                    tracing::warn!(endpoint = %self.name, "circuit opened: failing fast")
+                }
+                State::Closed { .. } => tracing::info!(endpoint = %self.name, "circuit closed"),
+                State::HalfOpen { .. } => {
+                    tracing::info!(endpoint = %self.name, "circuit half-open: probing")
+                }
+            }
+        }
+        admission
+    }
+
+    /// Whether the breaker is open or probing (health `degraded`).
+    pub fn is_open(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| !matches!(*s, State::Closed { .. }))
+            .unwrap_or(false)
+    }
+
+    fn ask(&self) -> Result<(), UpstreamError> {
+        match self.apply(Event::Ask) {
+            Admission::Allowed => Ok(()),
+            Admission::Refused(retry_after) => {
+                telemetry::circuit_rejected(&self.name);
+                Err(UpstreamError::CircuitOpen {
+                    endpoint: self.name.clone(),
+                    retry_after: Duration::from_secs(retry_after.as_secs().max(1)),
+                })
+            }
+        }
+    }
+
+    fn record(&self, outcome: Result<(), &UpstreamError>) {
+        let event = match outcome {
+            Ok(()) => Event::Success,
+            Err(e) if e.endpoint_trouble() => Event::Failure,
+            Err(_) => Event::Neutral,
+        };
+        self.apply(event);
+    }
+}
+
+/// The breakers of every endpoint, shared with `/api/v1/health`.
+pub struct Breakers {
+    pub chat: Breaker,
+    pub work: Breaker,
+    pub chat_fallback: Option<(String, Breaker)>,
+    pub work_fallback: Option<(String, Breaker)>,
+}
+
+impl Breakers {
+    pub fn new(cfg: Config, chat_fallback: Option<String>, work_fallback: Option<String>) -> Self {
+        Breakers {
+            chat: Breaker::new("chat", cfg),
+            work: Breaker::new("work_assistant", cfg),
+            chat_fallback: chat_fallback.map(|m| (m, Breaker::new("chat:fallback", cfg))),
+            work_fallback: work_fallback.map(|m| (m, Breaker::new("work_assistant:fallback", cfg))),
+        }
+    }
+
+    fn primary(&self, kind: EndpointKind) -> &Breaker {
+        match kind {
+            EndpointKind::Chat => &self.chat,
+            EndpointKind::WorkAssistant => &self.work,
+        }
+    }
+
+    fn fallback(&self, kind: EndpointKind) -> Option<&(String, Breaker)> {
+        match kind {
+            EndpointKind::Chat => self.chat_fallback.as_ref(),
+            EndpointKind::WorkAssistant => self.work_fallback.as_ref(),
+        }
+    }
+
+    /// Any breaker not closed.
+    pub fn any_open(&self) -> bool {
+        self.chat.is_open()
+            || self.work.is_open()
+            || self
+                .chat_fallback
+                .as_ref()
+                .is_some_and(|(_, b)| b.is_open())
+            || self
+                .work_fallback
+                .as_ref()
+                .is_some_and(|(_, b)| b.is_open())
+    }
+}
+
+/// The provider with breakers and fallbacks around it.
+pub struct Resilient {
+    pub inner: Arc<dyn Provider>,
+    pub breakers: Arc<Breakers>,
+}
+
+/// Wraps `stream` so `breaker` learns how it ended.
+fn observed(stream: EventStream, breakers: Arc<Breakers>, pick: Pick) -> EventStream {
+    struct Guard {
+        breakers: Arc<Breakers>,
+        pick: Pick,
+        outcome: Option<Result<(), UpstreamError>>,
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let b = self.pick.get(&self.breakers);
+            match self.outcome.take() {
+                Some(Ok(())) => b.record(Ok(())),
+                Some(Err(e)) => b.record(Err(&e)),
+                None => b.record(Err(&UpstreamError::Cancelled)),
+            }
+        }
+    }
+    let guard = Guard {
+        breakers,
+        pick,
+        outcome: None,
+    };
+    stream
+        .scan(guard, |g, item| {
+            match &item {
+                Ok(StreamEvent::Done { .. }) => g.outcome = Some(Ok(())),
+                Err(e) => g.outcome = Some(Err(e.clone())),
+                _ => {}
+            }
+            futures_util::future::ready(Some(item))
+        })
+        .boxed()
+}
+
+/// Which breaker a call goes through.
+#[derive(Clone, Copy)]
+struct Pick {
+    kind: EndpointKind,
+    fallback: bool,
+}
+
+impl Pick {
+    fn get(self, b: &Breakers) -> &Breaker {
+        if self.fallback {
+            if let Some((_, f)) = b.fallback(self.kind) {
+                return f;
+            }
+        }
+        b.primary(self.kind)
+    }
+}
+
+impl Resilient {
+    async fn complete_via(
+        inner: Arc<dyn Provider>,
+        breakers: Arc<Breakers>,
+        pick: Pick,
+        req: CompletionRequest,
+    ) -> Result<Completion, UpstreamError> {
+        pick.get(&breakers).ask()?;
+        let r = inner.complete(req).await;
+        pick.get(&breakers).record(r.as_ref().map(|_| ()));
+        r
+    }
+
+    async fn stream_via(
+        inner: Arc<dyn Provider>,
+        breakers: Arc<Breakers>,
+        pick: Pick,
+        req: CompletionRequest,
+    ) -> Result<EventStream, UpstreamError> {
+        pick.get(&breakers).ask()?;
+        match inner.stream(req).await {
+            Ok(s) => Ok(observed(s, breakers, pick)),
+            Err(e) => {
+                pick.get(&breakers).record(Err(&e));
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Provider for Resilient {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn is_simulated(&self) -> bool {
+        self.inner.is_simulated()
+    }
+
+    fn complete(
+        &self,
+        req: CompletionRequest,
+    ) -> BoxFuture<'static, Result<Completion, UpstreamError>> {
+        let inner = self.inner.clone();
+        let breakers = self.breakers.clone();
+        Box::pin(async move {
+            let kind = req.endpoint;
+            let fallback_model = breakers.fallback(kind).map(|(m, _)| m.clone());
+            let primary = Pick {
+                kind,
+                fallback: false,
+            };
+            let second = fallback_model.as_ref().map(|m| {
+                let mut r = req.clone();
+                r.model = m.clone();
+                r
+            });
+            match Self::complete_via(inner.clone(), breakers.clone(), primary, req).await {
+                Err(e) if e.endpoint_trouble() && second.is_some() => {
+                    let Some(r) = second else { return Err(e) };
+                    tracing::warn!(error = %e, fallback = %r.model, "primary endpoint failed; trying the fallback");
+                    telemetry::upstream_fallback(kind.label());
+                    let pick = Pick {
+                        kind,
+                        fallback: true,
+                    };
+                    Self::complete_via(inner, breakers, pick, r).await
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn stream(
+        &self,
+        req: CompletionRequest,
+    ) -> BoxFuture<'static, Result<EventStream, UpstreamError>> {
+        let inner = self.inner.clone();
+        let breakers = self.breakers.clone();
+        Box::pin(async move {
+            let kind = req.endpoint;
+            let second = breakers.fallback(kind).map(|(m, _)| {
+                let mut r = req.clone();
+                r.model = m.clone();
+                r
+            });
+            let primary = Pick {
+                kind,
+                fallback: false,
+            };
+            match Self::stream_via(inner.clone(), breakers.clone(), primary, req).await {
+                Err(e) if e.endpoint_trouble() && second.is_some() => {
+                    let Some(r) = second else { return Err(e) };
+                    tracing::warn!(error = %e, fallback = %r.model, "primary endpoint failed; trying the fallback");
+                    telemetry::upstream_fallback(kind.label());
+                    let pick = Pick {
+                        kind,
+                        fallback: true,
+                    };
+                    Self::stream_via(inner, breakers, pick, r).await
+                }
+                other => other,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: Config = Config {
+        threshold: 3,
+        open_for: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn opens_after_consecutive_failures_only() {
+        let t = Instant::now();
+        let mut s = State::Closed { failures: 0 };
+        for _ in 0..2 {
+            s = step(s, Event::Failure, t, CFG).0;
+        }
+        // A success in between resets the count.
+        s = step(s, Event::Success, t, CFG).0;
+        assert_eq!(s, State::Closed { failures: 0 });
+        for _ in 0..2 {
+            s = step(s, Event::Failure, t, CFG).0;
+        }
+        assert_eq!(s, State::Closed { failures: 2 });
+        // Neutral outcomes do not count either way.
+        s = step(s, Event::Neutral, t, CFG).0;
+        assert_eq!(s, State::Closed { failures: 2 });
+        s = step(s, Event::Failure, t, CFG).0;
+        assert_eq!(
+            s,
+            State::Open {
+                until: t + CFG.open_for
+            }
+        );
+        assert_eq!(s.gauge(), 2);
+    }
+
+    #[test]
+    fn open_refuses_then_lets_one_probe_through() {
+        let t = Instant::now();
+        let open = State::Open {
+            until: t + Duration::from_secs(30),
+        };
+        let (s, a) = step(open, Event::Ask, t + Duration::from_secs(10), CFG);
+        assert_eq!(s, open);
+        assert_eq!(a, Admission::Refused(Duration::from_secs(20)));
+        let later = t + Duration::from_secs(31);
+        let (s, a) = step(open, Event::Ask, later, CFG);
+        assert_eq!(
+            (s, a),
+            (State::HalfOpen { probing: true }, Admission::Allowed)
+        );
+        assert_eq!(s.gauge(), 1);
+        // Only one probe at a time.
+        let (_, a) = step(s, Event::Ask, later, CFG);
+        assert!(matches!(a, Admission::Refused(_)));
+        // The probe's success closes it; its failure re-opens it.
+        assert_eq!(
+            step(s, Event::Success, later, CFG).0,
+            State::Closed { failures: 0 }
+        );
+        assert_eq!(
+            step(s, Event::Failure, later, CFG).0,
+            State::Open {
+                until: later + CFG.open_for
+            }
+        );
+        // A probe that was cancelled lets the next call probe.
+        assert_eq!(
+            step(s, Event::Neutral, later, CFG).0,
+            State::HalfOpen { probing: false }
+        );
+    }
+
+    #[test]
+    fn only_endpoint_trouble_counts() {
+        let b = Breaker::new("test-endpoint", CFG);
+        let bad_request = UpstreamError::Http {
+            status: 400,
+            code: Some("InvalidParameter".into()),
+            message: "bad".into(),
+            retry_after: None,
+        };
+        let quota = UpstreamError::Http {
+            status: 429,
+            code: Some("QuotaExceeded".into()),
+            message: "quota".into(),
+            retry_after: None,
+        };
+        for _ in 0..5 {
+            b.record(Err(&bad_request));
+            b.record(Err(&quota));
+            b.record(Err(&UpstreamError::Cancelled));
+        }
+        assert!(!b.is_open());
+        for _ in 0..3 {
+            b.record(Err(&UpstreamError::Timeout { ms: 1 }));
+        }
+        assert!(b.is_open());
+        assert!(matches!(b.ask(), Err(UpstreamError::CircuitOpen { .. })));
+    }
+}

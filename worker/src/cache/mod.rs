@@ -1,0 +1,723 @@
+//! The response cache and request coalescing (API.md §9).
+//!
+//! Two levels: an in-process moka cache (L1) bounded by bytes *and* by
+//! `RESPONSE_CACHE_MAX_ENTRIES`, with `CACHE_TTL`; and Redis (L2) when
+//! `REDIS_URL` is set, shared by every worker and replica, holding
+//! deflate-compressed JSON with the TTL set in Redis. Memory is checked
+//! first, then requests already in flight (so a thundering herd coalesces
+//! without a Redis round trip each), then Redis.
+//!
+//! [`ResponseCache::begin`] tells a request what it is: a hit, a follower of
+//! an identical call in flight, or the leader that must make the call.
+//! Leaders hand the call to [`ResponseCache::drive`], which runs it in its
+//! own task, publishes it through the [`flight::Flight`], stores complete
+//! successes, and drops the call when every listener has left.
+
+pub mod flight;
+pub mod key;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use flight::{Delta, Flight, Subscription};
+pub use key::{Key, KeyParts};
+
+use crate::provider::{StreamEvent, UpstreamError, Usage};
+use crate::redis_link::RedisLink;
+use crate::telemetry;
+
+/// A complete, successful answer as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// The upstream body's `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The `reasoning` key of a generate body (CoT/SC), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<Value>,
+    /// The conversation id of the request that produced the answer: a hit
+    /// for a request without one (a `temp-…` default) reuses it, so the
+    /// body is byte-identical to the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// The stream deltas as they arrived (empty for a whole answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<Delta>,
+}
+
+/// Characters per chunk when a whole answer is replayed as a stream.
+const REPLAY_CHUNK_CHARS: usize = 24;
+
+fn chunks(s: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && i % n == 0 {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(c);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+impl Entry {
+    /// An entry from a finished stream: content and reasoning are the
+    /// concatenated deltas.
+    pub fn from_stream(
+        deltas: Vec<Delta>,
+        finish_reason: Option<String>,
+        usage: Option<Usage>,
+        model: Option<String>,
+        reasoning: Option<Value>,
+    ) -> Entry {
+        let mut content = String::new();
+        let mut thought = String::new();
+        for d in &deltas {
+            match d {
+                Delta::Content(s) => content.push_str(s),
+                Delta::Reasoning(s) => thought.push_str(s),
+            }
+        }
+        Entry {
+            content,
+            reasoning_content: (!thought.is_empty()).then_some(thought),
+            finish_reason,
+            usage,
+            model,
+            reasoning,
+            conversation_id: None,
+            deltas,
+        }
+    }
+
+    /// The final stream event of this answer.
+    pub fn done_event(&self) -> StreamEvent {
+        StreamEvent::Done {
+            finish_reason: self.finish_reason.clone(),
+            usage: self.usage.clone(),
+            model: self.model.clone(),
+        }
+    }
+
+    /// The answer as a stream: the original deltas when it was streamed,
+    /// else reasoning then content in chunks; then `Done`.
+    pub fn replay(&self) -> Vec<Result<StreamEvent, UpstreamError>> {
+        let mut out: Vec<Result<StreamEvent, UpstreamError>> = if self.deltas.is_empty() {
+            let mut v = Vec::new();
+            if let Some(r) = &self.reasoning_content {
+                v.extend(
+                    chunks(r, REPLAY_CHUNK_CHARS)
+                        .into_iter()
+                        .map(|c| Ok(StreamEvent::Reasoning(c))),
+                );
+            }
+            v.extend(
+                chunks(&self.content, REPLAY_CHUNK_CHARS)
+                    .into_iter()
+                    .map(|c| Ok(StreamEvent::Content(c))),
+            );
+            v
+        } else {
+            self.deltas
+                .iter()
+                .map(|d| {
+                    Ok(match d {
+                        Delta::Content(s) => StreamEvent::Content(s.clone()),
+                        Delta::Reasoning(s) => StreamEvent::Reasoning(s.clone()),
+                    })
+                })
+                .collect()
+        };
+        out.push(Ok(self.done_event()));
+        out
+    }
+
+    /// Approximate memory held, for the L1 byte bound.
+    pub fn weight(&self) -> usize {
+        let deltas: usize = self
+            .deltas
+            .iter()
+            .map(|d| match d {
+                Delta::Content(s) | Delta::Reasoning(s) => s.len() + 32,
+            })
+            .sum();
+        256 + self.content.len() + self.reasoning_content.as_ref().map_or(0, String::len) + deltas
+    }
+
+    /// The stored form: deflate-compressed JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = z.write_all(&json);
+        z.finish().unwrap_or_default()
+    }
+
+    /// The inverse of [`Entry::encode`]; `None` for anything else (a value
+    /// from an older format, or garbage).
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        let mut json = Vec::new();
+        flate2::read::DeflateDecoder::new(bytes)
+            .take(64 << 20)
+            .read_to_end(&mut json)
+            .ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
+/// What the client's `Cache-Control` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `no-cache` / `no-store` skip the lookup (and coalescing).
+    pub lookup: bool,
+    /// `no-store`: the answer is not stored either.
+    pub store: bool,
+}
+
+impl Policy {
+    pub const DEFAULT: Policy = Policy {
+        lookup: true,
+        store: true,
+    };
+
+    /// From the request's `Cache-Control` header.
+    pub fn from_header(v: Option<&str>) -> Policy {
+        let Some(v) = v else {
+            return Policy::DEFAULT;
+        };
+        let has = |d: &str| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(d));
+        let no_store = has("no-store");
+        Policy {
+            lookup: !(no_store || has("no-cache")),
+            store: !no_store,
+        }
+    }
+}
+
+/// What [`ResponseCache::begin`] decided for a request.
+pub enum Begin {
+    /// A stored answer (`X-Cache: HIT`).
+    Hit(Arc<Entry>),
+    /// An identical call is in flight (`X-Cache: COALESCED`).
+    Join(Subscription),
+    /// This request makes the call (`X-Cache: MISS`): hand `Flight` to
+    /// [`ResponseCache::drive`], and wait on the subscription.
+    Lead(Arc<Flight>, Subscription, Lead),
+}
+
+/// The leader's obligations, passed back to [`ResponseCache::drive`].
+pub struct Lead {
+    key: Key,
+    store: bool,
+    registered: bool,
+}
+
+/// The two-level cache plus the table of calls in flight.
+pub struct ResponseCache {
+    enabled: bool,
+    ttl: Duration,
+    l1: moka::sync::Cache<Key, Arc<Entry>>,
+    redis: Option<Arc<RedisLink>>,
+    flights: Mutex<HashMap<Key, Arc<Flight>>>,
+}
+
+impl ResponseCache {
+    /// `max_bytes` bounds L1's memory and `max_entries` its entry count
+    /// (each entry weighs at least `max_bytes / max_entries`).
+    pub fn new(
+        enabled: bool,
+        ttl: Duration,
+        max_entries: u64,
+        max_bytes: u64,
+        redis: Option<Arc<RedisLink>>,
+    ) -> ResponseCache {
+        let floor = (max_bytes / max_entries.max(1)).max(1);
+        let l1 = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(move |_k: &Key, v: &Arc<Entry>| {
+                (v.weight() as u64).max(floor).min(u64::from(u32::MAX)) as u32
+            })
+            .time_to_live(ttl.max(Duration::from_secs(1)))
+            .build();
+        ResponseCache {
+            enabled,
+            ttl,
+            l1,
+            redis,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The backends in use, for `/api/v1/health`.
+    pub fn backends(&self) -> Vec<&'static str> {
+        let mut b = vec!["memory"];
+        if self.redis.is_some() {
+            b.push("redis");
+        }
+        b
+    }
+
+    /// Whether Redis is configured but unreachable (health `degraded`).
+    pub fn degraded(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| !r.is_up())
+    }
+
+    fn in_flight(&self, key: &Key) -> Option<Subscription> {
+        let flights = self.flights.lock().ok()?;
+        flights
+            .get(key)
+            .filter(|f| !f.is_finished())
+            .map(Flight::subscribe)
+    }
+
+    /// Hit, join or lead (see the module doc). Counted in
+    /// `ai_cache_requests_total{cache="response"}`.
+    pub async fn begin(&self, key: Key, policy: Policy) -> Begin {
+        let private = |store: bool| {
+            let f = Flight::new();
+            let s = f.subscribe();
+            Begin::Lead(
+                f,
+                s,
+                Lead {
+                    key,
+                    store,
+                    registered: false,
+                },
+            )
+        };
+        if !self.enabled {
+            return private(false);
+        }
+        if !policy.lookup {
+            telemetry::cache_lookup("response", "miss");
+            return private(policy.store);
+        }
+        if let Some(e) = self.l1.get(&key) {
+            telemetry::cache_lookup("response", "hit");
+            return Begin::Hit(e);
+        }
+        if let Some(s) = self.in_flight(&key) {
+            telemetry::cache_lookup("response", "coalesced");
+            return Begin::Join(s);
+        }
+        if let Some(e) = self.l2_get(&key).await {
+            let e = Arc::new(e);
+            self.l1.insert(key, e.clone());
+            telemetry::cache_lookup("response", "hit");
+            return Begin::Hit(e);
+        }
+        // Another request may have started the call while Redis answered.
+        let mut flights = match self.flights.lock() {
+            Ok(f) => f,
+            Err(_) => return private(policy.store),
+        };
+        if let Some(f) = flights.get(&key).filter(|f| !f.is_finished()) {
+            telemetry::cache_lookup("response", "coalesced");
+            return Begin::Join(f.subscribe());
+        }
+        telemetry::cache_lookup("response", "miss");
+        let f = Flight::new();
+        let s = f.subscribe();
+        flights.insert(key, f.clone());
+        Begin::Lead(
+            f,
+            s,
+            Lead {
+                key,
+                store: policy.store,
+                registered: true,
+            },
+        )
+    }
+
+    async fn l2_get(&self, key: &Key) -> Option<Entry> {
+        let redis = self.redis.as_ref()?;
+        let k = key.redis_key();
+        let bytes: Option<Vec<u8>> = redis
+            .run(|mut c| async move {
+                redis::cmd("GET")
+                    .arg(&k)
+                    .query_async::<Option<Vec<u8>>>(&mut c)
+                    .await
+            })
+            .await
+            .flatten();
+        let entry = Entry::decode(&bytes?);
+        if entry.is_none() {
+            tracing::warn!("undecodable response-cache value in Redis; ignored");
+        }
+        entry
+    }
+
+    fn store(self: &Arc<Self>, key: Key, entry: &Arc<Entry>) {
+        self.l1.insert(key, entry.clone());
+        if let Some(redis) = self.redis.clone() {
+            let value = entry.encode();
+            let ttl = self.ttl.as_secs().max(1);
+            let k = key.redis_key();
+            tokio::spawn(async move {
+                redis
+                    .run(|mut c| async move {
+                        redis::cmd("SET")
+                            .arg(&k)
+                            .arg(value)
+                            .arg("EX")
+                            .arg(ttl)
+                            .query_async::<()>(&mut c)
+                            .await
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// Runs a leader's call in its own task: publishes the outcome to every
+    /// subscriber, stores a complete non-empty success (unless the policy
+    /// forbids), and drops the call when the last subscriber has left.
+    pub fn drive<W>(self: &Arc<Self>, flight: Arc<Flight>, lead: Lead, work: W)
+    where
+        W: std::future::Future<Output = Result<Entry, UpstreamError>> + Send + 'static,
+    {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            tokio::pin!(work);
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut work => break r.map(Arc::new),
+                    () = flight.abandoned() => {
+                        if flight.listeners() == 0 {
+                            break Err(UpstreamError::Cancelled);
+                        }
+                        // Someone joined as the last one left: keep going,
+                        // but do not spin on the resolved future.
+                        tokio::task::yield_now().await;
+                    }
+                }
+            };
+            if let Ok(entry) = &outcome {
+                if lead.store && cache.enabled && !entry.content.is_empty() {
+                    cache.store(lead.key, entry);
+                }
+            }
+            flight.finish(outcome);
+            if lead.registered {
+                if let Ok(mut flights) = cache.flights.lock() {
+                    if flights
+                        .get(&lead.key)
+                        .is_some_and(|f| Arc::ptr_eq(f, &flight))
+                    {
+                        flights.remove(&lead.key);
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            content: "你好，世界".repeat(20),
+            reasoning_content: Some("想一想".into()),
+            finish_reason: Some("stop".into()),
+            usage: Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                total_tokens: 7,
+                ..Usage::default()
+            }),
+            model: Some("ep-chat".into()),
+            reasoning: Some(serde_json::json!({"type": "chain-of-thought", "enhanced": true})),
+            conversation_id: Some("temp-1".into()),
+            deltas: vec![],
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_compressed() {
+        let e = entry();
+        let bytes = e.encode();
+        assert!(bytes.len() < serde_json::to_vec(&e).unwrap().len());
+        assert_eq!(Entry::decode(&bytes), Some(e));
+        assert_eq!(Entry::decode(b"garbage"), None);
+    }
+
+    #[test]
+    fn whole_answers_replay_as_chunks_then_done() {
+        let e = entry();
+        let events: Vec<StreamEvent> = e.replay().into_iter().map(Result::unwrap).collect();
+        let mut content = String::new();
+        let mut reasoning = String::new();
+        for ev in &events[..events.len() - 1] {
+            match ev {
+                StreamEvent::Content(c) => {
+                    assert!(c.chars().count() <= REPLAY_CHUNK_CHARS);
+                    content.push_str(c);
+                }
+                StreamEvent::Reasoning(r) => reasoning.push_str(r),
+                StreamEvent::Done { .. } => panic!("done before the end"),
+            }
+        }
+        assert_eq!(content, e.content);
+        assert_eq!(reasoning, "想一想");
+        assert!(matches!(events.last(), Some(StreamEvent::Done { .. })));
+    }
+
+    #[test]
+    fn streamed_answers_replay_their_own_deltas() {
+        let deltas = vec![
+            Delta::Reasoning("r".into()),
+            Delta::Content("a".into()),
+            Delta::Content("bc".into()),
+        ];
+        let e = Entry::from_stream(deltas, Some("stop".into()), None, None, None);
+        assert_eq!(e.content, "abc");
+        assert_eq!(e.reasoning_content.as_deref(), Some("r"));
+        let events: Vec<StreamEvent> = e.replay().into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            events[..3],
+            [
+                StreamEvent::Reasoning("r".into()),
+                StreamEvent::Content("a".into()),
+                StreamEvent::Content("bc".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn cache_control_policy() {
+        assert_eq!(Policy::from_header(None), Policy::DEFAULT);
+        assert_eq!(Policy::from_header(Some("max-age=0")), Policy::DEFAULT);
+        assert_eq!(
+            Policy::from_header(Some("No-Cache")),
+            Policy {
+                lookup: false,
+                store: true
+            }
+        );
+        assert_eq!(
+            Policy::from_header(Some("private, no-store")),
+            Policy {
+                lookup: false,
+                store: false
+            }
+        );
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn key_of(s: &str) -> Key {
+        let m = vec![crate::provider::ChatMessage::new("user", s)];
+        key::key(&KeyParts {
+            kind: "chat",
+            provider: "p",
+            model: "m",
+            strategy: "direct",
+            samples: 0,
+            messages: &m,
+            temperature: 0.7,
+            max_tokens: 10,
+            top_p: 1.0,
+            show_reasoning: false,
+        })
+    }
+
+    #[test]
+    fn identical_requests_share_one_call_then_hit() {
+        block_on(async {
+            let cache = Arc::new(ResponseCache::new(
+                true,
+                Duration::from_secs(60),
+                100,
+                1 << 20,
+                None,
+            ));
+            let k = key_of("x");
+            let Begin::Lead(flight, mut leader, lead) = cache.begin(k, Policy::DEFAULT).await
+            else {
+                panic!("first request leads");
+            };
+            let Begin::Join(mut follower) = cache.begin(k, Policy::DEFAULT).await else {
+                panic!("second request joins");
+            };
+            let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let c = calls.clone();
+            cache.drive(flight, lead, async move {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(Entry {
+                    content: "answer".into(),
+                    ..Entry::default()
+                })
+            });
+            let a = leader.answer().await.unwrap();
+            let b = follower.answer().await.unwrap();
+            assert_eq!(a.content, "answer");
+            assert!(Arc::ptr_eq(&a, &b));
+            assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+            // Stored: the next identical request is a hit.
+            tokio::task::yield_now().await;
+            assert!(matches!(
+                cache.begin(k, Policy::DEFAULT).await,
+                Begin::Hit(_)
+            ));
+            // no-cache skips the lookup.
+            assert!(matches!(
+                cache
+                    .begin(
+                        k,
+                        Policy {
+                            lookup: false,
+                            store: true
+                        }
+                    )
+                    .await,
+                Begin::Lead(..)
+            ));
+        });
+    }
+
+    #[test]
+    fn errors_reach_every_listener_and_are_not_stored() {
+        block_on(async {
+            let cache = Arc::new(ResponseCache::new(
+                true,
+                Duration::from_secs(60),
+                100,
+                1 << 20,
+                None,
+            ));
+            let k = key_of("y");
+            let Begin::Lead(flight, mut leader, lead) = cache.begin(k, Policy::DEFAULT).await
+            else {
+                panic!("leads");
+            };
+            let Begin::Join(mut follower) = cache.begin(k, Policy::DEFAULT).await else {
+                panic!("joins");
+            };
+            cache.drive(flight, lead, async { Err(UpstreamError::Empty) });
+            assert_eq!(leader.answer().await.unwrap_err(), UpstreamError::Empty);
+            assert_eq!(follower.answer().await.unwrap_err(), UpstreamError::Empty);
+            tokio::task::yield_now().await;
+            assert!(matches!(
+                cache.begin(k, Policy::DEFAULT).await,
+                Begin::Lead(..)
+            ));
+        });
+    }
+
+    #[test]
+    fn the_call_is_dropped_when_the_last_listener_leaves() {
+        block_on(async {
+            let cache = Arc::new(ResponseCache::new(
+                true,
+                Duration::from_secs(60),
+                100,
+                1 << 20,
+                None,
+            ));
+            let k = key_of("z");
+            let Begin::Lead(flight, leader, lead) = cache.begin(k, Policy::DEFAULT).await else {
+                panic!("leads");
+            };
+            let Begin::Join(follower) = cache.begin(k, Policy::DEFAULT).await else {
+                panic!("joins");
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+            impl Drop for Dropped {
+                fn drop(&mut self) {
+                    if let Some(tx) = self.0.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            let guard = Dropped(Some(tx));
+            cache.drive(flight.clone(), lead, async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(Entry::default())
+            });
+            tokio::task::yield_now().await;
+            drop(leader);
+            tokio::task::yield_now().await;
+            assert!(!flight.is_finished(), "a listener remains");
+            drop(follower);
+            tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .expect("the call was dropped")
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn late_joiners_replay_the_stream_from_the_start() {
+        block_on(async {
+            use futures_util::StreamExt;
+            let f = Flight::new();
+            let early = f.subscribe();
+            f.start();
+            f.push(Delta::Content("a".into()));
+            let late = f.subscribe();
+            f.push(Delta::Content("b".into()));
+            f.finish(Ok(Arc::new(Entry::from_stream(
+                vec![Delta::Content("a".into()), Delta::Content("b".into())],
+                Some("stop".into()),
+                None,
+                None,
+                None,
+            ))));
+            for s in [early, late] {
+                let events: Vec<_> = s.into_events().collect().await;
+                assert_eq!(events.len(), 3);
+                assert_eq!(events[0], Ok(StreamEvent::Content("a".into())));
+                assert_eq!(events[1], Ok(StreamEvent::Content("b".into())));
+                assert!(matches!(events[2], Ok(StreamEvent::Done { .. })));
+            }
+        });
+    }
+
+    #[test]
+    fn l1_is_bounded_by_entries() {
+        let cache = ResponseCache::new(true, Duration::from_secs(60), 2, 1 << 20, None);
+        for i in 0..10u8 {
+            cache.l1.insert(
+                key_of(&i.to_string()),
+                Arc::new(Entry {
+                    content: "x".into(),
+                    ..Entry::default()
+                }),
+            );
+        }
+        cache.l1.run_pending_tasks();
+        assert!(cache.l1.entry_count() <= 2, "{}", cache.l1.entry_count());
+    }
+}

@@ -1,0 +1,310 @@
+//! Fleet-wide rate-limit counters without Redis (API.md §4, §13 k): one
+//! table of atomic counters in memory shared by every worker of a
+//! supervisor.
+//!
+//! The supervisor creates an anonymous shared-memory file (memfd) once, at
+//! start, and passes it to every worker it launches (`HEARTALK_LIMITS_FD`);
+//! it outlives reloads and restarts, so neither resets a window. Each worker
+//! maps it and counts with lock-free compare-and-swap: a hit costs a few
+//! atomic operations and no system call, no IPC and no lock — a worker
+//! killed at any instant cannot wedge the others.
+//!
+//! Layout: `SLOTS` pairs of `u64` words, `[state, window_end]`. `state` packs
+//! a 39-bit identity (a hash of key, window length and window start), a
+//! "being claimed" flag, and a 24-bit count, so one CAS both checks whose
+//! slot it is and counts. A key's slot is found by linear probing from its
+//! hash; a slot whose window has ended is reclaimed by the next key that
+//! probes it. The flag covers the two stores of a claim (`state`, then
+//! `window_end`): others never mistake a fresh claim for an expired one.
+//! If no slot is free within [`PROBES`], the hit is counted by the caller's
+//! fallback (per process) and logged: limits degrade, requests never fail.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes of the table (what the supervisor allocates).
+pub const TABLE_BYTES: usize = shared::activation::LIMITS_TABLE_BYTES as usize;
+/// Slots probed before giving up.
+pub const PROBES: usize = 32;
+
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const CLAIMING: u64 = 1 << 63;
+const ID_MASK: u64 = !(COUNT_MASK | CLAIMING);
+
+/// FNV-1a over the parts, then a splitmix64 finaliser: stable across builds
+/// (old and new generations share windows during a reload).
+fn hash(key: &str, window: u64, window_start: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(key.as_bytes());
+    feed(&[0xff]);
+    feed(&window.to_le_bytes());
+    feed(&window_start.to_le_bytes());
+    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Counts one hit of `key` in the window `[window_start, +window)` in
+/// `table` (pairs of words) and returns the count so far, this hit
+/// included; `None` when no slot could be had.
+///
+/// Two passes over the key's probe sequence: first for its slot, then, if
+/// it has none, to claim the first free one. A slot is free when empty or
+/// when its window ended by *this window's start* — not by "now" — so
+/// every worker counting the same key and window judges every slot the
+/// same way, whatever its clock second, and they race for the same slot:
+/// one claims it, the others find it claimed and count in it.
+pub fn hit(table: &[AtomicU64], key: &str, window_start: u64, window: u64) -> Option<u64> {
+    let slots = table.len() / 2;
+    if slots == 0 {
+        return None;
+    }
+    let h = hash(key, window, window_start);
+    // Identity: the high bits of the hash, never zero (zero = empty slot).
+    let id = ((h << 1) & ID_MASK).max(1 << COUNT_BITS);
+    let first = (h as usize) % slots;
+    let probes = PROBES.min(slots);
+    let slot = |p: usize| {
+        let i = (first + p) % slots;
+        (&table[2 * i], &table[2 * i + 1])
+    };
+    for claim in [false, true] {
+        for p in 0..probes {
+            let (state, window_end) = slot(p);
+            if let Some(n) = try_slot(
+                state,
+                window_end,
+                id,
+                window_start + window,
+                window_start,
+                claim,
+            ) {
+                return Some(n);
+            }
+        }
+    }
+    None
+}
+
+/// One slot: count in it if it is the key's; with `claim`, take it if free.
+fn try_slot(
+    state: &AtomicU64,
+    window_end: &AtomicU64,
+    id: u64,
+    end: u64,
+    window_start: u64,
+    claim: bool,
+) -> Option<u64> {
+    let mut spins = 0u32;
+    loop {
+        let cur = state.load(Ordering::Acquire);
+        if cur & ID_MASK == id {
+            if cur & CLAIMING != 0 {
+                // Being claimed by another worker: two stores from ready.
+                if spins >= 100_000 {
+                    return None; // a claimer died mid-claim: skip the slot
+                }
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let count = cur & COUNT_MASK;
+            let next = (cur & !COUNT_MASK) | (count + 1).min(COUNT_MASK);
+            if state
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(count + 1);
+            }
+            continue;
+        }
+        if !claim || cur & CLAIMING != 0 {
+            return None;
+        }
+        let free = cur == 0 || window_end.load(Ordering::Acquire) <= window_start;
+        if !free {
+            return None;
+        }
+        if state
+            .compare_exchange(cur, id | CLAIMING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            continue; // changed under us: look again
+        }
+        window_end.store(end, Ordering::Release);
+        state.store(id | 1, Ordering::Release);
+        return Some(1);
+    }
+}
+
+/// The table mapped from the supervisor's memfd.
+pub struct SharedTable {
+    ptr: *mut AtomicU64,
+    words: usize,
+    _fd: OwnedFd,
+}
+
+// SAFETY: the mapping is only ever accessed through `AtomicU64`s, which are
+// safe to share between threads (and processes).
+unsafe impl Send for SharedTable {}
+// SAFETY: as above.
+unsafe impl Sync for SharedTable {}
+
+impl SharedTable {
+    /// Maps the table named by `HEARTALK_LIMITS_FD`, if the supervisor
+    /// passed one. Errors are logged and mean per-process counting.
+    pub fn from_env() -> Option<SharedTable> {
+        let fd: i32 = std::env::var("HEARTALK_LIMITS_FD").ok()?.parse().ok()?;
+        // SAFETY: the supervisor passed this descriptor for us alone; we
+        // take ownership once (the variable is not read again).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        match SharedTable::map(fd) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "HEARTALK_LIMITS_FD unusable; rate limits count per process");
+                None
+            }
+        }
+    }
+
+    /// Maps a shared-memory file read-write.
+    pub fn map(fd: OwnedFd) -> std::io::Result<SharedTable> {
+        let raw = fd.as_raw_fd();
+        // SAFETY: plain fcntl/fstat on a descriptor we own.
+        let len = unsafe {
+            libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC);
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(raw, &mut st) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            st.st_size as usize
+        };
+        let words = len / 8;
+        if words < 2 {
+            return Err(std::io::Error::other("limits table is empty"));
+        }
+        // SAFETY: a fresh shared mapping of the whole file; it stays valid
+        // until `Drop` unmaps it, and is only accessed as atomics.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                words * 8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                raw,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(SharedTable {
+            ptr: ptr.cast(),
+            words,
+            _fd: fd,
+        })
+    }
+
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `ptr` maps `words` u64s (page-aligned, so aligned for
+        // AtomicU64) for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.words) }
+    }
+}
+
+impl Drop for SharedTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped; no borrow of
+        // `words()` outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.words * 8);
+        }
+    }
+}
+
+/// A memfd of `TABLE_BYTES` (tests and the supervisor's twin of it).
+pub fn create_memfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: memfd_create with a static NUL-terminated name; ftruncate on
+    // the descriptor it returned.
+    unsafe {
+        let fd = libc::memfd_create(c"heartalk-limits".as_ptr(), libc::MFD_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        if libc::ftruncate(fd.as_raw_fd(), TABLE_BYTES as libc::off_t) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(slots: usize) -> Vec<AtomicU64> {
+        (0..2 * slots).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    #[test]
+    fn counts_per_key_and_window() {
+        let t = table(64);
+        assert_eq!(hit(&t, "a", 60, 60), Some(1));
+        assert_eq!(hit(&t, "a", 60, 60), Some(2));
+        assert_eq!(hit(&t, "b", 60, 60), Some(1));
+        assert_eq!(hit(&t, "a", 120, 60), Some(1), "a new window");
+        assert_eq!(hit(&t, "a", 60, 900), Some(1), "another bucket length");
+    }
+
+    #[test]
+    fn ended_windows_are_reclaimed() {
+        let t = table(4);
+        for k in ["a", "b", "c", "d"] {
+            assert_eq!(hit(&t, k, 0, 60), Some(1));
+        }
+        assert_eq!(hit(&t, "e", 0, 60), None, "full while every window is live");
+        assert_eq!(hit(&t, "e", 60, 60), Some(1), "after the windows ended");
+    }
+
+    #[test]
+    fn many_threads_count_exactly() {
+        // Threads stand in for worker processes: the same atomics.
+        let t = std::sync::Arc::new(table(1024));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000 {
+                        hit(&t, &format!("k{}", i % 10), 0, 60).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        for k in 0..10 {
+            assert_eq!(hit(&t, &format!("k{k}"), 0, 60), Some(1601));
+        }
+    }
+
+    #[test]
+    fn a_memfd_is_shared_between_two_mappings() {
+        let fd = create_memfd().unwrap();
+        let dup = fd.try_clone().unwrap();
+        let a = SharedTable::map(fd).unwrap();
+        let b = SharedTable::map(dup).unwrap();
+        assert_eq!(a.words().len(), TABLE_BYTES / 8);
+        assert_eq!(hit(a.words(), "k", 0, 60), Some(1));
+        assert_eq!(hit(b.words(), "k", 0, 60), Some(2));
+    }
+}

@@ -1,0 +1,179 @@
+//! Which address a request comes from (API.md §4 "Client IP"), when a
+//! reverse proxy stands in front.
+//!
+//! With `TRUST_PROXY=true` and no `TRUSTED_PROXIES`, the first
+//! `X-Forwarded-For` entry is believed, as the Node.js service did. With
+//! `TRUSTED_PROXIES` (addresses or CIDRs), the header is believed only when
+//! the socket peer is one of them, and the client is the right-most entry
+//! that is not itself a trusted proxy: a client cannot pick its own
+//! rate-limit key by sending a forged header, because every hop it does not
+//! control appends to the right.
+
+use std::net::IpAddr;
+
+/// An address block, e.g. `10.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d`, `a.b.c.d/n`, `::1`, `fd00::/8`.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (canonical(self.addr), ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack socket reports)
+/// compares as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A comma-separated list; unparsable items are logged and skipped.
+pub fn parse_list(s: &str) -> Vec<Cidr> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let c = Cidr::parse(p);
+            if c.is_none() {
+                tracing::warn!(
+                    entry = p,
+                    "TRUSTED_PROXIES: not an address or CIDR; ignored"
+                );
+            }
+            c
+        })
+        .collect()
+}
+
+/// The client address for rate limits and logs.
+pub fn client_ip(
+    peer: IpAddr,
+    forwarded_for: Option<&str>,
+    trust_proxy: bool,
+    trusted: &[Cidr],
+) -> IpAddr {
+    let peer = canonical(peer);
+    let Some(header) = forwarded_for.filter(|_| trust_proxy) else {
+        return peer;
+    };
+    let hops = header
+        .split(',')
+        .map(|h| h.trim().parse::<IpAddr>().ok().map(canonical));
+    if trusted.is_empty() {
+        // Node.js behaviour: the first entry, if it is an address.
+        return hops.into_iter().next().flatten().unwrap_or(peer);
+    }
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<Option<IpAddr>> = hops.collect();
+    for hop in hops.iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(*ip) => continue,
+            Some(ip) => return *ip,
+            // A garbled entry: nothing left of it can be believed.
+            None => return peer,
+        }
+    }
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains(ip("10.1.2.3")));
+        assert!(!c.contains(ip("11.0.0.1")));
+        assert!(c.contains(ip("::ffff:10.9.9.9")), "mapped v4");
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains(ip("127.0.0.1")));
+        assert!(!one.contains(ip("127.0.0.2")));
+        assert!(Cidr::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert_eq!(Cidr::parse("10.0.0.0/33"), None);
+        assert_eq!(Cidr::parse("nope"), None);
+        assert_eq!(parse_list("10.0.0.0/8, bad ,::1").len(), 2);
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = parse_list("10.0.0.0/8");
+        let xff = Some("203.0.113.9, 10.0.0.7");
+        // Not trusting at all.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), xff, false, &trusted),
+            ip("10.0.0.1")
+        );
+        // From a trusted proxy: the right-most untrusted hop.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), xff, true, &trusted),
+            ip("203.0.113.9")
+        );
+        // A forged left-most entry does not win.
+        let forged = Some("1.2.3.4, 203.0.113.9");
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), forged, true, &trusted),
+            ip("203.0.113.9")
+        );
+        // From an untrusted peer, the header is ignored.
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), xff, true, &trusted),
+            ip("198.51.100.1")
+        );
+        // Garbage stops the walk.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("junk, 10.0.0.2"), true, &trusted),
+            ip("10.0.0.1")
+        );
+        // No list: Node's first-entry rule.
+        assert_eq!(client_ip(ip("10.0.0.1"), forged, true, &[]), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("garbage"), true, &[]),
+            ip("10.0.0.1")
+        );
+    }
+}
