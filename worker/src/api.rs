@@ -5,6 +5,9 @@
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
+use crate::cache::{Begin, Policy};
 use crate::clock;
 use crate::provider::{CompletionRequest, EndpointKind};
 use crate::response::{self, Body};
@@ -15,9 +18,10 @@ use crate::validate::TranslateInput;
 /// `POST /api/v1/translate` after validation: one chat-endpoint call, no
 /// routing, temperature 0.3, top_p 0.9.
 pub async fn translate(
-    state: &AppState,
+    state: &Arc<AppState>,
     input: TranslateInput,
     request_id: &str,
+    policy: Policy,
 ) -> Response<Body> {
     let svc = &state.services;
     let (model, timeout) = svc.endpoint(&state.settings, EndpointKind::Chat);
@@ -30,21 +34,58 @@ pub async fn translate(
         top_p: 0.9,
         timeout,
     };
-    match svc.provider.complete(request).await {
-        Ok(c) => response::json(
-            StatusCode::OK,
-            &json!({
-                "success": true,
-                "data": {
-                    "original_text": input.text,
-                    "translated_text": c.content,
-                    "target_language": input.target_language,
-                    "detected_language": detect_for_translation(&input.text),
-                    "confidence": 0.9,
-                },
-                "provider": svc.provider.name(),
-            }),
-        ),
+    // Translations are cacheable (§5.5, §9) under their own kind.
+    let key = crate::cache::key::key(&crate::cache::KeyParts {
+        kind: "translate",
+        provider: svc.provider.name(),
+        model: &request.model,
+        strategy: "direct",
+        samples: 0,
+        messages: &request.messages,
+        temperature: request.temperature,
+        max_tokens: request.max_tokens,
+        top_p: request.top_p,
+        show_reasoning: false,
+    });
+    let (x_cache, outcome) = match svc.cache.begin(key, policy).await {
+        Begin::Hit(e) => ("HIT", Ok(e)),
+        Begin::Join(mut s) => ("COALESCED", s.answer().await),
+        Begin::Lead(flight, mut s, lead) => {
+            let provider = svc.provider.clone();
+            svc.cache.drive(flight, lead, async move {
+                let c = provider.complete(request).await?;
+                crate::chat::count_tokens(c.usage.as_ref());
+                Ok(crate::cache::Entry {
+                    content: c.content,
+                    finish_reason: c.finish_reason,
+                    usage: c.usage,
+                    model: c.model,
+                    ..crate::cache::Entry::default()
+                })
+            });
+            ("MISS", s.answer().await)
+        }
+    };
+    match outcome {
+        Ok(entry) => {
+            let mut resp = response::json(
+                StatusCode::OK,
+                &json!({
+                    "success": true,
+                    "data": {
+                        "original_text": input.text,
+                        "translated_text": entry.content,
+                        "target_language": input.target_language,
+                        "detected_language": detect_for_translation(&input.text),
+                        "confidence": 0.9,
+                    },
+                    "provider": svc.provider.name(),
+                }),
+            );
+            resp.headers_mut()
+                .insert("x-cache", http::HeaderValue::from_static(x_cache));
+            resp
+        }
         Err(e) => crate::chat::upstream_error(&e, request_id),
     }
 }

@@ -28,6 +28,7 @@ pub mod fleet_metrics;
 pub mod health;
 pub mod history;
 pub mod listener;
+pub mod openai;
 pub mod provider;
 pub mod proxy;
 pub mod ratelimit;

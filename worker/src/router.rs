@@ -51,6 +51,10 @@ pub enum Endpoint {
     InternalTest,
     /// Fleet-wide Prometheus text, under a supervisor.
     Metrics,
+    /// OpenAI-compatible chat completions (§5.4).
+    Completions,
+    /// OpenAI-compatible model list.
+    OpenAiModels,
 }
 
 /// Who may call an endpoint.
@@ -100,6 +104,8 @@ static ROUTES: &[(Method, &str, Endpoint)] = &[
     (Method::GET, "/api/v1/models", Endpoint::Models),
     (Method::GET, "/internal/api/v1/test", Endpoint::InternalTest),
     (Method::GET, "/metrics", Endpoint::Metrics),
+    (Method::POST, "/v1/chat/completions", Endpoint::Completions),
+    (Method::GET, "/v1/models", Endpoint::OpenAiModels),
 ];
 
 /// The outcome of matching a request line against [`ROUTES`].
@@ -185,6 +191,10 @@ where
         no_compression: headers.contains_key("x-no-compression"),
     };
     let mut resp = dispatch(req, &state, peer, &mut ex).await;
+    if ex.path.starts_with("/v1/") {
+        // The OpenAI-compatible paths answer errors in OpenAI's shape.
+        resp = crate::openai::error_shape(resp).await;
+    }
     finish(&mut resp, &state, &ex).await;
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
@@ -355,15 +365,31 @@ where
             }
         }
     }
+    let policy = crate::cache::Policy::from_header(header_str(req.headers(), "cache-control"));
+    let limited = !ratelimit::exempt(req.method(), &ex.path);
+    let ip = if limited {
+        client_ip(req.headers(), peer, settings)
+    } else {
+        String::new()
+    };
+    // The body is read here, but its errors are answered after the rate
+    // limit (§2's order): the limit of `/v1/chat/completions` depends on
+    // its `stream` flag.
+    let body = if req.method() == Method::POST {
+        Some(read_json(req, settings.pipeline.max_body_size).await)
+    } else {
+        None
+    };
+    let streaming_completions = endpoint == Endpoint::Completions
+        && matches!(&body, Some(Ok(v)) if v.get("stream") == Some(&Value::Bool(true)));
     // (5) Rate limit (401s above were not counted).
-    if !ratelimit::exempt(req.method(), &ex.path) {
-        let ip = client_ip(req.headers(), peer, settings);
+    if limited {
         let rule = ratelimit::rule(
             &settings.pipeline.rate_limits,
             &ex.path,
             user.as_ref().map(|u| u.user_id.as_str()),
             &ip,
-            false,
+            streaming_completions,
         );
         let start = ratelimit::window_start(now, rule.window);
         let count = svc.limiter.hit(&rule.key, start, rule.window).await;
@@ -389,15 +415,11 @@ where
             );
         }
     }
-    let policy = crate::cache::Policy::from_header(header_str(req.headers(), "cache-control"));
-    // (6) Body, for POST.
-    let body = if req.method() == Method::POST {
-        match read_json(req, settings.pipeline.max_body_size).await {
-            Ok(v) => Some(v),
-            Err(resp) => return with_rid(resp, rid),
-        }
-    } else {
-        None
+    // (6) Body errors, for POST.
+    let body = match body {
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => return with_rid(e, rid),
+        None => None,
     };
     // (7) Validation, then the handler.
     let user_id = user.as_ref().map(|u| u.user_id.as_str());
@@ -430,12 +452,19 @@ where
         }
         Endpoint::Translate => match validate::translate(&body.unwrap_or_default()) {
             Err(e) => validation_error(&e.0, rid),
-            Ok(input) => api::translate(state, input, rid).await,
+            Ok(input) => api::translate(state, input, rid, policy).await,
         },
         Endpoint::Detect => match validate::detect(&body.unwrap_or_default()) {
             Err(e) => validation_error(&e.0, rid),
             Ok(text) => api::detect(text),
         },
+        Endpoint::Completions => {
+            match crate::openai::validate(&body.unwrap_or_default(), user_id, now_ms, settings) {
+                Err(message) => validation_error(&message, rid),
+                Ok(input) => crate::openai::completions(state, input, rid, policy).await,
+            }
+        }
+        Endpoint::OpenAiModels => crate::openai::models(state),
     }
 }
 

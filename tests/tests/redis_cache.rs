@@ -1,0 +1,104 @@
+//! The response cache's second level in a real Redis (API.md §9, §5.1):
+//! an answer cached by one supervisor's worker is a hit on another's; with
+//! Redis killed mid-test requests keep succeeding (misses) and health says
+//! `degraded`; when Redis is back, hits across supervisors resume.
+
+mod helper;
+
+use std::time::Duration;
+
+use heartalk_e2e::mock_ark::MockArk;
+use heartalk_e2e::redis_server::RedisServer;
+use helper::*;
+use serde_json::{Value, json};
+
+fn cache_health(svc: &Service) -> Value {
+    let r = http_get(svc.addr, "/api/v1/health", Duration::from_secs(5)).expect("health");
+    assert_eq!(r.status, 200, "degraded is still 200: {}", r.body);
+    r.json()["data"]["services"]["cache"].clone()
+}
+
+fn ask(svc: &Service, text: &str) -> Response {
+    let r = svc.post(
+        "/api/v1/chat/generate",
+        &json!({"messages":[{"role":"user","content":text}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r
+}
+
+#[test]
+fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
+    let mut redis = RedisServer::start();
+    let ark = MockArk::start();
+    let url = redis.url();
+    let a = live_service(&ark.base_url(), &[("REDIS_URL", url.as_str())]);
+    let b = live_service(&ark.base_url(), &[("REDIS_URL", url.as_str())]);
+    assert_eq!(
+        cache_health(&a),
+        json!({"status": "healthy", "backends": ["memory", "redis"], "hit_rate": 0.0})
+    );
+
+    let first = ask(&a, "跨进程的问题");
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    // The value lands in Redis in the background: wait for it.
+    wait_for("the entry in Redis", Duration::from_secs(5), || {
+        (!redis
+            .cli(&["--scan", "--pattern", "heartalk:resp:v1:*"])
+            .trim()
+            .is_empty())
+        .then_some(())
+    });
+    let second = ask(&b, "跨进程的问题");
+    assert_eq!(
+        second.header("x-cache"),
+        Some("HIT"),
+        "L2 hit on the other supervisor"
+    );
+    assert_eq!(second.body, first.body);
+    assert_eq!(ark.calls(), 1);
+
+    // Redis goes away: requests still succeed, health is degraded.
+    redis.kill();
+    for i in 0..3 {
+        let r = ask(&a, &format!("Redis 不在 {i}"));
+        assert_eq!(r.header("x-cache"), Some("MISS"));
+    }
+    wait_for("cache degraded", Duration::from_secs(10), || {
+        (cache_health(&b)["status"] == "degraded").then_some(())
+    });
+    let r = ask(&b, "Redis 不在 也要回答");
+    assert_eq!(r.header("x-cache"), Some("MISS"));
+    let r = http_get(a.addr, "/metrics", Duration::from_secs(5)).unwrap();
+    assert!(r.body.contains("ai_redis_up"), "{}", r.body);
+
+    // Redis is back (empty): the link heals and hits across supervisors resume.
+    redis.restart();
+    for svc in [&a, &b] {
+        wait_for("cache healthy again", Duration::from_secs(10), || {
+            (cache_health(svc)["status"] == "healthy").then_some(())
+        });
+    }
+    let again = ask(&a, "恢复以后");
+    assert_eq!(again.header("x-cache"), Some("MISS"));
+    wait_for("the entry in Redis", Duration::from_secs(5), || {
+        (!redis
+            .cli(&["--scan", "--pattern", "heartalk:resp:v1:*"])
+            .trim()
+            .is_empty())
+        .then_some(())
+    });
+    let hit = ask(&b, "恢复以后");
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(hit.body, again.body);
+    // The value in Redis is compressed (not the plain JSON answer) and expires.
+    let key = redis.cli(&["--scan", "--pattern", "heartalk:resp:v1:*"]);
+    let key = key.lines().next().unwrap().trim().to_string();
+    let ttl: i64 = redis.cli(&["TTL", &key]).trim().parse().unwrap();
+    assert!(ttl > 7000 && ttl <= 7200, "CACHE_TTL set in Redis: {ttl}");
+    let value = redis.cli(&["GET", &key]);
+    assert!(
+        !value.is_empty() && !value.contains("\"content\""),
+        "compressed: {value}"
+    );
+}
