@@ -135,7 +135,7 @@ bench_pipeline() {
   local url="http://127.0.0.1:$SVC_PORT/api/v1/chat/generate"
   run_wrk 50 "$SECONDS_PER_RUN" "$url" "$WORK/generate.lua" >/dev/null # warm-up
   : >"$WORK/runs.jsonl"
-  for i in $(seq "$RUNS"); do
+  for _ in $(seq "$RUNS"); do
     run_wrk 50 "$SECONDS_PER_RUN" "$url" "$WORK/generate.lua" | tee -a "$WORK/runs.jsonl"
   done
   stop_all
@@ -327,7 +327,6 @@ PY
 bench_logs() {
   echo "== logs: generate at 50 connections, request logging on vs off"
   start_mock 0
-  local results=()
   for level in warn info; do
     start_heartalk "$(live_config "$MOCK_URL" | sed "s/LOG_LEVEL = \"warn\"/LOG_LEVEL = \"$level\"/")"
     local url="http://127.0.0.1:$SVC_PORT/api/v1/chat/generate"

@@ -11,7 +11,7 @@ pub enum Exit {
     Clean = 0,
     /// A stop had to SIGKILL at least one worker at `kill_timeout`, or
     /// another runtime failure; for `heartalk reload`, a refused or
-    /// rolled-back reload.
+    /// rolled-back reload; for `heartalk health`, anything but a 200.
     Forced = 1,
     /// Bad command line or bad config file (EX_USAGE).
     Usage = 64,

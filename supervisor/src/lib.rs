@@ -4,13 +4,15 @@
 //! Module map: [`run`] is the event loop; [`fleet`] holds every decision;
 //! [`spawn`], [`sockets`], [`notify`] and [`signals`] are its I/O edges;
 //! [`restart`] and [`cpus`] are pure policies; [`sys`] holds every unsafe
-//! libc call; [`exit`] lists the exit codes.
+//! libc call; [`exit`] lists the exit codes; [`health`] is the
+//! `heartalk health` probe.
 
 pub mod client;
 pub mod control;
 pub mod cpus;
 pub mod exit;
 pub mod fleet;
+pub mod health;
 pub mod logs;
 pub mod memory;
 pub mod metrics;

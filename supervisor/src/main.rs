@@ -55,6 +55,17 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Probe the service's health endpoint (the container HEALTHCHECK):
+    /// exit 0 on HTTP 200 (healthy or degraded), 1 otherwise.
+    Health {
+        /// URL to GET [default: http://127.0.0.1:$PORT/api/v1/health, port 8001
+        /// when PORT is unset].
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this long (connect, request and answer together).
+        #[arg(long, default_value = "5s", value_parser = shared::config::units::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// Which supervisor a verb talks to.
@@ -96,6 +107,9 @@ fn main() -> ExitCode {
         Command::Status { target, json } => verb(&target, |path| status(path, json)),
         Command::Reload { target } => verb(&target, reload),
         Command::Stop { target } => verb(&target, stop),
+        Command::Health { url, timeout } => {
+            ExitCode::from(heartalk::health::command(url.as_deref(), timeout).code())
+        }
         Command::Run { config } => {
             let config = match load(&config) {
                 Ok(c) => c,

@@ -1,0 +1,908 @@
+//! The operations scripts against real components: `scripts/health-check.sh`
+//! against a running and a stopped `heartalk run` (and canned 503 / bad-JSON
+//! / recovering servers); `scripts/backup.sh` then `scripts/restore.sh`
+//! round-tripping the config and a real, password-protected Redis dataset
+//! (both snapshot methods; live restore into a fresh server and over a
+//! changed one; offline restore loaded by a restarted server; refusal of a
+//! tampered or incomplete backup; retention by age); and
+//! `scripts/deploy.sh` with the fake docker / docker-compose of
+//! `tests/fixtures/` rolling back to exactly the tag it recorded.
+
+mod helper;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use helper::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `scripts/<name>` with `args` and `env`, killing it after the
+/// deadline (a hung script fails the test instead of hanging it).
+fn script(name: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
+    let mut cmd = Command::new(repo().join("scripts").join(name));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("PORT")
+        .env_remove("HEALTH_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("BACKUP_DEST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    // Read both pipes on threads so a chatty script cannot block on them.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = match wait_child(&mut child, Duration::from_secs(60)) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} {args:?} did not finish within 60 s");
+        }
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+}
+
+/// A port nothing listens on (bound once, then released).
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP server answering every request with `answer(n)` (n counts
+/// requests from 0), on a thread that lives as long as the test process.
+fn canned_server(answer: impl Fn(usize) -> String + Send + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            s.set_read_timeout(Some(DEADLINE)).ok();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.ends_with(b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => req.extend_from_slice(&buf[..k]),
+                }
+            }
+            let _ = s.write_all(answer(n).as_bytes());
+            n += 1;
+        }
+    });
+    addr
+}
+
+fn http(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn health_url(addr: SocketAddr) -> String {
+    format!("http://{addr}/api/v1/health")
+}
+
+// ---------------------------------------------------------------- health
+
+#[test]
+fn health_check_follows_the_real_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut svc = Service::start(1, &[]);
+    let url = health_url(svc.addr);
+    let out = script(
+        "health-check.sh",
+        &["--url", &url, "--retries", "1"],
+        &[],
+        tmp.path(),
+    );
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is healthy"),
+        "{}",
+        text(&out)
+    );
+
+    // The default URL follows $PORT.
+    let port = svc.addr.port().to_string();
+    let out = script(
+        "health-check.sh",
+        &["--retries", "1"],
+        &[("PORT", &port)],
+        tmp.path(),
+    );
+    assert_exit(&out, 0);
+
+    svc.sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(svc.sup.wait_exit(DEADLINE).code(), Some(0));
+    let args = [
+        "--url",
+        &url,
+        "--retries",
+        "3",
+        "--interval",
+        "0.1",
+        "--timeout",
+        "2",
+    ];
+    let out = script("health-check.sh", &args, &[], tmp.path());
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("try ").count(), 3, "three tries: {stderr}");
+}
+
+#[test]
+fn health_check_reads_the_status_and_retries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let quick = ["--retries", "2", "--interval", "0.1", "--timeout", "5"];
+    let run = |addr: SocketAddr, extra: &[&str]| {
+        let url = health_url(addr);
+        let mut args = vec!["--url", url.as_str()];
+        args.extend_from_slice(extra);
+        script("health-check.sh", &args, &[], tmp.path())
+    };
+
+    // 503 unhealthy: answered, but bad.
+    let unhealthy = canned_server(|_| {
+        http(
+            "503 Service Unavailable",
+            r#"{"data":{"status":"unhealthy"}}"#,
+        )
+    });
+    assert_exit(&run(unhealthy, &quick), 1);
+    // 200 whose data.status is not healthy/degraded, and 200 that is not JSON.
+    let odd = canned_server(|_| http("200 OK", r#"{"data":{"status":"broken"}}"#));
+    assert_exit(&run(odd, &quick), 1);
+    let html = canned_server(|_| http("200 OK", "<html>hello</html>"));
+    assert_exit(&run(html, &quick), 1);
+    // degraded is fine
+    let degraded = canned_server(|_| http("200 OK", r#"{"data":{"status":"degraded"}}"#));
+    let out = run(degraded, &quick);
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("degraded"));
+
+    // Starting up: two 503s, then healthy; the third try succeeds.
+    let served = Arc::new(AtomicUsize::new(0));
+    let s = served.clone();
+    let recovering = canned_server(move |n| {
+        s.fetch_add(1, Ordering::SeqCst);
+        if n < 2 {
+            http(
+                "503 Service Unavailable",
+                r#"{"data":{"status":"unhealthy"}}"#,
+            )
+        } else {
+            http("200 OK", r#"{"data":{"status":"healthy"}}"#)
+        }
+    });
+    let out = run(recovering, &["--retries", "5", "--interval", "0.1"]);
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("try 3 of 5"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(served.load(Ordering::SeqCst), 3);
+
+    // A server that never answers: each try is cut at --timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let start = std::time::Instant::now();
+    let out = run(
+        silent.local_addr().unwrap(),
+        &["--retries", "2", "--interval", "0", "--timeout", "0.5"],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+
+    let out = script("health-check.sh", &["--retries", "0"], &[], tmp.path());
+    assert_exit(&out, 64);
+    assert_exit(
+        &script("health-check.sh", &["--bogus"], &[], tmp.path()),
+        64,
+    );
+}
+
+// ---------------------------------------------------------------- redis
+
+/// A real redis-server on a free port, in its own temp dir, with a
+/// password; killed and reaped on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    password: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start(password: &str) -> Redis {
+        Redis::start_in(password, tempfile::tempdir().unwrap())
+    }
+
+    /// Starts on `dir`, loading its dump.rdb if there is one.
+    fn start_in(password: &str, dir: tempfile::TempDir) -> Redis {
+        let port = closed_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--requirepass", password])
+            // Serve `redis-cli --rdb` at once instead of after 5 s.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let redis = Redis {
+            child,
+            port,
+            password: password.to_string(),
+            _dir: dir,
+        };
+        wait_for("redis-server PING", DEADLINE, || {
+            (redis.try_cli(&["PING"]).as_deref() == Some("PONG")).then_some(())
+        });
+        redis
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["--no-auth-warning", "-p", &self.port.to_string()])
+            .args(args)
+            .env("REDISCLI_AUTH", &self.password)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+
+    /// `redis://:password@127.0.0.1:port` with the password percent-encoded.
+    fn url(&self) -> String {
+        let enc: String = self
+            .password
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("redis://:{enc}@127.0.0.1:{}", self.port)
+    }
+
+    /// Every key of every database with its type, value (sorted for sets)
+    /// and whether it expires: what "the dataset" means for these tests.
+    fn dataset(&self) -> BTreeMap<String, String> {
+        let mut all = BTreeMap::new();
+        for db in ["0", "2"] {
+            let keys = self.cli(&["-n", db, "--scan"]);
+            for key in keys.lines().filter(|k| !k.is_empty()) {
+                let kind = self.cli(&["-n", db, "TYPE", key]);
+                let value = match kind.as_str() {
+                    "string" => self.cli(&["-n", db, "GET", key]),
+                    "hash" => sorted(self.cli(&["-n", db, "HGETALL", key])),
+                    "list" => self.cli(&["-n", db, "LRANGE", key, "0", "-1"]),
+                    "set" => sorted(self.cli(&["-n", db, "SMEMBERS", key])),
+                    "zset" => self.cli(&["-n", db, "ZRANGE", key, "0", "-1", "WITHSCORES"]),
+                    other => panic!("unexpected type {other} of {key}"),
+                };
+                let ttl: i64 = self.cli(&["-n", db, "TTL", key]).parse().unwrap();
+                let expires = if ttl > 0 { "expires" } else { "persistent" };
+                all.insert(format!("db{db}/{key}"), format!("{kind} {expires} {value}"));
+            }
+        }
+        all
+    }
+
+    fn fill(&self) {
+        self.cli(&["SET", "greeting", "hello world"]);
+        self.cli(&["SET", "session:42", "token", "EX", "3600"]);
+        self.cli(&["HSET", "user:1", "name", "Ada", "lang", "en"]);
+        self.cli(&["RPUSH", "queue", "a", "b", "c"]);
+        self.cli(&["SADD", "tags", "x", "y", "z"]);
+        self.cli(&["ZADD", "scores", "1", "one", "2", "two"]);
+        self.cli(&["SET", "unicode:é", "ünï"]);
+        self.cli(&["-n", "2", "SET", "rate:ip:10.0.0.1", "7"]);
+    }
+}
+
+fn sorted(s: String) -> String {
+    let mut v: Vec<&str> = s.lines().collect();
+    v.sort();
+    v.join("\n")
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pids of processes whose command line mentions `path` (the scratch
+/// redis-server of restore.sh lives under the test's TMPDIR).
+fn procs_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) && alive(name.parse().unwrap()) {
+                found.push(format!("{name}: {cmd}"));
+            }
+        }
+    }
+    found
+}
+
+/// A config dir, an env file and a log dir like a deployment's.
+struct Site {
+    tmp: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = tmp.path().join("app");
+        std::fs::create_dir_all(conf.join("config")).unwrap();
+        std::fs::copy(repo().join("ecosystem.toml"), conf.join("ecosystem.toml")).unwrap();
+        std::fs::copy(
+            repo().join("config/keywords.json"),
+            conf.join("config/keywords.json"),
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join("heartalk.env"), "JWT_SECRET=s3cret\n").unwrap();
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join("heartalk.log"), "{\"event\":\"x\"}\n").unwrap();
+        std::fs::write(logs.join("heartalk-1.log.gz"), b"\x1f\x8b not really").unwrap();
+        std::fs::create_dir_all(tmp.path().join("backups")).unwrap();
+        Site { tmp }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn s(&self, rel: &str) -> String {
+        self.p(rel).to_string_lossy().into_owned()
+    }
+
+    /// The backups in `backups/` made by backup.sh (timestamped names).
+    fn backups(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.p("backups"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn backup(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["--dest", "backups", "--config", "app"];
+        args.extend_from_slice(extra);
+        let tmpdir = self.s("");
+        script("backup.sh", &args, &[("TMPDIR", &tmpdir)], self.tmp.path())
+    }
+
+    fn restore(&self, backup: &Path, extra: &[&str]) -> Output {
+        let b = backup.to_string_lossy().into_owned();
+        let mut args = vec![b.as_str()];
+        args.extend_from_slice(extra);
+        let tmpdir = self.s("");
+        let out = script("restore.sh", &args, &[("TMPDIR", &tmpdir)], self.tmp.path());
+        let left = procs_mentioning(self.tmp.path());
+        assert!(
+            left.is_empty(),
+            "restore.sh left processes behind: {left:?}"
+        );
+        out
+    }
+}
+
+fn manifest_paths(backup: &Path) -> Vec<String> {
+    let m = std::fs::read_to_string(backup.join("MANIFEST")).unwrap();
+    let mut v: Vec<String> = m
+        .lines()
+        .map(|l| l.split_once("  ").expect("sha256sum line").1.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn backup_and_restore_round_trip_config_and_redis() {
+    let site = Site::new();
+    let source = Redis::start("pa ss\"w@rd");
+    source.fill();
+    let original = source.dataset();
+    assert_eq!(original.len(), 8, "{original:#?}");
+
+    // Older backups: one past the retention, one within it, one not ours.
+    let old = site.p("backups/heartalk-backup-20000101T000000Z");
+    std::fs::create_dir_all(&old).unwrap();
+    let yesterday = backup_stamp(std::time::SystemTime::now() - Duration::from_secs(86_400));
+    let recent = site.p(&format!("backups/heartalk-backup-{yesterday}"));
+    std::fs::create_dir_all(&recent).unwrap();
+    let other = site.p("backups/keep-me");
+    std::fs::create_dir_all(&other).unwrap();
+
+    let env_file = site.s("heartalk.env");
+    let url = source.url();
+    let out = site.backup(&[
+        "--env-file",
+        &env_file,
+        "--logs",
+        "logs",
+        "--redis-url",
+        &url,
+        "--keep-days",
+        "7",
+    ]);
+    assert_exit(&out, 0);
+    assert!(
+        !old.exists(),
+        "retention kept a 2000 backup: {}",
+        text(&out)
+    );
+    assert!(recent.exists() && other.exists(), "{}", text(&out));
+    let new: Vec<PathBuf> = site
+        .backups()
+        .into_iter()
+        .filter(|p| p != &recent && p != &other)
+        .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    let backup = &new[0];
+    assert_eq!(
+        manifest_paths(backup),
+        [
+            "INFO.txt",
+            "config/config/keywords.json",
+            "config/ecosystem.toml",
+            "env/heartalk.env",
+            "logs.tar.gz",
+            "redis/dump.rdb"
+        ]
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let info = std::fs::read_to_string(backup.join("INFO.txt")).unwrap();
+    assert!(
+        !info.contains("pa ss") && !url.is_empty(),
+        "password leaked: {info}"
+    );
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(backup.join("logs.tar.gz"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("logs/heartalk.log"), "{listing}");
+    assert!(listing.contains("logs/heartalk-1.log.gz"), "{listing}");
+
+    // Restore into a fresh server (another password) and a fresh target dir.
+    let fresh = Redis::start("other-secret");
+    let fresh_url = fresh.url();
+    let target = site.s("restored");
+    let out = site.restore(backup, &["--target", &target, "--redis-url", &fresh_url]);
+    assert_exit(&out, 0);
+    assert_eq!(fresh.dataset(), original);
+    for rel in ["ecosystem.toml", "config/keywords.json"] {
+        assert_eq!(
+            std::fs::read(site.p("app").join(rel)).unwrap(),
+            std::fs::read(site.p("restored").join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    let env = site.p("restored/heartalk.env");
+    assert_eq!(
+        std::fs::read_to_string(&env).unwrap(),
+        "JWT_SECRET=s3cret\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&env).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Over a changed dataset: --redis-flush makes it exactly the backup's.
+    source.cli(&["SET", "greeting", "changed"]);
+    source.cli(&["DEL", "queue"]);
+    source.cli(&["SET", "junk", "1"]);
+    source.cli(&["-n", "2", "SET", "junk2", "1"]);
+    assert_ne!(source.dataset(), original);
+    let out = site.restore(backup, &["--redis-url", &url, "--redis-flush"]);
+    assert_exit(&out, 0);
+    assert_eq!(source.dataset(), original);
+
+    // A tampered backup is refused before anything is touched.
+    fresh.cli(&["SET", "sentinel", "still here"]);
+    let tampered = site.p("tampered");
+    copy_dir(backup, &tampered);
+    let rdb = tampered.join("redis/dump.rdb");
+    let mut bytes = std::fs::read(&rdb).unwrap();
+    let last = bytes.len() - 12;
+    bytes[last] ^= 0xff;
+    std::fs::write(&rdb, bytes).unwrap();
+    let args = ["--redis-url", fresh_url.as_str(), "--redis-flush"];
+    let out = site.restore(&tampered, &args);
+    assert_exit(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("redis/dump.rdb"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(fresh.cli(&["GET", "sentinel"]), "still here");
+}
+
+#[test]
+fn bgsave_backup_offline_restore_and_refusals() {
+    let site = Site::new();
+    let source = Redis::start("secret");
+    source.fill();
+    let original = source.dataset();
+    let url = source.url();
+    let out = site.backup(&["--no-logs", "--redis-url", &url, "--redis-method", "bgsave"]);
+    assert_exit(&out, 0);
+    let backups = site.backups();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert!(!manifest_paths(&backups[0]).contains(&"logs.tar.gz".to_string()));
+    let fresh = Redis::start("secret2");
+    let out = site.restore(&backups[0], &["--redis-url", &fresh.url()]);
+    assert_exit(&out, 0);
+    assert_eq!(fresh.dataset(), original);
+
+    // Verification really opens every listed file: a directory in place of
+    // a listed file, an empty file, an unlisted file are each refused.
+    let broken = site.p("broken");
+    copy_dir(&backups[0], &broken);
+    std::fs::remove_file(broken.join("redis/dump.rdb")).unwrap();
+    std::fs::create_dir(broken.join("redis/dump.rdb")).unwrap();
+    std::fs::write(broken.join("INFO.txt"), "").unwrap();
+    std::fs::write(broken.join("stray"), "x").unwrap();
+    let b = broken.to_string_lossy().into_owned();
+    let out = script("verify-backup.sh", &[&b], &[], site.tmp.path());
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "dump.rdb is a directory",
+        "INFO.txt is empty",
+        "stray is not listed",
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+
+    // Offline: dump.rdb into the data dir of a stopped Redis, which loads
+    // it when it starts.
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_string_lossy().into_owned();
+    let out = site.restore(&backups[0], &["--redis-dir", &dir]);
+    assert_exit(&out, 0);
+    let started = Redis::start_in("secret3", data);
+    assert_eq!(started.dataset(), original);
+    drop(started);
+
+    // A restore whose target refuses the password writes nothing at all,
+    // not even the config.
+    let refused = format!("redis://:nope@127.0.0.1:{}", fresh.port);
+    let target = site.s("not-restored");
+    let out = site.restore(&backups[0], &["--target", &target, "--redis-url", &refused]);
+    assert_exit(&out, 1);
+    assert!(!site.p("not-restored").exists(), "{}", text(&out));
+
+    // A wrong password: exit 1 and nothing that looks like a backup.
+    let wrong = format!("redis://:nope@127.0.0.1:{}", source.port);
+    let out = site.backup(&["--no-logs", "--redis-url", &wrong]);
+    assert_exit(&out, 1);
+    assert_eq!(site.backups(), backups, "{}", text(&out));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// `yyyymmddThhmmssZ` in UTC, as backup.sh names its directories.
+fn backup_stamp(t: std::time::SystemTime) -> String {
+    let out = Command::new("date")
+        .arg("-u")
+        .arg(format!(
+            "-d@{}",
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        ))
+        .arg("+%Y%m%dT%H%M%SZ")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+// ---------------------------------------------------------------- deploy
+
+/// The fake engine's state dir, with `heartalk:v1` running, and a health
+/// endpoint that is unhealthy (503) while an image whose reference
+/// contains "bad" runs, healthy otherwise.
+struct FakeEngine {
+    dir: tempfile::TempDir,
+    health: SocketAddr,
+}
+
+impl FakeEngine {
+    fn new() -> FakeEngine {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("images"),
+            format!("heartalk:v1 sha256:{}\n", "1".repeat(64)),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("running"), "heartalk:v1\n").unwrap();
+        let running = dir.path().join("running");
+        let health = canned_server(move |_| {
+            let image = std::fs::read_to_string(&running).unwrap_or_default();
+            if image.contains("bad") {
+                http(
+                    "503 Service Unavailable",
+                    r#"{"data":{"status":"unhealthy"}}"#,
+                )
+            } else {
+                http("200 OK", r#"{"data":{"status":"healthy"}}"#)
+            }
+        });
+        FakeEngine { dir, health }
+    }
+
+    fn deploy(&self, tag: &str, health: &str) -> Output {
+        let fixtures = repo().join("tests/fixtures");
+        let docker = fixtures.join("fake-docker").to_string_lossy().into_owned();
+        let compose = fixtures
+            .join("fake-docker-compose")
+            .to_string_lossy()
+            .into_owned();
+        let d = self.dir.path().to_string_lossy().into_owned();
+        let state = self.dir.path().join("state").to_string_lossy().into_owned();
+        let args = [
+            "--tag",
+            tag,
+            "--health-url",
+            health,
+            "--retries",
+            "2",
+            "--interval",
+            "0.1",
+            "--timeout",
+            "2",
+        ];
+        script(
+            "deploy.sh",
+            &args,
+            &[
+                ("DOCKER", &docker),
+                ("DOCKER_COMPOSE", &compose),
+                ("FAKE_DOCKER_DIR", &d),
+                ("DEPLOY_STATE_DIR", &state),
+            ],
+            self.dir.path(),
+        )
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.read("log").lines().map(str::to_string).collect()
+    }
+
+    /// The image id a reference points to in the fake engine.
+    fn id_of(&self, reference: &str) -> Option<String> {
+        self.read("images").lines().find_map(|l| {
+            let (r, id) = l.split_once(' ')?;
+            (r == reference).then(|| id.to_string())
+        })
+    }
+
+    /// HEARTALK_IMAGE of every `up`, in order.
+    fn ups(&self) -> Vec<String> {
+        self.log()
+            .iter()
+            .filter(|l| l.starts_with("compose ") && l.ends_with(" up -d"))
+            .map(|l| {
+                l.strip_prefix("compose HEARTALK_IMAGE=")
+                    .and_then(|r| r.split_once(' '))
+                    .map(|(image, _)| image.to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+const OLD_ID: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+#[test]
+fn deploy_rolls_back_to_exactly_the_recorded_tag() {
+    let engine = FakeEngine::new();
+    let out = engine.deploy("v2-bad", &health_url(engine.health));
+    assert_exit(&out, 1);
+
+    let backup = engine.read("state/last-backup-tag").trim().to_string();
+    let stamp = backup
+        .strip_prefix("heartalk:rollback-")
+        .unwrap_or_else(|| panic!("backup tag {backup}"));
+    assert!(
+        stamp.len() == 16 && stamp.ends_with('Z') && stamp.as_bytes()[8] == b'T',
+        "{backup}"
+    );
+    // It tagged the running image's id, then rolled out v2-bad, then went
+    // back to exactly that tag, which still names the old image.
+    let log = engine.log();
+    assert!(
+        log.contains(&format!("docker tag {OLD_ID} {backup}")),
+        "{log:#?}"
+    );
+    assert_eq!(
+        engine.ups(),
+        ["heartalk:v2-bad", backup.as_str()],
+        "{log:#?}"
+    );
+    assert_eq!(engine.id_of(&backup).as_deref(), Some(OLD_ID));
+    assert_eq!(engine.read("running").trim(), backup);
+    assert_eq!(engine.read("state/current-tag").trim(), backup);
+    assert_eq!(engine.id_of("heartalk:latest").as_deref(), Some(OLD_ID));
+    let all = text(&out);
+    assert!(all.contains(&format!("rolled back to {backup}")), "{all}");
+    assert!(engine.read("state/history").contains("exit=1"));
+}
+
+#[test]
+fn deploy_with_no_healthy_version_exits_2_after_rolling_back() {
+    let engine = FakeEngine::new();
+    let closed = format!("http://127.0.0.1:{}/api/v1/health", closed_port());
+    let out = engine.deploy("v2", &closed);
+    assert_exit(&out, 2);
+    let backup = engine.read("state/last-backup-tag").trim().to_string();
+    assert_eq!(
+        engine.ups(),
+        ["heartalk:v2", backup.as_str()],
+        "{:#?}",
+        engine.log()
+    );
+    assert_eq!(engine.id_of(&backup).as_deref(), Some(OLD_ID));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may be down"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn deploy_happy_path_and_refusals() {
+    let engine = FakeEngine::new();
+    let out = engine.deploy("v2", &health_url(engine.health));
+    assert_exit(&out, 0);
+    assert_eq!(
+        engine.ups(),
+        ["heartalk:v2"],
+        "no rollback: {:#?}",
+        engine.log()
+    );
+    assert_eq!(engine.read("running").trim(), "heartalk:v2");
+    assert_eq!(engine.read("state/current-tag").trim(), "heartalk:v2");
+    let backup = engine.read("state/last-backup-tag").trim().to_string();
+    assert_eq!(engine.id_of(&backup).as_deref(), Some(OLD_ID));
+    assert_eq!(engine.id_of("heartalk:latest"), engine.id_of("heartalk:v2"));
+
+    // A failed build changes nothing: no tag, no up, exit 3.
+    std::fs::write(engine.dir.path().join("fail-build"), "").unwrap();
+    let before = engine.log().len();
+    let out = engine.deploy("v3", &health_url(engine.health));
+    assert_exit(&out, 3);
+    let after = engine.log();
+    assert!(
+        after[before..]
+            .iter()
+            .all(|l| !l.contains(" up ") && !l.contains("docker tag")),
+        "{after:#?}"
+    );
+    assert_eq!(engine.read("running").trim(), "heartalk:v2");
+
+    // A compose file that ignores HEARTALK_IMAGE could neither roll out nor
+    // roll back: refused before anything changes.
+    std::fs::remove_file(engine.dir.path().join("fail-build")).unwrap();
+    std::fs::write(engine.dir.path().join("fixed-image"), "").unwrap();
+    let before = engine.log().len();
+    let out = engine.deploy("v4", &health_url(engine.health));
+    assert_exit(&out, 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HEARTALK_IMAGE"),
+        "{}",
+        text(&out)
+    );
+    let after = engine.log();
+    assert!(
+        after[before..].iter().all(|l| l.contains(" config")),
+        "only `config` ran: {after:#?}"
+    );
+
+    // Bad usage.
+    assert_exit(&engine.deploy("bad tag!", "http://127.0.0.1:1/"), 64);
+}
