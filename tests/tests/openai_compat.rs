@@ -1,6 +1,6 @@
 //! The OpenAI-compatible endpoint (API.md §5.4) with the real official
-//! `openai` Python SDK (installed by scripts/deps.sh into
-//! target/tools-venv) against the real supervisor and worker: a plain and a
+//! `openai` Python and Node.js SDKs (installed by scripts/deps.sh into
+//! target/tools-venv and target/tools-node) against the real supervisor and worker: a plain and a
 //! streaming chat completion, the model list, and errors in OpenAI's shape;
 //! plus the raw wire format (`chat.completion.chunk` events, the usage
 //! chunk, `data: [DONE]`) and how `model` picks the endpoint.
@@ -98,6 +98,72 @@ fn the_official_python_sdk_works_unchanged() {
     assert_eq!(r["auth"]["status"], 401);
     assert_eq!(r["auth"]["body"]["type"], "authentication_error");
     assert_eq!(r["auth"]["body"]["code"], "INVALID_TOKEN");
+}
+
+const NODE_SCRIPT: &str = r#"
+const OpenAI = require(process.env.OPENAI_MODULE);
+(async () => {
+  const client = new OpenAI({ baseURL: process.argv[1], apiKey: process.argv[2], maxRetries: 0 });
+  const out = {};
+  const r = await client.chat.completions.create({ model: "auto", messages: [{ role: "user", content: "你好 node" }] });
+  out.plain = { content: r.choices[0].message.content, object: r.object };
+  const stream = await client.chat.completions.create({ model: "chat", stream: true,
+    stream_options: { include_usage: true }, messages: [{ role: "user", content: "node 流" }] });
+  let text = "", usage = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage.total_tokens;
+    for (const c of chunk.choices) if (c.delta && c.delta.content) text += c.delta.content;
+  }
+  out.stream = { content: text, usage };
+  try {
+    await client.chat.completions.create({ model: "auto", messages: [] });
+  } catch (e) {
+    out.error = { status: e.status, code: e.code, type: e.type };
+  }
+  console.log(JSON.stringify(out));
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+#[test]
+fn the_official_node_sdk_works_unchanged() {
+    let module =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools-node/node_modules/openai");
+    assert!(
+        module.join("package.json").exists(),
+        "the openai npm package (scripts/deps.sh installs it)"
+    );
+    let ark = MockArk::start();
+    let svc = live_service(&ark.base_url(), &[]);
+    let out = Command::new("node")
+        .env("OPENAI_MODULE", &module)
+        .args(["-e", NODE_SCRIPT])
+        .arg(format!("http://{}/v1", svc.addr))
+        .arg(user_token())
+        .output()
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "SDK script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["plain"]["object"], "chat.completion");
+    assert!(
+        r["plain"]["content"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "{r}"
+    );
+    assert!(
+        r["stream"]["content"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "{r}"
+    );
+    assert!(r["stream"]["usage"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["error"]["status"], 400);
+    assert_eq!(r["error"]["code"], "VALIDATION_ERROR");
+    assert_eq!(r["error"]["type"], "invalid_request_error");
 }
 
 #[test]

@@ -99,7 +99,7 @@ pub fn run() -> anyhow::Result<()> {
             router_fallback = services.router.is_fallback(),
             "pipeline ready"
         );
-        telemetry::register_defaults(services.provider.name());
+        telemetry::register_defaults(services.provider.name(), services.redis.is_some());
         if let Some(link) = &services.redis {
             tokio::spawn(link.clone().maintain());
             // A short grace so the first requests already share the cache

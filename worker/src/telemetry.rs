@@ -146,13 +146,21 @@ fn describe() {
 
 /// Registers the series that must exist before anything happens (so
 /// dashboards and alerts see zeros, not gaps).
-pub fn register_defaults(provider: &str) {
+/// `ai_redis_up` exists only where `REDIS_URL` is set, so an alert on it
+/// never fires on a deployment that runs without Redis.
+pub fn register_defaults(provider: &str, redis_configured: bool) {
     for endpoint in ["chat", "work_assistant"] {
         counter!("ai_upstream_retries_total", "provider" => provider.to_string(), "endpoint" => endpoint)
             .increment(0);
         gauge!("ai_circuit_state", "endpoint" => endpoint).set(0.0);
+        counter!("ai_circuit_rejections_total", "endpoint" => endpoint).increment(0);
+        counter!("ai_upstream_fallbacks_total", "endpoint" => endpoint).increment(0);
     }
-    gauge!("ai_redis_up").set(0.0);
+    counter!("ai_rate_limit_fallbacks_total").increment(0);
+    counter!("ai_upstream_stream_parse_errors_total").increment(0);
+    if redis_configured {
+        gauge!("ai_redis_up").set(0.0);
+    }
 }
 
 pub fn upstream_retry(provider: &str, endpoint: &'static str) {

@@ -1,0 +1,75 @@
+#!/bin/sh
+# Entrypoint of the Alertmanager container: renders monitoring/alertmanager.yml
+# with the webhook URL taken from ALERT_WEBHOOK_URL (Alertmanager does not
+# expand environment variables in its config, and webhook `url_file` needs
+# Alertmanager >= 0.26), then execs Alertmanager on the rendered file.
+# POSIX sh: it runs in the busybox-based prom/alertmanager image.
+#
+#   ALERT_WEBHOOK_URL     http(s) URL that receives every notification (required)
+#   ALERTMANAGER_TEMPLATE the template (default /etc/alertmanager/alertmanager.yml)
+#   ALERTMANAGER_RENDERED where to write the rendered config, mode 600
+#                         (default /tmp/alertmanager.yml; /tmp should be a tmpfs)
+#   ALERTMANAGER_BIN      the Alertmanager binary (default /bin/alertmanager)
+#
+# Arguments are passed to Alertmanager after --config.file. With
+# --render-only the config is rendered and nothing is started (used by
+# scripts/checks/monitoring.sh). Exit 64 when ALERT_WEBHOOK_URL is missing or
+# unsafe to embed, 65 when the template has no placeholder.
+set -eu
+
+placeholder='https://alert-webhook.invalid/ALERT_WEBHOOK_URL'
+template=${ALERTMANAGER_TEMPLATE:-/etc/alertmanager/alertmanager.yml}
+rendered=${ALERTMANAGER_RENDERED:-/tmp/alertmanager.yml}
+bin=${ALERTMANAGER_BIN:-/bin/alertmanager}
+
+render_only=false
+case ${1:-} in
+  -h | --help)
+    sed -n '2,17s/^# \{0,1\}//p' "$0"
+    exit 0
+    ;;
+  --render-only)
+    render_only=true
+    shift
+    ;;
+esac
+
+die() {
+  echo "alertmanager-entrypoint: $2" >&2
+  exit "$1"
+}
+
+url=${ALERT_WEBHOOK_URL:-}
+case $url in
+  http://?* | https://?*) ;;
+  *) die 64 "ALERT_WEBHOOK_URL must be set to an http:// or https:// URL" ;;
+esac
+# The URL goes into a single-quoted YAML scalar: refuse what would break it.
+nl='
+'
+case $url in
+  *"'"* | *\\* | *' '* | *"$nl"*)
+    die 64 "ALERT_WEBHOOK_URL must not contain quotes, backslashes, spaces or newlines"
+    ;;
+esac
+grep -qF "$placeholder" "$template" \
+  || die 65 "$template has no $placeholder placeholder"
+
+umask 077
+tmp="$rendered.tmp.$$"
+# Plain string replacement (no regex, no sed escaping of & or |).
+awk -v p="$placeholder" -v u="$url" '{
+  out = ""
+  while ((i = index($0, p)) > 0) {
+    out = out substr($0, 1, i - 1) u
+    $0 = substr($0, i + length(p))
+  }
+  print out $0
+}' "$template" >"$tmp"
+mv "$tmp" "$rendered"
+
+if [ "$render_only" = true ]; then
+  echo "alertmanager-entrypoint: rendered $rendered"
+  exit 0
+fi
+exec "$bin" --config.file="$rendered" "$@"
