@@ -2,13 +2,16 @@
 # Benchmarks on 127.0.0.1 only, with wrk; each mode rewrites its own section
 # of docs/benchmarks.md (the hand-written "## Notes" stay).
 #
-#   scripts/bench.sh [all|pipeline|reload|memory|metrics|logs]   (default: all, ~7 minutes)
+#   scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs]   (default: all, ~8 minutes)
 #   BENCH_SECONDS=3 RUNS=1 scripts/bench.sh pipeline  # quick smoke run
 #
 # pipeline  POST /api/v1/chat/generate through `heartalk run` (release, live mode)
 #           in front of the mock Ark server: throughput at 50 connections with the
 #           mock at 0 ms (median of RUNS runs, vs the Node.js service's 1,120 req/s),
 #           and added latency at 200 connections with the mock at 200 ms.
+# cache     the response-cache hit path at 50 connections (target ≥ 30k req/s,
+#           p99 ≤ 5 ms), and coalescing under a thundering herd of identical
+#           requests against a mock at 500 ms.
 # reload    the PM2 measurement's shape: wrk for 30 s at 50 connections, 3 SIGHUP
 #           reloads; failed requests (PM2: 182 resets).
 # memory    a worker growing 5 MB/s with max_memory = 150M under wrk load: failed
@@ -68,7 +71,7 @@ start_heartalk() { # config-body → SVC_PORT, SUP_PID; logs in $WORK/heartalk.l
   exit 1
 }
 
-live_config() { # mock_url
+live_config() { # mock_url [cache: true|false (default false)]
   cat <<TOML
 [[apps]]
 name = "heartalk"
@@ -87,6 +90,7 @@ KEYWORDS_CONFIG = "$PWD/config/keywords.json"
 RATE_LIMIT_AI_MAX = "1000000000"
 RATE_LIMIT_USER_MAX = "1000000000"
 LOG_LEVEL = "warn"
+CACHE_ENABLED = "${2:-false}"
 TOML
 }
 
@@ -159,7 +163,8 @@ print(f"""
 ## Chat pipeline
 
 Release build, `instances = "max"`, live mode in front of `mock-ark` (same machine, same
-cores); {secs} s per run; no response cache yet, so every request reaches the mock.
+cores); {secs} s per run; response cache off (`CACHE_ENABLED=false`), so every request
+reaches the mock (the cache-hit path is the `cache` section).
 
 **Throughput**, `POST /api/v1/chat/generate`, 50 connections, mock at 0 ms:
 
@@ -182,6 +187,104 @@ Added: **p50 {through['p50'] - alone['p50']:+.2f} ms**, **p99 {through['p99'] - 
 (targets ≤ 1 ms p50: {'met' if through['p50'] - alone['p50'] <= 1 else 'NOT met'}; ≤ 5 ms p99: {'met' if through['p99'] - alone['p99'] <= 5 else 'NOT met'}).""")
 PY
   } | python3 "$REPORT" section "$OUT" pipeline
+}
+
+bench_cache() {
+  echo "== cache: hit path, 50 connections, $RUNS × ${SECONDS_PER_RUN}s"
+  start_mock 0
+  start_heartalk "$(live_config "$MOCK_URL" true)"
+  local url="http://127.0.0.1:$SVC_PORT/api/v1/chat/generate"
+  run_wrk 50 "$SECONDS_PER_RUN" "$url" "$WORK/generate.lua" >/dev/null # warm-up (first one fills the cache)
+  : >"$WORK/cache.jsonl"
+  for _ in $(seq "$RUNS"); do
+    run_wrk 50 "$SECONDS_PER_RUN" "$url" "$WORK/generate.lua" | tee -a "$WORK/cache.jsonl"
+  done
+  curl -s "http://127.0.0.1:$SVC_PORT/metrics" >"$WORK/cache.metrics"
+  stop_all
+  echo "== cache: thundering herds against a mock at 500 ms"
+  start_mock 500
+  start_heartalk "$(live_config "$MOCK_URL" true)"
+  python3 - "$SVC_PORT" "$TOKEN" >"$WORK/herd.json" <<'PY'
+import http.client, json, statistics, sys, threading, time
+port, token = int(sys.argv[1]), sys.argv[2]
+HERD, ROUNDS = 200, 5
+def metric(name, label):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    total = 0.0
+    for line in c.getresponse().read().decode().splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+rounds = []
+for r in range(ROUNDS):
+    body = json.dumps({"messages": [{"role": "user", "content": f"herd {r} {time.time()}"}]})
+    before = metric("ai_upstream_requests_total", 'outcome="success"')
+    lat, statuses, kinds = [], [], {}
+    barrier = threading.Barrier(HERD)
+    lock = threading.Lock()
+    def one():
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        barrier.wait()
+        t = time.perf_counter()
+        c.request("POST", "/api/v1/chat/generate", body,
+                  {"Content-Type": "application/json", "Authorization": "Bearer " + token})
+        resp = c.getresponse(); resp.read()
+        with lock:
+            lat.append((time.perf_counter() - t) * 1000)
+            statuses.append(resp.status)
+            k = resp.getheader("x-cache"); kinds[k] = kinds.get(k, 0) + 1
+    ts = [threading.Thread(target=one) for _ in range(HERD)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    time.sleep(2.5)  # let the supervisor scrape the workers
+    calls = metric("ai_upstream_requests_total", 'outcome="success"') - before
+    lat.sort()
+    rounds.append({"calls": calls, "ok": statuses.count(200), "kinds": kinds,
+                   "p50": statistics.median(lat), "p99": lat[int(0.99 * (len(lat) - 1))]})
+print(json.dumps({"herd": HERD, "rounds": rounds}))
+PY
+  stop_all
+  {
+    header
+    python3 - "$WORK/cache.jsonl" "$WORK/herd.json" "$WORK/cache.metrics" "$SECONDS_PER_RUN" "$(nproc)" <<'PY'
+import json, re, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+herd = json.load(open(sys.argv[2]))
+metrics = open(sys.argv[3]).read()
+secs, cpus = sys.argv[4], sys.argv[5]
+def count(result):
+    return sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+               if l.startswith("ai_cache_requests_total{") and 'cache="response"' in l and f'result="{result}"' in l)
+med = statistics.median(r["rps"] for r in runs)
+p99 = statistics.median(r["p99"] for r in runs)
+print(f"""
+## Response cache
+
+Release build, `instances = "max"`, live mode in front of `mock-ark`, response cache on.
+The same `POST /api/v1/chat/generate` body every time, so after the first request every
+answer is an L1 (in-process) hit; {secs} s per run, 50 connections:
+
+| run | req/s | p50 ms | p99 ms | non-2xx | socket errors |
+|---|---|---|---|---|---|""")
+for i, r in enumerate(runs, 1):
+    print(f"| {i} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']} | {r['errors']} |")
+print(f"""
+Median **{med:.0f} req/s**, median p99 **{p99:.2f} ms** (targets ≥ 30,000 req/s:
+{'met' if med >= 30000 else 'NOT met'}; p99 ≤ 5 ms: {'met' if p99 <= 5 else 'NOT met'}). Response-cache
+lookups over the whole run: {count('hit'):.0f} hits, {count('miss'):.0f} misses.
+
+**Thundering herd**: {herd['herd']} identical requests released at once (a fresh question each
+round), mock at 500 ms, {cpus} workers. Coalescing is per worker, so the floor is one upstream
+call per worker that received part of the herd:
+
+| round | upstream calls | 200s | X-Cache | p50 ms | p99 ms |
+|---|---|---|---|---|---|""")
+for i, r in enumerate(herd["rounds"], 1):
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["kinds"].items()))
+    print(f"| {i} | {r['calls']:.0f} | {r['ok']} | {kinds} | {r['p50']:.0f} | {r['p99']:.0f} |")
+PY
+  } | python3 "$REPORT" section "$OUT" cache
 }
 
 bench_reload() {
@@ -377,10 +480,11 @@ PY
 
 case $MODE in
   pipeline) bench_pipeline ;;
+  cache) bench_cache ;;
   reload) bench_reload ;;
   memory) bench_memory ;;
   metrics) bench_metrics ;;
   logs) bench_logs ;;
-  all) bench_pipeline; bench_reload; bench_memory; bench_metrics; bench_logs ;;
+  all) bench_pipeline; bench_cache; bench_reload; bench_memory; bench_metrics; bench_logs ;;
   *) echo "usage: scripts/bench.sh [all|pipeline|reload|memory|metrics|logs]" >&2; exit 64 ;;
 esac

@@ -147,7 +147,14 @@ run() {
   printf '\n'
   ((dry_run)) || "$@"
 }
-compose_up() { run env "HEARTALK_IMAGE=$1" "${compose[@]}" "${files[@]}" up -d; }
+compose_up() {
+  run env "HEARTALK_IMAGE=$1" "${compose[@]}" "${files[@]}" up -d
+  # nginx resolves the service's name when it starts: a recreated service
+  # container has a new address, so restart the proxy with it (production).
+  if ((prod)); then
+    run env "HEARTALK_IMAGE=$1" "${compose[@]}" "${files[@]}" restart nginx
+  fi
+}
 healthy() {
   run scripts/health-check.sh --url "$health_url" --retries "$retries" \
     --interval "$interval" --timeout "$timeout" "${insecure[@]}"
