@@ -330,6 +330,41 @@ impl Resilient {
     }
 }
 
+/// Calls `call` on the primary endpoint and, when it fails with endpoint
+/// trouble and the route has a fallback, once more on the fallback.
+async fn with_fallback<T, F, Fut>(
+    breakers: &Breakers,
+    req: CompletionRequest,
+    call: F,
+) -> Result<T, UpstreamError>
+where
+    F: Fn(Pick, CompletionRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<T, UpstreamError>>,
+{
+    let kind = req.endpoint;
+    let second = breakers.fallback(kind).map(|(model, _)| {
+        let mut r = req.clone();
+        r.model = model.clone();
+        r
+    });
+    let primary = Pick {
+        kind,
+        fallback: false,
+    };
+    match (call(primary, req).await, second) {
+        (Err(e), Some(r)) if e.endpoint_trouble() => {
+            tracing::warn!(error = %e, fallback = %r.model, "primary endpoint failed; trying the fallback");
+            telemetry::upstream_fallback(kind.label());
+            let pick = Pick {
+                kind,
+                fallback: true,
+            };
+            call(pick, r).await
+        }
+        (result, _) => result,
+    }
+}
+
 impl Provider for Resilient {
     fn name(&self) -> &str {
         self.inner.name()
@@ -346,30 +381,10 @@ impl Provider for Resilient {
         let inner = self.inner.clone();
         let breakers = self.breakers.clone();
         Box::pin(async move {
-            let kind = req.endpoint;
-            let fallback_model = breakers.fallback(kind).map(|(m, _)| m.clone());
-            let primary = Pick {
-                kind,
-                fallback: false,
-            };
-            let second = fallback_model.as_ref().map(|m| {
-                let mut r = req.clone();
-                r.model = m.clone();
-                r
-            });
-            match Self::complete_via(inner.clone(), breakers.clone(), primary, req).await {
-                Err(e) if e.endpoint_trouble() && second.is_some() => {
-                    let Some(r) = second else { return Err(e) };
-                    tracing::warn!(error = %e, fallback = %r.model, "primary endpoint failed; trying the fallback");
-                    telemetry::upstream_fallback(kind.label());
-                    let pick = Pick {
-                        kind,
-                        fallback: true,
-                    };
-                    Self::complete_via(inner, breakers, pick, r).await
-                }
-                other => other,
-            }
+            with_fallback(&breakers, req, |pick, r| {
+                Self::complete_via(inner.clone(), breakers.clone(), pick, r)
+            })
+            .await
         })
     }
 
@@ -380,29 +395,10 @@ impl Provider for Resilient {
         let inner = self.inner.clone();
         let breakers = self.breakers.clone();
         Box::pin(async move {
-            let kind = req.endpoint;
-            let second = breakers.fallback(kind).map(|(m, _)| {
-                let mut r = req.clone();
-                r.model = m.clone();
-                r
-            });
-            let primary = Pick {
-                kind,
-                fallback: false,
-            };
-            match Self::stream_via(inner.clone(), breakers.clone(), primary, req).await {
-                Err(e) if e.endpoint_trouble() && second.is_some() => {
-                    let Some(r) = second else { return Err(e) };
-                    tracing::warn!(error = %e, fallback = %r.model, "primary endpoint failed; trying the fallback");
-                    telemetry::upstream_fallback(kind.label());
-                    let pick = Pick {
-                        kind,
-                        fallback: true,
-                    };
-                    Self::stream_via(inner, breakers, pick, r).await
-                }
-                other => other,
-            }
+            with_fallback(&breakers, req, |pick, r| {
+                Self::stream_via(inner.clone(), breakers.clone(), pick, r)
+            })
+            .await
         })
     }
 }
