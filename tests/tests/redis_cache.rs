@@ -102,3 +102,33 @@ fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
         "compressed: {value}"
     );
 }
+
+#[test]
+fn a_full_redis_fails_commands_not_the_link() {
+    let redis = RedisServer::start();
+    let ark = MockArk::start();
+    let url = redis.url();
+    let svc = live_service(&ark.base_url(), &[("REDIS_URL", url.as_str())]);
+    // Every write is refused with an OOM error from here on.
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    for i in 0..3 {
+        let r = ask(&svc, &format!("写不进去 {i}"));
+        assert_eq!(r.header("x-cache"), Some("MISS"));
+        // The answer's background SET is refused within a few ms; right
+        // after it, the link must still be up (a refused command is not an
+        // outage; before the fix it marked the link down until the next
+        // probe, up to a second later). Absence of a state cannot be
+        // polled for, hence the short fixed wait.
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(cache_health(&svc)["status"], "healthy");
+    }
+    let r = http_get(svc.addr, "/metrics", Duration::from_secs(5)).unwrap();
+    assert!(
+        r.body
+            .lines()
+            .any(|l| l.starts_with("ai_redis_up") && l.ends_with(" 1")),
+        "{}",
+        r.body
+    );
+}

@@ -300,6 +300,45 @@ impl Pick {
     }
 }
 
+/// An admitted call's obligation to report its outcome. Dropped without a
+/// report (the caller went away mid-call), it reports `Neutral`, so a
+/// cancelled half-open probe lets the next call probe instead of leaving
+/// the breaker refusing everything.
+struct Ticket {
+    breakers: Arc<Breakers>,
+    pick: Pick,
+    reported: bool,
+}
+
+impl Ticket {
+    fn take(breakers: &Arc<Breakers>, pick: Pick) -> Result<Ticket, UpstreamError> {
+        pick.get(breakers).ask()?;
+        Ok(Ticket {
+            breakers: breakers.clone(),
+            pick,
+            reported: false,
+        })
+    }
+
+    fn report(mut self, outcome: Result<(), &UpstreamError>) {
+        self.reported = true;
+        self.pick.get(&self.breakers).record(outcome);
+    }
+
+    /// The outcome will be reported by someone else (the stream's guard).
+    fn hand_over(mut self) {
+        self.reported = true;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.pick.get(&self.breakers).apply(Event::Neutral);
+        }
+    }
+}
+
 impl Resilient {
     async fn complete_via(
         inner: Arc<dyn Provider>,
@@ -307,9 +346,9 @@ impl Resilient {
         pick: Pick,
         req: CompletionRequest,
     ) -> Result<Completion, UpstreamError> {
-        pick.get(&breakers).ask()?;
+        let ticket = Ticket::take(&breakers, pick)?;
         let r = inner.complete(req).await;
-        pick.get(&breakers).record(r.as_ref().map(|_| ()));
+        ticket.report(r.as_ref().map(|_| ()));
         r
     }
 
@@ -319,11 +358,14 @@ impl Resilient {
         pick: Pick,
         req: CompletionRequest,
     ) -> Result<EventStream, UpstreamError> {
-        pick.get(&breakers).ask()?;
+        let ticket = Ticket::take(&breakers, pick)?;
         match inner.stream(req).await {
-            Ok(s) => Ok(observed(s, breakers, pick)),
+            Ok(s) => {
+                ticket.hand_over();
+                Ok(observed(s, breakers, pick))
+            }
             Err(e) => {
-                pick.get(&breakers).record(Err(&e));
+                ticket.report(Err(&e));
                 Err(e)
             }
         }
@@ -474,6 +516,34 @@ mod tests {
             step(s, Event::Neutral, later, CFG).0,
             State::HalfOpen { probing: false }
         );
+    }
+
+    #[test]
+    fn a_cancelled_probe_lets_the_next_call_probe() {
+        let breakers = Arc::new(Breakers::new(
+            Config {
+                threshold: 1,
+                open_for: Duration::ZERO,
+            },
+            None,
+            None,
+        ));
+        breakers.chat.record(Err(&UpstreamError::Timeout { ms: 1 }));
+        assert!(breakers.chat.is_open());
+        let pick = Pick {
+            kind: EndpointKind::Chat,
+            fallback: false,
+        };
+        // The probe is admitted, then its caller goes away.
+        let ticket = Ticket::take(&breakers, pick).expect("probe admitted");
+        assert!(
+            Ticket::take(&breakers, pick).is_err(),
+            "one probe at a time"
+        );
+        drop(ticket);
+        let next = Ticket::take(&breakers, pick).expect("the next call probes");
+        next.report(Ok(()));
+        assert!(!breakers.chat.is_open());
     }
 
     #[test]

@@ -59,8 +59,12 @@ pub fn validate(
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    // `max_completion_tokens` is the newer name of `max_tokens`.
+    // `max_completion_tokens` is the newer name of `max_tokens`; HearTalk's
+    // own `options` are not part of this API (ignored, not validated).
     let mut body = body.clone();
+    if let Some(o) = body.as_object_mut() {
+        o.remove("options");
+    }
     if body.get("max_tokens").is_none_or(Value::is_null) {
         if let Some(v) = body.get("max_completion_tokens").cloned() {
             body["max_tokens"] = v;
@@ -74,10 +78,13 @@ pub fn validate(
     if let Some(u) = user {
         input.user_id = u.to_string();
     }
-    input.endpoint_override = body
+    if let Some(e) = body
         .get("model")
         .and_then(Value::as_str)
-        .and_then(|m| endpoint_for_model(m, settings));
+        .and_then(|m| endpoint_for_model(m, settings))
+    {
+        input.endpoint_override = Some(e);
+    }
     Ok(CompletionsInput {
         chat: input,
         stream,
@@ -260,6 +267,12 @@ mod tests {
         assert_eq!(
             bad(json!({"message": "hi"})),
             "messages is required and must be an array"
+        );
+        let with_options = json!({"messages": [{"role": "user", "content": "x"}],
+                                   "options": {"modelParams": {"temperature": 9}}});
+        assert!(
+            validate(&with_options, None, 1, &s).is_ok(),
+            "options are ignored"
         );
         assert_eq!(
             bad(json!({"messages": [{"role": "user", "content": "x"}], "n": 2})),

@@ -31,12 +31,22 @@ impl Cidr {
             Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
             None => max,
         };
+        // `::ffff:a.b.c.d/n` is the IPv4 block `a.b.c.d/(n-96)` (addresses
+        // are compared in their IPv4 form).
+        if let IpAddr::V6(v6) = addr {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return prefix.checked_sub(96).map(|p| Cidr {
+                    addr: IpAddr::V4(v4),
+                    prefix: p,
+                });
+            }
+        }
         Some(Cidr { addr, prefix })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        match (canonical(self.addr), ip) {
+        match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(self.prefix))
@@ -135,6 +145,10 @@ mod tests {
         assert!(Cidr::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
         assert_eq!(Cidr::parse("10.0.0.0/33"), None);
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains(ip("10.200.0.1")));
+        assert!(!mapped.contains(ip("11.0.0.1")), "not a catch-all");
+        assert_eq!(Cidr::parse("::ffff:10.0.0.0/64"), None);
         assert_eq!(Cidr::parse("nope"), None);
         assert_eq!(parse_list("10.0.0.0/8, bad ,::1").len(), 2);
     }

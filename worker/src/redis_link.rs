@@ -78,8 +78,16 @@ impl RedisLink {
         let conn = self.connection()?;
         match tokio::time::timeout(self.timeout, op(conn)).await {
             Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
+            // The link is down only when the connection is: a command
+            // error from a live server (OOM under `noeviction`, a script
+            // error) fails that command alone, and the caller falls back
+            // for it.
+            Ok(Err(e)) if link_failure(&e) => {
                 self.mark_down(&e);
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis command failed; falling back for this request");
                 None
             }
             Err(_) => {
@@ -146,6 +154,15 @@ impl RedisLink {
         }
         self.is_up()
     }
+}
+
+/// Whether an error means the connection (not just the command) failed.
+fn link_failure(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
 }
 
 /// `redis://:secret@host:6379/0` → `redis://:***@host:6379/0`.

@@ -223,9 +223,18 @@ fn client_ip(
     peer: SocketAddr,
     settings: &crate::settings::Settings,
 ) -> String {
+    // Every `X-Forwarded-For` line, in order: a proxy may append its own
+    // line instead of extending the client's (HAProxy does), and the
+    // client's forged line must not count as the last hop.
+    let lines: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = lines.join(", ");
     crate::proxy::client_ip(
         peer.ip(),
-        header_str(headers, "x-forwarded-for"),
+        (!lines.is_empty()).then_some(joined.as_str()),
         settings.pipeline.trust_proxy,
         &settings.pipeline.trusted_proxies,
     )
@@ -372,17 +381,24 @@ where
     } else {
         String::new()
     };
-    // The body is read here, but its errors are answered after the rate
-    // limit (§2's order): the limit of `/v1/chat/completions` depends on
-    // its `stream` flag.
-    let body = if req.method() == Method::POST {
-        Some(read_json(req, settings.pipeline.max_body_size).await)
-    } else {
-        None
-    };
-    let streaming_completions = endpoint == Endpoint::Completions
-        && matches!(&body, Some(Ok(v)) if v.get("stream") == Some(&Value::Bool(true)));
-    // (5) Rate limit (401s above were not counted).
+    let max_body = settings.pipeline.max_body_size;
+    let is_post = req.method() == Method::POST;
+    // The limit of `/v1/chat/completions` depends on its `stream` flag, so
+    // that body alone is read before the rate limit; its errors are still
+    // answered after it (§2's order). Every other body is read only once
+    // the request has passed the limit.
+    let mut pending = Some(req);
+    let mut body = None;
+    if endpoint == Endpoint::Completions && is_post {
+        if let Some(r) = pending.take() {
+            body = Some(read_json(r, max_body).await);
+        }
+    }
+    let streaming_completions =
+        matches!(&body, Some(Ok(v)) if v.get("stream") == Some(&Value::Bool(true)));
+    // (5) Rate limit (401s above were not counted), in the window of now:
+    // after any body read, which may have taken a while.
+    let now = now_unix();
     if limited {
         let rule = ratelimit::rule(
             &settings.pipeline.rate_limits,
@@ -415,7 +431,10 @@ where
             );
         }
     }
-    // (6) Body errors, for POST.
+    // (6) The body, for POST: its errors.
+    if let (true, Some(r)) = (is_post, pending.take()) {
+        body = Some(read_json(r, max_body).await);
+    }
     let body = match body {
         Some(Ok(v)) => Some(v),
         Some(Err(e)) => return with_rid(e, rid),
@@ -678,6 +697,23 @@ mod tests {
             "Mozilla/5.0 (compatible; Googlebot/2.1)"
         ));
         assert!(!blocked_user_agent("curl/8.0"));
+    }
+
+    #[test]
+    fn every_forwarded_for_line_counts() {
+        let settings = Settings::from_lookup(|k| match k {
+            "TRUST_PROXY" => Some("true".into()),
+            "TRUSTED_PROXIES" => Some("10.0.0.0/8".into()),
+            _ => None,
+        });
+        let mut h = HeaderMap::new();
+        // The client's forged line, then the line the proxy appended.
+        h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        let peer: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        assert_eq!(client_ip(&h, peer, &settings), "203.0.113.9");
+        let outside: SocketAddr = "198.51.100.7:1".parse().unwrap();
+        assert_eq!(client_ip(&h, outside, &settings), "198.51.100.7");
     }
 
     #[test]

@@ -121,7 +121,14 @@ impl Format {
     fn error(&self, message: &str, code: &str) -> Bytes {
         match self {
             Format::HearTalk => error_frame(message, code),
-            Format::OpenAi(_) => frame(&openai_error(message, "api_error", code)),
+            Format::OpenAi(_) => {
+                let kind = if code == "UPSTREAM_RATE_LIMITED" {
+                    "rate_limit_error"
+                } else {
+                    "api_error"
+                };
+                frame(&openai_error(message, kind, code))
+            }
         }
     }
 

@@ -226,11 +226,44 @@ pub struct Lead {
     registered: bool,
 }
 
+/// An L1 value: the entry and how long it may live in memory (`CACHE_TTL`,
+/// or what is left of it in Redis for an entry copied from there).
+#[derive(Clone)]
+struct Held {
+    entry: Arc<Entry>,
+    ttl: Duration,
+}
+
+/// Per-entry expiry for L1: each entry's own `ttl` from its insertion.
+struct HeldExpiry;
+
+impl moka::Expiry<Key, Held> for HeldExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        value: &Held,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl.max(Duration::from_millis(1)))
+    }
+
+    /// A replaced entry (a `no-cache` refresh) starts a new life.
+    fn expire_after_update(
+        &self,
+        _key: &Key,
+        value: &Held,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl.max(Duration::from_millis(1)))
+    }
+}
+
 /// The two-level cache plus the table of calls in flight.
 pub struct ResponseCache {
     enabled: bool,
     ttl: Duration,
-    l1: moka::sync::Cache<Key, Arc<Entry>>,
+    l1: moka::sync::Cache<Key, Held>,
     redis: Option<Arc<RedisLink>>,
     flights: Mutex<HashMap<Key, Arc<Flight>>>,
 }
@@ -248,10 +281,12 @@ impl ResponseCache {
         let floor = (max_bytes / max_entries.max(1)).max(1);
         let l1 = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(move |_k: &Key, v: &Arc<Entry>| {
-                (v.weight() as u64).max(floor).min(u64::from(u32::MAX)) as u32
+            .weigher(move |_k: &Key, v: &Held| {
+                (v.entry.weight() as u64)
+                    .max(floor)
+                    .min(u64::from(u32::MAX)) as u32
             })
-            .time_to_live(ttl.max(Duration::from_secs(1)))
+            .expire_after(HeldExpiry)
             .build();
         ResponseCache {
             enabled,
@@ -311,25 +346,37 @@ impl ResponseCache {
             telemetry::cache_lookup("response", "miss");
             return private(policy.store);
         }
-        if let Some(e) = self.l1.get(&key) {
+        if let Some(h) = self.l1.get(&key) {
             telemetry::cache_lookup("response", "hit");
-            return Begin::Hit(e);
+            return Begin::Hit(h.entry);
         }
         if let Some(s) = self.in_flight(&key) {
             telemetry::cache_lookup("response", "coalesced");
             return Begin::Join(s);
         }
-        if let Some(e) = self.l2_get(&key).await {
+        if let Some((e, ttl)) = self.l2_get(&key).await {
+            // In memory only for what is left of its life in Redis.
             let e = Arc::new(e);
-            self.l1.insert(key, e.clone());
+            self.l1.insert(
+                key,
+                Held {
+                    entry: e.clone(),
+                    ttl,
+                },
+            );
             telemetry::cache_lookup("response", "hit");
             return Begin::Hit(e);
         }
-        // Another request may have started the call while Redis answered.
+        // Another request may have started (or even finished) the call
+        // while Redis answered.
         let mut flights = match self.flights.lock() {
             Ok(f) => f,
             Err(_) => return private(policy.store),
         };
+        if let Some(h) = self.l1.get(&key) {
+            telemetry::cache_lookup("response", "hit");
+            return Begin::Hit(h.entry);
+        }
         if let Some(f) = flights.get(&key).filter(|f| !f.is_finished()) {
             telemetry::cache_lookup("response", "coalesced");
             return Begin::Join(f.subscribe());
@@ -349,27 +396,42 @@ impl ResponseCache {
         )
     }
 
-    async fn l2_get(&self, key: &Key) -> Option<Entry> {
+    /// The entry in Redis and the time it has left there.
+    async fn l2_get(&self, key: &Key) -> Option<(Entry, Duration)> {
         let redis = self.redis.as_ref()?;
         let k = key.redis_key();
-        let bytes: Option<Vec<u8>> = redis
+        let (bytes, pttl): (Option<Vec<u8>>, i64) = redis
             .run(|mut c| async move {
-                redis::cmd("GET")
+                redis::pipe()
+                    .cmd("GET")
                     .arg(&k)
-                    .query_async::<Option<Vec<u8>>>(&mut c)
+                    .cmd("PTTL")
+                    .arg(&k)
+                    .query_async(&mut c)
                     .await
             })
-            .await
-            .flatten();
+            .await?;
         let entry = Entry::decode(&bytes?);
         if entry.is_none() {
             tracing::warn!("undecodable response-cache value in Redis; ignored");
         }
-        entry
+        // PTTL: -1 no expiry (not ours), -2 gone since the GET.
+        let left = match pttl {
+            ms if ms > 0 => Duration::from_millis(ms as u64).min(self.ttl),
+            -1 => self.ttl,
+            _ => return None,
+        };
+        Some((entry?, left))
     }
 
     fn store(self: &Arc<Self>, key: Key, entry: &Arc<Entry>) {
-        self.l1.insert(key, entry.clone());
+        self.l1.insert(
+            key,
+            Held {
+                entry: entry.clone(),
+                ttl: self.ttl,
+            },
+        );
         if let Some(redis) = self.redis.clone() {
             let value = entry.encode();
             let ttl = self.ttl.as_secs().max(1);
@@ -399,6 +461,18 @@ impl ResponseCache {
     {
         let cache = self.clone();
         tokio::spawn(async move {
+            // A panic in the call must still end the flight: its listeners
+            // would otherwise wait forever, and so would every later
+            // identical request that joined it.
+            let work = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let work = async move {
+                work.await.unwrap_or_else(|_| {
+                    tracing::error!("the upstream call panicked; its listeners get an error");
+                    Err(UpstreamError::InvalidResponse(
+                        "internal error while answering".to_string(),
+                    ))
+                })
+            };
             tokio::pin!(work);
             let outcome = loop {
                 tokio::select! {
@@ -679,6 +753,40 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_call_still_ends_its_flight() {
+        block_on(async {
+            let cache = Arc::new(ResponseCache::new(
+                true,
+                Duration::from_secs(60),
+                100,
+                1 << 20,
+                None,
+            ));
+            let k = key_of("panic");
+            let Begin::Lead(flight, mut leader, lead) = cache.begin(k, Policy::DEFAULT).await
+            else {
+                panic!("leads");
+            };
+            let explode = true;
+            cache.drive(flight, lead, async move {
+                if explode {
+                    panic!("boom");
+                }
+                Ok(Entry::default())
+            });
+            assert!(matches!(
+                leader.answer().await,
+                Err(UpstreamError::InvalidResponse(_))
+            ));
+            tokio::task::yield_now().await;
+            assert!(
+                matches!(cache.begin(k, Policy::DEFAULT).await, Begin::Lead(..)),
+                "the dead flight is gone"
+            );
+        });
+    }
+
+    #[test]
     fn late_joiners_replay_the_stream_from_the_start() {
         block_on(async {
             use futures_util::StreamExt;
@@ -706,15 +814,35 @@ mod tests {
     }
 
     #[test]
+    fn each_l1_entry_lives_its_own_ttl() {
+        let cache = ResponseCache::new(true, Duration::from_secs(3600), 10, 1 << 20, None);
+        let held = |ms: u64| Held {
+            entry: Arc::new(Entry::default()),
+            ttl: Duration::from_millis(ms),
+        };
+        cache.l1.insert(key_of("short"), held(30));
+        cache.l1.insert(key_of("long"), held(60_000));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(
+            cache.l1.get(&key_of("short")).is_none(),
+            "expired by its own TTL"
+        );
+        assert!(cache.l1.get(&key_of("long")).is_some());
+    }
+
+    #[test]
     fn l1_is_bounded_by_entries() {
         let cache = ResponseCache::new(true, Duration::from_secs(60), 2, 1 << 20, None);
         for i in 0..10u8 {
             cache.l1.insert(
                 key_of(&i.to_string()),
-                Arc::new(Entry {
-                    content: "x".into(),
-                    ..Entry::default()
-                }),
+                Held {
+                    entry: Arc::new(Entry {
+                        content: "x".into(),
+                        ..Entry::default()
+                    }),
+                    ttl: Duration::from_secs(60),
+                },
             );
         }
         cache.l1.run_pending_tasks();
