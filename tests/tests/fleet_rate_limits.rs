@@ -102,3 +102,40 @@ fn one_budget_for_two_supervisors_sharing_redis() {
         "counted in Redis: {keys}"
     );
 }
+
+#[test]
+fn a_reload_keeps_the_windows() {
+    let mut e = env();
+    e.push(("RATE_LIMIT_AI_MAX", "10"));
+    let svc = Service::start(2, &e);
+    wait_for_fresh_window();
+    let token = user_token();
+    let send = |n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|i| {
+                let body = json!({"messages":[{"role":"user","content":format!("r {i}")}]});
+                post_json(svc.addr, "/api/v1/chat/generate", Some(&token), &body).status
+            })
+            .collect()
+    };
+    assert!(send(6).iter().all(|s| *s == 200));
+    let old = svc.sup.spawned_pids();
+    let out = svc.sup.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A new generation of workers, the same table: 4 more, then refused.
+    let statuses = send(6);
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2);
+    assert!(
+        svc.sup.spawned_pids().len() > old.len(),
+        "workers were replaced"
+    );
+}
