@@ -56,7 +56,7 @@ fn stream_followers_get_the_stream_from_its_start() {
     ark.set(
         Behavior::success()
             .with_content("一二三四五六七八九十")
-            .with_chunk_delay(Duration::from_millis(60)),
+            .with_chunk_delay(Duration::from_millis(150)),
     );
     let svc = live_service(&ark.base_url(), &[]);
     let addr = svc.addr;

@@ -67,7 +67,7 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_probe() {
         &[
             ("UPSTREAM_MAX_RETRIES", "0"),
             ("CIRCUIT_FAILURE_THRESHOLD", "3"),
-            ("CIRCUIT_OPEN_SECS", "1"),
+            ("CIRCUIT_OPEN_SECS", "2"),
         ],
     );
     for i in 0..3 {
@@ -92,7 +92,7 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_probe() {
 
     // The endpoint recovers; after the open period one probe closes it.
     ark.set(Behavior::success());
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(2100));
     let r = ask(&svc, "恢复了吗");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ark.calls(), 4);
