@@ -201,9 +201,15 @@ bench_cache() {
   done
   curl -s "http://127.0.0.1:$SVC_PORT/metrics" >"$WORK/cache.metrics"
   stop_all
-  echo "== cache: thundering herds against a mock at 500 ms"
+  echo "== cache: thundering herds against a mock at 500 ms (workers share a Redis)"
   start_mock 500
-  start_heartalk "$(live_config "$MOCK_URL" true)"
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+  start_heartalk "$(live_config "$MOCK_URL" true)
+REDIS_URL = \"redis://127.0.0.1:$REDIS_PORT/0\""
   python3 - "$SVC_PORT" "$TOKEN" >"$WORK/herd.json" <<'PY'
 import http.client, json, statistics, sys, threading, time
 port, token = int(sys.argv[1]), sys.argv[2]
@@ -275,8 +281,9 @@ Median **{med:.0f} req/s**, median p99 **{p99:.2f} ms** (targets ≥ 30,000 req/
 lookups over the whole run: {count('hit'):.0f} hits, {count('miss'):.0f} misses.
 
 **Thundering herd**: {herd['herd']} identical requests released at once (a fresh question each
-round), mock at 500 ms, {cpus} workers. Coalescing is per worker, so the floor is one upstream
-call per worker that received part of the herd:
+round), mock at 500 ms, {cpus} workers sharing a local Redis (`REDIS_URL`): within a worker
+requests join its flight, across workers the first worker's Redis claim makes the others
+wait for its answer, so the floor is one upstream call per herd:
 
 | round | upstream calls | 200s | X-Cache | p50 ms | p99 ms |
 |---|---|---|---|---|---|""")

@@ -134,3 +134,84 @@ fn the_shared_call_survives_its_first_client_leaving() {
         "the mock saw the abandoned call cancelled"
     );
 }
+
+#[test]
+fn identical_requests_on_two_supervisors_share_one_call_through_redis() {
+    let redis = heartalk_e2e::redis_server::RedisServer::start();
+    let ark = MockArk::start();
+    ark.set(Behavior::success().with_latency(Duration::from_millis(800)));
+    let url = redis.url();
+    let a = live_service(&ark.base_url(), &[("REDIS_URL", url.as_str())]);
+    let b = live_service(&ark.base_url(), &[("REDIS_URL", url.as_str())]);
+    let token = user_token();
+    for (round, path) in ["/api/v1/chat/generate", "/api/v1/chat/stream"]
+        .iter()
+        .enumerate()
+    {
+        ark.reset();
+        let body = json!({"messages":[{"role":"user","content":format!("两边同时问 {round}")}]});
+        let first = {
+            let (token, body, addr, path) = (token.clone(), body.clone(), a.addr, *path);
+            std::thread::spawn(move || post_json(addr, path, Some(&token), &body))
+        };
+        // The second arrives while the first one's upstream call is running.
+        assert!(ark.wait_for_calls(1, Duration::from_secs(10)));
+        let second = post_json(b.addr, path, Some(&token), &body);
+        let first = first.join().unwrap();
+        assert_eq!((first.status, second.status), (200, 200), "{}", second.body);
+        assert_eq!(
+            ark.calls(),
+            1,
+            "{path}: one upstream call for both supervisors"
+        );
+        assert_eq!(first.header("x-cache"), Some("MISS"));
+        assert_eq!(second.header("x-cache"), Some("COALESCED"), "{path}");
+        let content = |r: &Response| -> String {
+            if path.ends_with("stream") {
+                sse_json(&r.body)
+                    .iter()
+                    .filter(|f| f["type"] == "content")
+                    .map(|f| f["content"].as_str().unwrap().to_string())
+                    .collect()
+            } else {
+                r.json()["data"]["content"].as_str().unwrap().to_string()
+            }
+        };
+        assert!(!content(&first).is_empty());
+        assert_eq!(content(&first), content(&second));
+    }
+    // The claims were released once the answers were stored.
+    assert!(
+        redis
+            .cli(&["--scan", "--pattern", "heartalk:flight:*"])
+            .trim()
+            .is_empty(),
+        "no claim left behind"
+    );
+}
+
+#[test]
+fn a_waiter_makes_the_call_itself_when_the_owner_fails() {
+    let redis = heartalk_e2e::redis_server::RedisServer::start();
+    let ark = MockArk::start();
+    let url = redis.url();
+    let a = live_service(
+        &ark.base_url(),
+        &[("REDIS_URL", url.as_str()), ("UPSTREAM_MAX_RETRIES", "0")],
+    );
+    let b = live_service(&ark.base_url(), &[("REDIS_URL", url.as_str())]);
+    // A's call fails after a while; B waits on A's claim, then calls itself.
+    ark.push(Behavior::server_error().with_latency(Duration::from_millis(600)));
+    let token = user_token();
+    let body = json!({"messages":[{"role":"user","content":"先失败的那个"}]});
+    let first = {
+        let (token, body, addr) = (token.clone(), body.clone(), a.addr);
+        std::thread::spawn(move || post_json(addr, "/api/v1/chat/generate", Some(&token), &body))
+    };
+    assert!(ark.wait_for_calls(1, Duration::from_secs(10)));
+    let second = post_json(b.addr, "/api/v1/chat/generate", Some(&token), &body);
+    assert_eq!(first.join().unwrap().status, 502);
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.header("x-cache"), Some("MISS"));
+    assert_eq!(ark.calls(), 2);
+}

@@ -63,7 +63,8 @@ pub async fn translate(
                     ..crate::cache::Entry::default()
                 })
             });
-            ("MISS", s.answer().await)
+            let answer = s.answer().await;
+            (crate::chat::lead_x_cache(&s), answer)
         }
     };
     match outcome {

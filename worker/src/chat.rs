@@ -229,8 +229,19 @@ pub async fn answer(
         Begin::Lead(flight, mut s, lead) => {
             svc.cache
                 .drive(flight, lead, generate_work(state, prepared.clone()));
-            ("MISS", s.answer().await)
+            let answer = s.answer().await;
+            (lead_x_cache(&s), answer)
         }
+    }
+}
+
+/// `X-Cache` for a leader: `MISS`, or `COALESCED` when another worker's
+/// call answered it (through Redis, see `cache::cross`).
+pub fn lead_x_cache(s: &cache::Subscription) -> &'static str {
+    if s.answered_elsewhere() {
+        "COALESCED"
+    } else {
+        "MISS"
     }
 }
 
@@ -402,7 +413,7 @@ pub async fn open_stream(
             let work = stream_work(state, flight.clone(), request, reasoning_key);
             svc.cache.drive(flight, lead, work);
             s.started().await?;
-            Ok(("MISS", s.into_events()))
+            Ok((lead_x_cache(&s), s.into_events()))
         }
     }
 }

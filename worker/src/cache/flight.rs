@@ -40,6 +40,8 @@ struct Log {
 /// The shared log of one upstream call.
 pub struct Flight {
     log: Mutex<Log>,
+    /// The answer came from another process's call (through Redis).
+    remote: std::sync::atomic::AtomicBool,
     /// Bumped on every change; receivers are the subscriptions.
     tx: watch::Sender<u64>,
 }
@@ -48,6 +50,7 @@ impl Flight {
     pub fn new() -> Arc<Flight> {
         Arc::new(Flight {
             log: Mutex::new(Log::default()),
+            remote: std::sync::atomic::AtomicBool::new(false),
             tx: watch::Sender::new(0),
         })
     }
@@ -73,6 +76,12 @@ impl Flight {
             f(&mut log);
         }
         self.tx.send_modify(|v| *v += 1);
+    }
+
+    /// Notes that another process made the call (`X-Cache: COALESCED`).
+    pub fn mark_remote(&self) {
+        self.remote
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The upstream answered 2xx: streams may send their headers.
@@ -116,6 +125,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Whether another process's call answered this flight (then the
+    /// leader's request is `COALESCED`, not `MISS`).
+    pub fn answered_elsewhere(&self) -> bool {
+        self.flight
+            .remote
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Waits until the upstream has answered 2xx (Ok) or the call failed
     /// before that (the error, for an ordinary JSON error response).
     pub async fn started(&mut self) -> Result<(), UpstreamError> {

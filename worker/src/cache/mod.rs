@@ -13,6 +13,7 @@
 //! own task, publishes it through the [`flight::Flight`], stores complete
 //! successes, and drops the call when every listener has left.
 
+pub mod cross;
 pub mod flight;
 pub mod key;
 
@@ -381,7 +382,7 @@ impl ResponseCache {
             telemetry::cache_lookup("response", "coalesced");
             return Begin::Join(f.subscribe());
         }
-        telemetry::cache_lookup("response", "miss");
+        // Counted as a miss or a (cross-process) coalesce by `drive`.
         let f = Flight::new();
         let s = f.subscribe();
         flights.insert(key, f.clone());
@@ -424,7 +425,9 @@ impl ResponseCache {
         Some((entry?, left))
     }
 
-    fn store(self: &Arc<Self>, key: Key, entry: &Arc<Entry>) {
+    /// L1 now; Redis in the background, then the claim (if any) is
+    /// released, so a waiter in another process finds the answer first.
+    fn store(self: &Arc<Self>, key: Key, entry: &Arc<Entry>, owner: Option<cross::Owner>) {
         self.l1.insert(
             key,
             Held {
@@ -448,7 +451,12 @@ impl ResponseCache {
                             .await
                     })
                     .await;
+                if let Some(o) = owner {
+                    o.release().await;
+                }
             });
+        } else if let Some(o) = owner {
+            tokio::spawn(o.release());
         }
     }
 
@@ -473,13 +481,51 @@ impl ResponseCache {
                     ))
                 })
             };
-            tokio::pin!(work);
-            let outcome = loop {
+            // Across processes (see `cross`): only a call anyone may join.
+            let redis = cache.redis.clone().filter(|r| lead.registered && r.is_up());
+            let (key, remote_flight) = (lead.key, flight.clone());
+            let call = async move {
+                let mut owner = None;
+                if let Some(redis) = &redis {
+                    match cross::claim(redis, &key).await {
+                        cross::Claim::Ours(o) => owner = Some(o),
+                        cross::Claim::Theirs => {
+                            if let Some((entry, left)) = cross::wait_for_answer(redis, &key).await {
+                                remote_flight.mark_remote();
+                                return Done {
+                                    outcome: Ok(Arc::new(entry)),
+                                    owner: None,
+                                    remote_ttl: Some(left),
+                                };
+                            }
+                        }
+                        cross::Claim::Unavailable => {}
+                    }
+                }
+                let outcome = match &owner {
+                    Some(o) => tokio::select! {
+                        r = work => r,
+                        () = o.keep_alive() => unreachable!("keep_alive never returns"),
+                    },
+                    None => work.await,
+                };
+                Done {
+                    outcome: outcome.map(Arc::new),
+                    owner,
+                    remote_ttl: None,
+                }
+            };
+            tokio::pin!(call);
+            let done = loop {
                 tokio::select! {
-                    r = &mut work => break r.map(Arc::new),
+                    d = &mut call => break d,
                     () = flight.abandoned() => {
                         if flight.listeners() == 0 {
-                            break Err(UpstreamError::Cancelled);
+                            break Done {
+                                outcome: Err(UpstreamError::Cancelled),
+                                owner: None,
+                                remote_ttl: None,
+                            };
                         }
                         // Someone joined as the last one left: keep going,
                         // but do not spin on the resolved future.
@@ -487,12 +533,35 @@ impl ResponseCache {
                     }
                 }
             };
-            if let Ok(entry) = &outcome {
-                if lead.store && cache.enabled && !entry.content.is_empty() {
-                    cache.store(lead.key, entry);
+            if lead.registered {
+                let result = if done.remote_ttl.is_some() {
+                    "coalesced"
+                } else {
+                    "miss"
+                };
+                telemetry::cache_lookup("response", result);
+            }
+            match (&done.outcome, done.remote_ttl) {
+                (Ok(entry), Some(left)) => {
+                    // Another process's answer: keep it here for its life left.
+                    cache.l1.insert(
+                        lead.key,
+                        Held {
+                            entry: entry.clone(),
+                            ttl: left.min(cache.ttl),
+                        },
+                    );
+                }
+                (Ok(entry), None) if lead.store && cache.enabled && !entry.content.is_empty() => {
+                    cache.store(lead.key, entry, done.owner);
+                }
+                _ => {
+                    if let Some(o) = done.owner {
+                        tokio::spawn(o.release());
+                    }
                 }
             }
-            flight.finish(outcome);
+            flight.finish(done.outcome);
             if lead.registered {
                 if let Ok(mut flights) = cache.flights.lock() {
                     if flights
@@ -505,6 +574,15 @@ impl ResponseCache {
             }
         });
     }
+}
+
+/// How a leader's call ended.
+struct Done {
+    outcome: Result<Arc<Entry>, UpstreamError>,
+    /// Our Redis claim, released once the answer is stored.
+    owner: Option<cross::Owner>,
+    /// Set when another process answered: its time left in Redis.
+    remote_ttl: Option<Duration>,
 }
 
 #[cfg(test)]
