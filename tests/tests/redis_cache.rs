@@ -18,6 +18,17 @@ fn cache_health(svc: &Service) -> Value {
     r.json()["data"]["services"]["cache"].clone()
 }
 
+/// Answers land in Redis in the background: waits until one is there.
+fn wait_for_an_entry_in(redis: &RedisServer) {
+    wait_for("an entry in Redis", Duration::from_secs(5), || {
+        (!redis
+            .cli(&["--scan", "--pattern", "heartalk:resp:v1:*"])
+            .trim()
+            .is_empty())
+        .then_some(())
+    });
+}
+
 fn ask(svc: &Service, text: &str) -> Response {
     let r = svc.post(
         "/api/v1/chat/generate",
@@ -41,14 +52,7 @@ fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
 
     let first = ask(&a, "跨进程的问题");
     assert_eq!(first.header("x-cache"), Some("MISS"));
-    // The value lands in Redis in the background: wait for it.
-    wait_for("the entry in Redis", Duration::from_secs(5), || {
-        (!redis
-            .cli(&["--scan", "--pattern", "heartalk:resp:v1:*"])
-            .trim()
-            .is_empty())
-        .then_some(())
-    });
+    wait_for_an_entry_in(&redis);
     let second = ask(&b, "跨进程的问题");
     assert_eq!(
         second.header("x-cache"),
@@ -81,13 +85,7 @@ fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
     }
     let again = ask(&a, "恢复以后");
     assert_eq!(again.header("x-cache"), Some("MISS"));
-    wait_for("the entry in Redis", Duration::from_secs(5), || {
-        (!redis
-            .cli(&["--scan", "--pattern", "heartalk:resp:v1:*"])
-            .trim()
-            .is_empty())
-        .then_some(())
-    });
+    wait_for_an_entry_in(&redis);
     let hit = ask(&b, "恢复以后");
     assert_eq!(hit.header("x-cache"), Some("HIT"));
     assert_eq!(hit.body, again.body);

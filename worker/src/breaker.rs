@@ -20,11 +20,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
 use crate::provider::{
-    Completion, CompletionRequest, EndpointKind, EventStream, Provider, StreamEvent, UpstreamError,
+    self, Completion, CompletionRequest, EndpointKind, EventStream, Provider, UpstreamError,
 };
 use crate::telemetry;
 
@@ -248,40 +247,6 @@ pub struct Resilient {
     pub breakers: Arc<Breakers>,
 }
 
-/// Wraps `stream` so `breaker` learns how it ended.
-fn observed(stream: EventStream, breakers: Arc<Breakers>, pick: Pick) -> EventStream {
-    struct Guard {
-        breakers: Arc<Breakers>,
-        pick: Pick,
-        outcome: Option<Result<(), UpstreamError>>,
-    }
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let b = self.pick.get(&self.breakers);
-            match self.outcome.take() {
-                Some(Ok(())) => b.record(Ok(())),
-                Some(Err(e)) => b.record(Err(&e)),
-                None => b.record(Err(&UpstreamError::Cancelled)),
-            }
-        }
-    }
-    let guard = Guard {
-        breakers,
-        pick,
-        outcome: None,
-    };
-    stream
-        .scan(guard, |g, item| {
-            match &item {
-                Ok(StreamEvent::Done { .. }) => g.outcome = Some(Ok(())),
-                Err(e) => g.outcome = Some(Err(e.clone())),
-                _ => {}
-            }
-            futures_util::future::ready(Some(item))
-        })
-        .boxed()
-}
-
 /// Which breaker a call goes through.
 #[derive(Clone, Copy)]
 struct Pick {
@@ -362,7 +327,7 @@ impl Resilient {
         match inner.stream(req).await {
             Ok(s) => {
                 ticket.hand_over();
-                Ok(observed(s, breakers, pick))
+                Ok(provider::on_end(s, move |r| pick.get(&breakers).record(r)))
             }
             Err(e) => {
                 ticket.report(Err(&e));

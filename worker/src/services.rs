@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
 
@@ -17,7 +16,7 @@ use crate::history::{HistoryClient, HistoryConfig};
 use crate::provider::ark::{ArkConfig, ArkProvider};
 use crate::provider::simulated::{SimulatedConfig, SimulatedProvider};
 use crate::provider::{
-    Completion, CompletionRequest, EndpointKind, EventStream, Provider, StreamEvent, UpstreamError,
+    self, Completion, CompletionRequest, EndpointKind, EventStream, Provider, UpstreamError,
 };
 use crate::ratelimit::Limiter;
 use crate::redis_link::RedisLink;
@@ -165,6 +164,26 @@ fn health_outcome(result: Result<(), &UpstreamError>) -> Option<upstream_health:
     }
 }
 
+impl Metered {
+    /// Counts one finished call and feeds the health window.
+    fn record(
+        health: &UpstreamHealth,
+        name: &str,
+        endpoint: &'static str,
+        start: Instant,
+        result: Result<(), &UpstreamError>,
+    ) {
+        let outcome = match result {
+            Ok(()) => "success",
+            Err(e) => e.outcome(),
+        };
+        telemetry::upstream(name, endpoint, outcome, start.elapsed());
+        if let Some(o) = health_outcome(result) {
+            health.record(o, Instant::now());
+        }
+    }
+}
+
 impl Provider for Metered {
     fn name(&self) -> &str {
         self.inner.name()
@@ -185,14 +204,7 @@ impl Provider for Metered {
         Box::pin(async move {
             let start = Instant::now();
             let result = call.await;
-            let outcome = match &result {
-                Ok(_) => "success",
-                Err(e) => e.outcome(),
-            };
-            telemetry::upstream(&name, endpoint, outcome, start.elapsed());
-            if let Some(o) = health_outcome(result.as_ref().map(|_| ())) {
-                health.record(o, Instant::now());
-            }
+            Self::record(&health, &name, endpoint, start, result.as_ref().map(|_| ()));
             result
         })
     }
@@ -209,64 +221,14 @@ impl Provider for Metered {
             let start = Instant::now();
             match call.await {
                 Err(e) => {
-                    telemetry::upstream(&name, endpoint, e.outcome(), start.elapsed());
-                    if let Some(o) = health_outcome(Err(&e)) {
-                        health.record(o, Instant::now());
-                    }
+                    Self::record(&health, &name, endpoint, start, Err(&e));
                     Err(e)
                 }
-                Ok(stream) => {
-                    // Record once, when the stream ends (or is dropped).
-                    let guard = StreamOutcome {
-                        name,
-                        endpoint,
-                        start,
-                        outcome: "cancelled",
-                        health: None,
-                        window: health,
-                    };
-                    let counted = stream.scan(guard, |g, item| {
-                        match &item {
-                            Ok(StreamEvent::Done { .. }) => {
-                                g.outcome = "success";
-                                g.health = health_outcome(Ok(()));
-                            }
-                            Err(e) => {
-                                g.outcome = e.outcome();
-                                g.health = health_outcome(Err(e));
-                            }
-                            _ => {}
-                        }
-                        futures_util::future::ready(Some(item))
-                    });
-                    Ok(counted.boxed())
-                }
+                // Counted once, when the stream ends or is dropped.
+                Ok(stream) => Ok(provider::on_end(stream, move |r| {
+                    Self::record(&health, &name, endpoint, start, r)
+                })),
             }
         })
-    }
-}
-
-/// Records a stream's outcome when it is dropped: `cancelled` unless the
-/// stream reached `Done` or an error first.
-struct StreamOutcome {
-    name: String,
-    endpoint: &'static str,
-    start: Instant,
-    outcome: &'static str,
-    health: Option<upstream_health::Outcome>,
-    window: Arc<UpstreamHealth>,
-}
-
-impl Drop for StreamOutcome {
-    fn drop(&mut self) {
-        telemetry::upstream(
-            &self.name,
-            self.endpoint,
-            self.outcome,
-            self.start.elapsed(),
-        );
-        if let Some(o) = self.health {
-            self.window.record(o, Instant::now());
-        }
     }
 }

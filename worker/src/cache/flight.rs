@@ -133,9 +133,12 @@ impl Subscription {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Waits until the upstream has answered 2xx (Ok) or the call failed
-    /// before that (the error, for an ordinary JSON error response).
-    pub async fn started(&mut self) -> Result<(), UpstreamError> {
+    /// Waits until `ready` says something about the log (checked now and
+    /// after every change); `Cancelled` if the flight is gone.
+    async fn wait_for<T>(
+        &mut self,
+        ready: impl Fn(&Log) -> Option<Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
         loop {
             {
                 let log = self
@@ -143,10 +146,8 @@ impl Subscription {
                     .log
                     .lock()
                     .map_err(|_| UpstreamError::Cancelled)?;
-                match &log.outcome {
-                    Some(Err(e)) if log.deltas.is_empty() => return Err(e.clone()),
-                    _ if log.started => return Ok(()),
-                    _ => {}
+                if let Some(r) = ready(&log) {
+                    return r;
                 }
             }
             if self.rx.changed().await.is_err() {
@@ -155,23 +156,20 @@ impl Subscription {
         }
     }
 
+    /// Waits until the upstream has answered 2xx (Ok) or the call failed
+    /// before that (the error, for an ordinary JSON error response).
+    pub async fn started(&mut self) -> Result<(), UpstreamError> {
+        self.wait_for(|log| match &log.outcome {
+            Some(Err(e)) if log.deltas.is_empty() => Some(Err(e.clone())),
+            _ if log.started => Some(Ok(())),
+            _ => None,
+        })
+        .await
+    }
+
     /// Waits for the final outcome.
     pub async fn answer(&mut self) -> Result<Arc<Entry>, UpstreamError> {
-        loop {
-            {
-                let log = self
-                    .flight
-                    .log
-                    .lock()
-                    .map_err(|_| UpstreamError::Cancelled)?;
-                if let Some(o) = &log.outcome {
-                    return o.clone();
-                }
-            }
-            if self.rx.changed().await.is_err() {
-                return Err(UpstreamError::Cancelled);
-            }
-        }
+        self.wait_for(|log| log.outcome.clone()).await
     }
 
     /// The next item of the replay-then-live stream, `None` after the end.

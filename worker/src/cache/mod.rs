@@ -686,6 +686,31 @@ mod tests {
             .block_on(f)
     }
 
+    /// An enabled memory-only cache.
+    fn memory_cache() -> Arc<ResponseCache> {
+        Arc::new(ResponseCache::new(
+            true,
+            Duration::from_secs(60),
+            100,
+            1 << 20,
+            None,
+        ))
+    }
+
+    /// Two identical requests: the first leads, the second joins.
+    async fn lead_and_join(
+        cache: &ResponseCache,
+        k: Key,
+    ) -> (Arc<Flight>, Subscription, Lead, Subscription) {
+        let Begin::Lead(flight, leader, lead) = cache.begin(k, Policy::DEFAULT).await else {
+            panic!("the first request leads");
+        };
+        let Begin::Join(follower) = cache.begin(k, Policy::DEFAULT).await else {
+            panic!("the second request joins");
+        };
+        (flight, leader, lead, follower)
+    }
+
     fn key_of(s: &str) -> Key {
         let m = vec![crate::provider::ChatMessage::new("user", s)];
         key::key(&KeyParts {
@@ -705,21 +730,9 @@ mod tests {
     #[test]
     fn identical_requests_share_one_call_then_hit() {
         block_on(async {
-            let cache = Arc::new(ResponseCache::new(
-                true,
-                Duration::from_secs(60),
-                100,
-                1 << 20,
-                None,
-            ));
+            let cache = memory_cache();
             let k = key_of("x");
-            let Begin::Lead(flight, mut leader, lead) = cache.begin(k, Policy::DEFAULT).await
-            else {
-                panic!("first request leads");
-            };
-            let Begin::Join(mut follower) = cache.begin(k, Policy::DEFAULT).await else {
-                panic!("second request joins");
-            };
+            let (flight, mut leader, lead, mut follower) = lead_and_join(&cache, k).await;
             let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let c = calls.clone();
             cache.drive(flight, lead, async move {
@@ -760,21 +773,9 @@ mod tests {
     #[test]
     fn errors_reach_every_listener_and_are_not_stored() {
         block_on(async {
-            let cache = Arc::new(ResponseCache::new(
-                true,
-                Duration::from_secs(60),
-                100,
-                1 << 20,
-                None,
-            ));
+            let cache = memory_cache();
             let k = key_of("y");
-            let Begin::Lead(flight, mut leader, lead) = cache.begin(k, Policy::DEFAULT).await
-            else {
-                panic!("leads");
-            };
-            let Begin::Join(mut follower) = cache.begin(k, Policy::DEFAULT).await else {
-                panic!("joins");
-            };
+            let (flight, mut leader, lead, mut follower) = lead_and_join(&cache, k).await;
             cache.drive(flight, lead, async { Err(UpstreamError::Empty) });
             assert_eq!(leader.answer().await.unwrap_err(), UpstreamError::Empty);
             assert_eq!(follower.answer().await.unwrap_err(), UpstreamError::Empty);
@@ -789,20 +790,9 @@ mod tests {
     #[test]
     fn the_call_is_dropped_when_the_last_listener_leaves() {
         block_on(async {
-            let cache = Arc::new(ResponseCache::new(
-                true,
-                Duration::from_secs(60),
-                100,
-                1 << 20,
-                None,
-            ));
+            let cache = memory_cache();
             let k = key_of("z");
-            let Begin::Lead(flight, leader, lead) = cache.begin(k, Policy::DEFAULT).await else {
-                panic!("leads");
-            };
-            let Begin::Join(follower) = cache.begin(k, Policy::DEFAULT).await else {
-                panic!("joins");
-            };
+            let (flight, leader, lead, follower) = lead_and_join(&cache, k).await;
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
             impl Drop for Dropped {
@@ -833,13 +823,7 @@ mod tests {
     #[test]
     fn a_panicking_call_still_ends_its_flight() {
         block_on(async {
-            let cache = Arc::new(ResponseCache::new(
-                true,
-                Duration::from_secs(60),
-                100,
-                1 << 20,
-                None,
-            ));
+            let cache = memory_cache();
             let k = key_of("panic");
             let Begin::Lead(flight, mut leader, lead) = cache.begin(k, Policy::DEFAULT).await
             else {

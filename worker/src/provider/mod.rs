@@ -281,6 +281,47 @@ pub fn is_quota(code: Option<&str>) -> bool {
 /// A stream of deltas; dropping it cancels the upstream request.
 pub type EventStream = BoxStream<'static, Result<StreamEvent, UpstreamError>>;
 
+/// `stream`, calling `on_end` exactly once with how it ended: `Ok(())` after
+/// [`StreamEvent::Done`], the error after an error, and
+/// [`UpstreamError::Cancelled`] when it is dropped before either. The layers
+/// around a provider (metrics, circuit breakers) learn a stream's outcome
+/// through this one mechanism.
+pub fn on_end<F>(stream: EventStream, on_end: F) -> EventStream
+where
+    F: FnOnce(Result<(), &UpstreamError>) + Send + 'static,
+{
+    use futures_util::StreamExt;
+    struct Guard<F: FnOnce(Result<(), &UpstreamError>)> {
+        outcome: Option<Result<(), UpstreamError>>,
+        on_end: Option<F>,
+    }
+    impl<F: FnOnce(Result<(), &UpstreamError>)> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.on_end.take() {
+                match self.outcome.take() {
+                    Some(Ok(())) => f(Ok(())),
+                    Some(Err(e)) => f(Err(&e)),
+                    None => f(Err(&UpstreamError::Cancelled)),
+                }
+            }
+        }
+    }
+    let guard = Guard {
+        outcome: None,
+        on_end: Some(on_end),
+    };
+    stream
+        .scan(guard, |g, item| {
+            match &item {
+                Ok(StreamEvent::Done { .. }) => g.outcome = Some(Ok(())),
+                Err(e) => g.outcome = Some(Err(e.clone())),
+                _ => {}
+            }
+            futures_util::future::ready(Some(item))
+        })
+        .boxed()
+}
+
 /// What the pipeline needs from a model provider.
 pub trait Provider: Send + Sync {
     /// The `provider` label in bodies and metrics (`AI_PROVIDER_NAME`, or
@@ -356,6 +397,45 @@ mod tests {
                 detail: "refused".into()
             }
             .retryable()
+        );
+    }
+
+    #[test]
+    fn on_end_reports_once_how_a_stream_ended() {
+        use futures_util::StreamExt;
+        use std::sync::{Arc, Mutex};
+        let run = |items: Vec<Result<StreamEvent, UpstreamError>>, take: usize| {
+            let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+            let s = seen.clone();
+            let stream = on_end(futures_util::stream::iter(items).boxed(), move |r| {
+                s.lock().unwrap().push(match r {
+                    Ok(()) => "ok".into(),
+                    Err(e) => e.outcome().into(),
+                })
+            });
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(stream.take(take).collect::<Vec<_>>());
+            seen.lock().unwrap().clone()
+        };
+        let done = || {
+            Ok(StreamEvent::Done {
+                finish_reason: None,
+                usage: None,
+                model: None,
+            })
+        };
+        let delta = || Ok(StreamEvent::Content("x".into()));
+        assert_eq!(run(vec![delta(), done()], 9), ["ok"]);
+        assert_eq!(
+            run(vec![delta(), Err(UpstreamError::Timeout { ms: 1 })], 9),
+            ["timeout"]
+        );
+        assert_eq!(
+            run(vec![delta(), done()], 1),
+            ["cancelled"],
+            "dropped early"
         );
     }
 
