@@ -61,6 +61,18 @@ pub enum SlotState {
     Errored,
 }
 
+impl SlotState {
+    /// Every state, in the order `status` and the metrics list them.
+    pub const ALL: [SlotState; 6] = [
+        SlotState::Starting,
+        SlotState::Online,
+        SlotState::Waiting,
+        SlotState::Stopping,
+        SlotState::Stopped,
+        SlotState::Errored,
+    ];
+}
+
 impl fmt::Display for SlotState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -93,6 +105,16 @@ pub struct ReloadOutcome {
     /// `committed`, `rolled_back` or `refused`.
     pub outcome: &'static str,
     pub reason: Option<String>,
+}
+
+impl From<&ReloadOutcome> for shared::control::ReloadResult {
+    fn from(r: &ReloadOutcome) -> Self {
+        shared::control::ReloadResult {
+            generation: r.generation,
+            outcome: r.outcome.to_string(),
+            reason: r.reason.clone(),
+        }
+    }
 }
 
 struct Worker {
@@ -249,7 +271,7 @@ pub struct Fleet {
     control_socket: Option<PathBuf>,
     /// The shared rate-limit table every worker gets (`HEARTALK_LIMITS_FD`).
     limits_fd: Option<std::os::fd::RawFd>,
-    /// Restarts by (app, reason: crash | memory | reload | manual).
+    /// Restarts by (app, reason: crash | memory | reload).
     restarts_by: BTreeMap<(String, &'static str), u64>,
     /// Reloads by (app, outcome: committed | rolled_back | refused).
     reloads_by: BTreeMap<(String, &'static str), u64>,
@@ -922,13 +944,8 @@ impl Fleet {
         let apps = match build_apps(config, self.cpus, &self.apps) {
             Ok(apps) => apps,
             Err(e) => {
-                self.count_reload("refused");
                 tracing::error!(event = "reload_refused", generation, error = %e);
-                self.last_reload = Some(ReloadOutcome {
-                    generation,
-                    outcome: "refused",
-                    reason: Some(e.to_string()),
-                });
+                self.record_refused(e.to_string());
                 return;
             }
         };

@@ -20,8 +20,8 @@ use crate::exit::Exit;
 
 /// The path probed when no `--url` is given.
 pub const DEFAULT_PATH: &str = "/api/v1/health";
-/// The service port when `$PORT` is not set (the shipped `ecosystem.toml`).
-pub const DEFAULT_PORT: u16 = 8001;
+/// The service port when `$PORT` is not set: the config's default.
+pub use shared::config::DEFAULT_PORT;
 /// The longest status line (and whatever precedes its end) we read.
 const MAX_STATUS_LINE: usize = 8 * 1024;
 

@@ -3,9 +3,12 @@
 //!
 //! Module map: [`run`] is the event loop; [`fleet`] holds every decision;
 //! [`spawn`], [`sockets`], [`notify`] and [`signals`] are its I/O edges;
-//! [`restart`] and [`cpus`] are pure policies; [`sys`] holds every unsafe
-//! libc call; [`exit`] lists the exit codes; [`health`] is the
-//! `heartalk health` probe.
+//! [`restart`], [`memory`] and [`cpus`] are policies and readings;
+//! [`control`] is the control socket and [`client`] the CLI verbs that use
+//! it ([`status`] renders their answer); [`scrape`] collects the workers'
+//! metrics and [`metrics`] merges them; [`logs`] captures and rotates the
+//! workers' output; [`sys`] holds every unsafe libc call; [`exit`] lists
+//! the exit codes; [`health`] is the `heartalk health` probe.
 
 pub mod client;
 pub mod control;

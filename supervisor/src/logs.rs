@@ -239,7 +239,8 @@ fn push_ours(out: &mut String, source: &Source, ts: &str, has: &dyn Fn(&str) -> 
 }
 
 fn push_json_str(out: &mut String, s: &str) {
-    // serde_json's escaping, written straight into `out`.
+    // serde_json's escaping (into a temporary string: serde_json writes to
+    // `io::Write`, which `String` is not).
     match serde_json::to_string(s) {
         Ok(q) => out.push_str(&q),
         Err(_) => out.push_str("\"\""),

@@ -885,7 +885,7 @@ fn write_sample(out: &mut String, key: &SeriesKey, value: f64) {
 }
 
 /// Escapes `\` and newline (and `"` in label values).
-fn escape_into(out: &mut String, text: &str, quotes: bool) {
+pub(crate) fn escape_into(out: &mut String, text: &str, quotes: bool) {
     for c in text.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

@@ -5,8 +5,10 @@
 //! metrics refresh, the next fleet deadline) and hands each event to
 //! [`Fleet`]. Single-threaded on purpose: workers are forked from this
 //! thread, so `PR_SET_PDEATHSIG` stays tied to the supervisor's life, and
-//! the fleet needs no locking. Only metrics scrapes (network I/O to the
-//! workers) run in spawned tasks, fed a snapshot of the fleet.
+//! the fleet needs no locking. What runs in spawned tasks only does I/O and
+//! reports back: metrics scrapes (fed a snapshot of the fleet), the
+//! readers of the workers' output pipes, control-socket connections and the
+//! `metrics_listen` server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -340,7 +342,7 @@ fn scrape_in_background(fleet: &Fleet, metrics: &Arc<FleetMetrics>) {
     let targets = scrape::targets(&fleet.view());
     let metrics = metrics.clone();
     tokio::spawn(async move {
-        metrics.collect(targets, String::new()).await;
+        metrics.refresh(targets).await;
     });
 }
 
@@ -357,11 +359,7 @@ fn answer_reloads(
     for (before, reply) in pending.drain(..) {
         match &last {
             Some(now) if Some(now) != before.as_ref() => {
-                let _ = reply.send(Body::Reload(ReloadResult {
-                    generation: now.generation,
-                    outcome: now.outcome.to_string(),
-                    reason: now.reason.clone(),
-                }));
+                let _ = reply.send(Body::Reload(ReloadResult::from(now)));
             }
             _ => still.push((before, reply)),
         }

@@ -86,6 +86,22 @@ impl FleetMetrics {
     /// fleet-wide exposition with `extra` (the supervisor's families).
     pub async fn collect(&self, targets: Vec<Target>, extra: String) -> String {
         let mut st = self.state.lock().await;
+        self.update(&mut st, &targets).await;
+        let live: Vec<(WorkerLabel, &Exposition)> = targets
+            .iter()
+            .filter_map(|t| st.last.get(&t.id).map(|(l, e)| (l.clone(), e)))
+            .collect();
+        st.aggregator.render(&live, &extra)
+    }
+
+    /// [`FleetMetrics::collect`] without rendering: keeps the last known
+    /// numbers fresh (the background scrape).
+    pub async fn refresh(&self, targets: Vec<Target>) {
+        let mut st = self.state.lock().await;
+        self.update(&mut st, &targets).await;
+    }
+
+    async fn update(&self, st: &mut State, targets: &[Target]) {
         let live: HashSet<&str> = targets.iter().map(|t| t.id.as_str()).collect();
         let gone: Vec<String> = st
             .last
@@ -115,11 +131,6 @@ impl FleetMetrics {
             .map(|(id, (_, exp))| (id.clone(), requests_served(exp)))
             .collect();
         *self.requests.lock().unwrap_or_else(|e| e.into_inner()) = requests;
-        let live: Vec<(WorkerLabel, &Exposition)> = targets
-            .iter()
-            .filter_map(|t| st.last.get(&t.id).map(|(l, e)| (l.clone(), e)))
-            .collect();
-        st.aggregator.render(&live, &extra)
     }
 
     /// Requests a worker had answered at the last scrape.
@@ -221,16 +232,16 @@ pub fn supervisor_families(
 ) -> String {
     let mut out = String::new();
     let esc = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
+        let mut out = String::with_capacity(s.len());
+        crate::metrics::escape_into(&mut out, s, true);
+        out
     };
 
     family(
         &mut out,
         "heartalk_worker_restarts_total",
         "counter",
-        "Worker restarts by reason (crash, memory, reload, manual)",
+        "Worker restarts by reason (crash, memory, reload)",
     );
     for (app, reason, n) in &view.restarts_by {
         let _ = writeln!(
@@ -267,10 +278,8 @@ pub fn supervisor_families(
                 "heartalk_worker_up{{app=\"{a}\",slot=\"{}\"}} {online}",
                 s.slot
             );
-            for st in [
-                "starting", "online", "waiting", "stopping", "stopped", "errored",
-            ] {
-                let v = u8::from(s.state.to_string() == st);
+            for st in crate::fleet::SlotState::ALL {
+                let v = u8::from(s.state == st);
                 let _ = writeln!(
                     state,
                     "heartalk_worker_state{{app=\"{a}\",slot=\"{}\",state=\"{st}\"}} {v}",

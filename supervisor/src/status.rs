@@ -28,11 +28,6 @@ pub fn build(
     cpu: &mut CpuSampler,
     now: Instant,
 ) -> Status {
-    let reload = |r: &crate::fleet::ReloadOutcome| ReloadResult {
-        generation: r.generation,
-        outcome: r.outcome.to_string(),
-        reason: r.reason.clone(),
-    };
     let apps = view
         .apps
         .iter()
@@ -80,7 +75,7 @@ pub fn build(
             generation: view.generation,
             reload: ReloadState {
                 in_progress: view.reloading,
-                last: view.last_reload.as_ref().map(reload),
+                last: view.last_reload.as_ref().map(ReloadResult::from),
             },
         },
         apps,

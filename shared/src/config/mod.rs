@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 /// `[supervisor]`: the control plane.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SupervisorSettings {
     /// The control socket; `None` = the default location (see the
     /// supervisor's `control` module).
@@ -56,6 +56,16 @@ pub struct SupervisorSettings {
     /// Whether `GET /metrics` on the service port answers with the
     /// fleet-wide metrics (default true).
     pub service_metrics: bool,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        SupervisorSettings {
+            control_socket: None,
+            metrics_listen: None,
+            service_metrics: true,
+        }
+    }
 }
 
 /// Where and how worker output is kept (used by the log writer).

@@ -214,10 +214,7 @@ fn read_log(d: &mut Diagnostics, v: Option<&Value>, base: &Path) -> LogSettings 
 }
 
 fn read_supervisor(d: &mut Diagnostics, v: Option<&Value>, base: &Path) -> SupervisorSettings {
-    let mut out = SupervisorSettings {
-        service_metrics: true,
-        ..SupervisorSettings::default()
-    };
+    let mut out = SupervisorSettings::default();
     let Some(v) = v else { return out };
     let DeValue::Table(t) = v.get_ref() else {
         type_error(
