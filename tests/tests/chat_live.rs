@@ -221,7 +221,10 @@ fn reasoning_is_hidden_unless_shown() {
         "{}",
         r.body
     );
-    let r = hidden.post("/api/v1/chat/stream", &hello());
+    // Another temperature, so the stream really goes upstream instead of
+    // replaying the generate call's cached answer.
+    let warmer = json!({"messages":[{"role":"user","content":"你好"}], "temperature": 0.9});
+    let r = hidden.post("/api/v1/chat/stream", &warmer);
     assert!(sse_json(&r.body).iter().all(|f| f["type"] != "reasoning"));
     let turn = ark.last_body().unwrap()["messages"][0]["content"]
         .as_str()
