@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use std::sync::Arc;
 
-use crate::cache::{Begin, Policy};
+use crate::cache::Policy;
 use crate::clock;
 use crate::provider::{CompletionRequest, EndpointKind};
 use crate::response::{self, Body};
@@ -35,38 +35,29 @@ pub async fn translate(
         timeout,
     };
     // Translations are cacheable (§5.5, §9) under their own kind.
-    let key = crate::cache::key::key(&crate::cache::KeyParts {
-        kind: "translate",
-        provider: svc.provider.name(),
-        model: &request.model,
-        strategy: "direct",
-        samples: 0,
-        messages: &request.messages,
-        temperature: request.temperature,
-        max_tokens: request.max_tokens,
-        top_p: request.top_p,
-        show_reasoning: false,
-    });
-    let (x_cache, outcome) = match svc.cache.begin(key, policy).await {
-        Begin::Hit(e) => ("HIT", Ok(e)),
-        Begin::Join(mut s) => ("COALESCED", s.answer().await),
-        Begin::Lead(flight, mut s, lead) => {
-            let provider = svc.provider.clone();
-            svc.cache.drive(flight, lead, async move {
-                let c = provider.complete(request).await?;
-                crate::chat::count_tokens(c.usage.as_ref());
-                Ok(crate::cache::Entry {
-                    content: c.content,
-                    finish_reason: c.finish_reason,
-                    usage: c.usage,
-                    model: c.model,
-                    ..crate::cache::Entry::default()
-                })
-            });
-            let answer = s.answer().await;
-            (crate::chat::lead_x_cache(&s), answer)
-        }
-    };
+    let key = crate::cache::key::key(&crate::cache::KeyParts::for_request(
+        "translate",
+        svc.provider.name(),
+        &request,
+        "direct",
+        0,
+        false,
+    ));
+    let provider = svc.provider.clone();
+    let (x_cache, outcome) = svc
+        .cache
+        .answer(key, policy, || async move {
+            let c = provider.complete(request).await?;
+            crate::chat::count_tokens(c.usage.as_ref());
+            Ok(crate::cache::Entry {
+                content: c.content,
+                finish_reason: c.finish_reason,
+                usage: c.usage,
+                model: c.model,
+                ..crate::cache::Entry::default()
+            })
+        })
+        .await;
     match outcome {
         Ok(entry) => {
             let mut resp = response::json(

@@ -1,4 +1,4 @@
-//! Upstream resilience beyond retries (API.md §10, issue [edge]): a circuit
+//! Upstream resilience beyond retries (API.md §10, issue #7 `[edge]`): a circuit
 //! breaker per endpoint and an optional fallback endpoint per route.
 //!
 //! The breaker is a pure state machine ([`step`]): `threshold` consecutive

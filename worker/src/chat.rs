@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 
 use crate::cache::{self, Begin, Policy};
 use crate::history::Outcome;
-use crate::provider::{ChatMessage, EventStream, StreamEvent, UpstreamError};
+use crate::provider::{ChatMessage, CompletionRequest, EventStream, StreamEvent, UpstreamError};
 use crate::reasoning::{self, Plan, Strategy, Switches};
 use crate::response::{self, Body};
 use crate::routing::{self, Decision};
@@ -35,6 +35,19 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The first (for SC: sample 0's) upstream request of the plan: the
+    /// latest user turn wrapped for the strategy, in its context.
+    pub fn first_request(&self) -> CompletionRequest {
+        let plan = &self.plan;
+        let turn = reasoning::wrap(
+            plan.strategy,
+            0,
+            &self.input.message,
+            plan.switches.show_reasoning,
+        );
+        plan.request(self.build(turn), plan.base_temperature())
+    }
+
     /// The upstream message list for a given (wrapped) user turn.
     pub fn build(&self, user_turn: String) -> Vec<ChatMessage> {
         match self.input.shape {
@@ -132,30 +145,23 @@ pub async fn prepare(state: &AppState, input: ChatInput, streaming: bool) -> Pre
     }
 }
 
-/// The response-cache key of a prepared request (§9): the final upstream
-/// message list (sample 0's for SC), the strategy and sample count, the
-/// model parameters and `SHOW_REASONING_PROCESS`.
-pub fn cache_key(state: &AppState, prepared: &Prepared) -> cache::Key {
+/// The response-cache key of a prepared request (§9): its first upstream
+/// request (sample 0's for SC), the strategy and sample count, and
+/// `SHOW_REASONING_PROCESS`.
+pub fn cache_key(state: &AppState, prepared: &Prepared, first: &CompletionRequest) -> cache::Key {
     let plan = &prepared.plan;
-    let show = plan.switches.show_reasoning;
-    let turn = reasoning::wrap(plan.strategy, 0, &prepared.input.message, show);
-    let messages = prepared.build(turn);
     let samples = match plan.strategy {
         Strategy::SelfConsistency => reasoning::sample_count(&plan.switches),
         _ => 0,
     };
-    cache::key::key(&cache::KeyParts {
-        kind: "chat",
-        provider: state.services.provider.name(),
-        model: &plan.model,
-        strategy: plan.strategy.label(),
+    cache::key::key(&cache::KeyParts::for_request(
+        "chat",
+        state.services.provider.name(),
+        first,
+        plan.strategy.label(),
         samples,
-        messages: &messages,
-        temperature: plan.base_temperature(),
-        max_tokens: plan.max_tokens.unwrap_or(reasoning::DEFAULT_MAX_TOKENS),
-        top_p: 1.0,
-        show_reasoning: show,
-    })
+        plan.switches.show_reasoning,
+    ))
 }
 
 /// Runs the whole (non-streamed) pipeline for a leader: the entry to share
@@ -221,28 +227,12 @@ pub async fn answer(
     prepared: Arc<Prepared>,
     policy: Policy,
 ) -> (&'static str, Result<Arc<cache::Entry>, UpstreamError>) {
-    let svc = &state.services;
-    let key = cache_key(state, &prepared);
-    match svc.cache.begin(key, policy).await {
-        Begin::Hit(e) => ("HIT", Ok(e)),
-        Begin::Join(mut s) => ("COALESCED", s.answer().await),
-        Begin::Lead(flight, mut s, lead) => {
-            svc.cache
-                .drive(flight, lead, generate_work(state, prepared.clone()));
-            let answer = s.answer().await;
-            (lead_x_cache(&s), answer)
-        }
-    }
-}
-
-/// `X-Cache` for a leader: `MISS`, or `COALESCED` when another worker's
-/// call answered it (through Redis, see `cache::cross`).
-pub fn lead_x_cache(s: &cache::Subscription) -> &'static str {
-    if s.answered_elsewhere() {
-        "COALESCED"
-    } else {
-        "MISS"
-    }
+    let key = cache_key(state, &prepared, &prepared.first_request());
+    state
+        .services
+        .cache
+        .answer(key, policy, || generate_work(state, prepared.clone()))
+        .await
 }
 
 /// The generate body of §5.2 for an answer. `conversation_id` is the
@@ -387,16 +377,18 @@ fn stream_work(
     }
 }
 
-/// A stream for `prepared`: from the cache (replayed), a call in flight
-/// (from its start), or a new call. `Err` is a failure before the upstream
-/// answered 2xx: an ordinary JSON error for the caller.
+/// A stream for `prepared` whose first upstream request is `first`: from
+/// the cache (replayed), a call in flight (from its start), or a new call.
+/// `Err` is a failure before the upstream answered 2xx: an ordinary JSON
+/// error for the caller.
 pub async fn open_stream(
     state: &Arc<AppState>,
     prepared: &Prepared,
+    first: CompletionRequest,
     policy: Policy,
 ) -> Result<(&'static str, EventStream), UpstreamError> {
     let svc = &state.services;
-    let key = cache_key(state, prepared);
+    let key = cache_key(state, prepared, &first);
     match svc.cache.begin(key, policy).await {
         Begin::Hit(e) => Ok(("HIT", futures_util::stream::iter(e.replay()).boxed())),
         Begin::Join(mut s) => {
@@ -404,18 +396,22 @@ pub async fn open_stream(
             Ok(("COALESCED", s.into_events()))
         }
         Begin::Lead(flight, mut s, lead) => {
-            let plan = &prepared.plan;
-            let show = plan.switches.show_reasoning;
-            let turn = reasoning::wrap(plan.strategy, 0, &prepared.input.message, show);
-            let request = plan.request(prepared.build(turn), plan.base_temperature());
-            let reasoning_key = (plan.strategy == Strategy::ChainOfThought)
-                .then(|| json!({"type": "chain-of-thought", "enhanced": true}));
-            let work = stream_work(state, flight.clone(), request, reasoning_key);
+            let reasoning_key = prepared.plan.strategy.body_key();
+            let work = stream_work(state, flight.clone(), first, reasoning_key);
             svc.cache.drive(flight, lead, work);
             s.started().await?;
-            Ok((lead_x_cache(&s), s.into_events()))
+            Ok((s.leader_x_cache(), s.into_events()))
         }
     }
+}
+
+/// The estimated prompt tokens of a request (§8), for a stream whose
+/// upstream reports no usage.
+pub fn prompt_estimate(req: &CompletionRequest) -> u64 {
+    req.messages
+        .iter()
+        .map(|m| crate::tokens::estimate(&m.content))
+        .sum()
 }
 
 /// `POST /api/v1/chat/stream` after validation: a JSON error until the
@@ -429,7 +425,9 @@ pub async fn stream(
 ) -> Response<Body> {
     let prepared = prepare(&state, input, true).await;
     let started = Instant::now();
-    match open_stream(&state, &prepared, policy).await {
+    let first = prepared.first_request();
+    let estimate = prompt_estimate(&first);
+    match open_stream(&state, &prepared, first, policy).await {
         Err(e) => {
             telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
             upstream_error(&e, request_id)
@@ -440,6 +438,7 @@ pub async fn stream(
                 &prepared,
                 started,
                 x_cache,
+                estimate,
                 crate::stream::Format::HearTalk,
             );
             crate::stream::respond(state.clone(), events, meta, http1)
@@ -453,16 +452,11 @@ pub fn stream_meta(
     prepared: &Prepared,
     started: Instant,
     x_cache: &'static str,
+    prompt_estimate: u64,
     format: crate::stream::Format,
 ) -> crate::stream::Meta {
     let plan = &prepared.plan;
     let show = plan.switches.show_reasoning;
-    let turn = reasoning::wrap(plan.strategy, 0, &prepared.input.message, show);
-    let prompt_estimate: u64 = prepared
-        .build(turn)
-        .iter()
-        .map(|m| crate::tokens::estimate(&m.content))
-        .sum();
     crate::stream::Meta {
         provider: state.services.provider.name().to_string(),
         conversation_id: prepared.input.conversation_id.clone(),
@@ -474,7 +468,6 @@ pub fn stream_meta(
         legacy: prepared.input.shape == Shape::Legacy,
         started,
         x_cache,
-        cached: x_cache == "HIT",
         format,
     }
 }

@@ -1,7 +1,7 @@
 //! Wall-clock formatting: the ISO-8601 UTC timestamps with milliseconds
 //! that every JSON body carries (`2026-11-28T10:40:10.123Z`, the format of
-//! JavaScript's `Date.prototype.toISOString`), and epoch milliseconds for
-//! request ids.
+//! JavaScript's `Date.prototype.toISOString`), epoch milliseconds for
+//! request ids, and epoch seconds for tokens, windows and `created`.
 //!
 //! The conversion is done here with Howard Hinnant's `civil_from_days`
 //! algorithm rather than a date crate: it is a dozen lines, exact over the
@@ -16,6 +16,14 @@ pub fn epoch_millis(t: SystemTime) -> i64 {
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
     }
+}
+
+/// Seconds since the Unix epoch now (0 before 1970): JWT `exp`/`nbf`,
+/// rate-limit windows, `created`.
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The current time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.

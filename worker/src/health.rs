@@ -175,10 +175,12 @@ pub struct ProviderHealth {
     pub simulated: bool,
 }
 
-/// Component health: the router config file, a memory-only cache, the
-/// reasoning switches, and the provider: simulated is `degraded` only in
+/// Component health: the router config file; the response cache
+/// (`degraded` while `REDIS_URL` is set and Redis does not answer); the
+/// reasoning switches; and the provider: simulated is `degraded` only in
 /// production (where it means a missing API key); live mode follows the
-/// recent upstream outcomes (see [`crate::upstream_health`]).
+/// recent upstream outcomes (see [`crate::upstream_health`]) and is
+/// `degraded` while a circuit breaker is open.
 pub fn services(inputs: Inputs<'_>) -> Services {
     let router = if inputs.router_config_loaded {
         RouterHealth {

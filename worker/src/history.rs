@@ -16,7 +16,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -313,7 +313,7 @@ impl HistoryClient {
 
     /// One GET, with a service JWT signed for this attempt.
     async fn attempt(&self, url: &str) -> Result<Vec<Value>, Failure> {
-        let token = auth::service_token(&self.config.jwt_secret, unix_now());
+        let token = auth::service_token(&self.config.jwt_secret, crate::clock::unix_secs());
         let response = self
             .http
             .get(url)
@@ -368,13 +368,6 @@ fn parse_data(body: &[u8]) -> Option<Vec<Value>> {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Trims raw backend messages to the context budget (§8), keeping
 /// chronological order:
 ///
@@ -420,6 +413,11 @@ fn to_message(v: &Value) -> ChatMessage {
     )
 }
 
+/// Conversation ids longer than this are not cached (see
+/// [`Cache::cacheable`]): ids come from clients, and the cache must stay
+/// bounded in bytes.
+const MAX_CACHED_ID_LEN: usize = 128;
+
 /// The history cache: per conversation, up to a few entries keyed by
 /// `history_length`, each living less than `ttl`.
 ///
@@ -427,9 +425,6 @@ fn to_message(v: &Value) -> ChatMessage {
 /// invalidation counter) instead of removing the conversation, so a fetch
 /// that started before the invalidation, and may therefore miss the new
 /// turn, sees on completion that it is stale and does not store.
-/// See [`Cache::cacheable`].
-const MAX_CACHED_ID_LEN: usize = 128;
-
 struct Cache {
     ttl: Duration,
     inner: Mutex<CacheInner>,
@@ -937,7 +932,7 @@ mod tests {
             header(head, "authorization").map(str::as_bytes),
             "k3y",
             b"s3cret",
-            unix_now(),
+            crate::clock::unix_secs(),
         )
         .unwrap();
         assert_eq!(claims["service"], "ai-service");

@@ -7,14 +7,24 @@
 //! sets up logging and maps its error to the exit code.
 //!
 //! Modules, one concept each:
-//! - [`settings`]: environment configuration (API.md §14);
-//! - [`listener`]: inherited or self-bound sockets;
-//! - [`server`]: accept loop, connection serving, drain;
-//! - [`router`]: route table, 404/405, per-request wrapper;
-//! - [`health`]: `/health`, `/api/v1/health`, `/ready`;
-//! - [`response`]: body type, JSON and error builders, common headers;
-//! - [`request_id`], [`clock`]: request ids and timestamps;
-//! - [`state`]: what connection tasks share (phase, counters).
+//! - process: [`settings`] (environment, API.md §14), [`listener`]
+//!   (inherited or self-bound sockets), [`server`] (accept loop, drain),
+//!   [`state`] (what connection tasks share), [`services`] (the long-lived
+//!   objects handlers use);
+//! - HTTP: [`router`] (route table, order of checks), [`response`] (bodies,
+//!   errors, common headers), [`cors`], [`auth`], [`validate`],
+//!   [`request_id`], [`clock`], [`proxy`] (client IP behind proxies);
+//! - endpoints: [`health`], [`chat`] (generate and stream), [`stream`] (SSE
+//!   frames), [`openai`] (`/v1/*`), [`api`] (translation, catalogue);
+//! - pipeline: [`routing`] (keyword router), [`reasoning`] (CoT and SC),
+//!   [`history`] (backend context), [`tokens`] (estimates), [`provider`]
+//!   (Ark, simulated), [`breaker`] (circuit breakers, fallbacks),
+//!   [`upstream_health`] (the health window);
+//! - shared state: [`cache`] (response cache, coalescing), [`ratelimit`]
+//!   and [`fleet_limits`] (limits per process, machine, replicas),
+//!   [`redis_link`];
+//! - observability: [`telemetry`] (metrics), [`fleet_metrics`] (`/metrics`
+//!   through the supervisor).
 
 pub mod api;
 pub mod auth;

@@ -107,25 +107,22 @@ pub fn endpoint_for_model(
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// `POST /v1/chat/completions` after validation.
 pub async fn completions(
     state: &Arc<AppState>,
     input: CompletionsInput,
     request_id: &str,
     policy: Policy,
+    http1: bool,
 ) -> Response<Body> {
     let id = format!("chatcmpl-{request_id}");
-    let created = now_secs();
+    let created = crate::clock::unix_secs();
     let prepared = chat::prepare(state, input.chat, input.stream).await;
     if input.stream {
         let started = Instant::now();
-        return match chat::open_stream(state, &prepared, policy).await {
+        let first = prepared.first_request();
+        let estimate = chat::prompt_estimate(&first);
+        return match chat::open_stream(state, &prepared, first, policy).await {
             Err(e) => chat::upstream_error(&e, request_id),
             Ok((x_cache, events)) => {
                 let format = Format::OpenAi(OpenAiStream {
@@ -134,8 +131,8 @@ pub async fn completions(
                     model: prepared.plan.model.clone(),
                     include_usage: input.include_usage,
                 });
-                let meta = chat::stream_meta(state, &prepared, started, x_cache, format);
-                crate::stream::respond(state.clone(), events, meta, true)
+                let meta = chat::stream_meta(state, &prepared, started, x_cache, estimate, format);
+                crate::stream::respond(state.clone(), events, meta, http1)
             }
         };
     }
@@ -284,8 +281,7 @@ mod tests {
         );
         assert_eq!(
             bad(json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3})),
-            "options.modelParams.temperature must be a number between 0 and 2"
-                .trim_start_matches("options.modelParams.")
+            "temperature must be a number between 0 and 2"
         );
     }
 

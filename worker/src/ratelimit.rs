@@ -207,17 +207,6 @@ pub fn headers(v: &Verdict) -> Vec<(&'static str, String)> {
     h
 }
 
-/// Where hits are counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Redis: every replica.
-    Replicas,
-    /// The supervisor's shared table: every worker of this machine.
-    Fleet,
-    /// This process only (no supervisor).
-    Process,
-}
-
 /// `INCR` the window's key, set its expiry on the first hit: one atomic
 /// step, so concurrent replicas never lose a count or leave a key behind.
 const REDIS_SCRIPT: &str = r"
@@ -246,17 +235,6 @@ impl Limiter {
             redis,
             script: redis::Script::new(REDIS_SCRIPT),
             warned_full: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// Where hits are counted right now.
-    pub fn scope(&self) -> Scope {
-        if self.redis.as_ref().is_some_and(|r| r.is_up()) {
-            Scope::Replicas
-        } else if self.table.is_some() {
-            Scope::Fleet
-        } else {
-            Scope::Process
         }
     }
 

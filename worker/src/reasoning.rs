@@ -32,6 +32,14 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// The `reasoning` key of a generate body for a single-call strategy:
+    /// `{"type":"chain-of-thought","enhanced":true}` for CoT, none for a
+    /// direct call (Self-Consistency's key carries its samples, see [`run`]).
+    pub fn body_key(self) -> Option<Value> {
+        (self == Strategy::ChainOfThought)
+            .then(|| json!({"type": "chain-of-thought", "enhanced": true}))
+    }
+
     /// The label used in metrics and in stream metadata.
     pub fn label(self) -> &'static str {
         match self {
@@ -179,8 +187,6 @@ pub struct Answer {
     pub reasoning: Option<Value>,
     /// The strategy that produced the answer (`direct` after a fallback).
     pub used: Strategy,
-    /// Upstream calls made.
-    pub calls: usize,
 }
 
 /// The user turn as sent upstream for `plan.strategy` (sample `i` for SC).
@@ -215,13 +221,11 @@ pub async fn run(
             if !show {
                 c.reasoning_content = None;
             }
-            let reasoning = (plan.strategy == Strategy::ChainOfThought)
-                .then(|| json!({"type": "chain-of-thought", "enhanced": true}));
+            let reasoning = plan.strategy.body_key();
             Ok(Answer {
                 completion: c,
                 reasoning,
                 used: plan.strategy,
-                calls: 1,
             })
         }
         Strategy::SelfConsistency => {
@@ -262,7 +266,6 @@ pub async fn run(
                             "selected_sample": index,
                         })),
                         used: Strategy::SelfConsistency,
-                        calls: n,
                     })
                 }
                 None => {
@@ -285,7 +288,6 @@ pub async fn run(
                         completion: c,
                         reasoning: None,
                         used: Strategy::Direct,
-                        calls: n + 1,
                     })
                 }
             }

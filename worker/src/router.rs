@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::ALLOW;
@@ -168,6 +168,9 @@ struct Exchange {
     limit: Option<Verdict>,
     accept_encoding: Option<String>,
     no_compression: bool,
+    /// HTTP/1.x (streams then say `Connection: keep-alive`; HTTP/2 has no
+    /// connection-specific headers).
+    http1: bool,
 }
 
 /// Serves one request. Never fails: every outcome is an HTTP response.
@@ -189,6 +192,7 @@ where
         limit: None,
         accept_encoding: header_str(headers, "accept-encoding").map(str::to_owned),
         no_compression: headers.contains_key("x-no-compression"),
+        http1: req.version() < http::Version::HTTP_2,
     };
     let mut resp = dispatch(req, &state, peer, &mut ex).await;
     if ex.path.starts_with("/v1/") {
@@ -198,13 +202,14 @@ where
     finish(&mut resp, &state, &ex).await;
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    telemetry::http_request(ex.method.as_str(), route_label(&ex.path), status, elapsed);
+    let route = route_label(&ex.path);
+    telemetry::http_request(ex.method.as_str(), route, status, elapsed);
     tracing::info!(
         target: "access",
         request_id = %ex.request_id,
         method = %ex.method,
         path = %ex.path,
-        route = route_label(&ex.path),
+        route,
         status,
         duration_ms = (elapsed.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
         worker = state.settings.worker_id,
@@ -239,12 +244,6 @@ fn client_ip(
         &settings.pipeline.trusted_proxies,
     )
     .to_string()
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Crawlers (except the big search and chat-preview bots) are refused in production.
@@ -334,7 +333,7 @@ where
         }
     };
     // (4) Authentication.
-    let now = now_unix();
+    let now = clock::unix_secs();
     let secret = settings.pipeline.jwt_secret.0.as_bytes();
     let authorization = req
         .headers()
@@ -349,15 +348,11 @@ where
             Err(e) => return auth_error(&e, rid),
         },
         Access::BearerPresent => {
-            let has_bearer = authorization.is_some_and(|a| a.starts_with(b"Bearer "));
-            if !has_bearer && settings.node_env != "development" {
-                return response::error(
-                    StatusCode::UNAUTHORIZED,
-                    "AUTHENTICATION_ERROR",
-                    "Authentication required",
-                    None,
-                    rid,
-                );
+            if let (Err(e), false) = (
+                auth::require_bearer(authorization),
+                settings.node_env == "development",
+            ) {
+                return auth_error(&e, rid);
             }
         }
         Access::Internal => {
@@ -398,7 +393,7 @@ where
         matches!(&body, Some(Ok(v)) if v.get("stream") == Some(&Value::Bool(true)));
     // (5) Rate limit (401s above were not counted), in the window of now:
     // after any body read, which may have taken a while.
-    let now = now_unix();
+    let now = clock::unix_secs();
     if limited {
         let rule = ratelimit::rule(
             &settings.pipeline.rate_limits,
@@ -415,12 +410,9 @@ where
         if refused {
             telemetry::rate_limited(rule.bucket.label());
             let mut extra = serde_json::Map::new();
-            let retry_after = match rule.bucket {
-                ratelimit::Bucket::Admin => 900,
-                ratelimit::Bucket::Global => rule.window,
-                _ => 60,
-            };
-            extra.insert("retryAfter".into(), retry_after.into());
+            // The window of every bucket (900 s admin, 60 s the fixed ones,
+            // RATE_LIMIT_WINDOW global) is its `retryAfter`.
+            extra.insert("retryAfter".into(), rule.window.into());
             return response::error_with(
                 StatusCode::TOO_MANY_REQUESTS,
                 rule.bucket.code(),
@@ -442,9 +434,7 @@ where
     };
     // (7) Validation, then the handler.
     let user_id = user.as_ref().map(|u| u.user_id.as_str());
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = clock::epoch_millis(SystemTime::now()).max(0) as u64;
     match endpoint {
         Endpoint::Index => index(state, rid),
         Endpoint::Health => health::liveness(state),
@@ -466,7 +456,7 @@ where
                 Ok(input) if endpoint == Endpoint::Generate => {
                     chat::generate(state, input, rid, policy).await
                 }
-                Ok(input) => chat::stream(state.clone(), input, rid, true, policy).await,
+                Ok(input) => chat::stream(state.clone(), input, rid, ex.http1, policy).await,
             }
         }
         Endpoint::Translate => match validate::translate(&body.unwrap_or_default()) {
@@ -480,7 +470,7 @@ where
         Endpoint::Completions => {
             match crate::openai::validate(&body.unwrap_or_default(), user_id, now_ms, settings) {
                 Err(message) => validation_error(&message, rid),
-                Ok(input) => crate::openai::completions(state, input, rid, policy).await,
+                Ok(input) => crate::openai::completions(state, input, rid, policy, ex.http1).await,
             }
         }
         Endpoint::OpenAiModels => crate::openai::models(state),

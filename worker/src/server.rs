@@ -1,7 +1,12 @@
 //! The serving lifecycle: accept on every listener, serve each connection
 //! with hyper (HTTP/1.1 keep-alive or h2c with prior knowledge), tell the
-//! supervisor `READY=1`, and on SIGTERM/SIGINT drain: stop accepting, let
-//! in-flight requests finish within `SHUTDOWN_GRACE_SECS`, then return.
+//! supervisor `READY=1`, and on SIGTERM/SIGINT drain: stop accepting, keep
+//! idle keep-alive connections for a short linger (answering with
+//! `Connection: close`), let in-flight requests finish within
+//! `SHUTDOWN_GRACE_SECS` (open streams then get a final error frame), wait
+//! for the supervisor's last metrics scrape, then return. It also serves the
+//! worker's own metrics (on the supervisor's abstract socket, or on
+//! `METRICS_PORT` when running alone).
 //!
 //! Everything runs on the one-thread runtime built in [`crate::run`]; the
 //! accept loop is a single task that polls all listeners, so the

@@ -1,7 +1,9 @@
 //! The long-lived objects the request handlers share, built once per
 //! worker from [`Settings`]: the provider (wrapped so every upstream call
-//! is counted), the keyword router and its decision cache, the history
-//! client, the rate-limit counter and the CORS policy.
+//! is counted and feeds the health window, then in circuit breakers with
+//! optional fallback endpoints), the keyword router and its decision cache,
+//! the history client, the rate-limit counter, the response cache and its
+//! Redis link, the CORS policy and the per-environment security headers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +74,7 @@ impl Services {
         if router.is_fallback() {
             tracing::warn!(path = %settings.keywords_config.display(), "router config missing or invalid; using the built-in fallback table");
         }
-        let decisions = DecisionCache::new(router.cache_size(), router.cache_ttl());
+        let decisions = router.new_cache();
         let history = HistoryClient::new(HistoryConfig {
             base_url: p.backend_url.clone(),
             api_prefix: p.backend_api_prefix.clone(),

@@ -1,5 +1,6 @@
 //! The worker's configuration, read once from the environment at start-up
-//! (API.md §14). Only the variables the current milestone uses are read.
+//! (API.md §14, plus the few docs/api.md adds), and what the supervisor
+//! passes (worker id, control and metrics sockets).
 //!
 //! Parsing follows the contract's forgiving rules, inherited from the
 //! Node.js service: integers are base 10 and an invalid value means the

@@ -3,8 +3,10 @@
 //! (what a drain waits for and reports), and facts established once at
 //! start-up (whether the router config loaded).
 //!
-//! It is held in an `Arc` and only uses atomics: handlers read it on every
-//! request and must never wait on a lock the accept loop could hold.
+//! It is held in an `Arc`. Its own fields are atomics and a `watch`
+//! channel (the drain deadline), so handlers never wait on a lock the
+//! accept loop could hold; the services it carries keep their own short,
+//! never-awaited locks.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;

@@ -45,8 +45,6 @@ pub struct Meta {
     pub started: Instant,
     /// `X-Cache`: `HIT`, `MISS` or `COALESCED`.
     pub x_cache: &'static str,
-    /// A replay from the cache (`metadata.cached`).
-    pub cached: bool,
     pub format: Format,
 }
 
@@ -134,7 +132,7 @@ impl Format {
 
     fn complete(&self, meta: &Meta, usage: &Value, finish_reason: &str, endpoint: &str) -> Bytes {
         match self {
-            Format::HearTalk => complete_frame(meta, usage, finish_reason, endpoint, meta.cached),
+            Format::HearTalk => complete_frame(meta, usage, finish_reason, endpoint),
             Format::OpenAi(o) => {
                 let mut out = o.chunk(json!({}), Some(finish_reason)).to_vec();
                 if o.include_usage {
@@ -172,13 +170,7 @@ pub fn error_frame(message: &str, code: &str) -> Bytes {
 }
 
 /// The one final frame of a successful stream.
-pub fn complete_frame(
-    meta: &Meta,
-    usage: &Value,
-    finish_reason: &str,
-    endpoint: &str,
-    cached: bool,
-) -> Bytes {
+pub fn complete_frame(meta: &Meta, usage: &Value, finish_reason: &str, endpoint: &str) -> Bytes {
     frame(&json!({
         "type": "complete",
         "done": true,
@@ -190,7 +182,8 @@ pub fn complete_frame(
             "endpoint": endpoint,
             "route": meta.route,
             "reasoning": meta.strategy.label(),
-            "cached": cached,
+            // A replay from the cache.
+            "cached": meta.x_cache == "HIT",
         }
     }))
 }
@@ -271,7 +264,6 @@ async fn pump(
 ) {
     let mut content = String::new();
     let mut reasoning = String::new();
-    let mut model: Option<String> = None;
     let heartbeat = meta.heartbeat.max(Duration::from_millis(100));
     let mut shutdown = state.shutdown_signal();
     // Measured from our last *output*, not the upstream's: hidden reasoning
@@ -324,9 +316,8 @@ async fn pump(
             Ok(Some(Ok(StreamEvent::Done {
                 finish_reason,
                 usage,
-                model: m,
+                model,
             }))) => {
-                model = m.or(model);
                 // Tokens are counted where the upstream call is made (once per
                 // call, not per coalesced listener or cache replay).
                 let usage_value = final_usage(usage, meta.prompt_estimate, &content, &reasoning);

@@ -4,7 +4,9 @@
 //!
 //! Names follow Prometheus conventions: base units in the name, `_total`
 //! on counters, `_seconds` on durations. Recording goes through the
-//! `metrics` facade, so the hot path is a relaxed atomic add. The
+//! `metrics` facade: each call builds its label set and looks the series
+//! up in the recorder's registry (a hash lookup, and a small allocation
+//! for owned label values such as the status), then adds atomically. The
 //! `process_*` series (memory, CPU per worker) are not recorded here: the
 //! supervisor reads them from /proc for every worker, with full precision.
 

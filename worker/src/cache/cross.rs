@@ -157,7 +157,7 @@ impl Owner {
 }
 
 /// Waits for the claim owner's answer: `Some` when it is in Redis, `None`
-/// when the claim went away without one, Redis failed, or [`WAIT_MAX`]
+/// when the claim went away without one, Redis failed, or `WAIT_MAX`
 /// passed (the caller then makes the call itself).
 pub async fn wait_for_answer(redis: &RedisLink, key: &Key) -> Option<(Entry, Duration)> {
     let value_key = key.redis_key();

@@ -29,6 +29,15 @@ pub enum Delta {
     Reasoning(String),
 }
 
+impl From<&Delta> for StreamEvent {
+    fn from(d: &Delta) -> StreamEvent {
+        match d {
+            Delta::Content(s) => StreamEvent::Content(s.clone()),
+            Delta::Reasoning(s) => StreamEvent::Reasoning(s.clone()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Log {
     deltas: Vec<Delta>,
@@ -125,12 +134,18 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Whether another process's call answered this flight (then the
-    /// leader's request is `COALESCED`, not `MISS`).
-    pub fn answered_elsewhere(&self) -> bool {
-        self.flight
+    /// `X-Cache` for the leader's request: `MISS`, or `COALESCED` when
+    /// another process's call answered this flight (through Redis).
+    pub fn leader_x_cache(&self) -> &'static str {
+        if self
+            .flight
             .remote
             .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            "COALESCED"
+        } else {
+            "MISS"
+        }
     }
 
     /// Waits until `ready` says something about the log (checked now and
@@ -185,10 +200,7 @@ impl Subscription {
                 let log = self.flight.log.lock().ok()?;
                 if let Some(d) = log.deltas.get(self.next) {
                     self.next += 1;
-                    return Some(Ok(match d {
-                        Delta::Content(s) => StreamEvent::Content(s.clone()),
-                        Delta::Reasoning(s) => StreamEvent::Reasoning(s.clone()),
-                    }));
+                    return Some(Ok(StreamEvent::from(d)));
                 }
                 match &log.outcome {
                     // A whole (non-streamed) answer: replay it in chunks.

@@ -33,6 +33,32 @@ pub struct KeyParts<'a> {
     pub show_reasoning: bool,
 }
 
+impl<'a> KeyParts<'a> {
+    /// The parts of one upstream request: its endpoint, messages and
+    /// parameters, plus what the request does not carry.
+    pub fn for_request(
+        kind: &'a str,
+        provider: &'a str,
+        req: &'a crate::provider::CompletionRequest,
+        strategy: &'a str,
+        samples: u32,
+        show_reasoning: bool,
+    ) -> KeyParts<'a> {
+        KeyParts {
+            kind,
+            provider,
+            model: &req.model,
+            strategy,
+            samples,
+            messages: &req.messages,
+            temperature: req.temperature,
+            max_tokens: req.max_tokens,
+            top_p: req.top_p,
+            show_reasoning,
+        }
+    }
+}
+
 /// A cache key: 32 bytes of SHA-256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key(pub [u8; 32]);

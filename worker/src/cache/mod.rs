@@ -136,12 +136,7 @@ impl Entry {
         } else {
             self.deltas
                 .iter()
-                .map(|d| {
-                    Ok(match d {
-                        Delta::Content(s) => StreamEvent::Content(s.clone()),
-                        Delta::Reasoning(s) => StreamEvent::Reasoning(s.clone()),
-                    })
-                })
+                .map(|d| Ok(StreamEvent::from(d)))
                 .collect()
         };
         out.push(Ok(self.done_event()));
@@ -215,8 +210,9 @@ pub enum Begin {
     Hit(Arc<Entry>),
     /// An identical call is in flight (`X-Cache: COALESCED`).
     Join(Subscription),
-    /// This request makes the call (`X-Cache: MISS`): hand `Flight` to
-    /// [`ResponseCache::drive`], and wait on the subscription.
+    /// This request makes the call (`X-Cache: MISS`, or `COALESCED` when
+    /// another process's call answers it, see [`Subscription::leader_x_cache`]):
+    /// hand `Flight` to [`ResponseCache::drive`], and wait on the subscription.
     Lead(Arc<Flight>, Subscription, Lead),
 }
 
@@ -296,10 +292,6 @@ impl ResponseCache {
             redis,
             flights: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.enabled
     }
 
     /// The backends in use, for `/api/v1/health`.
@@ -457,6 +449,29 @@ impl ResponseCache {
             });
         } else if let Some(o) = owner {
             tokio::spawn(o.release());
+        }
+    }
+
+    /// A whole answer for `key` with its `X-Cache` value: stored, from an
+    /// identical call in flight, or from `work()` (made only when this
+    /// request leads).
+    pub async fn answer<W>(
+        self: &Arc<Self>,
+        key: Key,
+        policy: Policy,
+        work: impl FnOnce() -> W,
+    ) -> (&'static str, Result<Arc<Entry>, UpstreamError>)
+    where
+        W: std::future::Future<Output = Result<Entry, UpstreamError>> + Send + 'static,
+    {
+        match self.begin(key, policy).await {
+            Begin::Hit(e) => ("HIT", Ok(e)),
+            Begin::Join(mut s) => ("COALESCED", s.answer().await),
+            Begin::Lead(flight, mut s, lead) => {
+                self.drive(flight, lead, work());
+                let answer = s.answer().await;
+                (s.leader_x_cache(), answer)
+            }
         }
     }
 

@@ -129,11 +129,6 @@ impl ArkProvider {
             }),
         })
     }
-
-    /// The full `…/chat/completions` URL calls go to.
-    pub fn url(&self) -> &str {
-        &self.inner.url
-    }
 }
 
 /// `{base_url}/chat/completions`, tolerating a trailing slash.

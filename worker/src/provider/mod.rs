@@ -245,7 +245,8 @@ impl UpstreamError {
         }
     }
 
-    /// `retryAfter` (seconds) for a 429 answer.
+    /// How long to wait before trying again: the upstream's `Retry-After`
+    /// (a 429's `retryAfter`), or the time left on an open circuit.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             UpstreamError::Http { retry_after, .. } => *retry_after,

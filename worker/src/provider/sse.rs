@@ -46,11 +46,6 @@ impl SseParser {
         SseParser::default()
     }
 
-    /// Whether `[DONE]` has been seen.
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-
     /// Feeds one network chunk; returns the events it completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseItem> {
         let mut out = Vec::new();
