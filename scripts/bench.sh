@@ -493,5 +493,5 @@ case $MODE in
   metrics) bench_metrics ;;
   logs) bench_logs ;;
   all) bench_pipeline; bench_cache; bench_reload; bench_memory; bench_metrics; bench_logs ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|reload|memory|metrics|logs]" >&2; exit 64 ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs]" >&2; exit 64 ;;
 esac

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the deployment assets: runs every scripts/checks/*.sh in order
-# (linters for the Dockerfile, compose, Kubernetes, monitoring and shell
-# scripts, and the tests of the operations scripts) and fails if any fails.
+# (linters and consistency checks for the Dockerfile, compose, Kubernetes,
+# monitoring and the shell scripts, including their --help) and fails if any
+# fails. The behaviour tests of the operations scripts are Rust end-to-end
+# tests (tests/tests/ops_scripts.rs), run by nextest.
 # Expects the tools of scripts/deps.sh (scripts/test.sh sources it first).
 set -euo pipefail
 cd "$(dirname "$0")/.."

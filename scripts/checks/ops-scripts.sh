@@ -6,7 +6,7 @@
 #   1. shellcheck (following `source`) on every *.sh under scripts/, the
 #      sourced scripts/lib/*.sh, and the fake docker/docker-compose of
 #      tests/fixtures/;
-#   2. every script starts with `set -euo pipefail` (libraries excepted);
+#   2. every script has a `set -euo pipefail` line (libraries excepted);
 #   3. `--help` of each operations script exits 0 and documents its exit
 #      codes; an unknown option exits 64;
 #   4. .github/workflows/ci.yml parses as YAML (PyYAML, which the tools venv

@@ -96,7 +96,6 @@ fn retention_keeps_max_files_and_gzip_is_valid() {
     sup.wait_ready(1);
     sup.signal(Signal::SIGTERM);
     assert_eq!(sup.wait_exit(DEADLINE).code(), Some(0));
-    // compression runs off the hot path: give it a moment after the exit
     // compression and pruning are finished before the supervisor exits
     let rotated: Vec<String> = std::fs::read_dir(sup.log_dir())
         .unwrap()
