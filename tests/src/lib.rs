@@ -7,3 +7,17 @@
 pub mod mock_ark;
 pub mod mock_backend;
 pub mod redis_server;
+
+/// A free TCP port on 127.0.0.1 (bound, read, released): nothing listens on
+/// it until the test starts something there.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The repository's root (for the shipped configs, scripts and assets).
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}

@@ -11,7 +11,6 @@ mod helper;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,7 +105,7 @@ struct Alertmanager {
 
 impl Alertmanager {
     fn start(webhook_url: &str) -> Alertmanager {
-        let monitoring = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring");
+        let monitoring = repo().join("monitoring");
         let bin = ["alertmanager", "prometheus-alertmanager"]
             .into_iter()
             .find(|b| {

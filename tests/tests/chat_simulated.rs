@@ -13,7 +13,7 @@ use serde_json::json;
 fn the_repository_config_serves_a_simulated_chat() {
     // Exactly the README's command, on a free port (PORT=0 overrides the
     // first app's port), from the repository root.
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = repo();
     let mut sup = Supervisor::run_file(&repo.join("ecosystem.toml"), |cmd| {
         cmd.current_dir(&repo)
             .env("PORT", "0")

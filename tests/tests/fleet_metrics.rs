@@ -44,14 +44,6 @@ fn route_total(text: &str, route: &str) -> f64 {
         .sum()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn k_requests_are_counted_exactly_whichever_worker_answers() {
     let admin = free_port();

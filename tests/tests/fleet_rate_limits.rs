@@ -7,19 +7,10 @@ mod helper;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use heartalk_e2e::redis_server::RedisServer;
 use helper::*;
 use serde_json::json;
-
-/// Fixed windows are aligned to the minute: start a burst early in one.
-fn wait_for_fresh_window() {
-    let into = now_unix() % 60;
-    if into > 45 {
-        std::thread::sleep(Duration::from_secs(61 - into));
-    }
-}
 
 /// `n` requests from 8 threads, each on its own connection, spread over
 /// `addrs`; returns (admitted, refused, workers that answered).
@@ -73,7 +64,7 @@ fn env() -> Vec<(&'static str, &'static str)> {
 #[test]
 fn one_budget_for_all_workers_without_redis() {
     let svc = Service::start(4, &env());
-    wait_for_fresh_window();
+    stay_in_one_window();
     let (ok, refused, workers) = hammer(&[svc.addr], 80);
     assert!(workers.len() >= 2, "spread over workers: {workers:?}");
     assert!((29..=31).contains(&ok), "admitted {ok} (refused {refused})");
@@ -88,7 +79,7 @@ fn one_budget_for_two_supervisors_sharing_redis() {
     e.push(("REDIS_URL", url.as_str()));
     let a = Service::start(2, &e);
     let b = Service::start(2, &e);
-    wait_for_fresh_window();
+    stay_in_one_window();
     let (ok, refused, workers) = hammer(&[a.addr, b.addr], 80);
     assert!(
         workers.iter().any(|w| w.starts_with(&a.addr.to_string()))
@@ -108,7 +99,7 @@ fn a_reload_keeps_the_windows() {
     let mut e = env();
     e.push(("RATE_LIMIT_AI_MAX", "10"));
     let svc = Service::start(2, &e);
-    wait_for_fresh_window();
+    stay_in_one_window();
     let token = user_token();
     let send = |n: usize| -> Vec<u16> {
         (0..n)

@@ -14,7 +14,7 @@
 mod helper;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -25,14 +25,6 @@ use helper::*;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-
-/// A free TCP port on 127.0.0.1 (bound, read, released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// A child process (with its process group) that is killed and reaped
 /// whatever happens to the test.
@@ -82,7 +74,7 @@ struct Front {
 
 /// The repository's `compose/nginx.conf`.
 fn shipped_conf() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/nginx.conf");
+    let path = repo().join("compose/nginx.conf");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

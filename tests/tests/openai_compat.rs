@@ -15,7 +15,7 @@ use helper::*;
 use serde_json::{Value, json};
 
 fn python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools-venv/bin/python3");
+    let venv = repo().join("target/tools-venv/bin/python3");
     if venv.exists() {
         venv
     } else {
@@ -126,8 +126,7 @@ const OpenAI = require(process.env.OPENAI_MODULE);
 
 #[test]
 fn the_official_node_sdk_works_unchanged() {
-    let module =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools-node/node_modules/openai");
+    let module = repo().join("target/tools-node/node_modules/openai");
     assert!(
         module.join("package.json").exists(),
         "the openai npm package (scripts/deps.sh installs it)"

@@ -21,10 +21,6 @@ use std::time::Duration;
 
 use helper::*;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Runs `scripts/<name>` with `args` and `env`, killing it after the
 /// deadline (a hung script fails the test instead of hanging it).
 fn script(name: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
@@ -98,11 +94,7 @@ fn assert_exit(out: &Output, code: i32) {
 
 /// A port nothing listens on (bound once, then released).
 fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
 }
 
 /// An HTTP server answering every request with `answer(n)` (n counts

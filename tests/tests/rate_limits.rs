@@ -6,15 +6,6 @@ mod helper;
 use helper::*;
 use serde_json::json;
 
-/// The checks below must all land in one fixed 60 s window: if the
-/// current window ends within 10 s, wait for the next one to begin.
-fn stay_in_one_window() {
-    let into_window = now_unix() % 60;
-    if into_window > 50 {
-        std::thread::sleep(std::time::Duration::from_secs(61 - into_window));
-    }
-}
-
 #[test]
 fn the_eleventh_stream_request_in_a_window_is_refused() {
     let svc = Service::start(

@@ -20,18 +20,6 @@ fn ask(svc: &Service, text: &str) -> Response {
     )
 }
 
-/// The value of the first series of `name` whose labels contain `labels`.
-fn metric(svc: &Service, name: &str, labels: &str) -> Option<f64> {
-    let r = http_get(svc.addr, "/metrics", Duration::from_secs(5)).ok()?;
-    r.body.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        if !(rest.starts_with('{') || rest.starts_with(' ')) || !rest.contains(labels) {
-            return None;
-        }
-        rest.rsplit(' ').next()?.parse().ok()
-    })
-}
-
 fn providers_status(svc: &Service) -> Value {
     let r = http_get(svc.addr, "/api/v1/health", Duration::from_secs(5)).unwrap();
     r.json()["data"]["services"]["providers"]["status"].clone()
@@ -47,7 +35,7 @@ fn transient_failures_are_retried_and_counted_quota_is_not() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ark.calls(), 3, "two retries, then the answer");
     wait_for("retries in /metrics", Duration::from_secs(10), || {
-        (metric(&svc, "ai_upstream_retries_total", "endpoint=\"chat\"")? >= 2.0).then_some(())
+        (metric(svc.addr, "ai_upstream_retries_total", "endpoint=\"chat\"")? >= 2.0).then_some(())
     });
 
     ark.reset();
@@ -86,7 +74,7 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_probe() {
     assert_eq!(ark.calls(), 3, "no upstream call while open");
     assert_eq!(providers_status(&svc), "degraded");
     assert_eq!(
-        metric(&svc, "ai_circuit_state", "endpoint=\"chat\""),
+        metric(svc.addr, "ai_circuit_state", "endpoint=\"chat\""),
         Some(2.0)
     );
 
@@ -97,7 +85,7 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_probe() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ark.calls(), 4);
     assert_eq!(
-        metric(&svc, "ai_circuit_state", "endpoint=\"chat\""),
+        metric(svc.addr, "ai_circuit_state", "endpoint=\"chat\""),
         Some(0.0)
     );
     assert_eq!(ask(&svc, "一切正常").status, 200);
@@ -133,7 +121,7 @@ fn a_failing_endpoint_falls_back_to_the_routes_second_endpoint() {
     assert_eq!(sse_json(&r.body).last().unwrap()["type"], "complete");
     assert_eq!(ark.last_body().unwrap()["model"], "ep-chat-backup");
     wait_for("fallbacks in /metrics", Duration::from_secs(10), || {
-        (metric(&svc, "ai_upstream_fallbacks_total", "endpoint=\"chat\"")? >= 2.0).then_some(())
+        (metric(svc.addr, "ai_upstream_fallbacks_total", "endpoint=\"chat\"")? >= 2.0).then_some(())
     });
 
     // A client error is not the endpoint's fault: no fallback.

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[allow(unused_imports)] // each test file uses a different subset
+pub use heartalk_e2e::{free_port, repo};
+
 /// Generous deadline for things that normally take milliseconds.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -770,4 +773,27 @@ impl Load {
             .flat_map(|c| c.join().unwrap())
             .collect()
     }
+}
+
+/// Rate-limit windows are fixed and aligned to the minute: when the current
+/// one ends within 10 s, waits for the next to begin, so a test's requests
+/// all land in one window.
+pub fn stay_in_one_window() {
+    let into_window = now_unix() % 60;
+    if into_window > 50 {
+        std::thread::sleep(Duration::from_secs(61 - into_window));
+    }
+}
+
+/// The value of the first series of `name` on `addr`'s `/metrics` whose
+/// labels contain `labels` (e.g. `endpoint="chat"`).
+pub fn metric(addr: SocketAddr, name: &str, labels: &str) -> Option<f64> {
+    let r = http_get(addr, "/metrics", Duration::from_secs(5)).ok()?;
+    r.body.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) || !rest.contains(labels) {
+            return None;
+        }
+        rest.rsplit(' ').next()?.parse().ok()
+    })
 }
