@@ -29,7 +29,7 @@ was running before, under the backup tag recorded for this deployment.
                       nginx, certificate name not checked)
   --retries N         health-check tries after each roll-out (default 10)
   --interval SECS     pause between tries (default 3)
-  --timeout SECS      limit for each try (default 5)
+  --timeout SECS      limit for each try, > 0 (default 5)
   --dry-run           print the commands (and the rollback plan), change nothing
   -h, --help          this text
 
@@ -113,6 +113,13 @@ while (($#)); do
     *) die_usage "unknown argument: $1" ;;
   esac
 done
+# --retries, --interval and --timeout go to scripts/health-check.sh: accept
+# exactly what it accepts, so that a value it would refuse (exit 64, which
+# would read as "unhealthy" and roll back) is refused here, before anything.
+[[ $retries =~ ^[1-9][0-9]*$ ]] || die_usage "--retries must be a whole number >= 1: $retries"
+[[ $interval =~ ^[0-9]+(\.[0-9]+)?$ ]] || die_usage "--interval must be a number of seconds: $interval"
+[[ $timeout =~ ^[0-9]+(\.[0-9]+)?$ && ! $timeout =~ ^0+(\.0+)?$ ]] \
+  || die_usage "--timeout must be a positive number of seconds: $timeout"
 ((${#docker[@]})) || die_usage "DOCKER is empty"
 ((${#compose[@]})) || die_usage "DOCKER_COMPOSE is empty"
 if ((${#files[@]} == 0)); then
@@ -133,9 +140,6 @@ if [[ -z $tag ]]; then
 fi
 [[ $tag =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die_usage "bad --tag: $tag"
 [[ $tag == rollback-* ]] && die_usage "--tag rollback-* is reserved for backup tags"
-[[ $retries =~ ^[1-9][0-9]*$ ]] || die_usage "--retries must be a whole number >= 1"
-[[ $interval =~ ^[0-9]+(\.[0-9]+)?$ ]] || die_usage "--interval must be a number of seconds"
-[[ $timeout =~ ^[0-9]+(\.[0-9]+)?$ ]] || die_usage "--timeout must be a number of seconds"
 
 new_image=$repository:$tag
 backup_tag=

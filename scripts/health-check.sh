@@ -15,7 +15,7 @@ Probes the HearTalk health endpoint until it is healthy or the tries run out.
                    http://127.0.0.1:\${PORT:-8001}/api/v1/health)
   --retries N      tries in all, >= 1 (default 5)
   --interval SECS  pause between tries, may be fractional (default 2)
-  --timeout SECS   limit for each try, connection included (default 5)
+  --timeout SECS   limit for each try, connection included, > 0 (default 5)
   --insecure       https: do not verify the certificate (checking a local TLS
                    proxy whose certificate names the public host)
   -h, --help       this text

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use heartalk_e2e::redis_server::RedisServer;
 use helper::*;
 
 /// Runs `scripts/<name>` with `args` and `env`, killing it after the
@@ -258,98 +259,51 @@ fn health_check_reads_the_status_and_retries() {
 
 // ---------------------------------------------------------------- redis
 
-/// A real redis-server on a free port, in its own temp dir, with a
-/// password; killed and reaped on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    password: String,
-    _dir: tempfile::TempDir,
+/// A real redis-server (the support crate's) on a free port, in its own
+/// temp dir, with a password; killed and reaped on drop.
+fn redis(password: &str) -> RedisServer {
+    RedisServer::options().password(password).start()
 }
 
-impl Redis {
-    fn start(password: &str) -> Redis {
-        Redis::start_in(password, tempfile::tempdir().unwrap())
-    }
+/// Starts one on `dir`, loading its dump.rdb if there is one.
+fn redis_in(password: &str, dir: tempfile::TempDir) -> RedisServer {
+    RedisServer::options().password(password).dir(dir).start()
+}
 
-    /// Starts on `dir`, loading its dump.rdb if there is one.
-    fn start_in(password: &str, dir: tempfile::TempDir) -> Redis {
-        let port = closed_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--requirepass", password])
-            // Serve `redis-cli --rdb` at once instead of after 5 s.
-            .args(["--repl-diskless-sync-delay", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let redis = Redis {
-            child,
-            port,
-            password: password.to_string(),
-            _dir: dir,
-        };
-        wait_for("redis-server PING", DEADLINE, || {
-            (redis.try_cli(&["PING"]).as_deref() == Some("PONG")).then_some(())
-        });
-        redis
-    }
-
-    fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["--no-auth-warning", "-p", &self.port.to_string()])
-            .args(args)
-            .env("REDISCLI_AUTH", &self.password)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        self.try_cli(args)
-            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
-    }
-
-    /// `redis://:password@127.0.0.1:port` with the password percent-encoded.
-    fn url(&self) -> String {
-        let enc: String = self
-            .password
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        format!("redis://:{enc}@127.0.0.1:{}", self.port)
-    }
-
+/// What these tests read from and write to a Redis.
+trait Dataset {
+    /// `redis-cli ARGS`, which must succeed; its output without the final
+    /// newline.
+    fn must(&self, args: &[&str]) -> String;
     /// Every key of every database with its type, value (sorted for sets)
     /// and whether it expires: what "the dataset" means for these tests.
+    fn dataset(&self) -> BTreeMap<String, String>;
+    fn fill(&self);
+}
+
+impl Dataset for RedisServer {
+    fn must(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+            .trim_end()
+            .to_string()
+    }
+
     fn dataset(&self) -> BTreeMap<String, String> {
         let mut all = BTreeMap::new();
         for db in ["0", "2"] {
-            let keys = self.cli(&["-n", db, "--scan"]);
+            let keys = self.must(&["-n", db, "--scan"]);
             for key in keys.lines().filter(|k| !k.is_empty()) {
-                let kind = self.cli(&["-n", db, "TYPE", key]);
+                let kind = self.must(&["-n", db, "TYPE", key]);
                 let value = match kind.as_str() {
-                    "string" => self.cli(&["-n", db, "GET", key]),
-                    "hash" => sorted(self.cli(&["-n", db, "HGETALL", key])),
-                    "list" => self.cli(&["-n", db, "LRANGE", key, "0", "-1"]),
-                    "set" => sorted(self.cli(&["-n", db, "SMEMBERS", key])),
-                    "zset" => self.cli(&["-n", db, "ZRANGE", key, "0", "-1", "WITHSCORES"]),
+                    "string" => self.must(&["-n", db, "GET", key]),
+                    "hash" => sorted(self.must(&["-n", db, "HGETALL", key])),
+                    "list" => self.must(&["-n", db, "LRANGE", key, "0", "-1"]),
+                    "set" => sorted(self.must(&["-n", db, "SMEMBERS", key])),
+                    "zset" => self.must(&["-n", db, "ZRANGE", key, "0", "-1", "WITHSCORES"]),
                     other => panic!("unexpected type {other} of {key}"),
                 };
-                let ttl: i64 = self.cli(&["-n", db, "TTL", key]).parse().unwrap();
+                let ttl: i64 = self.must(&["-n", db, "TTL", key]).parse().unwrap();
                 let expires = if ttl > 0 { "expires" } else { "persistent" };
                 all.insert(format!("db{db}/{key}"), format!("{kind} {expires} {value}"));
             }
@@ -358,14 +312,14 @@ impl Redis {
     }
 
     fn fill(&self) {
-        self.cli(&["SET", "greeting", "hello world"]);
-        self.cli(&["SET", "session:42", "token", "EX", "3600"]);
-        self.cli(&["HSET", "user:1", "name", "Ada", "lang", "en"]);
-        self.cli(&["RPUSH", "queue", "a", "b", "c"]);
-        self.cli(&["SADD", "tags", "x", "y", "z"]);
-        self.cli(&["ZADD", "scores", "1", "one", "2", "two"]);
-        self.cli(&["SET", "unicode:é", "ünï"]);
-        self.cli(&["-n", "2", "SET", "rate:ip:10.0.0.1", "7"]);
+        self.must(&["SET", "greeting", "hello world"]);
+        self.must(&["SET", "session:42", "token", "EX", "3600"]);
+        self.must(&["HSET", "user:1", "name", "Ada", "lang", "en"]);
+        self.must(&["RPUSH", "queue", "a", "b", "c"]);
+        self.must(&["SADD", "tags", "x", "y", "z"]);
+        self.must(&["ZADD", "scores", "1", "one", "2", "two"]);
+        self.must(&["SET", "unicode:é", "ünï"]);
+        self.must(&["-n", "2", "SET", "rate:ip:10.0.0.1", "7"]);
     }
 }
 
@@ -373,13 +327,6 @@ fn sorted(s: String) -> String {
     let mut v: Vec<&str> = s.lines().collect();
     v.sort();
     v.join("\n")
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Pids of processes whose command line mentions `path` (the scratch
@@ -481,7 +428,7 @@ fn manifest_paths(backup: &Path) -> Vec<String> {
 #[test]
 fn backup_and_restore_round_trip_config_and_redis() {
     let site = Site::new();
-    let source = Redis::start("pa ss\"w@rd");
+    let source = redis("pa ss\"w@rd");
     source.fill();
     let original = source.dataset();
     assert_eq!(original.len(), 8, "{original:#?}");
@@ -550,7 +497,7 @@ fn backup_and_restore_round_trip_config_and_redis() {
     assert!(listing.contains("logs/heartalk-1.log.gz"), "{listing}");
 
     // Restore into a fresh server (another password) and a fresh target dir.
-    let fresh = Redis::start("other-secret");
+    let fresh = redis("other-secret");
     let fresh_url = fresh.url();
     let target = site.s("restored");
     let out = site.restore(backup, &["--target", &target, "--redis-url", &fresh_url]);
@@ -574,17 +521,17 @@ fn backup_and_restore_round_trip_config_and_redis() {
     );
 
     // Over a changed dataset: --redis-flush makes it exactly the backup's.
-    source.cli(&["SET", "greeting", "changed"]);
-    source.cli(&["DEL", "queue"]);
-    source.cli(&["SET", "junk", "1"]);
-    source.cli(&["-n", "2", "SET", "junk2", "1"]);
+    source.must(&["SET", "greeting", "changed"]);
+    source.must(&["DEL", "queue"]);
+    source.must(&["SET", "junk", "1"]);
+    source.must(&["-n", "2", "SET", "junk2", "1"]);
     assert_ne!(source.dataset(), original);
     let out = site.restore(backup, &["--redis-url", &url, "--redis-flush"]);
     assert_exit(&out, 0);
     assert_eq!(source.dataset(), original);
 
     // A tampered backup is refused before anything is touched.
-    fresh.cli(&["SET", "sentinel", "still here"]);
+    fresh.must(&["SET", "sentinel", "still here"]);
     let tampered = site.p("tampered");
     copy_dir(backup, &tampered);
     let rdb = tampered.join("redis/dump.rdb");
@@ -600,13 +547,13 @@ fn backup_and_restore_round_trip_config_and_redis() {
         "{}",
         text(&out)
     );
-    assert_eq!(fresh.cli(&["GET", "sentinel"]), "still here");
+    assert_eq!(fresh.must(&["GET", "sentinel"]), "still here");
 }
 
 #[test]
 fn bgsave_backup_offline_restore_and_refusals() {
     let site = Site::new();
-    let source = Redis::start("secret");
+    let source = redis("secret");
     source.fill();
     let original = source.dataset();
     let url = source.url();
@@ -615,7 +562,7 @@ fn bgsave_backup_offline_restore_and_refusals() {
     let backups = site.backups();
     assert_eq!(backups.len(), 1, "{backups:?}");
     assert!(!manifest_paths(&backups[0]).contains(&"logs.tar.gz".to_string()));
-    let fresh = Redis::start("secret2");
+    let fresh = redis("secret2");
     let out = site.restore(&backups[0], &["--redis-url", &fresh.url()]);
     assert_exit(&out, 0);
     assert_eq!(fresh.dataset(), original);
@@ -646,20 +593,20 @@ fn bgsave_backup_offline_restore_and_refusals() {
     let dir = data.path().to_string_lossy().into_owned();
     let out = site.restore(&backups[0], &["--redis-dir", &dir]);
     assert_exit(&out, 0);
-    let started = Redis::start_in("secret3", data);
+    let started = redis_in("secret3", data);
     assert_eq!(started.dataset(), original);
     drop(started);
 
     // A restore whose target refuses the password writes nothing at all,
     // not even the config.
-    let refused = format!("redis://:nope@127.0.0.1:{}", fresh.port);
+    let refused = format!("redis://:nope@127.0.0.1:{}", fresh.port());
     let target = site.s("not-restored");
     let out = site.restore(&backups[0], &["--target", &target, "--redis-url", &refused]);
     assert_exit(&out, 1);
     assert!(!site.p("not-restored").exists(), "{}", text(&out));
 
     // A wrong password: exit 1 and nothing that looks like a backup.
-    let wrong = format!("redis://:nope@127.0.0.1:{}", source.port);
+    let wrong = format!("redis://:nope@127.0.0.1:{}", source.port());
     let out = site.backup(&["--no-logs", "--redis-url", &wrong]);
     assert_exit(&out, 1);
     assert_eq!(site.backups(), backups, "{}", text(&out));
@@ -724,6 +671,12 @@ impl FakeEngine {
     }
 
     fn deploy(&self, tag: &str, health: &str) -> Output {
+        self.deploy_with(tag, health, &[])
+    }
+
+    /// `deploy` with `extra` arguments after the usual ones (a repeated
+    /// option overrides the usual value).
+    fn deploy_with(&self, tag: &str, health: &str, extra: &[&str]) -> Output {
         let fixtures = repo().join("tests/fixtures");
         let docker = fixtures.join("fake-docker").to_string_lossy().into_owned();
         let compose = fixtures
@@ -732,7 +685,7 @@ impl FakeEngine {
             .into_owned();
         let d = self.dir.path().to_string_lossy().into_owned();
         let state = self.dir.path().join("state").to_string_lossy().into_owned();
-        let args = [
+        let mut args = vec![
             "--tag",
             tag,
             "--health-url",
@@ -744,6 +697,7 @@ impl FakeEngine {
             "--timeout",
             "2",
         ];
+        args.extend_from_slice(extra);
         script(
             "deploy.sh",
             &args,
@@ -869,6 +823,9 @@ fn deploy_happy_path_and_refusals() {
     let out = engine.deploy("v3", &health_url(engine.health));
     assert_exit(&out, 3);
     let after = engine.log();
+    // The compose check, then the build that failed; nothing after it.
+    assert_eq!(after.len() - before, 2, "{after:#?}");
+    assert_eq!(after.last().unwrap(), "docker build -t heartalk:v3 .");
     assert!(
         after[before..]
             .iter()
@@ -890,6 +847,7 @@ fn deploy_happy_path_and_refusals() {
         text(&out)
     );
     let after = engine.log();
+    assert_eq!(after.len() - before, 1, "one call: {after:#?}");
     assert!(
         after[before..].iter().all(|l| l.contains(" config")),
         "only `config` ran: {after:#?}"
@@ -897,4 +855,40 @@ fn deploy_happy_path_and_refusals() {
 
     // Bad usage.
     assert_exit(&engine.deploy("bad tag!", "http://127.0.0.1:1/"), 64);
+}
+
+#[test]
+fn deploy_refuses_a_timeout_health_check_would_refuse_before_touching_anything() {
+    let engine = FakeEngine::new();
+    let health = health_url(engine.health);
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in ["0", "0.0", "00", "-1", "5s", ""] {
+        // health-check.sh refuses it (which deploy.sh would take for an
+        // unhealthy roll-out, and roll back) ...
+        let args = ["--url", health.as_str(), "--timeout", bad];
+        let out = script("health-check.sh", &args, &[], tmp.path());
+        assert_exit(&out, 64);
+        // ... so deploy.sh refuses it up front, the same way.
+        let out = engine.deploy_with("v2", &health, &["--timeout", bad]);
+        assert_exit(&out, 64);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--timeout must be a positive number of seconds"),
+            "{}",
+            text(&out)
+        );
+        // No docker or compose call (the fake engine logs every one), no
+        // state dir, nothing rolled out.
+        assert!(
+            !engine.dir.path().join("log").exists(),
+            "{bad:?}: {}",
+            engine.read("log")
+        );
+        assert!(!engine.dir.path().join("state").exists(), "{bad:?}");
+        assert_eq!(engine.read("running"), "heartalk:v1\n");
+    }
+    // A positive fraction is fine for both.
+    let out = engine.deploy_with("v2", &health, &["--timeout", "0.5"]);
+    assert_exit(&out, 0);
+    assert_eq!(engine.ups(), ["heartalk:v2"], "{:#?}", engine.log());
 }

@@ -29,6 +29,11 @@ fn wait_for_an_entry_in(redis: &RedisServer) {
     });
 }
 
+/// `ai_redis_up` on the service's `/metrics` (`None`: no such series).
+fn redis_up(svc: &Service) -> Option<f64> {
+    metric(svc.addr, "ai_redis_up", "")
+}
+
 fn ask(svc: &Service, text: &str) -> Response {
     let r = svc.post(
         "/api/v1/chat/generate",
@@ -49,6 +54,9 @@ fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
         cache_health(&a),
         json!({"status": "healthy", "backends": ["memory", "redis"], "hit_rate": 0.0})
     );
+    for svc in [&a, &b] {
+        assert_eq!(redis_up(svc), Some(1.0), "linked to Redis");
+    }
 
     let first = ask(&a, "跨进程的问题");
     assert_eq!(first.header("x-cache"), Some("MISS"));
@@ -68,13 +76,15 @@ fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
         let r = ask(&a, &format!("Redis 不在 {i}"));
         assert_eq!(r.header("x-cache"), Some("MISS"));
     }
-    wait_for("cache degraded", Duration::from_secs(10), || {
-        (cache_health(&b)["status"] == "degraded").then_some(())
-    });
+    for svc in [&a, &b] {
+        wait_for("cache degraded", Duration::from_secs(10), || {
+            (cache_health(svc)["status"] == "degraded").then_some(())
+        });
+        // The gauge says what health says (both follow the link's state).
+        assert_eq!(redis_up(svc), Some(0.0), "Redis is down");
+    }
     let r = ask(&b, "Redis 不在 也要回答");
     assert_eq!(r.header("x-cache"), Some("MISS"));
-    let r = http_get(a.addr, "/metrics", Duration::from_secs(5)).unwrap();
-    assert!(r.body.contains("ai_redis_up"), "{}", r.body);
 
     // Redis is back (empty): the link heals and hits across supervisors resume.
     redis.restart();
@@ -82,6 +92,7 @@ fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
         wait_for("cache healthy again", Duration::from_secs(10), || {
             (cache_health(svc)["status"] == "healthy").then_some(())
         });
+        assert_eq!(redis_up(svc), Some(1.0), "Redis is back");
     }
     let again = ask(&a, "恢复以后");
     assert_eq!(again.header("x-cache"), Some("MISS"));
@@ -121,12 +132,5 @@ fn a_full_redis_fails_commands_not_the_link() {
         std::thread::sleep(Duration::from_millis(150));
         assert_eq!(cache_health(&svc)["status"], "healthy");
     }
-    let r = http_get(svc.addr, "/metrics", Duration::from_secs(5)).unwrap();
-    assert!(
-        r.body
-            .lines()
-            .any(|l| l.starts_with("ai_redis_up") && l.ends_with(" 1")),
-        "{}",
-        r.body
-    );
+    assert_eq!(redis_up(&svc), Some(1.0));
 }

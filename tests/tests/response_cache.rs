@@ -2,8 +2,9 @@
 //! supervisor and worker against the mock Ark: a repeat is a `HIT` with a
 //! byte-identical body and no upstream call; the key ignores JSON key order
 //! and whitespace but not the parameters; a streaming hit replays the same
-//! frames; `Cache-Control: no-cache` bypasses the lookup; errors and
-//! self-consistency answers behave as documented.
+//! frames; `Cache-Control: no-cache` bypasses the lookup, `no-store` the
+//! lookup and the store; errors and self-consistency answers behave as
+//! documented.
 
 mod helper;
 
@@ -60,6 +61,53 @@ fn a_repeat_is_a_hit_with_the_same_bytes_and_no_upstream_call() {
     );
     assert_eq!(fresh.header("x-cache"), Some("MISS"));
     assert_eq!(ark.calls(), 4);
+}
+
+#[test]
+fn no_store_is_neither_served_from_nor_stored_in_the_cache() {
+    let ark = MockArk::start();
+    let svc = live_service(&ark.base_url(), &[]);
+    let body = json!({"messages":[{"role":"user","content":"讲个故事"}]}).to_string();
+    let ask = |cache_control: Option<&str>, upstream_says: Option<&str>| {
+        if let Some(content) = upstream_says {
+            ark.push(Behavior::success().with_content(content));
+        }
+        let headers: Vec<(&str, &str)> = cache_control
+            .map(|v| ("Cache-Control", v))
+            .into_iter()
+            .collect();
+        let r = post_raw(&svc, "/api/v1/chat/generate", &body, &headers);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r
+    };
+    let content = |r: &Response| r.json()["data"]["content"].clone();
+
+    // no-store on a cold key: a call, and its answer is not kept ...
+    let first = ask(Some("no-store"), Some("第一个答案"));
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert_eq!(content(&first), "第一个答案");
+    assert_eq!(ark.calls(), 1);
+    // ... so a plain request makes the call again (and stores its answer).
+    let second = ask(None, Some("第二个答案"));
+    assert_eq!(second.header("x-cache"), Some("MISS"), "no-store stored it");
+    assert_eq!(content(&second), "第二个答案");
+    assert_eq!(ark.calls(), 2);
+
+    // With an entry there, no-store does not read it ...
+    let third = ask(Some("no-store"), Some("第三个答案"));
+    assert_eq!(third.header("x-cache"), Some("MISS"), "no-store was served");
+    assert_eq!(content(&third), "第三个答案");
+    assert_eq!(ark.calls(), 3);
+    // ... nor replace it (no-cache would): the entry is still the second answer.
+    let fourth = ask(None, None);
+    assert_eq!(fourth.header("x-cache"), Some("HIT"));
+    assert_eq!(ark.calls(), 3, "the hit made no upstream call");
+    assert_eq!(
+        content(&fourth),
+        "第二个答案",
+        "no-store replaced the entry"
+    );
+    assert_eq!(fourth.body, second.body);
 }
 
 #[test]

@@ -58,7 +58,9 @@ fn status_follows_crashes_and_reloads() {
     let s = sup.status();
     assert_eq!(s["supervisor"]["generation"], 2);
     assert_eq!(s["supervisor"]["reload"]["last"]["outcome"], "committed");
-    assert!(workers(&s).iter().all(|w| w["generation"] == 2));
+    let ws = workers(&s);
+    assert_eq!(ws.len(), 3, "{s}");
+    assert!(ws.iter().all(|w| w["generation"] == 2), "{s}");
 
     // the table: a header line, a config line, a column header, a row per worker
     let out = sup.cli(&["status"]);

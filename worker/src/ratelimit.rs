@@ -407,7 +407,8 @@ mod tests {
         for _ in 0..101 {
             c.hit("ip", 0, 900);
         }
-        // enough 60 s traffic to trigger sweeps
+        // enough 60 s traffic to trigger sweeps (at hits 10 000 and 20 000,
+        // "now" 600), while every window so far is still open
         for i in 0..(2 * SWEEP_EVERY) {
             c.hit(&format!("stream:{i}"), 600, 60);
         }
@@ -416,13 +417,27 @@ mod tests {
             102,
             "the long window survived the sweep"
         );
-        let len = c.inner.lock().unwrap().counts.len();
-        assert!(len as u64 <= 2 * SWEEP_EVERY + 1);
-        // and a window that really ended is swept
+        {
+            let local = c.inner.lock().unwrap();
+            assert_eq!(local.hits, 2 * SWEEP_EVERY + 102);
+            // the sweeps removed no live entry: "ip" and every stream key
+            assert_eq!(local.counts.len() as u64, 2 * SWEEP_EVERY + 1);
+        }
+        // At 2000 every window above has ended. The sweep at hit 30 000
+        // (the 9 898th of these) removes all of them and keeps the "later"
+        // keys already counted, whose windows are open; the rest follow it.
         for i in 0..SWEEP_EVERY {
             c.hit(&format!("later:{i}"), 2000, 60);
         }
-        assert!(!c.inner.lock().unwrap().counts.contains_key("ip"));
+        let local = c.inner.lock().unwrap();
+        assert_eq!(local.hits, 3 * SWEEP_EVERY + 102, "one sweep in there");
+        assert_eq!(
+            local.counts.len() as u64,
+            SWEEP_EVERY,
+            "exactly the later keys are left"
+        );
+        assert!(local.counts.keys().all(|k| k.starts_with("later:")));
+        assert!(!local.counts.contains_key("ip"));
     }
 
     #[test]

@@ -312,6 +312,24 @@ mod tests {
             .map(|i| answer(&req("同一个问题", 0.1 * f64::from(i), 2000), false).0)
             .collect();
         assert!(variants.len() > 1);
+        // The endpoint (the route's) is one of them: the same question on
+        // the work-assistant endpoint is answered differently.
+        for q in [
+            "同一个问题",
+            "我最近工作压力很大，怎么办？",
+            "周末去哪里玩？",
+        ] {
+            let chat = req(q, 0.7, 2000);
+            let mut work = chat.clone();
+            work.endpoint = EndpointKind::WorkAssistant;
+            let (chat_answer, work_answer) = (answer(&chat, false).0, answer(&work, false).0);
+            // Both quote the question; the sentences after it differ.
+            let quote = format!("关于「{q}」：");
+            assert!(chat_answer.starts_with(&quote), "{chat_answer}");
+            assert!(work_answer.starts_with(&quote), "{work_answer}");
+            assert_ne!(chat_answer, work_answer, "{q}");
+            assert_eq!(work_answer, answer(&work, false).0, "{q}: deterministic");
+        }
         let mut other = req("同一个问题", 0.7, 2000);
         other.endpoint = EndpointKind::WorkAssistant;
         let _ = answer(&other, true).1.unwrap();
