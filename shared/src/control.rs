@@ -30,8 +30,10 @@ pub struct Request {
 pub enum Command {
     /// The fleet's state ([`Status`]).
     Status,
-    /// Reload the config; the answer comes when the reload has committed,
-    /// rolled back or been refused ([`ReloadResult`]).
+    /// Reload the config; the answer comes when the reload that covered
+    /// this request has committed, rolled back or been refused
+    /// ([`ReloadResult`]). A request made during a rollout is answered by
+    /// the reload that follows it, not by the running one.
     Reload,
     /// Graceful stop; answered at once, then the supervisor drains and exits.
     Stop,

@@ -6,12 +6,17 @@
 //! connecting, so a socket directory with loose permissions still does not
 //! open the fleet to other users. A socket file left by a dead supervisor
 //! is detected (nobody answers a connect) and replaced; a live one makes a
-//! second supervisor refuse to start. Requests are the framed, versioned
+//! second supervisor refuse to start; anything at that path that is not a
+//! socket (a mistyped `control_socket` naming the config file, say) is
+//! never touched, and the supervisor refuses to start instead. Only `heartalk
+//! run` may create the socket's directory: the CLI verbs merely look for
+//! the socket ([`find_socket`]). Requests are the framed, versioned
 //! messages of `shared::control`; each is handed to the event loop as an
 //! [`Ask`] and answered when the loop replies.
 
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +36,10 @@ pub enum ControlError {
         "another supervisor is already running on {0} (stop it first, or set [supervisor] control_socket)"
     )]
     InUse(PathBuf),
+    #[error(
+        "{0} exists and is not a socket; refusing to replace it (check [supervisor] control_socket)"
+    )]
+    NotASocket(PathBuf),
     #[error("cannot create the control socket {path}: {source}")]
     Io {
         path: PathBuf,
@@ -39,29 +48,76 @@ pub enum ControlError {
     },
 }
 
-/// The control socket's path: `[supervisor] control_socket`, else
-/// `$XDG_RUNTIME_DIR/heartalk.sock`, else `/run/heartalk/heartalk.sock`,
-/// else `heartalk.sock` next to the config file — the first whose
-/// directory exists (or can be made) and is writable.
+/// Where `heartalk run` puts its control socket: `[supervisor]
+/// control_socket`, else `$XDG_RUNTIME_DIR/heartalk.sock`, else
+/// `/run/heartalk/heartalk.sock`, else `heartalk.sock` next to the config
+/// file — the first whose directory exists (or can be made) and is
+/// writable. Creates directories and probes them by writing, so only `run`
+/// calls it; the CLI verbs use [`find_socket`].
 pub fn socket_path(config: &Config) -> PathBuf {
     if let Some(p) = &config.supervisor.control_socket {
         return p.clone();
     }
-    let candidates = [
-        std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("heartalk.sock")),
-        Some(PathBuf::from("/run/heartalk/heartalk.sock")),
-    ];
-    for path in candidates.into_iter().flatten() {
-        if path.parent().is_some_and(writable_dir) {
-            return path;
-        }
+    let candidates = default_candidates(std::env::var_os("XDG_RUNTIME_DIR"), &config.path);
+    let (last, earlier) = candidates.split_last().expect("the config's directory");
+    earlier
+        .iter()
+        .find(|path| path.parent().is_some_and(writable_dir))
+        .unwrap_or(last)
+        .clone()
+}
+
+/// Where the CLI verbs look for a running supervisor's socket, without
+/// creating or writing anything: `[supervisor] control_socket` if set;
+/// else, of `run`'s default places (same order), the first holding a
+/// socket; else the first whose directory exists and is writable (where
+/// `run` would put it), named in the "no supervisor" message.
+pub fn find_socket(config: &Config) -> PathBuf {
+    if let Some(p) = &config.supervisor.control_socket {
+        return p.clone();
     }
-    config
-        .path
+    find_in(&default_candidates(
+        std::env::var_os("XDG_RUNTIME_DIR"),
+        &config.path,
+    ))
+}
+
+/// `run`'s default socket places, in order; the last (next to the config
+/// file) is always there.
+fn default_candidates(xdg_runtime_dir: Option<OsString>, config_path: &Path) -> Vec<PathBuf> {
+    let beside_config = config_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
-        .join("heartalk.sock")
+        .join("heartalk.sock");
+    xdg_runtime_dir
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("heartalk.sock"))
+        .into_iter()
+        .chain([PathBuf::from("/run/heartalk/heartalk.sock"), beside_config])
+        .collect()
+}
+
+/// [`find_socket`] over `candidates` (the last is the fallback).
+fn find_in(candidates: &[PathBuf]) -> PathBuf {
+    let (last, earlier) = candidates.split_last().expect("a fallback place");
+    candidates
+        .iter()
+        .find(|p| is_socket(p))
+        .or_else(|| {
+            earlier.iter().find(|p| {
+                p.parent().is_some_and(|d| {
+                    d.is_dir() && nix::unistd::access(d, nix::unistd::AccessFlags::W_OK).is_ok()
+                })
+            })
+        })
+        .unwrap_or(last)
+        .clone()
+}
+
+/// Whether `path` itself (not a symlink's target) is a Unix socket.
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 fn writable_dir(dir: &Path) -> bool {
@@ -81,7 +137,11 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `path` (mode 0600), replacing a stale socket file.
+    /// Binds `path` (mode 0600), creating its directory if needed and
+    /// replacing a stale socket file — only a socket, and only one nobody
+    /// answers on (the connect is refused): a live one is [`ControlError::InUse`],
+    /// and any other file is [`ControlError::NotASocket`] and left as it
+    /// is, since it may well be the operator's config or data.
     pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
         let io_err = |source| ControlError::Io {
             path: path.to_path_buf(),
@@ -93,14 +153,21 @@ impl ControlSocket {
                 let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
             }
         }
-        if path.exists() {
-            match std::os::unix::net::UnixStream::connect(path) {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ControlError::NotASocket(path.to_path_buf()));
+            }
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
                 Ok(_) => return Err(ControlError::InUse(path.to_path_buf())),
-                Err(_) => {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     tracing::warn!(event = "stale_control_socket", path = %path.display(), "removing a control socket nobody answers on");
                     std::fs::remove_file(path).map_err(io_err)?;
                 }
-            }
+                // Not provably stale (e.g. EACCES: another user's): keep it.
+                Err(e) => return Err(io_err(e)),
+            },
         }
         // Created with a umask that leaves it private, then made 0600 for sure.
         let std_listener =
@@ -291,5 +358,67 @@ mod tests {
         ));
         drop(live);
         assert!(!path.exists(), "removed on drop");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ecosystem.toml");
+        std::fs::write(&file, "[[apps]]\n").unwrap();
+        let err = ControlSocket::bind(&file).err().expect("refused");
+        assert!(matches!(&err, ControlError::NotASocket(p) if p == &file));
+        assert!(err.to_string().contains("is not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "[[apps]]\n");
+
+        // nor a symlink, even one to a stale socket, nor a directory
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&stale, &link).unwrap();
+        assert!(matches!(
+            ControlSocket::bind(&link),
+            Err(ControlError::NotASocket(_))
+        ));
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+        assert!(matches!(
+            ControlSocket::bind(dir.path()),
+            Err(ControlError::NotASocket(_))
+        ));
+    }
+
+    #[test]
+    fn finding_the_socket_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("runtime/user");
+        let beside = dir.path().join("conf");
+        std::fs::create_dir(&beside).unwrap();
+        let candidates = default_candidates(
+            Some(missing.clone().into_os_string()),
+            &beside.join("ecosystem.toml"),
+        );
+        assert_eq!(candidates[0], missing.join("heartalk.sock"));
+        assert_eq!(candidates.last().unwrap(), &beside.join("heartalk.sock"));
+        // no socket anywhere, no runtime dir: the fallback, nothing made
+        let only_ours = [candidates[0].clone(), candidates[2].clone()];
+        assert_eq!(find_in(&only_ours), beside.join("heartalk.sock"));
+        assert!(!dir.path().join("runtime").exists());
+        assert_eq!(std::fs::read_dir(&beside).unwrap().count(), 0);
+
+        // the first place holding a socket wins; a plain file is no socket
+        let xdg = dir.path().join("xdg");
+        std::fs::create_dir(&xdg).unwrap();
+        let places = [xdg.join("heartalk.sock"), beside.join("heartalk.sock")];
+        std::fs::write(&places[0], "").unwrap();
+        let _live = std::os::unix::net::UnixListener::bind(&places[1]).unwrap();
+        assert_eq!(find_in(&places), places[1]);
+        std::fs::remove_file(&places[0]).unwrap();
+        let _first = std::os::unix::net::UnixListener::bind(&places[0]).unwrap();
+        assert_eq!(find_in(&places), places[0]);
+        // a writable directory without a socket is where `run` would go
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let fresh = [empty.join("heartalk.sock"), beside.join("nothing.sock")];
+        assert_eq!(find_in(&fresh), fresh[0]);
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "not probed");
     }
 }

@@ -32,6 +32,7 @@ use shared::config::{App, Config, Instances};
 
 use crate::memory::{self, Verdict};
 use crate::notify::Message;
+use crate::reloads::{Finished, Ledger};
 use crate::restart::{Decision, Policy};
 use crate::sockets::{SlotSocket, bind_slots};
 use crate::spawn::{Launch, resolve_program, spawn};
@@ -98,24 +99,7 @@ pub struct ExitInfo {
     pub signal: Option<String>,
 }
 
-/// The outcome of the last reload, for logs and `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadOutcome {
-    pub generation: u64,
-    /// `committed`, `rolled_back` or `refused`.
-    pub outcome: &'static str,
-    pub reason: Option<String>,
-}
-
-impl From<&ReloadOutcome> for shared::control::ReloadResult {
-    fn from(r: &ReloadOutcome) -> Self {
-        shared::control::ReloadResult {
-            generation: r.generation,
-            outcome: r.outcome.to_string(),
-            reason: r.reason.clone(),
-        }
-    }
-}
+pub use crate::reloads::ReloadOutcome;
 
 struct Worker {
     pid: Pid,
@@ -210,6 +194,8 @@ struct Rollout {
     apps: Vec<AppRun>,
     pending: VecDeque<(usize, usize)>,
     generation: u64,
+    /// The highest reload request number this rollout answers.
+    covers: u64,
 }
 
 /// An old worker finishing its in-flight work.
@@ -257,8 +243,8 @@ pub struct Fleet {
     /// A worker had to be SIGKILLed during the stop (exit code 1).
     forced: bool,
     announced_ready: bool,
-    reload_queued: bool,
-    last_reload: Option<ReloadOutcome>,
+    /// Reload requests, and the attempts that answered them.
+    reloads: Ledger,
     /// Workers spawned so far (names their metrics sockets).
     spawn_seq: u64,
     /// Drains started so far (the event loop scrapes a worker as it starts draining).
@@ -393,8 +379,7 @@ impl Fleet {
             cpus,
             forced: false,
             announced_ready: false,
-            reload_queued: false,
-            last_reload: None,
+            reloads: Ledger::default(),
             spawn_seq: 0,
             drains_started: 0,
             capture_output: false,
@@ -483,7 +468,7 @@ impl Fleet {
                 .collect(),
             generation: self.generation,
             reloading: self.rollout.is_some(),
-            last_reload: self.last_reload.clone(),
+            last_reload: self.reloads.last().cloned(),
             stopping: self.mode == Mode::Stopping,
             restarts_by: self
                 .restarts_by
@@ -924,28 +909,54 @@ impl Fleet {
         });
     }
 
-    /// Begins a reload to `config`: the next generation starts beside the
-    /// current one. A reload asked for while one is running is queued and
-    /// runs (once, however many were asked for) after it.
+    /// Accepts a reload request (`via` SIGHUP or the control socket) and
+    /// returns its number, which a caller waits on (see [`crate::reloads`]);
+    /// `None` during a stop, when no reload will run. The reload itself
+    /// starts when [`Fleet::reload_due`] says so: at once, or —
+    /// while a rollout runs — after it, once, however many were asked for
+    /// meanwhile.
+    pub fn request_reload(&mut self, via: &'static str) -> Option<u64> {
+        if self.mode == Mode::Stopping {
+            tracing::warn!(
+                event = "reload_ignored",
+                via,
+                "reload asked for during a stop"
+            );
+            return None;
+        }
+        let seq = self.reloads.request();
+        tracing::info!(event = "reload_requested", seq, via);
+        if self.rollout.is_some() {
+            tracing::info!(
+                event = "reload_queued",
+                seq,
+                "a reload is in progress; this one will follow it"
+            );
+        }
+        Some(seq)
+    }
+
+    /// Begins a reload to `config`, answering every request accepted so
+    /// far: the next generation starts beside the current one. The event
+    /// loop calls it when [`Fleet::reload_due`]; called while a rollout
+    /// runs, it only records a request, which the reload after that
+    /// rollout answers.
     pub fn reload(&mut self, config: &Config, now: Instant) {
         if self.mode == Mode::Stopping {
             tracing::warn!(event = "reload_ignored", "reload asked for during a stop");
             return;
         }
         if self.rollout.is_some() {
-            self.reload_queued = true;
-            tracing::info!(
-                event = "reload_queued",
-                "a reload is in progress; this one will follow it"
-            );
+            self.request_reload("reload");
             return;
         }
+        let covers = self.reloads.begin();
         let generation = self.generation + 1;
         let apps = match build_apps(config, self.cpus, &self.apps) {
             Ok(apps) => apps,
             Err(e) => {
                 tracing::error!(event = "reload_refused", generation, error = %e);
-                self.record_refused(e.to_string());
+                self.refuse(covers, e.to_string());
                 return;
             }
         };
@@ -964,6 +975,7 @@ impl Fleet {
             apps,
             pending,
             generation,
+            covers,
         });
         self.advance(now);
     }
@@ -1087,11 +1099,14 @@ impl Fleet {
             generation = r.generation,
             draining = self.draining.len()
         );
-        self.last_reload = Some(ReloadOutcome {
-            generation: r.generation,
-            outcome: "committed",
-            reason: None,
-        });
+        self.reloads.finish(
+            r.covers,
+            ReloadOutcome {
+                generation: r.generation,
+                outcome: "committed",
+                reason: None,
+            },
+        );
         self.announced_ready = true;
     }
 
@@ -1119,44 +1134,55 @@ impl Fleet {
         }
         self.count_reload("rolled_back");
         tracing::error!(event = "reload_rolled_back", generation = r.generation, reason = %reason, "the previous generation keeps serving");
-        self.last_reload = Some(ReloadOutcome {
-            generation: r.generation,
-            outcome: "rolled_back",
-            reason: Some(reason),
-        });
+        self.reloads.finish(
+            r.covers,
+            ReloadOutcome {
+                generation: r.generation,
+                outcome: "rolled_back",
+                reason: Some(reason),
+            },
+        );
     }
 
-    /// Whether a queued reload should start now (the caller re-reads the
-    /// config and calls [`Fleet::reload`]).
-    pub fn take_queued_reload(&mut self) -> bool {
-        if self.rollout.is_none() && self.reload_queued && self.mode == Mode::Running {
-            self.reload_queued = false;
-            return true;
-        }
-        false
+    /// Whether a requested reload should start now: some request is not
+    /// yet answered and no rollout runs. The caller re-reads the config and
+    /// calls [`Fleet::reload`] or, for a bad file, [`Fleet::record_refused`]
+    /// (either answers every request so far).
+    pub fn reload_due(&self) -> bool {
+        self.rollout.is_none() && self.mode == Mode::Running && self.reloads.outstanding()
     }
 
-    /// Records a reload refused before it started (bad config).
+    /// Records a reload refused before it started (bad config): it answers
+    /// every request accepted so far. Called only when no rollout runs
+    /// (after [`Fleet::reload_due`]); the running generation
+    /// carries on.
     pub fn record_refused(&mut self, reason: String) {
-        self.count_reload("refused");
-        self.last_reload = Some(ReloadOutcome {
-            generation: self.generation + 1,
-            outcome: "refused",
-            reason: Some(reason),
-        });
+        debug_assert!(self.rollout.is_none(), "a rollout answers its own requests");
+        let covers = self.reloads.begin();
+        self.refuse(covers, reason);
     }
 
-    pub fn last_reload(&self) -> Option<&ReloadOutcome> {
-        self.last_reload.as_ref()
+    fn refuse(&mut self, covers: u64, reason: String) {
+        self.count_reload("refused");
+        self.reloads.finish(
+            covers,
+            ReloadOutcome {
+                generation: self.generation + 1,
+                outcome: "refused",
+                reason: Some(reason),
+            },
+        );
+    }
+
+    /// Reload attempts finished since the last call, oldest first, each
+    /// with the highest request number it answers.
+    pub fn take_finished_reloads(&mut self) -> Vec<Finished> {
+        self.reloads.take_finished()
     }
 
     /// How many drains have started (changes when a worker begins one).
     pub fn drains_started(&self) -> u64 {
         self.drains_started
-    }
-
-    pub fn reloading(&self) -> bool {
-        self.rollout.is_some()
     }
 
     /// Acts on every deadline that has passed.

@@ -4,6 +4,8 @@
 //! Module map: [`run`] is the event loop; [`fleet`] holds every decision;
 //! [`spawn`], [`sockets`], [`notify`] and [`signals`] are its I/O edges;
 //! [`restart`], [`memory`] and [`cpus`] are policies and readings;
+//! [`reloads`] matches `heartalk reload` callers to the reload that
+//! answered them;
 //! [`control`] is the control socket and [`client`] the CLI verbs that use
 //! it ([`status`] renders their answer); [`scrape`] collects the workers'
 //! metrics and [`metrics`] merges them; [`logs`] captures and rotates the
@@ -20,6 +22,7 @@ pub mod logs;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod reloads;
 pub mod restart;
 pub mod run;
 pub mod scrape;

@@ -146,7 +146,7 @@ fn verb(target: &Target, f: impl FnOnce(&Path) -> Result<Exit, ClientError>) -> 
     let path = match &target.socket {
         Some(p) => p.clone(),
         None => match load(&target.config) {
-            Ok(c) => heartalk::control::socket_path(&c),
+            Ok(c) => heartalk::control::find_socket(&c),
             Err(code) => return ExitCode::from(code.code()),
         },
     };

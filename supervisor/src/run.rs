@@ -20,9 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{self, Ask, ControlError, ControlSocket};
 use crate::exit::Exit;
-use crate::fleet::{Fleet, ReloadOutcome, SetupError};
+use crate::fleet::{Fleet, SetupError};
 use crate::logs::{self, LogSink};
 use crate::notify::NotifySocket;
+use crate::reloads::Waiters;
 use crate::scrape::{self, CpuSampler, FleetMetrics};
 use crate::signals::{Intent, Signals};
 use crate::{cpus, sockets, status, sys};
@@ -126,7 +127,9 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
         pid1,
         tcp_migrate_req: migrate,
     };
-    let mut pending_reloads: Vec<(Option<ReloadOutcome>, oneshot::Sender<Body>)> = Vec::new();
+    // `heartalk reload` callers, each waiting for the reload that covers
+    // its request number.
+    let mut pending_reloads: Waiters<oneshot::Sender<Body>> = Waiters::default();
 
     fleet.start_all(Instant::now());
     let mut drains_seen = fleet.drains_started();
@@ -151,7 +154,9 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                     Some(Intent::Stop) if fleet.is_stopping() => fleet.stop(true, now),
                     Some(Intent::Stop) => fleet.stop(false, now),
                     Some(Intent::FastStop) => fleet.stop(true, now),
-                    Some(Intent::Reload) => reload(&mut fleet, &config.path, now),
+                    Some(Intent::Reload) => {
+                        fleet.request_reload("signal");
+                    }
                     Some(Intent::ReopenLogs) => {
                         tracing::info!(event = "reopen_logs", "SIGUSR1: reopening the log file");
                         if let Some(sink) = &sink {
@@ -190,13 +195,14 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                             let _ = ask.reply.send(Body::Metrics { text });
                         });
                     }
-                    Command::Reload if fleet.is_stopping() => {
-                        let _ = ask.reply.send(Body::Error { code: ErrorCode::Stopping, message: "the supervisor is stopping".into() });
-                    }
-                    Command::Reload => {
-                        pending_reloads.push((fleet.last_reload().cloned(), ask.reply));
-                        reload(&mut fleet, &config.path, now);
-                    }
+                    Command::Reload => match fleet.request_reload("control socket") {
+                        // Started (or queued) after the select, with every
+                        // other request; answered when an attempt covers it.
+                        Some(seq) => pending_reloads.add(seq, ask.reply),
+                        None => {
+                            let _ = ask.reply.send(stopping());
+                        }
+                    },
                     Command::Stop => {
                         let _ = ask.reply.send(Body::Stopping);
                         if !fleet.is_stopping() {
@@ -214,6 +220,10 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             _ = sleep => {}
         }
         fleet.tick(Instant::now());
+        if fleet.reload_due() {
+            // Before `read_outputs`, so the new workers' pipes are read at once.
+            reload(&mut fleet, &config.path, Instant::now());
+        }
         read_outputs(&mut fleet, sink.as_ref(), config.log.max_line, &mut readers);
         if fleet.drains_started() != drains_seen {
             // Catch what a worker counted before it began draining (it keeps
@@ -221,10 +231,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             drains_seen = fleet.drains_started();
             scrape_in_background(&fleet, &metrics);
         }
-        if fleet.take_queued_reload() {
-            reload(&mut fleet, &config.path, Instant::now());
-        }
-        answer_reloads(&fleet, &mut pending_reloads);
+        answer_reloads(&mut fleet, &mut pending_reloads);
         if fleet.take_first_ready() {
             // We may ourselves be a Type=notify systemd service.
             let _ = shared::activation::notify("READY=1");
@@ -346,31 +353,35 @@ fn scrape_in_background(fleet: &Fleet, metrics: &Arc<FleetMetrics>) {
     });
 }
 
-/// Answers `heartalk reload` callers once their reload has an outcome.
-fn answer_reloads(
-    fleet: &Fleet,
-    pending: &mut Vec<(Option<ReloadOutcome>, oneshot::Sender<Body>)>,
-) {
-    if fleet.reloading() || pending.is_empty() {
-        return;
+/// Answers every `heartalk reload` caller whose request a finished reload
+/// attempt covered, with that attempt's outcome. Once a stop has begun no
+/// further reload will run, so whoever still waits is told so.
+fn answer_reloads(fleet: &mut Fleet, pending: &mut Waiters<oneshot::Sender<Body>>) {
+    let finished = fleet.take_finished_reloads();
+    for (reply, outcome) in pending.settle(&finished) {
+        let _ = reply.send(Body::Reload(ReloadResult::from(&outcome)));
     }
-    let last = fleet.last_reload().cloned();
-    let mut still = Vec::new();
-    for (before, reply) in pending.drain(..) {
-        match &last {
-            Some(now) if Some(now) != before.as_ref() => {
-                let _ = reply.send(Body::Reload(ReloadResult::from(now)));
-            }
-            _ => still.push((before, reply)),
+    if fleet.is_stopping() {
+        for reply in pending.take_all() {
+            let _ = reply.send(stopping());
         }
     }
-    *pending = still;
 }
 
-/// Re-reads the config and starts a rollout; a bad file is refused with
-/// every error logged, and the running generation keeps serving.
+/// The answer to a reload that will not run because a stop has begun.
+fn stopping() -> Body {
+    Body::Error {
+        code: ErrorCode::Stopping,
+        message: "the supervisor is stopping".into(),
+    }
+}
+
+/// Re-reads the config and starts a rollout answering every request so
+/// far; a bad file is refused with every error logged, and the running
+/// generation keeps serving. The config is read only now, when the reload
+/// starts, so a request queued behind a rollout gets the file as it is
+/// when its own reload runs.
 fn reload(fleet: &mut Fleet, path: &std::path::Path, now: Instant) {
-    tracing::info!(event = "reload_requested", config = %path.display());
     match Config::load(path) {
         Ok(config) => fleet.reload(&config, now),
         Err(e) => {

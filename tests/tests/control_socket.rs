@@ -1,6 +1,8 @@
 //! The control socket: private (0600, other users refused), robust to
 //! garbage, oversized frames and unknown protocol versions, and every CLI
-//! verb fails plainly when no supervisor runs.
+//! verb fails plainly when no supervisor runs; a file at the socket path
+//! that is not a socket is never deleted, and the verbs only look for the
+//! socket (they create no directory).
 
 mod helper;
 
@@ -143,4 +145,89 @@ fn reload_and_stop_verbs_report_their_outcome() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "stopped");
     assert_eq!(sup.wait_exit(DEADLINE).code(), Some(0));
+}
+
+#[test]
+fn a_regular_file_at_the_control_socket_path_is_left_alone() {
+    // A mistyped `control_socket` naming the config file itself: the
+    // supervisor must refuse to start, not delete the file.
+    let config = format!(
+        "[supervisor]\ncontrol_socket = \"ecosystem.toml\"\n\n{}",
+        test_worker_config(1, "serve", "")
+    );
+    let mut sup = Supervisor::start(&config);
+    assert_eq!(sup.wait_exit(DEADLINE).code(), Some(71));
+    assert_eq!(
+        std::fs::read_to_string(sup.config_path()).expect("the config survives"),
+        config
+    );
+    let failed = sup.wait_event("setup_failed", |_| true);
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("is not a socket") && error.contains("ecosystem.toml"),
+        "{failed}"
+    );
+    assert!(sup.spawned_pids().is_empty(), "no worker was started");
+}
+
+#[test]
+fn cli_verbs_create_no_directories_looking_for_the_socket() {
+    // No `control_socket`: the verbs look in `run`'s default places, and a
+    // `$XDG_RUNTIME_DIR` that does not exist must stay that way (only
+    // `heartalk run` may create the socket's directory).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ecosystem.toml");
+    std::fs::write(&config, test_worker_config(1, "serve", "")).unwrap();
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let missing = dir.path().join("runtime");
+    // Only `status`: with no runtime dir the next default place is the
+    // machine's /run/heartalk, where another supervisor may answer, and
+    // it must not be reloaded or stopped by a test. (`reload` and `stop`
+    // resolve the socket the same way.)
+    let out = Command::new(workspace_bin("heartalk"))
+        .args(["status", "-c"])
+        .arg(&config)
+        .env("XDG_RUNTIME_DIR", missing.join("user"))
+        .env_remove("HEARTALK_SOCKET")
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{out:?}");
+    assert!(!missing.exists(), "status created {}", missing.display());
+    assert_eq!(listing(), before, "status wrote next to the config");
+
+    // The verbs find the socket `run` made in the same default place.
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    let mut sup = Supervisor::run_file(&config, |c| {
+        c.env("XDG_RUNTIME_DIR", &xdg);
+    });
+    sup.wait_ready(1);
+    assert!(xdg.join("heartalk.sock").exists());
+    let verb = |name: &str| {
+        Command::new(workspace_bin("heartalk"))
+            .args([name, "-c"])
+            .arg(&config)
+            .env("XDG_RUNTIME_DIR", &xdg)
+            .env_remove("HEARTALK_SOCKET")
+            .output()
+            .unwrap()
+    };
+    let out = verb("status");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&format!("pid {}", sup.pid())), "{table}");
+    let out = verb("reload");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = verb("stop");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(sup.wait_exit(DEADLINE).code(), Some(0));
+    assert!(!xdg.join("heartalk.sock").exists(), "removed on exit");
 }

@@ -232,3 +232,118 @@ fn supervisor_table() {
             .contains("unknown key `control_sock` in [supervisor]")
     );
 }
+
+/// The error reported on `line`, which must mention `needle`.
+fn error_on(errs: &[ConfigError], line: usize, needle: &str) {
+    assert!(
+        errs.iter()
+            .any(|e| e.line == line && e.message.contains(needle)),
+        "no error on line {line} mentioning {needle:?}: {errs:#?}"
+    );
+}
+
+#[test]
+fn log_table_defaults_and_every_key() {
+    let d = parse("[[apps]]\nname = \"a\"\n").unwrap().log;
+    assert_eq!(d.max_size, 10 << 20);
+    assert_eq!(d.max_files, 10);
+    assert_eq!(d.stdout, None, "mirror only as PID 1");
+    assert_eq!(d.max_line, 64 << 10);
+    assert_eq!(d.rotate_interval, None);
+    assert_eq!(d.queue, 65_536);
+    assert!(d.compress);
+
+    let c = parse(
+        r#"
+[log]
+dir = "var/log"
+max_size = 4096
+max_files = 0
+stdout = false
+max_line = "1K"
+rotate_interval = "1h"
+queue = 10
+compress = false
+
+[[apps]]
+name = "a"
+"#,
+    )
+    .unwrap();
+    let log = c.log;
+    assert_eq!(log.dir, Path::new("/etc/heartalk/var/log"));
+    assert_eq!(log.max_size, 4096);
+    assert_eq!(log.max_files, 0, "0 keeps no rotated file");
+    assert_eq!(log.stdout, Some(false));
+    assert_eq!(log.max_line, 1024);
+    assert_eq!(log.rotate_interval, Some(Duration::from_secs(3600)));
+    assert_eq!(log.queue, 10);
+    assert!(!log.compress);
+    // the smallest line length allowed, and an integer duration in ms
+    let c =
+        parse("[log]\nmax_line = 256\nrotate_interval = 1500\n[[apps]]\nname = \"a\"\n").unwrap();
+    assert_eq!(c.log.max_line, 256);
+    assert_eq!(c.log.rotate_interval, Some(Duration::from_millis(1500)));
+}
+
+#[test]
+fn log_errors_carry_their_line() {
+    let errs = errors(
+        r#"[log]
+max_size = 0
+max_files = -1
+stdout = "yes"
+max_line = 255
+rotate_interval = "0s"
+queue = 0
+compress = 1
+colour = true
+dir = 7
+[[apps]]
+name = "a"
+"#,
+    );
+    error_on(&errs, 2, "`max_size` must be larger than zero");
+    error_on(&errs, 3, "`max_files` = -1 is out of range");
+    error_on(&errs, 4, "`stdout` must be true or false");
+    error_on(&errs, 5, "`max_line` must be at least 256 bytes");
+    error_on(&errs, 6, "`rotate_interval` must be longer than zero");
+    error_on(&errs, 7, "`queue` = 0 is out of range");
+    error_on(&errs, 8, "`compress` must be true or false");
+    error_on(&errs, 9, "unknown key `colour` in [log]");
+    error_on(&errs, 10, "`dir`");
+    assert_eq!(errs.len(), 9, "one error per bad line: {errs:#?}");
+
+    let errs = errors(
+        "[log]\nmax_size = \"10Q\"\nrotate_interval = \"soon\"\nqueue = 100000001\n[[apps]]\nname = \"a\"\n",
+    );
+    error_on(&errs, 2, "unknown size unit");
+    error_on(&errs, 3, "`rotate_interval`");
+    error_on(&errs, 4, "out of range 1..=100000000");
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+
+    let errs = errors("log = 5\n[[apps]]\nname = \"a\"\n");
+    error_on(&errs, 1, "`log` must be a table");
+}
+
+#[test]
+fn max_surge_is_read_and_bounded() {
+    let app = |extra: &str| format!("[[apps]]\nname = \"a\"\n{extra}\n");
+    assert_eq!(parse(&app("")).unwrap().apps[0].max_surge, 1, "default");
+    for n in [1, 4, 1024] {
+        let c = parse(&app(&format!("max_surge = {n}"))).unwrap();
+        assert_eq!(c.apps[0].max_surge, n);
+    }
+    for (value, needle) in [
+        ("0", "`max_surge` = 0 is out of range 1..=1024"),
+        ("1025", "`max_surge` = 1025 is out of range 1..=1024"),
+        ("-2", "out of range"),
+        ("\"2\"", "`max_surge` must be an integer"),
+        ("1.5", "`max_surge` must be an integer"),
+    ] {
+        let errs = errors(&app(&format!("max_surge = {value}")));
+        assert_eq!(errs.len(), 1, "{value}: {errs:#?}");
+        error_on(&errs, 3, needle);
+        assert!(errs[0].column >= 1);
+    }
+}
