@@ -3,14 +3,18 @@
 //! target/tools-venv and target/tools-node) against the real supervisor and worker: a plain and a
 //! streaming chat completion, the model list, and errors in OpenAI's shape;
 //! plus the raw wire format (`chat.completion.chunk` events, the usage
-//! chunk, `data: [DONE]`) and how `model` picks the endpoint.
+//! chunk, `data: [DONE]`) and how `model` picks the endpoint; and a
+//! stream whose upstream refuses: an OpenAI-shaped error that still counts
+//! its reasoning time.
 
 mod helper;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
-use heartalk_e2e::mock_ark::MockArk;
+use heartalk_e2e::mock_ark::{Behavior, MockArk};
 use helper::*;
 use serde_json::{Value, json};
 
@@ -227,4 +231,58 @@ fn wire_format_and_model_selection() {
     let r = get_auth(svc.addr, "/v1/chat/completions", &user_token());
     assert_eq!(r.status, 405);
     assert_eq!(r.json()["error"]["code"], "METHOD_NOT_ALLOWED");
+}
+
+/// The `ai_reasoning_duration_seconds` observations on `addr`'s `/metrics`,
+/// over every strategy (absent series count as 0).
+fn reasoning_observations(addr: SocketAddr) -> Option<f64> {
+    let r = http_get(addr, "/metrics", Duration::from_secs(5)).ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    Some(
+        r.body
+            .lines()
+            .filter(|l| l.starts_with("ai_reasoning_duration_seconds_count"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// A stream the upstream refuses before its first byte is a JSON error in
+/// OpenAI's shape (status, code and `Retry-After` of the upstream error),
+/// and its reasoning time is recorded as on `/api/v1/chat/stream`: a
+/// failed open is still time spent on the request's strategy.
+#[test]
+fn a_refused_stream_is_an_openai_error_and_counts_reasoning_time() {
+    let ark = MockArk::start();
+    // A quota refusal is not retried: one upstream call, one failure.
+    ark.set(Behavior::quota_exceeded().with_retry_after("7"));
+    let svc = live_service(&ark.base_url(), &[]);
+    let before = wait_for("/metrics", Duration::from_secs(10), || {
+        reasoning_observations(svc.addr)
+    });
+    let r = svc.post(
+        "/v1/chat/completions",
+        &json!({"model": "chat", "stream": true,
+                "messages": [{"role": "user", "content": "额度用完了"}]}),
+    );
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("7"));
+    let body = r.json();
+    let error = body["error"].as_object().expect("OpenAI error object");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+    assert_eq!(error["type"], "rate_limit_error");
+    assert_eq!(error["code"], "UPSTREAM_RATE_LIMITED");
+    assert_eq!(error["param"], Value::Null);
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(ark.calls(), 1);
+    wait_for(
+        "the failed stream's reasoning time in /metrics",
+        Duration::from_secs(10),
+        || (reasoning_observations(svc.addr)? >= before + 1.0).then_some(()),
+    );
 }

@@ -78,7 +78,9 @@ pub async fn translate(
                 .insert("x-cache", http::HeaderValue::from_static(x_cache));
             resp
         }
-        Err(e) => crate::chat::upstream_error(&e, request_id),
+        Err(e) => {
+            crate::chat::upstream_error(&e, request_id, crate::response::ErrorFormat::HearTalk)
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Response, StatusCode};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use futures_util::StreamExt;
@@ -227,46 +228,78 @@ pub async fn answer(
     prepared: Arc<Prepared>,
     policy: Policy,
 ) -> (&'static str, Result<Arc<cache::Entry>, UpstreamError>) {
+    let cache = &state.services.cache;
+    if !cache.enabled() {
+        return (
+            "MISS",
+            cache::uncached(generate_work(state, prepared)).await,
+        );
+    }
     let key = cache_key(state, &prepared, &prepared.first_request());
-    state
-        .services
-        .cache
+    cache
         .answer(key, policy, || generate_work(state, prepared.clone()))
         .await
 }
 
 /// The generate body of §5.2 for an answer. `conversation_id` is the
 /// request's (or, for a request that sent none, the answer's original).
-pub fn generate_body(
-    entry: &cache::Entry,
-    conversation_id: &str,
-    provider: &str,
+/// Serialised straight from the entry (fields in the order of §5.2), not
+/// through a `serde_json::Value` tree: this runs for every answer.
+#[derive(Serialize)]
+pub struct GenerateBody<'a> {
+    success: bool,
+    data: GenerateData<'a>,
+    provider: &'a str,
+    endpoint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct GenerateData<'a> {
+    content: &'a str,
+    conversation_id: &'a str,
+    finish_reason: &'a str,
+    usage: UsageOrDefault<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+}
+
+/// The answer's usage, or zeros when the upstream reported none.
+struct UsageOrDefault<'a>(Option<&'a crate::provider::Usage>);
+
+impl Serialize for UsageOrDefault<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(u) => u.serialize(s),
+            None => crate::provider::Usage::default().serialize(s),
+        }
+    }
+}
+
+/// The [`GenerateBody`] of `entry`; `show` is `SHOW_REASONING_PROCESS`.
+pub fn generate_body<'a>(
+    entry: &'a cache::Entry,
+    conversation_id: &'a str,
+    provider: &'a str,
     show: bool,
-) -> Value {
-    let usage = entry.usage.clone().unwrap_or_default();
-    let mut data = json!({
-        "content": entry.content,
-        "conversation_id": conversation_id,
-        "finish_reason": entry.finish_reason.as_deref().unwrap_or("stop"),
-        "usage": usage,
-    });
-    if let Some(r) = entry
-        .reasoning_content
-        .as_ref()
-        .filter(|r| show && !r.is_empty())
-    {
-        data["reasoning_content"] = json!(r);
+) -> GenerateBody<'a> {
+    GenerateBody {
+        success: true,
+        data: GenerateData {
+            content: &entry.content,
+            conversation_id,
+            finish_reason: entry.finish_reason.as_deref().unwrap_or("stop"),
+            usage: UsageOrDefault(entry.usage.as_ref()),
+            reasoning_content: entry
+                .reasoning_content
+                .as_deref()
+                .filter(|r| show && !r.is_empty()),
+        },
+        provider,
+        endpoint: entry.model.as_deref().unwrap_or("unknown"),
+        reasoning: entry.reasoning.as_ref(),
     }
-    let mut body = json!({
-        "success": true,
-        "data": data,
-        "provider": provider,
-        "endpoint": entry.model.as_deref().unwrap_or("unknown"),
-    });
-    if let Some(r) = &entry.reasoning {
-        body["reasoning"] = r.clone();
-    }
-    body
 }
 
 /// `POST /api/v1/chat/generate` after validation.
@@ -299,13 +332,18 @@ pub async fn generate(
                 .insert("x-cache", http::HeaderValue::from_static(x_cache));
             resp
         }
-        Err(e) => upstream_error(&e, request_id),
+        Err(e) => upstream_error(&e, request_id, response::ErrorFormat::HearTalk),
     }
 }
 
-/// An E1 error body for an upstream failure (§10.3), with `upstream` and
-/// `retryAfter` when known.
-pub fn upstream_error(e: &UpstreamError, request_id: &str) -> Response<Body> {
+/// The error response for an upstream failure (§10.3): its status, code
+/// and message in the request's `format` (E1 adds `upstream` and
+/// `retryAfter` when known), and `Retry-After` when the upstream gave one.
+pub fn upstream_error(
+    e: &UpstreamError,
+    request_id: &str,
+    format: response::ErrorFormat,
+) -> Response<Body> {
     tracing::warn!(error = %e, code = e.code(), "upstream call failed");
     let mut extra = serde_json::Map::new();
     if let Some(u) = e.upstream_info() {
@@ -315,7 +353,7 @@ pub fn upstream_error(e: &UpstreamError, request_id: &str) -> Response<Body> {
         let secs = e.retry_after().map_or(60, |d| d.as_secs().max(1));
         extra.insert("retryAfter".into(), json!(secs));
     }
-    let mut resp = response::error_with(
+    let mut resp = format.error_with(
         e.status(),
         e.code(),
         &e.to_string(),
@@ -430,7 +468,7 @@ pub async fn stream(
     match open_stream(&state, &prepared, first, policy).await {
         Err(e) => {
             telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
-            upstream_error(&e, request_id)
+            upstream_error(&e, request_id, response::ErrorFormat::HearTalk)
         }
         Ok((x_cache, events)) => {
             let meta = stream_meta(

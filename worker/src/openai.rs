@@ -7,23 +7,24 @@
 //! and coalescing, the same limits and metrics. `model` picks the endpoint
 //! (`chat`, `work_assistant`, or a configured endpoint id); anything else
 //! (`auto`, a model name we do not serve) routes by keywords. Every error
-//! on these paths is rewritten into OpenAI's `{error:{message, type, param,
-//! code}}` shape by [`error_shape`], with the contract's status and code.
+//! on these paths is OpenAI's `{error:{message, type, param, code}}` with
+//! the contract's status and code, built in that shape where it is decided:
+//! the router gives `/v1/*` requests [`ErrorFormat::OpenAi`] for its own
+//! refusals, and [`completions`] answers upstream failures with it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use crate::cache::Policy;
 use crate::chat;
 use crate::provider::EndpointKind;
-use crate::response::{self, Body};
+use crate::response::{self, Body, ErrorFormat};
 use crate::state::AppState;
 use crate::stream::{Format, OpenAiStream};
+use crate::telemetry;
 use crate::validate;
 
 /// A validated completions request.
@@ -36,8 +37,12 @@ pub struct CompletionsInput {
 
 /// §5.4 request rules on top of §5.2's OpenAI-style validation. `Err` is
 /// the `VALIDATION_ERROR` message.
+///
+/// Takes the body by value: the two §5.4 adjustments (drop `options`, read
+/// `max_completion_tokens` as `max_tokens`) are made in place, so a body
+/// of any size is never copied.
 pub fn validate(
-    body: &Value,
+    mut body: Value,
     token_user: Option<&str>,
     now_ms: u64,
     settings: &crate::settings::Settings,
@@ -61,13 +66,12 @@ pub fn validate(
         .unwrap_or(false);
     // `max_completion_tokens` is the newer name of `max_tokens`; HearTalk's
     // own `options` are not part of this API (ignored, not validated).
-    let mut body = body.clone();
     if let Some(o) = body.as_object_mut() {
         o.remove("options");
-    }
-    if body.get("max_tokens").is_none_or(Value::is_null) {
-        if let Some(v) = body.get("max_completion_tokens").cloned() {
-            body["max_tokens"] = v;
+        if o.get("max_tokens").is_none_or(Value::is_null) {
+            if let Some(v) = o.remove("max_completion_tokens") {
+                o.insert("max_tokens".into(), v);
+            }
         }
     }
     let user = body
@@ -107,7 +111,11 @@ pub fn endpoint_for_model(
     }
 }
 
-/// `POST /v1/chat/completions` after validation.
+/// `POST /v1/chat/completions` after validation. A stream is a JSON error
+/// until the upstream answers 2xx (then `chat.completion.chunk` events);
+/// as on `/api/v1/chat/stream`, a failed open still records the
+/// strategy's reasoning time, so failures are not missing from
+/// `ai_reasoning_duration_seconds`.
 pub async fn completions(
     state: &Arc<AppState>,
     input: CompletionsInput,
@@ -123,7 +131,10 @@ pub async fn completions(
         let first = prepared.first_request();
         let estimate = chat::prompt_estimate(&first);
         return match chat::open_stream(state, &prepared, first, policy).await {
-            Err(e) => chat::upstream_error(&e, request_id),
+            Err(e) => {
+                telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
+                crate::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi)
+            }
             Ok((x_cache, events)) => {
                 let format = Format::OpenAi(OpenAiStream {
                     id,
@@ -139,7 +150,7 @@ pub async fn completions(
     let prepared = Arc::new(prepared);
     let (x_cache, outcome) = chat::answer(state, prepared.clone(), policy).await;
     match outcome {
-        Err(e) => chat::upstream_error(&e, request_id),
+        Err(e) => crate::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi),
         Ok(entry) => {
             let mut message = json!({"role": "assistant", "content": entry.content});
             if let Some(r) = entry
@@ -186,45 +197,6 @@ pub fn models(state: &AppState) -> Response<Body> {
     response::json(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-/// OpenAI's error `type` for one of our statuses.
-pub fn error_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        401 | 403 => "authentication_error",
-        429 => "rate_limit_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
-}
-
-/// Rewrites an E1/E2 error response into OpenAI's shape, keeping the
-/// status, the headers and the contract's `code`.
-pub async fn error_shape(resp: Response<Body>) -> Response<Body> {
-    let status = resp.status();
-    if status.as_u16() < 400 {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-        return Response::from_parts(parts, response::full(bytes));
-    };
-    let message = v
-        .get("message")
-        .filter(|_| status == StatusCode::NOT_FOUND)
-        .or_else(|| v.get("error"))
-        .and_then(Value::as_str)
-        .unwrap_or("error");
-    let code = v.get("code").and_then(Value::as_str).unwrap_or("ERROR");
-    let out = crate::stream::openai_error(message, error_type(status), code);
-    let bytes = Bytes::from(serde_json::to_vec(&out).unwrap_or_default());
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    Response::from_parts(parts, response::full(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,12 +227,12 @@ mod tests {
         let ok = json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}],
                         "stream": true, "stream_options": {"include_usage": true},
                         "max_completion_tokens": 50, "n": 1, "user": "u-9"});
-        let i = validate(&ok, Some("tok"), 1, &s).unwrap();
+        let i = validate(ok, Some("tok"), 1, &s).unwrap();
         assert!(i.stream && i.include_usage);
         assert_eq!(i.chat.max_tokens, Some(50));
         assert_eq!(i.chat.user_id, "u-9");
         assert_eq!(i.chat.endpoint_override, None);
-        let bad = |b: Value| validate(&b, None, 1, &s).unwrap_err();
+        let bad = |b: Value| validate(b, None, 1, &s).unwrap_err();
         assert_eq!(
             bad(json!({"message": "hi"})),
             "messages is required and must be an array"
@@ -268,7 +240,7 @@ mod tests {
         let with_options = json!({"messages": [{"role": "user", "content": "x"}],
                                    "options": {"modelParams": {"temperature": 9}}});
         assert!(
-            validate(&with_options, None, 1, &s).is_ok(),
+            validate(with_options, None, 1, &s).is_ok(),
             "options are ignored"
         );
         assert_eq!(
@@ -285,14 +257,65 @@ mod tests {
         );
     }
 
+    /// Bytes allocated on this thread, counted by [`Counting`].
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static BYTES: Cell<usize> = const { Cell::new(0) };
+        }
+
+        /// The system allocator, counting each thread's allocated bytes
+        /// (for the unit-test binary only; the worker binary uses mimalloc).
+        pub struct Counting;
+
+        // SAFETY: every call is forwarded unchanged to `System`; the count
+        // is a const-initialised thread-local `Cell`, which never allocates.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = BYTES.try_with(|b| b.set(b.get().saturating_add(layout.size())));
+                // SAFETY: the caller's contract is `System::alloc`'s.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System` with this `layout`.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                let _ = BYTES.try_with(|b| b.set(b.get().saturating_add(new_size)));
+                // SAFETY: the caller's contract is `System::realloc`'s.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        /// Bytes allocated by `f` on the calling thread.
+        pub fn allocated_by<T>(f: impl FnOnce() -> T) -> (T, usize) {
+            let before = BYTES.with(Cell::get);
+            let out = f();
+            (out, BYTES.with(Cell::get) - before)
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: counting::Counting = counting::Counting;
+
+    /// Validation reads the body in place: a large field it never looks at
+    /// (`metadata` here) is not copied, so the allocations stay far below
+    /// the body's size.
     #[test]
-    fn error_types() {
-        assert_eq!(error_type(StatusCode::UNAUTHORIZED), "authentication_error");
-        assert_eq!(
-            error_type(StatusCode::TOO_MANY_REQUESTS),
-            "rate_limit_error"
-        );
-        assert_eq!(error_type(StatusCode::BAD_REQUEST), "invalid_request_error");
-        assert_eq!(error_type(StatusCode::BAD_GATEWAY), "api_error");
+    fn validation_does_not_copy_the_body() {
+        let s = settings();
+        let big = "x".repeat(1 << 20);
+        let body = json!({"model": "chat", "metadata": {"note": big},
+                          "max_completion_tokens": 20,
+                          "options": {"modelParams": {"temperature": 9}},
+                          "messages": [{"role": "user", "content": "hi"}]});
+        let (input, bytes) = counting::allocated_by(|| validate(body, None, 1, &s));
+        let input = input.unwrap();
+        assert_eq!(input.chat.max_tokens, Some(20));
+        assert!(bytes < 64 * 1024, "validation allocated {bytes} bytes");
     }
 }

@@ -9,6 +9,7 @@
 //! shared-memory table ([`crate::fleet_limits`]) counts for every worker of
 //! this machine; a worker running alone counts in-process.
 
+use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -190,19 +191,31 @@ pub fn verdict(rule: &Rule, count: u64, now_unix: u64) -> Verdict {
     }
 }
 
-/// The rate-limit headers of §4 (plus `Retry-After` when refused).
-pub fn headers(v: &Verdict) -> Vec<(&'static str, String)> {
-    let mut h = vec![
-        ("ratelimit-policy", format!("{};w={}", v.limit, v.window)),
-        ("ratelimit-limit", v.limit.to_string()),
-        ("ratelimit-remaining", v.remaining.to_string()),
-        ("ratelimit-reset", v.reset_in.to_string()),
-        ("x-ratelimit-limit", v.limit.to_string()),
-        ("x-ratelimit-remaining", v.remaining.to_string()),
-        ("x-ratelimit-reset", v.reset_at.to_string()),
-    ];
+/// The rate-limit headers of §4 (plus `Retry-After` when refused), ready
+/// to insert: names built at compile time and numbers written straight
+/// into header values (they go on every limited response).
+pub fn headers(v: &Verdict) -> Vec<(HeaderName, HeaderValue)> {
+    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+    const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    let policy = HeaderValue::from_str(&format!("{};w={}", v.limit, v.window))
+        .unwrap_or_else(|_| HeaderValue::from(v.limit));
+    let mut h = Vec::with_capacity(8);
+    h.extend([
+        (POLICY, policy),
+        (LIMIT, HeaderValue::from(v.limit)),
+        (REMAINING, HeaderValue::from(v.remaining)),
+        (RESET, HeaderValue::from(v.reset_in)),
+        (X_LIMIT, HeaderValue::from(v.limit)),
+        (X_REMAINING, HeaderValue::from(v.remaining)),
+        (X_RESET, HeaderValue::from(v.reset_at)),
+    ]);
     if !v.allowed {
-        h.push(("retry-after", v.reset_in.to_string()));
+        h.push((http::header::RETRY_AFTER, HeaderValue::from(v.reset_in)));
     }
     h
 }
@@ -390,7 +403,10 @@ mod tests {
         let last = &verdicts[10];
         assert!(!last.allowed);
         assert_eq!(last.remaining, 0);
-        let h: HashMap<_, _> = headers(last).into_iter().collect();
+        let h: HashMap<String, String> = headers(last)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
         assert_eq!(h["ratelimit-limit"], "10");
         assert_eq!(h["x-ratelimit-limit"], "10");
         assert_eq!(h["ratelimit-policy"], "10;w=60");

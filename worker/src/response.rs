@@ -1,10 +1,13 @@
 //! Building responses: the body type every handler returns, JSON helpers,
-//! the E1 error body (API.md §1), and the headers every response carries
-//! (API.md §1 and §11): `X-Worker-Id`, `X-Request-ID`, the fixed security
-//! headers and, under `/api/`, the no-store caching headers.
+//! the error bodies in each [`ErrorFormat`] (HearTalk's E1/E2 of API.md §1,
+//! OpenAI's of §5.4), and the headers every response carries (API.md §1 and
+//! §11): `X-Worker-Id`, `X-Request-ID`, the fixed security headers and,
+//! under `/api/`, the no-store caching headers.
 //!
 //! Headers are added in one place, [`finish`], after the handler ran, so no
-//! handler can forget them and error paths get them too.
+//! handler can forget them and error paths get them too. Error bodies, by
+//! contrast, are built once, in the request's format, where the error is
+//! decided: nothing re-reads a body to reshape it.
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, EXPIRES, PRAGMA};
@@ -27,21 +30,33 @@ pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 /// The fixed security headers of API.md §11 (the helmet defaults the
 /// Node.js service sent, minus `X-Powered-By`). The environment-dependent
-/// ones (CSP, CORP, COOP, HSTS) come with the CORS milestone.
-const SECURITY_HEADERS: [(&str, &str); 9] = [
-    (
+/// ones (CSP, CORP, COOP, HSTS) come with the CORS milestone. Built at
+/// compile time: every response carries them, and a name made at run time
+/// is parsed and checked each time.
+const SECURITY_HEADERS: [(HeaderName, HeaderValue); 9] = [
+    header(
         "referrer-policy",
         "no-referrer,strict-origin-when-cross-origin",
     ),
-    ("x-dns-prefetch-control", "off"),
-    ("x-download-options", "noopen"),
-    ("origin-agent-cluster", "?1"),
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("x-xss-protection", "1; mode=block"),
-    ("x-api-version", "1.0"),
-    ("x-service-name", "HearTalk-AI-MVP"),
+    header("x-dns-prefetch-control", "off"),
+    header("x-download-options", "noopen"),
+    header("origin-agent-cluster", "?1"),
+    header("x-content-type-options", "nosniff"),
+    header("x-frame-options", "DENY"),
+    header("x-xss-protection", "1; mode=block"),
+    header("x-api-version", "1.0"),
+    header("x-service-name", "HearTalk-AI-MVP"),
 ];
+
+const fn header(name: &'static str, value: &'static str) -> (HeaderName, HeaderValue) {
+    (
+        HeaderName::from_static(name),
+        HeaderValue::from_static(value),
+    )
+}
+
+const X_WORKER_ID: HeaderName = HeaderName::from_static("x-worker-id");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -89,52 +104,121 @@ pub struct ErrorBody<'a> {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// An E1 error response.
-pub fn error(
-    status: StatusCode,
-    code: &str,
-    error: &str,
-    message: Option<&str>,
-    request_id: &str,
-) -> Response<Body> {
-    error_with(
-        status,
-        code,
-        error,
-        message,
-        request_id,
-        serde_json::Map::new(),
-    )
+/// Which error body a request gets, decided once per request (by the
+/// router, from its path) and handed to everything that builds its errors,
+/// so each error is built in its final shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorFormat {
+    /// HearTalk's own bodies (API.md §1): E1, or E2 for the auth
+    /// middleware's refusals.
+    #[default]
+    HearTalk,
+    /// OpenAI's `{"error":{message, type, param:null, code}}` (API.md
+    /// §5.4), for `/v1/*`, so the official SDKs read our errors. It keeps
+    /// the status and the contract's `code`; the E1 extras (`retryAfter`,
+    /// `upstream`) have no place in it and are left out.
+    OpenAi,
 }
 
-/// An E1 error response with extra keys (`retryAfter`, `upstream`, ...).
-pub fn error_with(
-    status: StatusCode,
-    code: &str,
-    error: &str,
-    message: Option<&str>,
-    request_id: &str,
-    extra: serde_json::Map<String, serde_json::Value>,
-) -> Response<Body> {
-    json(
-        status,
-        &ErrorBody {
-            success: false,
+impl ErrorFormat {
+    /// An error response: E1 `{success:false, error, code, requestId,
+    /// timestamp}` (plus `message` when given), or OpenAI's body whose
+    /// `message` is the more specific of `message` and `error` (a 404's
+    /// `Route GET /v1/x not found` rather than `Not Found`).
+    pub fn error(
+        self,
+        status: StatusCode,
+        code: &str,
+        error: &str,
+        message: Option<&str>,
+        request_id: &str,
+    ) -> Response<Body> {
+        self.error_with(
+            status,
+            code,
             error,
             message,
-            code,
             request_id,
-            timestamp: clock::now_iso8601(),
-            extra,
-        },
-    )
+            serde_json::Map::new(),
+        )
+    }
+
+    /// [`ErrorFormat::error`] with E1's extra keys (`retryAfter`,
+    /// `upstream`, ...), which the OpenAI body does not carry.
+    pub fn error_with(
+        self,
+        status: StatusCode,
+        code: &str,
+        error: &str,
+        message: Option<&str>,
+        request_id: &str,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Response<Body> {
+        match self {
+            ErrorFormat::HearTalk => json(
+                status,
+                &ErrorBody {
+                    success: false,
+                    error,
+                    message,
+                    code,
+                    request_id,
+                    timestamp: clock::now_iso8601(),
+                    extra,
+                },
+            ),
+            ErrorFormat::OpenAi => openai(status, code, message.unwrap_or(error)),
+        }
+    }
+
+    /// The auth middleware's refusal: E2 `{success:false, error, code,
+    /// requestId}` (no timestamp), or OpenAI's body.
+    pub fn error_e2(
+        self,
+        status: StatusCode,
+        code: &str,
+        error: &str,
+        request_id: &str,
+    ) -> Response<Body> {
+        match self {
+            ErrorFormat::HearTalk => json(
+                status,
+                &serde_json::json!({"success": false, "error": error, "code": code, "requestId": request_id}),
+            ),
+            ErrorFormat::OpenAi => openai(status, code, error),
+        }
+    }
+
+    /// The production User-Agent filter's refusal (API.md §2), which
+    /// predates the request id: `{success:false, error, code}`, or OpenAI's
+    /// body.
+    pub fn error_bare(self, status: StatusCode, code: &str, error: &str) -> Response<Body> {
+        match self {
+            ErrorFormat::HearTalk => json(
+                status,
+                &serde_json::json!({"success": false, "error": error, "code": code}),
+            ),
+            ErrorFormat::OpenAi => openai(status, code, error),
+        }
+    }
 }
 
-/// An E2 error response (auth middleware): no timestamp.
-pub fn error_e2(status: StatusCode, code: &str, error: &str, request_id: &str) -> Response<Body> {
+/// OpenAI's error `type` for one of our statuses (API.md §5.4).
+pub fn openai_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => "authentication_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// An OpenAI-shaped error response; the object is the one the SSE error
+/// frames carry ([`crate::stream::openai_error`]), so the two cannot drift.
+fn openai(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     json(
         status,
-        &serde_json::json!({"success": false, "error": error, "code": code, "requestId": request_id}),
+        &crate::stream::openai_error(message, openai_error_type(status), code),
     )
 }
 
@@ -142,11 +226,14 @@ pub fn error_e2(status: StatusCode, code: &str, error: &str, request_id: &str) -
 /// caching headers; a handler's own `Cache-Control` is kept.
 pub fn finish(resp: &mut Response<Body>, path: &str, request_id: &str, worker_id: &HeaderValue) {
     let headers = resp.headers_mut();
-    headers.insert(HeaderName::from_static("x-worker-id"), worker_id.clone());
+    // Room for what is added here and by the router (CORS, rate limits),
+    // so the map grows once rather than rehashing on the way.
+    headers.reserve(32);
+    headers.insert(X_WORKER_ID, worker_id.clone());
     // A resolved request id is `[A-Za-z0-9_-]` only, so this cannot fail;
     // the guard keeps a future bug from becoming a panic.
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(HeaderName::from_static("x-request-id"), v);
+        headers.insert(X_REQUEST_ID, v);
     }
     add_security_headers(headers);
     if path.starts_with("/api/") && !headers.contains_key(CACHE_CONTROL) {
@@ -161,10 +248,7 @@ pub fn finish(resp: &mut Response<Body>, path: &str, request_id: &str, worker_id
 
 fn add_security_headers(headers: &mut HeaderMap) {
     for (name, value) in SECURITY_HEADERS {
-        headers.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
+        headers.insert(name, value);
     }
 }
 
@@ -243,7 +327,8 @@ mod tests {
 
     #[test]
     fn error_body_shape() {
-        let resp = error(StatusCode::NOT_FOUND, "X", "Nope", Some("m"), "req_1_a");
+        let resp =
+            ErrorFormat::HearTalk.error(StatusCode::NOT_FOUND, "X", "Nope", Some("m"), "req_1_a");
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert_eq!(resp.headers()[CONTENT_TYPE], JSON_CONTENT_TYPE);
         let body = ErrorBody {
@@ -259,6 +344,71 @@ mod tests {
             serde_json::to_string(&body).unwrap(),
             r#"{"success":false,"error":"e","code":"C","requestId":"r","timestamp":"t"}"#
         );
+    }
+
+    fn body_of(resp: Response<Body>) -> serde_json::Value {
+        let bytes = ready(resp.into_body().collect()).unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A `Full` body is ready at once: one poll completes it.
+    fn ready<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("a full body is never pending"),
+        }
+    }
+
+    #[test]
+    fn openai_format_keeps_status_and_code() {
+        let f = ErrorFormat::OpenAi;
+        let mut extra = serde_json::Map::new();
+        extra.insert("retryAfter".into(), 60.into());
+        let resp = f.error_with(
+            StatusCode::TOO_MANY_REQUESTS,
+            "X_LIMIT",
+            "Slow down",
+            None,
+            "r",
+            extra,
+        );
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[CONTENT_TYPE], JSON_CONTENT_TYPE);
+        assert_eq!(
+            body_of(resp),
+            serde_json::json!({"error": {"message": "Slow down", "type": "rate_limit_error",
+                                         "param": null, "code": "X_LIMIT"}})
+        );
+        let resp = f.error(
+            StatusCode::NOT_FOUND,
+            "NF",
+            "Not Found",
+            Some("detail"),
+            "r",
+        );
+        assert_eq!(body_of(resp)["error"]["message"], "detail");
+        let resp = f.error_e2(StatusCode::UNAUTHORIZED, "BAD", "no", "r");
+        assert_eq!(body_of(resp)["error"]["type"], "authentication_error");
+        let resp = f.error_bare(StatusCode::BAD_GATEWAY, "UP", "down");
+        assert_eq!(body_of(resp)["error"]["type"], "api_error");
+
+        let e2 = ErrorFormat::HearTalk.error_e2(StatusCode::UNAUTHORIZED, "BAD", "no", "r");
+        assert_eq!(
+            body_of(e2),
+            serde_json::json!({"success": false, "error": "no", "code": "BAD", "requestId": "r"})
+        );
+    }
+
+    #[test]
+    fn openai_error_types() {
+        let t = openai_error_type;
+        assert_eq!(t(StatusCode::UNAUTHORIZED), "authentication_error");
+        assert_eq!(t(StatusCode::FORBIDDEN), "authentication_error");
+        assert_eq!(t(StatusCode::TOO_MANY_REQUESTS), "rate_limit_error");
+        assert_eq!(t(StatusCode::BAD_REQUEST), "invalid_request_error");
+        assert_eq!(t(StatusCode::BAD_GATEWAY), "api_error");
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! new endpoint is one row plus one `match` arm in [`dispatch`], and the
 //! `Allow` header of a 405 is derived from the same rows and cannot drift.
 //! Paths match exactly, with no trailing-slash normalisation (§1).
+//!
+//! The error format of a request ([`ErrorFormat`]: HearTalk's E1/E2, or
+//! OpenAI's under `/v1/`) is decided once, from its path, before any check
+//! runs, and every refusal is built in it directly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +31,7 @@ use crate::cors::Decision as CorsDecision;
 use crate::health;
 use crate::ratelimit::{self, Verdict};
 use crate::request_id;
-use crate::response::{self, Body};
+use crate::response::{self, Body, ErrorFormat};
 use crate::state::AppState;
 use crate::telemetry;
 use crate::validate;
@@ -150,6 +154,17 @@ pub fn lookup_with(method: &Method, path: &str, fleet_metrics: bool) -> Match {
     }
 }
 
+/// The error format of a path: OpenAI's for everything under `/v1/` (the
+/// OpenAI-compatible API, §5.4), matched or not, so an SDK reads even a 404
+/// or a CORS refusal; HearTalk's elsewhere.
+pub fn error_format(path: &str) -> ErrorFormat {
+    if path.starts_with("/v1/") {
+        ErrorFormat::OpenAi
+    } else {
+        ErrorFormat::HearTalk
+    }
+}
+
 /// The metric label of a path: the matched template, or `unmatched`.
 fn route_label(path: &str) -> &'static str {
     ROUTES
@@ -163,6 +178,8 @@ struct Exchange {
     request_id: String,
     method: Method,
     path: String,
+    /// How this request's errors are built ([`error_format`] of `path`).
+    errors: ErrorFormat,
     origin: Option<String>,
     preflight: bool,
     limit: Option<Verdict>,
@@ -183,10 +200,12 @@ where
     let request_id =
         request_id::resolve(req.headers().get("x-request-id").map(HeaderValue::as_bytes));
     let headers = req.headers();
+    let path = req.uri().path();
     let mut ex = Exchange {
         request_id,
         method: req.method().clone(),
-        path: req.uri().path().to_owned(),
+        path: path.to_owned(),
+        errors: error_format(path),
         origin: None,
         preflight: req.method() == Method::OPTIONS,
         limit: None,
@@ -195,10 +214,6 @@ where
         http1: req.version() < http::Version::HTTP_2,
     };
     let mut resp = dispatch(req, &state, peer, &mut ex).await;
-    if ex.path.starts_with("/v1/") {
-        // The OpenAI-compatible paths answer errors in OpenAI's shape.
-        resp = crate::openai::error_shape(resp).await;
-    }
     finish(&mut resp, &state, &ex).await;
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
@@ -270,12 +285,13 @@ where
     let svc = &state.services;
     let rid = ex.request_id.clone();
     let rid = rid.as_str();
+    let errors = ex.errors;
     let settings = &state.settings;
 
     // (1) CORS; a preflight is answered here.
     match svc.cors.decide(header_str(req.headers(), "origin")) {
         CorsDecision::Deny => {
-            return response::error(
+            return errors.error(
                 StatusCode::FORBIDDEN,
                 "CORS_ORIGIN_DENIED",
                 "Origin not allowed",
@@ -299,17 +315,14 @@ where
     if settings.is_production()
         && header_str(req.headers(), "user-agent").is_some_and(blocked_user_agent)
     {
-        return response::json(
-            StatusCode::FORBIDDEN,
-            &serde_json::json!({"success": false, "error": "Access denied", "code": "USER_AGENT_BLOCKED"}),
-        );
+        return errors.error_bare(StatusCode::FORBIDDEN, "USER_AGENT_BLOCKED", "Access denied");
     }
     // (3) Route match, before any token is looked at.
     let endpoint = match lookup_with(req.method(), &ex.path, settings.control_socket.is_some()) {
         Match::Found(e) => e,
         Match::MethodNotAllowed(allow) => {
             let message = format!("Method {} not allowed for {}", req.method(), ex.path);
-            let mut resp = response::error(
+            let mut resp = errors.error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "METHOD_NOT_ALLOWED",
                 &message,
@@ -323,7 +336,7 @@ where
         }
         Match::NotFound => {
             let message = format!("Route {} {} not found", req.method(), ex.path);
-            return response::error(
+            return errors.error(
                 StatusCode::NOT_FOUND,
                 "ROUTE_NOT_FOUND",
                 "Not Found",
@@ -345,14 +358,14 @@ where
         Access::Public => {}
         Access::User => match auth::verify_user(authorization, secret, now) {
             Ok(u) => user = Some(u),
-            Err(e) => return auth_error(&e, rid),
+            Err(e) => return auth_error(&e, errors, rid),
         },
         Access::BearerPresent => {
             if let (Err(e), false) = (
                 auth::require_bearer(authorization),
                 settings.node_env == "development",
             ) {
-                return auth_error(&e, rid);
+                return auth_error(&e, errors, rid);
             }
         }
         Access::Internal => {
@@ -365,7 +378,7 @@ where
                 now,
             ) {
                 Ok(claims) => service_claims = Some(claims),
-                Err(e) => return auth_error(&e, rid),
+                Err(e) => return auth_error(&e, errors, rid),
             }
         }
     }
@@ -413,7 +426,7 @@ where
             // The window of every bucket (900 s admin, 60 s the fixed ones,
             // RATE_LIMIT_WINDOW global) is its `retryAfter`.
             extra.insert("retryAfter".into(), rule.window.into());
-            return response::error_with(
+            return errors.error_with(
                 StatusCode::TOO_MANY_REQUESTS,
                 rule.bucket.code(),
                 &rule.message,
@@ -429,7 +442,7 @@ where
     }
     let body = match body {
         Some(Ok(v)) => Some(v),
-        Some(Err(e)) => return with_rid(e, rid),
+        Some(Err(e)) => return with_rid(e, errors, rid),
         None => None,
     };
     // (7) Validation, then the handler.
@@ -452,7 +465,7 @@ where
         Endpoint::Generate | Endpoint::Stream => {
             let body = body.unwrap_or_default();
             match validate::chat(&body, user_id, now_ms) {
-                Err(e) => validation_error(&e.0, rid),
+                Err(e) => validation_error(&e.0, errors, rid),
                 Ok(input) if endpoint == Endpoint::Generate => {
                     chat::generate(state, input, rid, policy).await
                 }
@@ -460,16 +473,16 @@ where
             }
         }
         Endpoint::Translate => match validate::translate(&body.unwrap_or_default()) {
-            Err(e) => validation_error(&e.0, rid),
+            Err(e) => validation_error(&e.0, errors, rid),
             Ok(input) => api::translate(state, input, rid, policy).await,
         },
         Endpoint::Detect => match validate::detect(&body.unwrap_or_default()) {
-            Err(e) => validation_error(&e.0, rid),
+            Err(e) => validation_error(&e.0, errors, rid),
             Ok(text) => api::detect(text),
         },
         Endpoint::Completions => {
-            match crate::openai::validate(&body.unwrap_or_default(), user_id, now_ms, settings) {
-                Err(message) => validation_error(&message, rid),
+            match crate::openai::validate(body.unwrap_or_default(), user_id, now_ms, settings) {
+                Err(message) => validation_error(&message, errors, rid),
                 Ok(input) => crate::openai::completions(state, input, rid, policy, ex.http1).await,
             }
         }
@@ -490,7 +503,7 @@ async fn fleet_metrics(socket: &std::path::Path, rid: &str) -> Response<Body> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "fleet metrics unavailable");
-            response::error(
+            ErrorFormat::HearTalk.error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "METRICS_UNAVAILABLE",
                 "Metrics unavailable",
@@ -501,8 +514,9 @@ async fn fleet_metrics(socket: &std::path::Path, rid: &str) -> Response<Body> {
     }
 }
 
-fn validation_error(message: &str, rid: &str) -> Response<Body> {
-    response::error(
+/// A 400 `VALIDATION_ERROR` in the request's format.
+fn validation_error(message: &str, errors: ErrorFormat, rid: &str) -> Response<Body> {
+    errors.error(
         StatusCode::BAD_REQUEST,
         "VALIDATION_ERROR",
         message,
@@ -511,26 +525,31 @@ fn validation_error(message: &str, rid: &str) -> Response<Body> {
     )
 }
 
-fn auth_error(e: &auth::AuthError, rid: &str) -> Response<Body> {
+/// An authentication refusal in the request's format; within HearTalk's,
+/// the E1 or E2 body its row of §3's table names.
+fn auth_error(e: &auth::AuthError, errors: ErrorFormat, rid: &str) -> Response<Body> {
     match e.shape {
-        ErrorShape::E1 => response::error(e.status, e.code, e.message, None, rid),
-        ErrorShape::E2 => response::error_e2(e.status, e.code, e.message, rid),
+        ErrorShape::E1 => errors.error(e.status, e.code, e.message, None, rid),
+        ErrorShape::E2 => errors.error_e2(e.status, e.code, e.message, rid),
     }
 }
 
-/// Body errors are built before the request id is known to `read_json`.
-fn with_rid(resp: BodyError, rid: &str) -> Response<Body> {
+/// Body errors are built here, in the request's format, because
+/// `read_json` knows neither the request id nor the format.
+fn with_rid(resp: BodyError, errors: ErrorFormat, rid: &str) -> Response<Body> {
     match resp {
-        BodyError::ContentType => validation_error("Content-Type must be application/json", rid),
-        BodyError::TooLarge(max) => response::error(
+        BodyError::ContentType => {
+            validation_error("Content-Type must be application/json", errors, rid)
+        }
+        BodyError::TooLarge(max) => errors.error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
             &format!("Request body too large (max {max} bytes)"),
             None,
             rid,
         ),
-        BodyError::InvalidJson => validation_error("invalid JSON body", rid),
-        BodyError::Read => validation_error("could not read request body", rid),
+        BodyError::InvalidJson => validation_error("invalid JSON body", errors, rid),
+        BodyError::Read => validation_error("could not read request body", errors, rid),
     }
 }
 
@@ -588,9 +607,7 @@ async fn finish(resp: &mut Response<Body>, state: &AppState, ex: &Exchange) {
     }
     if let Some(v) = &ex.limit {
         for (name, value) in ratelimit::headers(v) {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(name, value);
-            }
+            headers.insert(name, value);
         }
     }
     if state.draining() {
@@ -637,12 +654,20 @@ mod tests {
     use crate::state::Phase;
 
     fn state() -> Arc<AppState> {
+        state_with(&[])
+    }
+
+    /// A worker state on the defaults plus `env`.
+    fn state_with(env: &[(&str, &str)]) -> Arc<AppState> {
         let settings = Settings::from_lookup(|k| match k {
             "HEARTALK_WORKER_ID" => Some("7".into()),
             "KEYWORDS_CONFIG" => {
                 Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/keywords.json").into())
             }
-            _ => None,
+            _ => env
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_string()),
         });
         let services = crate::services::Services::new(&settings).unwrap();
         Arc::new(AppState::new(settings, std::time::Instant::now(), services))
@@ -675,6 +700,149 @@ mod tests {
                 serde_json::from_slice(&bytes).unwrap(),
             )
         })
+    }
+
+    /// A user JWT for `secret`.
+    fn user_jwt(secret: &str) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+        let claims = serde_json::json!({"userId": "u-1", "exp": clock::unix_secs() + 600});
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    /// Runs `dispatch` alone, without `handle`'s post-processing: what the
+    /// route's own error paths built.
+    fn dispatch_only(
+        state: &Arc<AppState>,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (Response<()>, serde_json::Value) {
+        let mut req = Request::builder().method(method.clone()).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(http_body_util::Empty::<Bytes>::new()).unwrap();
+        let mut ex = Exchange {
+            request_id: "test-id".into(),
+            method,
+            path: path.into(),
+            errors: error_format(path),
+            origin: None,
+            preflight: false,
+            limit: None,
+            accept_encoding: None,
+            no_compression: true,
+            http1: true,
+        };
+        block_on(async {
+            let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            let (parts, body) = dispatch(req, state, peer, &mut ex).await.into_parts();
+            let bytes = body.collect().await.unwrap().to_bytes();
+            (
+                Response::from_parts(parts, ()),
+                serde_json::from_slice(&bytes).unwrap(),
+            )
+        })
+    }
+
+    fn openai_error(message: &str, kind: &str, code: &str) -> serde_json::Value {
+        serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+    }
+
+    /// Under `/v1/` every refusal is built in OpenAI's shape where it is
+    /// decided (no later rewrite of an E1 body): 404, 405, 401, the body
+    /// checks, 429 and the production User-Agent filter.
+    #[test]
+    fn v1_errors_are_built_in_openai_shape() {
+        let st = state_with(&[("JWT_SECRET", "s"), ("RATE_LIMIT_USER_MAX", "1")]);
+        let (resp, body) = dispatch_only(&st, Method::GET, "/v1/nope", &[]);
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let want = openai_error(
+            "Route GET /v1/nope not found",
+            "invalid_request_error",
+            "ROUTE_NOT_FOUND",
+        );
+        assert_eq!(body, want);
+
+        let (resp, body) = dispatch_only(&st, Method::DELETE, "/v1/models", &[]);
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[ALLOW], "GET, HEAD");
+        let want = openai_error(
+            "Method DELETE not allowed for /v1/models",
+            "invalid_request_error",
+            "METHOD_NOT_ALLOWED",
+        );
+        assert_eq!(body, want);
+
+        let (resp, body) = dispatch_only(&st, Method::POST, "/v1/chat/completions", &[]);
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let want = openai_error(
+            "Authorization header is required",
+            "authentication_error",
+            "MISSING_TOKEN",
+        );
+        assert_eq!(body, want);
+
+        let bearer = format!("Bearer {}", user_jwt("s"));
+        let auth = [("authorization", bearer.as_str())];
+        let (resp, body) = dispatch_only(&st, Method::POST, "/v1/chat/completions", &auth);
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let want = openai_error(
+            "Content-Type must be application/json",
+            "invalid_request_error",
+            "VALIDATION_ERROR",
+        );
+        assert_eq!(body, want);
+
+        // `RATE_LIMIT_USER_MAX=1`: the second model list is refused.
+        let (resp, _) = dispatch_only(&st, Method::GET, "/v1/models", &auth);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let (resp, body) = dispatch_only(&st, Method::GET, "/v1/models", &auth);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let want = openai_error(
+            "Too many requests from this user, please try again later.",
+            "rate_limit_error",
+            "USER_RATE_LIMIT_EXCEEDED",
+        );
+        assert_eq!(body, want);
+
+        let prod = state_with(&[("NODE_ENV", "production")]);
+        let ua = [("user-agent", "my-scraper/1.0")];
+        let (resp, body) = dispatch_only(&prod, Method::GET, "/v1/models", &ua);
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let want = openai_error(
+            "Access denied",
+            "authentication_error",
+            "USER_AGENT_BLOCKED",
+        );
+        assert_eq!(body, want);
+        let origin = [("origin", "https://evil.example")];
+        let (resp, body) = dispatch_only(&prod, Method::GET, "/v1/nope", &origin);
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let want = openai_error(
+            "Origin not allowed",
+            "authentication_error",
+            "CORS_ORIGIN_DENIED",
+        );
+        assert_eq!(body, want);
+    }
+
+    /// Outside `/v1/` the same refusals keep their E1/E2 bodies.
+    #[test]
+    fn other_errors_keep_their_heartalk_shape() {
+        let st = state();
+        let (resp, body) = dispatch_only(&st, Method::GET, "/api/v1/nope", &[]);
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(body["success"], false);
+        assert_eq!(body["code"], "ROUTE_NOT_FOUND");
+        assert_eq!(body["message"], "Route GET /api/v1/nope not found");
+        let (resp, body) = dispatch_only(&st, Method::POST, "/api/v1/chat/generate", &[]);
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            body,
+            serde_json::json!({"success": false, "error": "Authorization header is required",
+                               "code": "MISSING_TOKEN", "requestId": "test-id"})
+        );
     }
 
     #[test]

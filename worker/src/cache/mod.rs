@@ -452,6 +452,13 @@ impl ResponseCache {
         }
     }
 
+    /// Whether answers are looked up and stored at all (`CACHE_ENABLED`).
+    /// When not, callers skip the key and call [`uncached`]: no key to
+    /// hash, no flight, no task.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// A whole answer for `key` with its `X-Cache` value: stored, from an
     /// identical call in flight, or from `work()` (made only when this
     /// request leads).
@@ -488,14 +495,7 @@ impl ResponseCache {
             // would otherwise wait forever, and so would every later
             // identical request that joined it.
             let work = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work));
-            let work = async move {
-                work.await.unwrap_or_else(|_| {
-                    tracing::error!("the upstream call panicked; its listeners get an error");
-                    Err(UpstreamError::InvalidResponse(
-                        "internal error while answering".to_string(),
-                    ))
-                })
-            };
+            let work = async move { work.await.unwrap_or_else(|_| Err(panicked())) };
             // Across processes (see `cross`): only a call anyone may join.
             let redis = cache.redis.clone().filter(|r| lead.registered && r.is_up());
             let (key, remote_flight) = (lead.key, flight.clone());
@@ -589,6 +589,26 @@ impl ResponseCache {
             }
         });
     }
+}
+
+/// A whole answer from `work`, with the cache off: the call runs in the
+/// request's own task, so a client that leaves cancels it by dropping it,
+/// as the last listener of a flight would. A panic in the call becomes the
+/// same error a flight gives its listeners, not a dropped connection.
+pub async fn uncached<W>(work: W) -> Result<Arc<Entry>, UpstreamError>
+where
+    W: std::future::Future<Output = Result<Entry, UpstreamError>>,
+{
+    match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work)).await {
+        Ok(outcome) => outcome.map(Arc::new),
+        Err(_) => Err(panicked()),
+    }
+}
+
+/// What the listeners of a call that panicked get.
+fn panicked() -> UpstreamError {
+    tracing::error!("the upstream call panicked; its listeners get an error");
+    UpstreamError::InvalidResponse("internal error while answering".to_string())
 }
 
 /// How a leader's call ended.

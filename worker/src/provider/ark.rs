@@ -110,6 +110,11 @@ impl ArkProvider {
             // each burst and the next burst pays for new ones (tail latency).
             .pool_max_idle_per_host(1024)
             .tcp_keepalive(Duration::from_secs(60))
+            // A chat-completions POST is never redirected by a real
+            // provider; following one would turn it into a GET (301/302)
+            // somewhere else. A 3xx is answered as the upstream error it
+            // is, and the redirect machinery stays off the request path.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ArkInitError::Client(error_chain(&e)))?;
         Ok(ArkProvider {
@@ -557,8 +562,69 @@ fn truncate_chars(s: &str, max: usize) -> String {
     }
 }
 
+/// The shape every well-formed answer has, read without building a
+/// `serde_json::Value` tree (the tree's maps and strings were ~6 % of a
+/// worker's CPU per request). Anything else (a field of another type, a
+/// duplicate key, a non-object choice) fails here and is read by
+/// [`parse_completion_value`], so both give the same result.
+#[derive(serde::Deserialize)]
+struct WireCompletion {
+    #[serde(default)]
+    choices: Option<Vec<WireChoice>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    message: Option<WireMessage>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+}
+
 /// Extracts the result of a 2xx JSON body (§10.1 "Result").
 pub fn parse_completion(body: &[u8]) -> Result<Completion, UpstreamError> {
+    let Ok(wire) = serde_json::from_slice::<WireCompletion>(body) else {
+        return parse_completion_value(body);
+    };
+    let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let choice = wire
+        .choices
+        .and_then(|c| c.into_iter().next())
+        .ok_or_else(|| {
+            UpstreamError::InvalidResponse("Invalid response format: no valid choices found".into())
+        })?;
+    let (content, reasoning_content) = match choice.message {
+        Some(m) => (non_empty(m.content), non_empty(m.reasoning_content)),
+        None => (None, None),
+    };
+    Ok(Completion {
+        content: content
+            .or_else(|| non_empty(choice.text))
+            .ok_or(UpstreamError::Empty)?,
+        reasoning_content,
+        finish_reason: non_empty(choice.finish_reason),
+        usage: wire.usage,
+        model: non_empty(wire.model),
+    })
+}
+
+/// [`parse_completion`] for bodies off the common shape: every field read
+/// leniently from the JSON tree (a field of the wrong type counts as absent).
+fn parse_completion_value(body: &[u8]) -> Result<Completion, UpstreamError> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         UpstreamError::InvalidResponse(format!("Invalid response format: malformed JSON ({e})"))
     })?;
@@ -834,6 +900,50 @@ mod tests {
         );
     }
 
+    /// The typed reading and the tree reading agree on every body, the
+    /// odd ones included (a body the typed reading refuses goes to the
+    /// tree, so this checks the typed reading never accepts a body with a
+    /// different result).
+    #[test]
+    fn typed_and_tree_readings_agree() {
+        let bodies: &[&[u8]] = &[
+            br#"{"model":"m","choices":[{"message":{"content":"a","reasoning_content":"r"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"completion_tokens_details":{"reasoning_tokens":1}}}"#,
+            br#"{"choices":[{"message":{"content":"","reasoning_content":""},"text":"t"}]}"#,
+            br#"{"choices":[{"message":null,"text":"t"}]}"#,
+            br#"{"choices":[{"message":{"content":["part"]},"text":"t"}]}"#,
+            br#"{"choices":[{"message":{"content":7},"text":"t"}]}"#,
+            br#"{"choices":[{"message":{"content":"a"},"finish_reason":1}]}"#,
+            br#"{"choices":[{"message":{"content":"a"}}, null]}"#,
+            br#"{"choices":[{"message":{"content":"a"}}],"usage":null}"#,
+            br#"{"choices":[{"message":{"content":"a"}}],"usage":7}"#,
+            br#"{"choices":[{"message":{"content":"a"}}],"usage":{"prompt_tokens":"1"}}"#,
+            br#"{"choices":[{"message":{"content":"a"}}],"usage":{"prompt_tokens":-1}}"#,
+            br#"{"choices":[{"message":{"content":"a"}}],"model":""}"#,
+            br#"{"choices":[{"message":{"content":"a"}}],"model":["m"]}"#,
+            br#"{"choices":[{"message":{"content":"first"},"message":{"content":"last"}}]}"#,
+            br#"{"choices":{"0":{"message":{"content":"a"}}}}"#,
+            br#"{"choices":"none"}"#,
+            br#"{"choices":[]}"#,
+            br#"{"choices":[{}]}"#,
+            br#"[]"#,
+            br#"{"choices":[{"message":{"content":"a"}}]} trailing"#,
+        ];
+        for body in bodies {
+            assert_eq!(
+                parse_completion(body),
+                parse_completion_value(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // The duplicate key: the tree keeps the last value, and so do we.
+        assert_eq!(
+            parse_completion(bodies[13]).unwrap().content,
+            "last",
+            "duplicate keys"
+        );
+    }
+
     /// A one-shot-per-connection HTTP server: `reply` gets the raw request
     /// and the socket and writes whatever it likes.
     fn serve<F>(conns: usize, reply: F) -> (String, Arc<AtomicUsize>)
@@ -998,6 +1108,23 @@ mod tests {
             panic!()
         };
         assert_eq!(e, UpstreamError::Timeout { ms: 200 });
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_an_upstream_error_not_followed() {
+        // The second connection would be the redirected request.
+        let (base, seen) = serve(2, |_, _, s| {
+            let _ = write!(
+                s,
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        });
+        let p = provider(&base, "", 2);
+        match p.complete(req(2000)).await.unwrap_err() {
+            UpstreamError::Http { status, .. } => assert_eq!(status, 307),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "not followed");
     }
 
     fn sse_head(s: &mut TcpStream) {

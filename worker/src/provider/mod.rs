@@ -71,16 +71,75 @@ pub struct CompletionRequest {
 
 /// Token accounting as the upstream reported it. Extra fields the upstream
 /// sends (e.g. `prompt_tokens_details`) are kept and passed through.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Read by hand (see the `Deserialize` impl below) rather than with
+/// `#[serde(flatten)]`, which buffers the whole object before reading it:
+/// this is read from every upstream answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Usage {
-    #[serde(default)]
     pub prompt_tokens: u64,
-    #[serde(default)]
     pub completion_tokens: u64,
-    #[serde(default)]
     pub total_tokens: u64,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An object: the three counts (absent: 0; present: a whole number, or the
+/// object is refused) and every other key kept in `extra`.
+impl<'de> Deserialize<'de> for Usage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        enum Field {
+            Prompt,
+            Completion,
+            Total,
+            Other(String),
+        }
+        impl<'de> Deserialize<'de> for Field {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Names;
+                impl serde::de::Visitor<'_> for Names {
+                    type Value = Field;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a usage field name")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field, E> {
+                        Ok(match v {
+                            "prompt_tokens" => Field::Prompt,
+                            "completion_tokens" => Field::Completion,
+                            "total_tokens" => Field::Total,
+                            other => Field::Other(other.to_owned()),
+                        })
+                    }
+                }
+                d.deserialize_identifier(Names)
+            }
+        }
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Usage;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Usage, A::Error> {
+                let mut u = Usage::default();
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Prompt => u.prompt_tokens = map.next_value()?,
+                        Field::Completion => u.completion_tokens = map.next_value()?,
+                        Field::Total => u.total_tokens = map.next_value()?,
+                        Field::Other(k) => {
+                            u.extra.insert(k, map.next_value()?);
+                        }
+                    }
+                }
+                Ok(u)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 impl Usage {
@@ -351,6 +410,37 @@ pub trait Provider: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_read_with_its_extra_fields() {
+        let text = r#"{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8,"prompt_tokens_details":{"cached_tokens":2},"note":"x"}"#;
+        let u: Usage = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (5, 3, 8)
+        );
+        assert_eq!(u.extra["prompt_tokens_details"]["cached_tokens"], 2);
+        assert_eq!(u.extra["note"], "x");
+        // From a JSON tree, the same; written back, the same document.
+        let tree: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::from_value::<Usage>(tree.clone()).unwrap(), u);
+        assert_eq!(serde_json::to_value(&u).unwrap(), tree);
+        // Absent counts are 0; a count of another type refuses the object.
+        let u: Usage = serde_json::from_str(r#"{"total_tokens":1}"#).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (0, 0, 1)
+        );
+        for bad in [
+            r#"{"prompt_tokens":"5"}"#,
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"total_tokens":null}"#,
+            r#"[1,2,3]"#,
+            r#"7"#,
+        ] {
+            assert!(serde_json::from_str::<Usage>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn error_mapping_follows_the_contract() {
