@@ -8,7 +8,9 @@
 # pipeline  POST /api/v1/chat/generate through `heartalk run` (release, live mode)
 #           in front of the mock Ark server: throughput at 50 connections with the
 #           mock at 0 ms (median of RUNS runs, vs the Node.js service's 1,120 req/s),
-#           and added latency at 200 connections with the mock at 200 ms.
+#           and added latency at 200 connections with the mock at 200 ms (medians of
+#           RUNS warm runs), beside the floor: the same through `bare-proxy` (the
+#           worker's HTTP stack with no pipeline).
 # cache     the response-cache hit path at 50 connections (target ≥ 30k req/s,
 #           p99 ≤ 5 ms), and coalescing under a thundering herd of identical
 #           requests against a mock at 500 ms.
@@ -171,15 +173,36 @@ bench_pipeline() {
   for _ in $(seq "$RUNS"); do
     run_wrk 200 "$SECONDS_PER_RUN" "$url" "$WORK/generate.lua" | tee -a "$WORK/through.jsonl"
   done
+  kill -TERM "$SUP_PID"
+  wait "$SUP_PID" || true
+  # The floor: the same HTTP stack with no pipeline (tests/src/bin/bare-proxy.rs),
+  # one process per CPU like the workers, same mock, same load.
+  echo "== pipeline: the same through bare-proxy (hyper + reqwest, no pipeline)"
+  local bare_port
+  bare_port=$(free_port)
+  for _ in $(seq "$(nproc)"); do
+    "$BIN/bare-proxy" "$bare_port" "$MOCK_URL/chat/completions" &
+    PIDS+=($!)
+  done
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$bare_port/" && break
+    sleep 0.05
+  done
+  : >"$WORK/bare.jsonl"
+  run_wrk 200 "$SECONDS_PER_RUN" "http://127.0.0.1:$bare_port/" "$WORK/generate.lua" >/dev/null # warm-up
+  for _ in $(seq "$RUNS"); do
+    run_wrk 200 "$SECONDS_PER_RUN" "http://127.0.0.1:$bare_port/" "$WORK/generate.lua" | tee -a "$WORK/bare.jsonl"
+  done
   stop_all
   {
     header
-    python3 - "$WORK/runs.jsonl" "$WORK/alone.jsonl" "$WORK/through.jsonl" "$NODE_BASELINE" "$SECONDS_PER_RUN" <<'PY'
+    python3 - "$WORK/runs.jsonl" "$WORK/alone.jsonl" "$WORK/through.jsonl" "$NODE_BASELINE" "$SECONDS_PER_RUN" "$WORK/bare.jsonl" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 alones = [json.loads(l) for l in open(sys.argv[2])]
 throughs = [json.loads(l) for l in open(sys.argv[3])]
 base, secs = float(sys.argv[4]), sys.argv[5]
+bares = [json.loads(l) for l in open(sys.argv[6])]
 med = statistics.median(r["rps"] for r in runs)
 median = lambda rs, k: statistics.median(r[k] for r in rs)
 print(f"""
@@ -200,20 +223,26 @@ Median **{med:.0f} req/s** = **{med / base:.1f}×** the Node.js service's {base:
 (target ≥ 10×: {'met' if med >= 10 * base else 'NOT met'}).
 
 **Added latency**, 200 connections, mock at 200 ms: {len(alones)} runs of the mock alone,
-then a {secs} s warm-up through heartalk and {len(throughs)} runs through it:
+then a {secs} s warm-up through heartalk and {len(throughs)} runs through it; then the
+same through `bare-proxy`, the worker's HTTP stack (hyper server, pooled reqwest client,
+one process per CPU) forwarding with no pipeline at all — the floor on this machine:
 
 | path | run | req/s | p50 ms | p99 ms | non-2xx | socket errors |
 |---|---|---|---|---|---|---|""")
-for name, rs in (("mock alone", alones), ("through heartalk", throughs)):
+for name, rs in (("mock alone", alones), ("through heartalk", throughs), ("through bare-proxy", bares)):
     for i, r in enumerate(rs, 1):
         print(f"| {name} | {i} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']} | {r['errors']} |")
 p50 = median(throughs, "p50") - median(alones, "p50")
 p99 = median(throughs, "p99") - median(alones, "p99")
 worst = max(r["p99"] for r in throughs) - median(alones, "p99")
+floor50 = median(bares, "p50") - median(alones, "p50")
+floor99 = median(bares, "p99") - median(alones, "p99")
 print(f"""
 Added (median through − median alone): **p50 {p50:+.2f} ms**, **p99 {p99:+.2f} ms**
 (targets ≤ 1 ms p50: {'met' if p50 <= 1 else 'NOT met'}; ≤ 5 ms p99: {'met' if p99 <= 5 else 'NOT met'}).
-Worst single run: p99 {worst:+.2f} ms.""")
+Worst single run: p99 {worst:+.2f} ms. The bare proxy adds p50 {floor50:+.2f} ms, p99 {floor99:+.2f} ms
+(worst run {max(r["p99"] for r in bares) - median(alones, "p99"):+.2f} ms): what is left for the pipeline's own work is
+p99 {p99 - floor99:+.2f} ms.""")
 PY
   } | python3 "$REPORT" section "$OUT" pipeline
 }
