@@ -201,6 +201,9 @@ fn a_stream_failing_after_it_started_ends_with_one_error_frame() {
 
     // A malformed payload inside a stream is skipped, the rest flows. (A new
     // question: the one above was answered and is now in the cache.)
+    // It is counted (the mock sends one unparsable payload per stream).
+    let parse_errors = || metric(svc.addr, "ai_upstream_stream_parse_errors_total", "");
+    assert_eq!(parse_errors(), Some(0.0), "registered, nothing skipped yet");
     ark.set(Behavior::malformed_json());
     let r = svc.post(
         "/api/v1/chat/stream",
@@ -208,6 +211,9 @@ fn a_stream_failing_after_it_started_ends_with_one_error_frame() {
     );
     let frames = sse_json(&r.body);
     assert_eq!(frames.last().unwrap()["type"], "complete", "{frames:?}");
+    wait_for("the skipped payload counted", DEADLINE, || {
+        (parse_errors() == Some(1.0)).then_some(())
+    });
     assert_still_healthy(&svc, pid);
 }
 

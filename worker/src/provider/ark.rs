@@ -350,6 +350,7 @@ fn event_stream(resp: reqwest::Response, idle: Duration) -> EventStream {
         /// Ends the stream with `last` (nothing is read afterwards).
         fn end(&mut self, last: Result<StreamEvent, UpstreamError>) {
             self.resp = None;
+            crate::telemetry::stream_parse_errors(self.state.skipped);
             if self.state.skipped > 0 {
                 tracing::warn!(
                     skipped = self.state.skipped,
