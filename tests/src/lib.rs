@@ -17,6 +17,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// [`free_port`] as an address on 127.0.0.1: for a server the test starts
+/// there, or, left alone, for a closed port that refuses connections.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 /// The repository's root (for the shipped configs, scripts and assets).
 pub fn repo() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -9,98 +9,24 @@
 
 mod helper;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use helper::*;
 use serde_json::{Value, json};
 
-/// An HTTP server that answers 200 to everything and keeps the bodies.
-struct Webhook {
-    addr: SocketAddr,
-    bodies: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Webhook {
-    fn start() -> Webhook {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let kept = bodies.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().map_while(Result::ok) {
-                let kept = kept.clone();
-                std::thread::spawn(move || serve(conn, &kept));
-            }
-        });
-        Webhook { addr, bodies }
-    }
-
-    /// (request target, body) of every request so far.
-    fn received(&self) -> Vec<(String, Value)> {
-        self.bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(target, body)| {
-                let v = serde_json::from_str(body)
-                    .unwrap_or_else(|e| panic!("webhook body not JSON ({e}): {body}"));
-                (target.clone(), v)
-            })
-            .collect()
-    }
-}
-
-/// Keep-alive HTTP/1.1: one request after another on the connection.
-fn serve(conn: TcpStream, kept: &Mutex<Vec<(String, String)>>) {
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':')
-                && k.trim().eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let target = request_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("")
-            .to_string();
-        kept.lock()
-            .unwrap()
-            .push((target, String::from_utf8_lossy(&body).into_owned()));
-        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        if reader.get_mut().write_all(answer).is_err() {
-            return;
-        }
-    }
+/// (request target, JSON body) of every request `hook` has received.
+fn received(hook: &StubHttp) -> Vec<(String, Value)> {
+    hook.requests()
+        .iter()
+        .map(|r| (r.target.clone(), r.json()))
+        .collect()
 }
 
 /// Alertmanager started by the shipped entrypoint; killed and reaped on drop.
 struct Alertmanager {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
+    daemon: Daemon,
 }
 
 impl Alertmanager {
@@ -118,13 +44,10 @@ impl Alertmanager {
             })
             .expect("no alertmanager on PATH (Debian's prometheus-alertmanager; scripts/deps.sh)");
         let dir = tempfile::tempdir().unwrap();
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
-        let child = Command::new("sh")
-            .arg(monitoring.join("alertmanager-entrypoint.sh"))
+        let addr = free_addr();
+        // `sh` execs Alertmanager: the child is Alertmanager itself.
+        let mut cmd = Command::new("sh");
+        cmd.arg(monitoring.join("alertmanager-entrypoint.sh"))
             .arg(format!(
                 "--storage.path={}",
                 dir.path().join("data").display()
@@ -135,30 +58,23 @@ impl Alertmanager {
             .env("ALERT_WEBHOOK_URL", webhook_url)
             .env("ALERTMANAGER_TEMPLATE", monitoring.join("alertmanager.yml"))
             .env("ALERTMANAGER_RENDERED", dir.path().join("alertmanager.yml"))
-            .env("ALERTMANAGER_BIN", bin)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("run sh");
-        let mut am = Alertmanager { child, addr, dir };
-        wait_for("alertmanager ready", DEADLINE, || {
-            if let Some(status) = am.child.try_wait().unwrap() {
-                panic!("alertmanager exited ({status}):\n{}", am.log());
-            }
-            let r = http_get(addr, "/-/ready", Duration::from_secs(2)).ok()?;
-            (r.status == 200).then_some(())
-        });
-        am
+            .env("ALERTMANAGER_BIN", bin);
+        Alertmanager {
+            daemon: Daemon::start("alertmanager", &mut cmd, dir, addr, "/-/ready"),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.daemon.addr
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("alertmanager.log")).unwrap_or_default()
+        self.daemon.log()
     }
 
     /// Every alert Alertmanager holds, by `alertname/severity/instance`.
     fn alerts(&self) -> Vec<(String, Value)> {
-        let r = http_get(self.addr, "/api/v2/alerts", DEADLINE).unwrap();
+        let r = http_get(self.addr(), "/api/v2/alerts", DEADLINE).unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()
             .as_array()
@@ -178,14 +94,6 @@ impl Alertmanager {
     }
 }
 
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        // `sh` exec'd Alertmanager: the child is Alertmanager itself.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn alert(name: &str, severity: &str, instance: &str) -> Value {
     json!({
         "labels": {"alertname": name, "severity": severity, "instance": instance, "job": "heartalk"},
@@ -195,7 +103,7 @@ fn alert(name: &str, severity: &str, instance: &str) -> Value {
 
 #[test]
 fn alerts_reach_the_webhook_from_the_environment_and_inhibitions_hold() {
-    let hook = Webhook::start();
+    let hook = StubHttp::start(|_| Some(EMPTY_200.to_string()));
     // `&` and `|` must survive the rendering untouched
     let url = format!("http://{}/hook?token=t0k&x=a|b", hook.addr);
     let am = Alertmanager::start(&url);
@@ -208,7 +116,7 @@ fn alerts_reach_the_webhook_from_the_environment_and_inhibitions_hold() {
         alert("WorkerNotOnline", "warning", "c:8001"),
         alert("UpstreamErrorRate", "critical", "c:8001"),
     ]);
-    let r = post_json(am.addr, "/api/v2/alerts", None, &alerts);
+    let r = post_json(am.addr(), "/api/v2/alerts", None, &alerts);
     assert_eq!(r.status, 200, "{}", r.body);
 
     let inhibited = |status: &Value| {
@@ -245,7 +153,7 @@ fn alerts_reach_the_webhook_from_the_environment_and_inhibitions_hold() {
 
     // Critical groups are sent after group_wait (10 s) to the env's URL.
     let sent = wait_for("critical notifications", Duration::from_secs(30), || {
-        let got = hook.received();
+        let got = received(&hook);
         let names: Vec<String> = got
             .iter()
             .flat_map(|(_, b)| b["alerts"].as_array().cloned().unwrap_or_default())

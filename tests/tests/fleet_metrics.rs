@@ -7,7 +7,6 @@ mod helper;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,39 +17,29 @@ use nix::unistd::Pid;
 /// `name{labels}` → value, for counter-like series (`_total`, `_count`,
 /// `_sum`, `_bucket`).
 fn counters(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let name = series.split('{').next()?;
+    samples(text)
+        .filter(|(series, _)| {
+            let name = series_name(series);
             let counter_like = ["_total", "_count", "_sum", "_bucket"]
                 .iter()
                 .any(|s| name.ends_with(s));
-            if !counter_like || name.starts_with("process_") {
-                return None;
-            }
-            Some((series.to_string(), value.parse().ok()?))
+            counter_like && !name.starts_with("process_")
         })
+        .map(|(series, v)| (series.to_string(), v))
         .collect()
 }
 
+/// The `http_requests_total` of `route`, over every method and status.
 fn route_total(text: &str, route: &str) -> f64 {
-    counters(text)
-        .iter()
-        .filter(|(k, _)| {
-            k.starts_with("http_requests_total{") && k.contains(&format!("route=\"{route}\""))
-        })
-        .map(|(_, v)| v)
-        .sum()
+    sample_sum(text, "http_requests_total", &format!("route=\"{route}\""))
 }
 
 #[test]
 fn k_requests_are_counted_exactly_whichever_worker_answers() {
-    let admin = free_port();
-    let config = real_worker_config("3", "").replacen(
-        "[[apps]]",
-        &format!("[supervisor]\nmetrics_listen = \"127.0.0.1:{admin}\"\ncontrol_socket = \"@CTL@\"\n\n[[apps]]"),
-        1,
+    let admin = free_addr();
+    let config = before_apps(
+        &real_worker_config("3", ""),
+        &format!("[supervisor]\nmetrics_listen = \"{admin}\"\ncontrol_socket = \"@CTL@\""),
     );
     let mut sup = Supervisor::start(&config.replace("@CTL@", "ctl.sock"));
     let addr = sup.addr();
@@ -76,8 +65,7 @@ fn k_requests_are_counted_exactly_whichever_worker_answers() {
         assert_eq!(route_total(&text, "/ready"), K as f64, "{text}");
     }
     // the supervisor's own admin address serves the same numbers
-    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let text = http_get(admin_addr, "/metrics", Duration::from_secs(10))
+    let text = http_get(admin, "/metrics", Duration::from_secs(10))
         .unwrap()
         .body;
     assert_eq!(route_total(&text, "/ready"), K as f64);

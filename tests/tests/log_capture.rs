@@ -23,12 +23,10 @@ fn messages<'a>(lines: &'a [Value], prefix: &str) -> Vec<&'a str> {
 #[test]
 fn every_line_exactly_once_across_rotation() {
     const N: u64 = 100_000;
-    let extra = "\n[log]\nmax_size = \"256K\"\nmax_files = 10000\n";
     // The lines are written before READY: allow for a slow (debug) build.
-    let config = test_worker_config(4, &format!("spam={N}"), "listen_timeout = \"90s\"").replacen(
-        "[[apps]]",
-        &format!("{extra}\n[[apps]]"),
-        1,
+    let config = before_apps(
+        &test_worker_config(4, &format!("spam={N}"), "listen_timeout = \"90s\""),
+        "[log]\nmax_size = \"256K\"\nmax_files = 10000",
     );
     let mut sup = Supervisor::start(&config);
     wait_for("4 workers ready", Duration::from_secs(90), || {
@@ -87,10 +85,9 @@ fn every_line_exactly_once_across_rotation() {
 
 #[test]
 fn retention_keeps_max_files_and_gzip_is_valid() {
-    let config = test_worker_config(1, "spam=50000", "").replacen(
-        "[[apps]]",
-        "[log]\nmax_size = \"64K\"\nmax_files = 3\n\n[[apps]]",
-        1,
+    let config = before_apps(
+        &test_worker_config(1, "spam=50000", ""),
+        "[log]\nmax_size = \"64K\"\nmax_files = 3",
     );
     let mut sup = Supervisor::start(&config);
     sup.wait_ready(1);
@@ -165,10 +162,9 @@ fn external_rename_and_sigusr1_lose_no_line() {
 
 #[test]
 fn a_50mb_line_is_chunked_and_memory_stays_bounded() {
-    let config = test_worker_config(1, "bigline=50", "").replacen(
-        "[[apps]]",
-        "[log]\nmax_size = \"1G\"\n\n[[apps]]",
-        1,
+    let config = before_apps(
+        &test_worker_config(1, "bigline=50", ""),
+        "[log]\nmax_size = \"1G\"",
     );
     let mut sup = Supervisor::start(&config);
     sup.wait_ready(1);
@@ -213,10 +209,9 @@ fn a_50mb_line_is_chunked_and_memory_stays_bounded() {
 #[test]
 fn request_lines_are_tagged_json_and_can_be_mirrored_to_stdout() {
     // the real worker's access line, with time rotation and the stdout copy on
-    let config = real_worker_config("1", "").replacen(
-        "[[apps]]",
-        "[log]\nstdout = true\nrotate_interval = \"300ms\"\n\n[[apps]]",
-        1,
+    let config = before_apps(
+        &real_worker_config("1", ""),
+        "[log]\nstdout = true\nrotate_interval = \"300ms\"",
     );
     let mut sup = Supervisor::start_with(&config, |c| {
         c.env("LOG_LEVEL", "info");

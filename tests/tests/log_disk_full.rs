@@ -5,7 +5,6 @@
 
 mod helper;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -38,33 +37,20 @@ impl Drop for Tmpfs {
     }
 }
 
-fn dropped(admin: SocketAddr) -> u64 {
-    let text = http_get(admin, "/metrics", Duration::from_secs(10))
-        .map(|r| r.body)
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("heartalk_log_lines_dropped_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_full_log_disk_drops_and_counts_then_recovers() {
     let mnt_parent = tempfile::tempdir().unwrap();
     let logs = mnt_parent.path().join("logs");
     let _fs = Tmpfs::mount(&logs, "2m");
-    let admin: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let config = test_worker_config(1, "serve", "").replacen(
-        "[[apps]]",
+    let admin = free_addr();
+    let config = before_apps(
+        &test_worker_config(1, "serve", ""),
         &format!(
-            "[supervisor]\nmetrics_listen = \"{admin}\"\ncontrol_socket = \"ctl.sock\"\n[log]\ndir = {:?}\nmax_size = \"256K\"\nmax_files = 100\ncompress = false\n\n[[apps]]",
+            "[supervisor]\nmetrics_listen = \"{admin}\"\ncontrol_socket = \"ctl.sock\"\n[log]\ndir = {:?}\nmax_size = \"256K\"\nmax_files = 100\ncompress = false",
             logs.display().to_string()
         ),
-        1,
-    ) .replace("args = [\"serve\"]", "args = [\"serve\", \"tick=1\"]");
+    )
+    .replace("args = [\"serve\"]", "args = [\"serve\", \"tick=1\"]");
     let mut sup = Supervisor::start(&config);
     let addr = sup.addr();
     let pid = sup.wait_ready(1)[0];
@@ -73,7 +59,8 @@ fn a_full_log_disk_drops_and_counts_then_recovers() {
     let filler = logs.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 2 << 20]);
     wait_for("lines to be dropped", Duration::from_secs(30), || {
-        (dropped(admin) > 100).then_some(())
+        let dropped = metric(admin, "heartalk_log_lines_dropped_total", "").unwrap_or(0.0);
+        (dropped > 100.0).then_some(())
     });
 
     // the worker keeps serving, and was never restarted

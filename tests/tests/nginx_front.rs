@@ -18,54 +18,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use helper::*;
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-
-/// A child process (with its process group) that is killed and reaped
-/// whatever happens to the test.
-struct Guard {
-    child: Child,
-    name: &'static str,
-}
-
-impl Guard {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // nginx: SIGTERM is its fast shutdown (the master stops its
-            // workers and exits).
-            let _ = kill(self.pid(), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if self.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        // Anything left in the group (the workers of a master that died) goes
-        // too; the group is gone (ESRCH) when everything exited.
-        let _ = killpg(self.pid(), Signal::SIGKILL);
-        if let Err(e) = self.child.wait() {
-            eprintln!("reaping {}: {e}", self.name);
-        }
-    }
-}
 
 /// nginx on the shipped config, in front of `svc`.
 struct Front {
     // Dropped in this order: nginx, the service, then the temp dir.
-    _nginx: Guard,
+    _nginx: ChildGuard,
     svc: Service,
     http: SocketAddr,
     https: SocketAddr,
@@ -129,8 +92,8 @@ impl Front {
                 .arg(path("ssl/cert.pem")),
         );
 
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http = free_addr();
+        let https = free_addr();
         let d = dir.path().display();
         let mut conf = shipped_conf();
         conf = substitute(conf, "listen 80;", &format!("listen {http};"));
@@ -161,10 +124,11 @@ impl Front {
             .process_group(0)
             .spawn()
             .expect("spawn nginx (Debian package `nginx`; scripts/deps.sh installs it)");
-        let mut nginx = Guard {
-            child,
-            name: "nginx",
-        };
+        // SIGTERM is nginx's fast shutdown (the master stops its workers
+        // and exits); the group is killed after it (workers of a master
+        // that died).
+        let mut nginx =
+            ChildGuard::graceful("nginx", child, Signal::SIGTERM, Duration::from_secs(5));
         wait_for("nginx listening on both ports", DEADLINE, || {
             if let Some(status) = nginx.child.try_wait().expect("try_wait nginx") {
                 panic!(
@@ -200,7 +164,7 @@ impl Front {
         path: &str,
         headers: &[(&str, &str)],
         body: Option<&Value>,
-    ) -> Curl {
+    ) -> Response {
         let head = self.file(&format!("curl-{}.head", unique()));
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "-k", "--max-time", "30", "-X", method])
@@ -214,7 +178,7 @@ impl Front {
                 .arg(b.to_string());
         }
         let out = run_ok(cmd.arg(self.url(path)));
-        Curl::parse(
+        curl_response(
             &read(&head),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
@@ -235,47 +199,10 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A response as curl saw it (the last header block: there are no 1xx here).
-struct Curl {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Curl {
-    fn parse(head: &str, body: String) -> Curl {
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status line in {head:?}"));
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Curl {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.all(name).first().copied()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
+/// A response as curl saw it: its `-D` head (the last header block: there
+/// are no 1xx here) and its output.
+fn curl_response(head: &str, body: String) -> Response {
+    Response::from_head(head, body).unwrap_or_else(|e| panic!("curl's head {head:?}: {e}"))
 }
 
 #[test]
@@ -392,7 +319,7 @@ fn json_chat_works_over_https() {
 /// A stream read through nginx with `curl -N`: the response head and every
 /// `data:` payload with the time it reached curl's stdout.
 struct Stream {
-    head: Curl,
+    head: Response,
     frames: Vec<(Duration, String)>,
 }
 
@@ -400,8 +327,9 @@ impl Front {
     fn stream(&self, path: &str, body: &Value, request_id: &str) -> Stream {
         let head = self.file(&format!("stream-{}.head", unique()));
         let start = Instant::now();
-        let mut curl = Guard {
-            child: Command::new("curl")
+        let mut curl = ChildGuard::new(
+            "curl",
+            Command::new("curl")
                 // -N: curl writes what it gets at once. --compressed: the
                 // client accepts gzip, which a stream must still not get
                 // (compressing buffers it).
@@ -421,8 +349,7 @@ impl Front {
                 .process_group(0)
                 .spawn()
                 .expect("spawn curl"),
-            name: "curl",
-        };
+        );
         let stdout = curl.child.stdout.take().expect("curl stdout");
         let mut frames = Vec::new();
         for line in BufReader::new(stdout).lines() {
@@ -438,7 +365,7 @@ impl Front {
             let _ = e.read_to_string(&mut err);
         }
         assert!(status.success(), "curl failed ({status}): {err}");
-        let head = Curl::parse(&read(&head), String::new());
+        let head = curl_response(&read(&head), String::new());
         assert_eq!(head.status, 200, "{:?}", head.headers);
         assert_eq!(
             head.header("content-type"),

@@ -236,17 +236,8 @@ fn wire_format_and_model_selection() {
 /// The `ai_reasoning_duration_seconds` observations on `addr`'s `/metrics`,
 /// over every strategy (absent series count as 0).
 fn reasoning_observations(addr: SocketAddr) -> Option<f64> {
-    let r = http_get(addr, "/metrics", Duration::from_secs(5)).ok()?;
-    if r.status != 200 {
-        return None;
-    }
-    Some(
-        r.body
-            .lines()
-            .filter(|l| l.starts_with("ai_reasoning_duration_seconds_count"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    let text = scrape(addr)?;
+    Some(sample_sum(&text, "ai_reasoning_duration_seconds_count", ""))
 }
 
 /// A stream the upstream refuses before its first byte is a JSON error in

@@ -11,12 +11,10 @@
 mod helper;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use heartalk_e2e::redis_server::RedisServer;
@@ -52,31 +50,13 @@ fn script(name: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output
         let _ = err.read_to_end(&mut v);
         v
     });
-    let status = match wait_child(&mut child, Duration::from_secs(60)) {
-        Some(s) => s,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{name} {args:?} did not finish within 60 s");
-        }
+    let Some(status) = wait_or_kill(&mut child, Duration::from_secs(60)) else {
+        panic!("{name} {args:?} did not finish within 60 s");
     };
     Output {
         status,
         stdout: out_t.join().unwrap(),
         stderr: err_t.join().unwrap(),
-    }
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return Some(s);
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -91,47 +71,6 @@ fn text(out: &Output) -> String {
 
 fn assert_exit(out: &Output, code: i32) {
     assert_eq!(out.status.code(), Some(code), "{}", text(out));
-}
-
-/// A port nothing listens on (bound once, then released).
-fn closed_port() -> u16 {
-    free_port()
-}
-
-/// An HTTP server answering every request with `answer(n)` (n counts
-/// requests from 0), on a thread that lives as long as the test process.
-fn canned_server(answer: impl Fn(usize) -> String + Send + 'static) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut n = 0;
-        for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
-            s.set_read_timeout(Some(DEADLINE)).ok();
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.ends_with(b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => req.extend_from_slice(&buf[..k]),
-                }
-            }
-            let _ = s.write_all(answer(n).as_bytes());
-            n += 1;
-        }
-    });
-    addr
-}
-
-fn http(status: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-fn health_url(addr: SocketAddr) -> String {
-    format!("http://{addr}/api/v1/health")
 }
 
 // ---------------------------------------------------------------- health
@@ -194,52 +133,50 @@ fn health_check_reads_the_status_and_retries() {
     };
 
     // 503 unhealthy: answered, but bad.
-    let unhealthy = canned_server(|_| {
-        http(
-            "503 Service Unavailable",
-            r#"{"data":{"status":"unhealthy"}}"#,
-        )
-    });
+    let canned = |status: &'static str, body: &'static str| {
+        StubHttp::start(move |_| Some(http_answer(status, body))).addr
+    };
+    let unhealthy = canned(
+        "503 Service Unavailable",
+        r#"{"data":{"status":"unhealthy"}}"#,
+    );
     assert_exit(&run(unhealthy, &quick), 1);
     // 200 whose data.status is not healthy/degraded, and 200 that is not JSON.
-    let odd = canned_server(|_| http("200 OK", r#"{"data":{"status":"broken"}}"#));
+    let odd = canned("200 OK", r#"{"data":{"status":"broken"}}"#);
     assert_exit(&run(odd, &quick), 1);
-    let html = canned_server(|_| http("200 OK", "<html>hello</html>"));
+    let html = canned("200 OK", "<html>hello</html>");
     assert_exit(&run(html, &quick), 1);
     // degraded is fine
-    let degraded = canned_server(|_| http("200 OK", r#"{"data":{"status":"degraded"}}"#));
+    let degraded = canned("200 OK", r#"{"data":{"status":"degraded"}}"#);
     let out = run(degraded, &quick);
     assert_exit(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("degraded"));
 
     // Starting up: two 503s, then healthy; the third try succeeds.
-    let served = Arc::new(AtomicUsize::new(0));
-    let s = served.clone();
-    let recovering = canned_server(move |n| {
-        s.fetch_add(1, Ordering::SeqCst);
-        if n < 2 {
-            http(
+    let recovering = StubHttp::start(|n| {
+        Some(if n < 2 {
+            http_answer(
                 "503 Service Unavailable",
                 r#"{"data":{"status":"unhealthy"}}"#,
             )
         } else {
-            http("200 OK", r#"{"data":{"status":"healthy"}}"#)
-        }
+            http_answer("200 OK", r#"{"data":{"status":"healthy"}}"#)
+        })
     });
-    let out = run(recovering, &["--retries", "5", "--interval", "0.1"]);
+    let out = run(recovering.addr, &["--retries", "5", "--interval", "0.1"]);
     assert_exit(&out, 0);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("try 3 of 5"),
         "{}",
         text(&out)
     );
-    assert_eq!(served.load(Ordering::SeqCst), 3);
+    assert_eq!(recovering.requests().len(), 3);
 
     // A server that never answers: each try is cut at --timeout.
-    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = StubHttp::start(|_| None);
     let start = std::time::Instant::now();
     let out = run(
-        silent.local_addr().unwrap(),
+        silent.addr,
         &["--retries", "2", "--interval", "0", "--timeout", "0.5"],
     );
     assert_exit(&out, 2);
@@ -656,17 +593,18 @@ impl FakeEngine {
         .unwrap();
         std::fs::write(dir.path().join("running"), "heartalk:v1\n").unwrap();
         let running = dir.path().join("running");
-        let health = canned_server(move |_| {
+        let health = StubHttp::start(move |_| {
             let image = std::fs::read_to_string(&running).unwrap_or_default();
-            if image.contains("bad") {
-                http(
+            Some(if image.contains("bad") {
+                http_answer(
                     "503 Service Unavailable",
                     r#"{"data":{"status":"unhealthy"}}"#,
                 )
             } else {
-                http("200 OK", r#"{"data":{"status":"healthy"}}"#)
-            }
-        });
+                http_answer("200 OK", r#"{"data":{"status":"healthy"}}"#)
+            })
+        })
+        .addr;
         FakeEngine { dir, health }
     }
 
@@ -782,7 +720,7 @@ fn deploy_rolls_back_to_exactly_the_recorded_tag() {
 #[test]
 fn deploy_with_no_healthy_version_exits_2_after_rolling_back() {
     let engine = FakeEngine::new();
-    let closed = format!("http://127.0.0.1:{}/api/v1/health", closed_port());
+    let closed = health_url(free_addr());
     let out = engine.deploy("v2", &closed);
     assert_exit(&out, 2);
     let backup = engine.read("state/last-backup-tag").trim().to_string();

@@ -12,9 +12,8 @@
 mod helper;
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use heartalk_e2e::mock_ark::{Behavior, MockArk};
@@ -23,15 +22,9 @@ use heartalk_e2e::redis_server::RedisServer;
 use helper::*;
 use serde_json::{Value, json};
 
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
 /// A Prometheus server in a temp dir; killed and reaped on drop.
 struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
+    daemon: Daemon,
 }
 
 impl Prometheus {
@@ -41,40 +34,24 @@ impl Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         std::fs::write(dir.path().join("alerts.yml"), rules).unwrap();
-        let log = File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("run prometheus (scripts/deps.sh installs it)");
-        let mut prom = Prometheus { child, addr, dir };
-        wait_for("prometheus ready", DEADLINE, || {
-            if let Some(status) = prom.child.try_wait().unwrap() {
-                panic!("prometheus exited ({status}):\n{}", prom.log());
-            }
-            let r = http_get(addr, "/-/ready", Duration::from_secs(2)).ok()?;
-            (r.status == 200).then_some(())
-        });
-        prom
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"));
+        Prometheus {
+            daemon: Daemon::start("prometheus", &mut cmd, dir, addr, "/-/ready"),
+        }
     }
 
     /// GET an API path; the parsed JSON body, whatever the status.
     fn api(&self, path_and_query: &str) -> Value {
-        let r = http_get(self.addr, path_and_query, Duration::from_secs(10))
+        let r = http_get(self.daemon.addr, path_and_query, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
         serde_json::from_str(&r.body).unwrap_or_else(|e| {
             panic!(
@@ -93,13 +70,6 @@ impl Prometheus {
     fn scalar(&self, expr: &str) -> Option<f64> {
         let v = self.query(expr);
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -290,33 +260,6 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
-/// Every metric name of a text exposition (histograms and summaries with
-/// their `_bucket` / `_sum` / `_count` series), from `# TYPE` and samples.
-fn exposition_names(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split_whitespace();
-            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            names.insert(name.to_string());
-            let suffixes: &[&str] = match kind {
-                "histogram" => &["_bucket", "_sum", "_count"],
-                "summary" => &["_sum", "_count"],
-                _ => &[],
-            };
-            for s in suffixes {
-                names.insert(format!("{name}{s}"));
-            }
-        } else if !line.starts_with('#') && !line.trim().is_empty() {
-            let end = line.find(['{', ' ']).unwrap_or(line.len());
-            names.insert(line[..end].to_string());
-        }
-    }
-    names
-}
-
 #[test]
 fn metric_names_are_the_selected_series_only() {
     let expr = r#"histogram_quantile(0.95, sum by (instance, le) (rate(http_request_duration_seconds_bucket{route!~"/health|x{y}", job="a"}[5m]))) > 2
@@ -409,9 +352,9 @@ fn every_dashboard_and_alert_expression_runs_on_a_real_prometheus() {
     // A worker killed without warning loses what it counted since the
     // supervisor last scraped it: a scrape now keeps the load's numbers.
     let load_total = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("http_requests_total{") && !l.contains("route=\"/metrics\""))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        samples_of(text, "http_requests_total", "{")
+            .filter(|(series, _)| !series.contains("route=\"/metrics\""))
+            .map(|(_, v)| v)
             .sum()
     };
     let before = http_get(addr, "/metrics", DEADLINE).unwrap().body;

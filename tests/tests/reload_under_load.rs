@@ -6,6 +6,7 @@
 mod helper;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use helper::*;
@@ -19,6 +20,15 @@ fn config(version: &str, extra_env: &str) -> String {
             "kill_timeout = \"20s\"\n[apps.env]\nSERVICE_VERSION = \"{version}\"\nSIMULATED_LATENCY_MS = \"2500\"\nSIMULATED_TOKENS_PER_SEC = \"0\"\nJWT_SECRET = \"{SECRET}\"\n{extra_env}"
         ),
     )
+}
+
+/// A supervisor on `config("1.0.0", "")` with its two workers ready: the
+/// supervisor, the fleet's address and the workers' pids.
+fn start_v1() -> (Supervisor, SocketAddr, HashSet<i32>) {
+    let mut sup = Supervisor::start(&config("1.0.0", ""));
+    let addr = sup.addr();
+    let old = sup.wait_ready(2).into_iter().collect();
+    (sup, addr, old)
 }
 
 #[test]
@@ -65,9 +75,7 @@ fn five_reloads_under_load_lose_no_request() {
 
 #[test]
 fn a_long_request_in_flight_completes_and_the_new_config_applies() {
-    let mut sup = Supervisor::start(&config("1.0.0", ""));
-    let addr = sup.addr();
-    let old: HashSet<i32> = sup.wait_ready(2).into_iter().collect();
+    let (mut sup, addr, old) = start_v1();
 
     // A 2.5 s simulated chat in flight across the reload.
     let slow = std::thread::spawn(move || {
@@ -108,9 +116,7 @@ fn a_long_request_in_flight_completes_and_the_new_config_applies() {
 
 #[test]
 fn a_bad_config_is_refused_and_the_old_workers_keep_serving() {
-    let mut sup = Supervisor::start(&config("1.0.0", ""));
-    let addr = sup.addr();
-    let old: HashSet<i32> = sup.wait_ready(2).into_iter().collect();
+    let (mut sup, addr, old) = start_v1();
     std::fs::write(
         sup.config_path(),
         "[[apps]]\nname = \"heartalk\"\ninstances = 0\n",
@@ -137,9 +143,7 @@ fn a_bad_config_is_refused_and_the_old_workers_keep_serving() {
 
 #[test]
 fn new_workers_that_never_become_ready_are_rolled_back() {
-    let mut sup = Supervisor::start(&config("1.0.0", ""));
-    let addr = sup.addr();
-    let old: HashSet<i32> = sup.wait_ready(2).into_iter().collect();
+    let (mut sup, addr, old) = start_v1();
     let broken = test_worker_config(2, "no-ready", "listen_timeout = \"500ms\"")
         .replace("name = \"tw\"", "name = \"heartalk\"");
     // keep the app's address so the slot sockets are shared

@@ -118,11 +118,7 @@ fn a_hanging_upstream_times_out_with_504_and_no_retry() {
 #[test]
 fn connection_refused_is_a_network_error() {
     // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let svc = live_service(
         &format!("http://127.0.0.1:{port}/api/v3"),
         &[("UPSTREAM_MAX_RETRIES", "0")],

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 #[allow(unused_imports)] // each test file uses a different subset
-pub use heartalk_e2e::{free_port, repo};
+pub use heartalk_e2e::{free_addr, free_port, repo};
 
 /// Generous deadline for things that normally take milliseconds.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -304,8 +304,29 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of the header `name` (any case), in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// A response from its head (status line and header lines, as curl's
+    /// `-D` writes them) and a body that is already decoded (taken as is,
+    /// never de-chunked). An error when there is no status line.
+    pub fn from_head(head: &str, body: String) -> std::io::Result<Response> {
+        let (status, headers) = parse_head(head)?;
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -328,16 +349,7 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let (status, headers) = parse_head(head)?;
     let chunked = headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
@@ -350,6 +362,57 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
         status,
         headers,
         body,
+    })
+}
+
+/// The status and headers of a response head (its status line first).
+fn parse_head(head: &str) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers))
+}
+
+/// Reads one HTTP/1.1 message head: its first line and header lines, each
+/// with its line ending, up to the blank line (read, not returned).
+/// `Ok(None)` when the peer closed before sending a byte; an
+/// `UnexpectedEof` error when it closed in the middle of the head.
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let mut head = String::new();
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            if head.is_empty() {
+                return Ok(None);
+            }
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("connection closed after {} bytes of the head", head.len()),
+            ));
+        }
+        if line == b"\r\n" {
+            return Ok(Some(head));
+        }
+        let line = String::from_utf8(line)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        head.push_str(&line);
+    }
+}
+
+/// The `Content-Length` of a message head, if it has one that parses.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())?
     })
 }
 
@@ -633,28 +696,13 @@ impl KeepAlive {
             "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
             self.addr
         )?;
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if conn.read_line(&mut line)? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("connection closed after {} bytes of response", head.len()),
-                ));
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
+        let head = read_head(conn)?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before the response",
+            )
+        })?;
+        let length = content_length(&head)
             .ok_or_else(|| std::io::Error::other(format!("no content-length in {head:?}")))?;
         let mut body = vec![0u8; length];
         conn.read_exact(&mut body)?;
@@ -785,15 +833,361 @@ pub fn stay_in_one_window() {
     }
 }
 
-/// The value of the first series of `name` on `addr`'s `/metrics` whose
-/// labels contain `labels` (e.g. `endpoint="chat"`).
-pub fn metric(addr: SocketAddr, name: &str, labels: &str) -> Option<f64> {
+// ------------------------------------------------------------- metrics
+
+/// `addr`'s `/metrics` exposition: the body of a 200 answered within 5 s.
+pub fn scrape(addr: SocketAddr) -> Option<String> {
     let r = http_get(addr, "/metrics", Duration::from_secs(5)).ok()?;
-    r.body.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        if !(rest.starts_with('{') || rest.starts_with(' ')) || !rest.contains(labels) {
+    (r.status == 200).then_some(r.body)
+}
+
+/// The value of the first series of `name` on `addr`'s `/metrics` whose
+/// labels contain `labels` (e.g. `endpoint="chat"`): [`sample`] of one
+/// [`scrape`]. `None`: no answer, or no such series.
+pub fn metric(addr: SocketAddr, name: &str, labels: &str) -> Option<f64> {
+    sample(&scrape(addr)?, name, labels)
+}
+
+/// The samples of a Prometheus text exposition, in order, as (series,
+/// value): the series as written (`name` or `name{labels}`), the value
+/// parsed. Comments, blank lines and lines whose value is not a number are
+/// skipped.
+pub fn samples(text: &str) -> impl Iterator<Item = (&str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series, value.parse().ok()?))
+        })
+}
+
+/// The metric name of a series: `name{labels}` → `name`.
+pub fn series_name(series: &str) -> &str {
+    series.split('{').next().unwrap_or(series)
+}
+
+/// The [`samples`] of the metric `name` (exactly: `x` is not `x_total`)
+/// whose series contains `labels` (e.g. `endpoint="chat"`; `""`: all).
+pub fn samples_of<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a str,
+) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    samples(text).filter(move |(series, _)| series_name(series) == name && series.contains(labels))
+}
+
+/// The value of the first of [`samples_of`]`(text, name, labels)`.
+pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    samples_of(text, name, labels).next().map(|(_, v)| v)
+}
+
+/// The sum of [`samples_of`]`(text, name, labels)` (0 when there is none).
+pub fn sample_sum(text: &str, name: &str, labels: &str) -> f64 {
+    samples_of(text, name, labels).map(|(_, v)| v).sum()
+}
+
+/// Every metric name of a text exposition, from its `# TYPE` lines
+/// (histograms and summaries with their `_bucket` / `_sum` / `_count`
+/// series) and its sample lines.
+pub fn exposition_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            names.insert(name.to_string());
+            let suffixes: &[&str] = match kind {
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "summary" => &["_sum", "_count"],
+                _ => &[],
+            };
+            for s in suffixes {
+                names.insert(format!("{name}{s}"));
+            }
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            names.insert(line[..end].to_string());
+        }
+    }
+    names
+}
+
+// ----------------------------------------------------------- processes
+
+/// A child process that is stopped and reaped when the guard is dropped,
+/// whatever happens to the test. A child still running then is sent
+/// SIGKILL (or, made with [`ChildGuard::graceful`], first the given signal
+/// and the given time to exit); a child that led its own process group at
+/// spawn (`process_group(0)`) has that whole group SIGKILLed too, so none
+/// of its own children outlives the test. Dropping always ends in `wait`.
+pub struct ChildGuard {
+    pub child: Child,
+    name: &'static str,
+    /// Signal and grace period tried before SIGKILL.
+    stop: Option<(nix::sys::signal::Signal, Duration)>,
+    group: bool,
+}
+
+impl ChildGuard {
+    /// Guards `child` (called `name` in messages); SIGKILL on drop.
+    pub fn new(name: &'static str, child: Child) -> ChildGuard {
+        Self::guard(name, child, None)
+    }
+
+    /// Like [`ChildGuard::new`], but on drop a running child is sent
+    /// `signal` first and given `grace` to exit before SIGKILL.
+    pub fn graceful(
+        name: &'static str,
+        child: Child,
+        signal: nix::sys::signal::Signal,
+        grace: Duration,
+    ) -> ChildGuard {
+        Self::guard(name, child, Some((signal, grace)))
+    }
+
+    fn guard(
+        name: &'static str,
+        child: Child,
+        stop: Option<(nix::sys::signal::Signal, Duration)>,
+    ) -> ChildGuard {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // Spawned with `process_group(0)`: the child leads its own group.
+        let group = nix::unistd::getpgid(Some(pid)) == Ok(pid);
+        ChildGuard {
+            child,
+            name,
+            stop,
+            group,
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill, killpg};
+        if self.child.try_wait().ok().flatten().is_none() {
+            if let Some((signal, grace)) = self.stop {
+                let _ = kill(self.pid(), signal);
+                let deadline = Instant::now() + grace;
+                while Instant::now() < deadline {
+                    if self.child.try_wait().ok().flatten().is_some() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            // Ok without a signal when the child has exited meanwhile.
+            let _ = self.child.kill();
+        }
+        if self.group {
+            // ESRCH when everything in the group has exited.
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("reaping {}: {e}", self.name);
+        }
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit and returns its status; a
+/// child still running then is killed and reaped, and `None` is returned.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
             return None;
         }
-        rest.rsplit(' ').next()?.parse().ok()
-    })
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server program run for a test (Prometheus, Alertmanager ...): its
+/// stdout and stderr go to `<dir>/<name>.log`, and it is killed and reaped
+/// on drop (a [`ChildGuard`]), before its temp dir is removed.
+pub struct Daemon {
+    guard: ChildGuard,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    name: &'static str,
+}
+
+impl Daemon {
+    /// Runs `cmd` (stdin null, output to the log in `dir`), which is to
+    /// serve HTTP on `addr`, and waits up to [`DEADLINE`] until
+    /// `GET ready_path` answers 200. Panics, with the log, when the
+    /// program exits first.
+    pub fn start(
+        name: &'static str,
+        cmd: &mut Command,
+        dir: tempfile::TempDir,
+        addr: SocketAddr,
+        ready_path: &str,
+    ) -> Daemon {
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {name} (scripts/deps.sh installs it): {e}"));
+        let mut daemon = Daemon {
+            guard: ChildGuard::new(name, child),
+            addr,
+            dir,
+            name,
+        };
+        wait_for(&format!("{name} ready"), DEADLINE, || {
+            if let Some(status) = daemon.guard.child.try_wait().expect("try_wait") {
+                panic!("{name} exited ({status}):\n{}", daemon.log());
+            }
+            let r = http_get(addr, ready_path, Duration::from_secs(2)).ok()?;
+            (r.status == 200).then_some(())
+        });
+        daemon
+    }
+
+    /// Everything the program has written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.name)))
+            .unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------- stub server
+
+/// One request a [`StubHttp`] read.
+#[derive(Clone, Debug)]
+pub struct StubRequest {
+    /// The request line and header lines as sent, each with its `\r\n`.
+    pub head: String,
+    /// The request target: path and query.
+    pub target: String,
+    /// The body (as many bytes as `Content-Length` said), as text.
+    pub body: String,
+}
+
+impl StubRequest {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("request body not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A stub HTTP/1.1 server on 127.0.0.1 for the programs under test to call
+/// (health probes, webhooks, a fake engine's health endpoint). Each
+/// connection is served on its own thread: each request on it is read
+/// whole (head, and the body its `Content-Length` gives), recorded, and
+/// answered with `answer(n)` as raw bytes, `n` counting requests from 0 in
+/// the order they were read. After an answer with `Connection: close` the
+/// connection is closed, after any other the next request is read from it;
+/// a `None` answer holds the connection open, silent, until the client
+/// closes it. The threads live as long as the test process: dropping this
+/// stops nothing.
+pub struct StubHttp {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<StubRequest>>>,
+}
+
+impl StubHttp {
+    pub fn start(answer: impl Fn(usize) -> Option<String> + Send + Sync + 'static) -> StubHttp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a stub server");
+        let addr = listener.local_addr().expect("stub server address");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let kept = requests.clone();
+        let answer = Arc::new(answer);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().map_while(Result::ok) {
+                let (kept, answer) = (kept.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    let _ = stub_serve(conn, &kept, &*answer);
+                });
+            }
+        });
+        StubHttp { addr, requests }
+    }
+
+    /// Every request read so far, in order.
+    pub fn requests(&self) -> Vec<StubRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn stub_serve(
+    conn: TcpStream,
+    kept: &Mutex<Vec<StubRequest>>,
+    answer: &(dyn Fn(usize) -> Option<String> + Send + Sync),
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn);
+    while let Some(head) = read_head(&mut reader)? {
+        let mut body = vec![0; content_length(&head).unwrap_or(0)];
+        reader.read_exact(&mut body)?;
+        let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        let n = {
+            let mut kept = kept.lock().unwrap();
+            kept.push(StubRequest {
+                head,
+                target,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+            kept.len() - 1
+        };
+        let Some(a) = answer(n) else {
+            // Silent: hold the connection until the client closes it.
+            let _ = reader.read_to_end(&mut Vec::new());
+            return Ok(());
+        };
+        reader.get_mut().write_all(a.as_bytes())?;
+        let close = parse_response(a.as_bytes()).is_ok_and(|r| {
+            r.header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        });
+        if close {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// `http://<addr>/api/v1/health`: the service's health endpoint at `addr`.
+pub fn health_url(addr: SocketAddr) -> String {
+    format!("http://{addr}/api/v1/health")
+}
+
+/// A whole HTTP/1.1 answer for a [`StubHttp`]: `status` (`"200 OK"`), a
+/// JSON content type, `body` with its exact `Content-Length`, and
+/// `Connection: close`.
+pub fn http_answer(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// An empty 200 that keeps the connection open (a webhook receiver's).
+pub const EMPTY_200: &str = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+// -------------------------------------------------------------- configs
+
+/// `config` with `sections` (top-level tables such as `[log]` or
+/// `[supervisor]`, with their keys) put ahead of its first `[[apps]]`,
+/// where TOML reads them as tables of their own rather than keys of an app.
+/// Panics when `config` has no `[[apps]]`.
+pub fn before_apps(config: &str, sections: &str) -> String {
+    assert!(config.contains("[[apps]]"), "no [[apps]] in {config:?}");
+    config.replacen(
+        "[[apps]]",
+        &format!("{}\n\n[[apps]]", sections.trim_end()),
+        1,
+    )
 }
