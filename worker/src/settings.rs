@@ -92,6 +92,9 @@ pub struct PipelineSettings {
     pub cache_ttl: Duration,
     pub cache_max_entries: u64,
     pub redis_url: Option<String>,
+    /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`:
+    /// the TLS material of a `rediss://` `REDIS_URL`.
+    pub redis_tls: RedisTlsFiles,
     /// `REDIS_TIMEOUT_MS` (200): deadline of one Redis command.
     pub redis_timeout: Duration,
     /// `RESPONSE_CACHE_MAX_BYTES` (64 MiB): L1 memory bound.
@@ -114,6 +117,46 @@ pub struct PipelineSettings {
     pub max_body_size: usize,
     pub sse_heartbeat: Duration,
     pub metrics_port: Option<u16>,
+}
+
+/// Where the TLS material of a `rediss://` `REDIS_URL` lives (PEM files).
+///
+/// Only the paths are read here: the files are opened, parsed and checked
+/// against the URL when the Redis link is built
+/// ([`crate::redis_link::RedisLink::new`]), which is where a bad value is
+/// reported. Relative paths are relative to the worker's working directory
+/// (the app's `cwd`). An empty or blank value means unset.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisTlsFiles {
+    /// `REDIS_TLS_CA_FILE`: the CA certificate(s) that sign the server's
+    /// certificate. Set, it *replaces* the system trust store for Redis:
+    /// a private CA then cannot be bypassed by a public one.
+    pub ca_file: Option<PathBuf>,
+    /// `REDIS_TLS_CERT_FILE`: the client certificate chain, for servers
+    /// that require mutual TLS (`tls-auth-clients yes`).
+    pub cert_file: Option<PathBuf>,
+    /// `REDIS_TLS_KEY_FILE`: the client certificate's private key
+    /// (PKCS#8, PKCS#1 or SEC1; not encrypted).
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTlsFiles {
+    /// Whether none of the three is set.
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+    }
+
+    /// The variables that are set, by name (for "set but ignored" logs).
+    pub fn set_vars(&self) -> Vec<&'static str> {
+        [
+            ("REDIS_TLS_CA_FILE", &self.ca_file),
+            ("REDIS_TLS_CERT_FILE", &self.cert_file),
+            ("REDIS_TLS_KEY_FILE", &self.key_file),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.as_ref().map(|_| name))
+        .collect()
+    }
 }
 
 /// The reasoning switches, reported by `/api/v1/health`.
@@ -214,6 +257,12 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
         n => n,
     };
     let boolean = |k: &str, default: bool| parse_bool(get(k).as_deref(), default);
+    let path = |k: &str| {
+        get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let ms = |k: &str, default: u64| Duration::from_millis(int(k, default));
     let chat_ep = get("BYTEPLUS_AMI_CHAT_EP").filter(|v| !v.trim().is_empty());
     let work_ep = get("BYTEPLUS_AMI_WORK_ASSISTANT_EP").filter(|v| !v.trim().is_empty());
@@ -277,6 +326,11 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
         cache_ttl: Duration::from_secs(int("CACHE_TTL", 7200)),
         cache_max_entries: max("RESPONSE_CACHE_MAX_ENTRIES", 10_000),
         redis_url: get("REDIS_URL").filter(|v| !v.trim().is_empty()),
+        redis_tls: RedisTlsFiles {
+            ca_file: path("REDIS_TLS_CA_FILE"),
+            cert_file: path("REDIS_TLS_CERT_FILE"),
+            key_file: path("REDIS_TLS_KEY_FILE"),
+        },
         redis_timeout: ms("REDIS_TIMEOUT_MS", 200).max(Duration::from_millis(1)),
         cache_max_bytes: max("RESPONSE_CACHE_MAX_BYTES", 64 << 20),
         chat_fallback: get("CHAT_FALLBACK_EP")
@@ -504,6 +558,39 @@ mod tests {
         assert_eq!(m["B"], "local");
         assert_eq!(m["C"], "prod");
         assert_eq!(m["D"], "base");
+    }
+
+    #[test]
+    fn redis_tls_files() {
+        let p = settings(&[]).pipeline;
+        assert_eq!(p.redis_tls, RedisTlsFiles::default());
+        assert!(p.redis_tls.is_empty());
+        assert!(p.redis_tls.set_vars().is_empty());
+        let p = settings(&[
+            ("REDIS_URL", "rediss://redis.example:6380/0"),
+            ("REDIS_TLS_CA_FILE", " /etc/heartalk/redis-ca.pem "),
+            ("REDIS_TLS_CERT_FILE", "tls/client.pem"),
+            ("REDIS_TLS_KEY_FILE", "   "),
+        ])
+        .pipeline;
+        assert_eq!(
+            p.redis_url.as_deref(),
+            Some("rediss://redis.example:6380/0")
+        );
+        assert_eq!(
+            p.redis_tls,
+            RedisTlsFiles {
+                ca_file: Some(PathBuf::from("/etc/heartalk/redis-ca.pem")),
+                cert_file: Some(PathBuf::from("tls/client.pem")),
+                key_file: None,
+            },
+            "trimmed; blank means unset; relative paths kept relative"
+        );
+        assert!(!p.redis_tls.is_empty());
+        assert_eq!(
+            p.redis_tls.set_vars(),
+            ["REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE"]
+        );
     }
 
     #[test]
