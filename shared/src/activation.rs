@@ -6,10 +6,44 @@
 //! unchanged under `heartalk`, under systemd socket activation, or alone.
 //! The supervisor side of the same contract (binding and passing the fds,
 //! receiving the datagrams) lives in the supervisor crate.
+//!
+//! [`env`](mod@env) names every environment variable of the contract once, so the
+//! supervisor that sets them and the worker that reads them cannot drift
+//! apart by a typo.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+
+/// The environment variables of the supervisor↔worker contract. The
+/// supervisor sets them in every worker it starts (and strips them from its
+/// own environment before passing it on, since a parent may have meant them
+/// for the supervisor itself); the worker reads them at start-up. The first
+/// four are systemd's and keep systemd's spelling; the rest are ours.
+pub mod env {
+    /// How many sockets were passed, from fd [`super::LISTEN_FDS_START`].
+    pub const LISTEN_FDS: &str = "LISTEN_FDS";
+    /// The pid the sockets are meant for (a grandchild must not take them).
+    pub const LISTEN_PID: &str = "LISTEN_PID";
+    /// `:`-separated names of the passed sockets.
+    pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+    /// Where `READY=1` and the other sd_notify states go (`@name`: abstract).
+    pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+    /// The app's name in `ecosystem.toml`.
+    pub const HEARTALK_APP: &str = "HEARTALK_APP";
+    /// The worker's slot number within its app.
+    pub const HEARTALK_WORKER_ID: &str = "HEARTALK_WORKER_ID";
+    /// The fleet generation the worker belongs to (a reload increments it).
+    pub const HEARTALK_GENERATION: &str = "HEARTALK_GENERATION";
+    /// The abstract socket (`@name`) the worker serves its own metrics on,
+    /// for the supervisor to scrape.
+    pub const HEARTALK_METRICS_SOCKET: &str = "HEARTALK_METRICS_SOCKET";
+    /// The supervisor's control socket, for `/metrics` on the service port
+    /// (unset when `service_metrics = false`).
+    pub const HEARTALK_CONTROL_SOCKET: &str = "HEARTALK_CONTROL_SOCKET";
+    /// The descriptor of the fleet-wide rate-limit table (a memfd).
+    pub const HEARTALK_LIMITS_FD: &str = "HEARTALK_LIMITS_FD";
+}
 
 /// The first inherited descriptor, as in `sd_listen_fds(3)`.
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -21,9 +55,9 @@ pub const LIMITS_TABLE_BYTES: u64 = 4 << 20;
 /// Errors reading the socket-activation environment.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
-    #[error("LISTEN_FDS={0:?} is not a number")]
+    #[error("{var}={0:?} is not a number", var = env::LISTEN_FDS)]
     BadCount(String),
-    #[error("LISTEN_PID={0:?} is not a number")]
+    #[error("{var}={0:?} is not a number", var = env::LISTEN_PID)]
     BadPid(String),
     #[error("inherited fd {fd} is not open: {source}")]
     NotOpen {
@@ -47,15 +81,15 @@ pub struct Inherited {
 /// The variables are removed so children of the worker do not see them, and
 /// the descriptors are marked close-on-exec.
 pub fn take_listen_fds() -> Result<Vec<Inherited>, ActivationError> {
-    let count = std::env::var("LISTEN_FDS").ok();
-    let pid = std::env::var("LISTEN_PID").ok();
-    let names = std::env::var("LISTEN_FDNAMES").ok();
+    let count = std::env::var(env::LISTEN_FDS).ok();
+    let pid = std::env::var(env::LISTEN_PID).ok();
+    let names = std::env::var(env::LISTEN_FDNAMES).ok();
     // SAFETY: called once at start-up, before the worker starts any thread
     // that could read the environment concurrently.
     unsafe {
-        std::env::remove_var("LISTEN_FDS");
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDNAMES");
+        std::env::remove_var(env::LISTEN_FDS);
+        std::env::remove_var(env::LISTEN_PID);
+        std::env::remove_var(env::LISTEN_FDNAMES);
     }
     let Some(count) = count else {
         return Ok(Vec::new());
@@ -107,7 +141,7 @@ pub fn take_listen_fds() -> Result<Vec<Inherited>, ActivationError> {
 ///
 /// An address starting with `@` is in the abstract namespace, as in systemd.
 pub fn notify(state: &str) -> io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    let Some(path) = std::env::var_os(env::NOTIFY_SOCKET) else {
         return Ok(false);
     };
     let sock = UnixDatagram::unbound()?;
@@ -133,9 +167,9 @@ mod tests {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let rx = UnixDatagram::bind_addr(&addr).unwrap();
         // SAFETY: this test is the only one touching NOTIFY_SOCKET.
-        unsafe { std::env::set_var("NOTIFY_SOCKET", format!("@{name}")) };
+        unsafe { std::env::set_var(env::NOTIFY_SOCKET, format!("@{name}")) };
         assert!(notify("READY=1").unwrap());
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        unsafe { std::env::remove_var(env::NOTIFY_SOCKET) };
         let mut buf = [0u8; 64];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");

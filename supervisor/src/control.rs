@@ -169,10 +169,13 @@ impl ControlSocket {
                 Err(e) => return Err(io_err(e)),
             },
         }
-        // Created with a umask that leaves it private, then made 0600 for sure.
+        let socket = bind_private(path).map_err(io_err)?;
+        if let Err(e) = socket.listen(BACKLOG) {
+            let _ = std::fs::remove_file(path);
+            return Err(io_err(e));
+        }
         let std_listener =
-            with_umask(0o177, || std::os::unix::net::UnixListener::bind(path)).map_err(io_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+            std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(socket));
         std_listener.set_nonblocking(true).map_err(io_err)?;
         let listener = UnixListener::from_std(std_listener).map_err(io_err)?;
         tracing::info!(event = "control_socket", path = %path.display());
@@ -193,11 +196,50 @@ impl Drop for ControlSocket {
     }
 }
 
-fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
-    let old = crate::sys::umask(mask);
-    let out = f();
-    crate::sys::umask(old);
-    out
+/// `listen(2)` backlog of the control socket: the system's maximum
+/// (`net.core.somaxconn`), as std's `UnixListener::bind` asks for on Linux.
+const BACKLOG: i32 = -1;
+
+/// Binds a Unix stream socket at `path` whose file is mode 0600, without
+/// listening yet. On error the socket file is removed, unless what is at
+/// `path` is no longer a socket (then it is not ours to remove).
+///
+/// The process umask is never touched: it is process-wide, and changing
+/// it, even briefly, races with every other thread creating files (the log
+/// writer, the gzip thread, the runtime's). Instead:
+///
+/// 1. the socket's own inode is made 0600 with `fchmod` *before* `bind`:
+///    Linux creates the file with that mode (masked by the umask, which can
+///    only remove bits), so the file is private from its first instant and
+///    no path is involved;
+/// 2. after `bind` the file is checked (`lstat`, which follows no symlink)
+///    and, should a kernel not honour step 1, `chmod`ed to 0600 by path;
+/// 3. the caller calls `listen` only then. Until `listen`, a `connect` is
+///    refused whatever the file's mode, so no client can ever connect
+///    through a mode looser than 0600. (`bind` itself fails on an existing
+///    path, symlinks included, so step 2 acts on the file `bind` created
+///    unless someone who can write the directory swapped it in between —
+///    and such a someone could replace the socket at any time anyway,
+///    which is why `run` creates a missing socket directory 0700.)
+fn bind_private(path: &Path) -> io::Result<socket2::Socket> {
+    // Close-on-exec (socket2 sets it): workers must not inherit it.
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    nix::sys::stat::fchmod(&socket, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    socket.bind(&socket2::SockAddr::unix(path)?)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() {
+        // Not ours any more: left alone, like anything that is not a socket.
+        return Err(io::Error::other(
+            "the socket file was replaced while it was being created",
+        ));
+    }
+    if meta.permissions().mode() & 0o777 != 0o600 {
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    }
+    Ok(socket)
 }
 
 /// One command for the event loop, with where to send the answer.
@@ -358,6 +400,42 @@ mod tests {
         ));
         drop(live);
         assert!(!path.exists(), "removed on drop");
+    }
+
+    /// The process umask, from `/proc/self/status` (reading it with
+    /// `umask(2)` would mean setting it).
+    fn process_umask() -> String {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string()))
+            .expect("a Umask: line")
+    }
+
+    #[test]
+    fn the_socket_is_private_before_anyone_can_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let umask = process_umask();
+        let socket = bind_private(&path).unwrap();
+        // Not listening yet: every connect is refused, whatever the mode...
+        let refused = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        // ...and by then the file is already private.
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(process_umask(), umask, "the process umask is never changed");
+        socket.listen(BACKLOG).unwrap();
+        std::os::unix::net::UnixStream::connect(&path).expect("served once listening");
+        // A path that exists already is never bound over.
+        assert!(bind_private(&path).is_err());
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_socket()
+        );
     }
 
     #[test]

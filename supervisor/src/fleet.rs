@@ -261,6 +261,9 @@ pub struct Fleet {
     restarts_by: BTreeMap<(String, &'static str), u64>,
     /// Reloads by (app, outcome: committed | rolled_back | refused).
     reloads_by: BTreeMap<(String, &'static str), u64>,
+    /// Every worker's latest PSS: read at most once per
+    /// `memory_check_interval`, by the guard or for `status`/`/metrics`.
+    pss: memory::PssCache,
 }
 
 /// A read-only picture of the fleet, for `status` and `/metrics`.
@@ -297,6 +300,8 @@ pub struct WorkerView {
     pub generation: u64,
     pub started: Instant,
     pub metrics_id: String,
+    /// The latest PSS reading (see [`Fleet::refresh_pss`]), if any.
+    pub pss: Option<u64>,
 }
 
 /// Builds the runtime form of `config`'s apps, reusing the slot sockets of
@@ -388,6 +393,7 @@ impl Fleet {
             limits_fd: None,
             restarts_by: BTreeMap::new(),
             reloads_by: BTreeMap::new(),
+            pss: memory::PssCache::default(),
         })
     }
 
@@ -428,6 +434,21 @@ impl Fleet {
         }
     }
 
+    /// Brings every slot worker's PSS up to date for `status` and
+    /// `/metrics` (then read from [`Fleet::view`]): a worker's reading
+    /// older than its app's `memory_check_interval` is taken again, a
+    /// younger one — by the guard or an earlier report — is kept, so
+    /// `smaps_rollup` is read at most once per interval however often
+    /// they are asked for.
+    pub fn refresh_pss(&mut self, now: Instant) {
+        for app in &self.apps {
+            for w in app.slots.iter().filter_map(|s| s.worker.as_ref()) {
+                self.pss
+                    .get(w.pid, now, app.config.memory_check_interval, memory::pss);
+            }
+        }
+    }
+
     /// A picture of every slot and worker.
     pub fn view(&self) -> FleetView {
         let apps = self
@@ -451,6 +472,7 @@ impl Fleet {
                             generation: w.generation,
                             started: w.spawned_at,
                             metrics_id: w.metrics_id.clone(),
+                            pss: self.pss.latest(w.pid),
                         }),
                         restarts: s.restarts,
                         unstable_restarts: s.unstable,
@@ -598,6 +620,7 @@ impl Fleet {
 
     /// A child was reaped. Orphans (not workers) are only logged.
     pub fn on_exit(&mut self, pid: Pid, status: WaitStatus, now: Instant) {
+        self.pss.forget(pid);
         let Some(role) = self.pids.remove(&pid) else {
             tracing::debug!(event = "orphan_reaped", pid = pid.as_raw(), status = ?status);
             return;
@@ -1281,11 +1304,12 @@ impl Fleet {
         let Some(rss) = memory::rss(w.pid) else {
             return;
         };
+        let interval = app.config.memory_check_interval;
         let pss = app
             .limits
             .soft
             .filter(|soft| rss > *soft)
-            .and_then(|_| memory::pss(w.pid));
+            .and_then(|_| self.pss.get(w.pid, now, interval, memory::pss));
         match memory::judge(&app.limits, rss, pss, &mut slot.strikes) {
             Verdict::Fine => {}
             Verdict::Strike(n) => {

@@ -2,15 +2,19 @@
 //! written to one log file with rotation by rename, and never allowed to
 //! block a worker for long or to grow the supervisor without bound.
 //!
-//! Each worker's stdout and stderr are pipes read by a task here. A
-//! [`Framer`] cuts the byte stream into lines, splitting a line longer
-//! than `max_line` into marked chunks so a worker that never writes a
-//! newline cannot make us buffer without limit. Every line becomes one
-//! JSON line tagged with app, slot, pid, stream and time (a worker line
-//! that is already a JSON object is merged, not escaped). All lines, the
-//! supervisor's own events included, go through one bounded queue to one
-//! writer thread, so one file (`<log.dir>/heartalk.log`) tells the whole
-//! story in order. Rotation renames the file and opens a new one (never
+//! Each worker's stdout and stderr are pipes, each read by one task of
+//! [`Capture`]: a runtime on a thread of its own (`log-reader`), never the
+//! event loop's, because framing and tagging every line of a log flood
+//! there would delay signal handling, reaping and control requests. One
+//! task per pipe keeps each stream's lines in order. A [`Framer`] cuts the
+//! byte stream into lines, splitting a line longer than `max_line` into
+//! marked chunks so a worker that never writes a newline cannot make us
+//! buffer without limit. Every line becomes one JSON line tagged with app,
+//! slot, pid, stream and time (a worker line that is already a JSON object
+//! is merged, not escaped). All lines, the supervisor's own events
+//! included, go through one bounded queue to one writer thread, so one
+//! file (`<log.dir>/heartalk.log`) tells the whole story in order.
+//! Rotation renames the file and opens a new one (never
 //! copy-and-truncate, which loses lines), gzips the rotated file on
 //! another thread and keeps `max_files` of them. When the disk is slow the
 //! queue absorbs bursts; a line that cannot be queued within
@@ -349,6 +353,110 @@ impl LogSink {
     /// Lines dropped so far (queue full or disk failing).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The readers of the workers' output pipes, on the `log-reader` thread.
+///
+/// That thread runs a current-thread runtime of its own; [`Capture::read`]
+/// hands it one pipe at a time, and the task reads, frames, tags and queues
+/// that pipe's lines (waiting at most [`QUEUE_WAIT`] for room, as
+/// [`LogSink::worker_line`] does) until EOF. The caller — the event loop —
+/// only passes descriptors and never touches a line.
+pub struct Capture {
+    handle: tokio::runtime::Handle,
+    sink: LogSink,
+    max_line: usize,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    /// Sending (or dropping) it ends the thread's runtime, and with it any
+    /// reader still waiting on a pipe an orphan holds open.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Capture {
+    /// Starts the `log-reader` thread; lines go to `sink`.
+    pub fn start(sink: LogSink, max_line: usize) -> io::Result<Capture> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("log-reader".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Capture {
+            handle,
+            sink,
+            max_line,
+            readers: Vec::new(),
+            stop: Some(stop),
+        })
+    }
+
+    /// Reads `fd` (the read end of one worker stream) until EOF, on the
+    /// log thread.
+    pub fn read(&mut self, fd: std::os::fd::OwnedFd, source: Source) {
+        self.readers.retain(|r| !r.is_finished());
+        let task = read_pipe(fd, source, self.sink.clone(), self.max_line);
+        self.readers.push(self.handle.spawn(task));
+    }
+
+    /// Waits up to `timeout` until every pipe has reached EOF and its lines
+    /// are queued for the writer, then stops the log thread. False when a
+    /// pipe is still open then (an orphan holds it): its reader is dropped.
+    pub async fn finish(mut self, timeout: Duration) -> bool {
+        let readers = std::mem::take(&mut self.readers);
+        tokio::time::timeout(timeout, futures_util::future::join_all(readers))
+            .await
+            .is_ok()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Frames one pipe into log lines until EOF (a task of [`Capture`]).
+async fn read_pipe(fd: std::os::fd::OwnedFd, source: Source, sink: LogSink, max_line: usize) {
+    use tokio::io::AsyncReadExt;
+    let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(event = "log_pipe_failed", app = %source.app, slot = source.slot, error = %e);
+            return;
+        }
+    };
+    let mut framer = Framer::new(max_line);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pieces = Vec::new();
+    loop {
+        let n = match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        framer.push(&buf[..n], &mut pieces);
+        forward(&source, &sink, &mut pieces).await;
+    }
+    framer.finish(&mut pieces);
+    forward(&source, &sink, &mut pieces).await;
+}
+
+/// Tags `pieces` (one read's worth, one timestamp) and queues them in order.
+async fn forward(source: &Source, sink: &LogSink, pieces: &mut Vec<Piece>) {
+    if pieces.is_empty() {
+        return;
+    }
+    let ts = timestamp(SystemTime::now());
+    for p in pieces.drain(..) {
+        sink.worker_line(render(source, &p, &ts)).await;
     }
 }
 
@@ -816,6 +924,104 @@ mod tests {
         let not_json: Value =
             serde_json::from_str(&render(&src, &Piece::Line("{not json".into()), "T")).unwrap();
         assert_eq!(not_json["message"], "{not json");
+    }
+
+    fn settings(dir: &Path) -> LogSettings {
+        LogSettings {
+            dir: dir.to_path_buf(),
+            max_size: 64 << 20,
+            max_files: 2,
+            stdout: Some(false),
+            max_line: 1024,
+            rotate_interval: None,
+            queue: 10_000,
+            compress: false,
+        }
+    }
+
+    fn source(stream: &'static str) -> Source {
+        Source {
+            app: "api".into(),
+            slot: 1,
+            pid: 42,
+            stream,
+        }
+    }
+
+    /// The event loop's situation: a current-thread runtime whose thread
+    /// is busy (here, blocked polling the file, never yielding). The
+    /// pipes must be read, tagged and written all the same.
+    #[tokio::test(flavor = "current_thread")]
+    async fn pipes_are_read_and_tagged_while_the_callers_thread_is_busy() {
+        const N: usize = 2000;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LogSink::start(&settings(dir.path()), false).unwrap();
+        let mut capture = Capture::start(sink, 1024).unwrap();
+        let (out_r, out_w) = crate::sys::pipe().unwrap();
+        let (err_r, err_w) = crate::sys::pipe().unwrap();
+        capture.read(out_r, source("stdout"));
+        capture.read(err_r, source("stderr"));
+        // Less than a pipe's capacity: the writes never wait for a reader.
+        let text: String = (0..N).map(|i| format!("line {i}\n")).collect();
+        File::from(out_w).write_all(text.as_bytes()).unwrap();
+        File::from(err_w)
+            .write_all(b"{\"level\":\"WARN\",\"message\":\"oops\"}\n")
+            .unwrap();
+
+        let path = dir.path().join(FILE_NAME);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let lines: Vec<Value> = loop {
+            let lines: Vec<Value> = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if lines.len() > N {
+                break lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} lines written while the caller's thread was busy",
+                lines.len(),
+                N + 1
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(lines.len(), N + 1);
+        let stdout: Vec<&str> = lines
+            .iter()
+            .filter(|l| l["stream"] == "stdout")
+            .map(|l| l["message"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = (0..N).map(|i| format!("line {i}")).collect();
+        assert_eq!(stdout, expected, "every line once, in order");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["app"] == "api" && l["slot"] == 1 && l["pid"] == 42)
+        );
+        let stderr: Vec<&Value> = lines.iter().filter(|l| l["stream"] == "stderr").collect();
+        assert_eq!(stderr.len(), 1);
+        assert_eq!(stderr[0]["level"], "WARN", "a JSON line is merged");
+        assert!(
+            capture.finish(Duration::from_secs(5)).await,
+            "both pipes are at EOF"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn finishing_gives_up_on_a_pipe_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LogSink::start(&settings(dir.path()), false).unwrap();
+        let mut capture = Capture::start(sink, 1024).unwrap();
+        let (closed_r, closed_w) = crate::sys::pipe().unwrap();
+        let (open_r, _open_w) = crate::sys::pipe().unwrap();
+        capture.read(closed_r, source("stdout"));
+        capture.read(open_r, source("stderr"));
+        drop(closed_w);
+        let started = Instant::now();
+        assert!(!capture.finish(Duration::from_millis(300)).await);
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 
     #[test]

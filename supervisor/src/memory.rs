@@ -7,6 +7,15 @@
 //! it is). `memory_strikes` consecutive confirmations trigger a graceful
 //! replacement; crossing `max_memory_hard` kills at once. The policy is a pure
 //! function of the samples so the strike rules are unit-tested.
+//!
+//! `status` and `/metrics` show PSS too, but they ask for it as often as
+//! they are called, and reading `smaps_rollup` makes the kernel walk every
+//! mapping of the worker. So every PSS reading goes through [`PssCache`]:
+//! at most one read per worker per `memory_check_interval`, shared by the
+//! guard and both reports.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
@@ -87,6 +96,49 @@ fn page_size() -> u64 {
     crate::sys::page_size()
 }
 
+/// The latest PSS reading of each worker, and when it was taken.
+#[derive(Debug, Default)]
+pub struct PssCache {
+    readings: HashMap<Pid, (Instant, Option<u64>)>,
+}
+
+impl PssCache {
+    /// `pid`'s PSS as of less than `max_age` before `now`: the cached
+    /// reading when it is that recent, else a fresh one from `read` (which
+    /// is cached, `None` included, so a vanished worker is not re-read
+    /// either).
+    ///
+    /// With `max_age` = the memory-check interval, the guard — whose
+    /// checks are at least one interval apart — never judges the same
+    /// reading twice: each check uses one taken after the previous check.
+    pub fn get(
+        &mut self,
+        pid: Pid,
+        now: Instant,
+        max_age: Duration,
+        read: impl FnOnce(Pid) -> Option<u64>,
+    ) -> Option<u64> {
+        match self.readings.get(&pid) {
+            Some(&(at, pss)) if now.saturating_duration_since(at) < max_age => pss,
+            _ => {
+                let pss = read(pid);
+                self.readings.insert(pid, (now, pss));
+                pss
+            }
+        }
+    }
+
+    /// The latest reading of `pid`, however old, without reading.
+    pub fn latest(&self, pid: Pid) -> Option<u64> {
+        self.readings.get(&pid).and_then(|&(_, pss)| pss)
+    }
+
+    /// Drops `pid`'s reading (it was reaped; its pid may be reused).
+    pub fn forget(&mut self, pid: Pid) {
+        self.readings.remove(&pid);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +203,51 @@ mod tests {
         let rollup = "00400000-7ffc [rollup]\nRss:              5120 kB\nPss:              2048 kB\nPss_Anon:  1 kB\n";
         assert_eq!(parse_pss(rollup), Some(2048 * 1024));
         assert_eq!(parse_pss("Rss: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn pss_is_read_at_most_once_per_interval() {
+        let mut cache = PssCache::default();
+        let (a, b) = (Pid::from_raw(100), Pid::from_raw(200));
+        let interval = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let reads = std::cell::RefCell::new(Vec::new());
+        let read = |value: u64| {
+            let reads = &reads;
+            move |pid: Pid| {
+                reads.borrow_mut().push(pid);
+                Some(value)
+            }
+        };
+        assert_eq!(cache.get(a, t0, interval, read(10)), Some(10));
+        // Within the interval: the cached value, not a new read.
+        let soon = t0 + Duration::from_millis(999);
+        assert_eq!(cache.get(a, soon, interval, read(11)), Some(10));
+        assert_eq!(cache.latest(a), Some(10));
+        // Another worker has its own reading.
+        assert_eq!(cache.get(b, soon, interval, read(20)), Some(20));
+        // One interval later: read again.
+        assert_eq!(cache.get(a, t0 + interval, interval, read(12)), Some(12));
+        assert_eq!(*reads.borrow(), [a, b, a]);
+        // A worker that is gone is not re-read within the interval either.
+        let mut gone_reads = 0;
+        let gone = Pid::from_raw(300);
+        for ms in [0, 500] {
+            let at = t0 + Duration::from_millis(ms);
+            let pss = cache.get(gone, at, interval, |_| {
+                gone_reads += 1;
+                None
+            });
+            assert_eq!(pss, None);
+        }
+        assert_eq!(gone_reads, 1);
+        // Reaped: forgotten, so a reused pid starts afresh.
+        cache.forget(a);
+        assert_eq!(cache.latest(a), None);
+        assert_eq!(
+            cache.get(a, t0 + interval, interval, |_| Some(99)),
+            Some(99)
+        );
     }
 
     #[test]

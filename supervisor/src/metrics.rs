@@ -1318,14 +1318,42 @@ provider_latency_seconds_count 3
 
         let again = parse(&text).unwrap();
         assert_eq!(again.families.len(), 5);
-        // Retired plus live: every summed series is twice the worker's.
-        let doubled: HashMap<SeriesKey, f64> = summed_of(&a)
-            .into_iter()
-            .map(|(k, v)| (k, 2.0 * v))
-            .collect();
+        // Retired plus live: every summed series is twice the worker's —
+        // the counter, every histogram series, the summary's _sum and
+        // _count — and nothing else is fleet-wide (not the quantiles, not
+        // the gauge).
+        let health = [("method", "GET"), ("route", "/health"), ("status", "200")];
+        let chat = [
+            ("method", "POST"),
+            ("route", "/api/v1/chat"),
+            ("status", "200"),
+        ];
+        let bucket = |le| {
+            key(
+                "http_request_duration_seconds_bucket",
+                &[("le", le), ("route", "/health")],
+            )
+        };
+        let route = [("route", "/health")];
+        let doubled: HashMap<SeriesKey, f64> = [
+            (key("http_requests_total", &health), 24.0),
+            (key("http_requests_total", &chat), 6.0),
+            (bucket("0.005"), 20.0),
+            (bucket("0.01"), 22.0),
+            (bucket("0.1"), 24.0),
+            (bucket("1"), 24.0),
+            (bucket("10"), 24.0),
+            (bucket("+Inf"), 24.0),
+            (key("http_request_duration_seconds_sum", &route), 0.085),
+            (key("http_request_duration_seconds_count", &route), 24.0),
+            (key("provider_latency_seconds_sum", &[]), 9.0),
+            (key("provider_latency_seconds_count", &[]), 6.0),
+        ]
+        .into_iter()
+        .collect();
         let mut without_extra = again.clone();
         without_extra.families.remove("heartalk_restarts_total");
-        assert_eq!(summed_of(&without_extra), doubled);
+        assert_eq!(fleet_wide(&without_extra), doubled);
         let gauge = key("http_requests_in_flight", &[("app", "api"), ("slot", "1")]);
         assert_eq!(again.get(&gauge), Some(2.0));
         assert_eq!(Aggregator::new().render(&[], ""), "");
@@ -1434,8 +1462,11 @@ provider_latency_seconds_count 3
         /// Per route: bucket counts (cumulative) and sum in 1/8 s units.
         latency: BTreeMap<usize, ([u64; 4], u64)>,
         in_flight: u64,
-        /// The last successful scrape.
-        scraped: Option<Exposition>,
+        /// Provider calls: count, sum in 1/8 s units, and the median the
+        /// summary reports (a quantile: never summed).
+        provider: (u64, u64, u64),
+        /// The last successful scrape, and the fleet-wide values it adds.
+        scraped: Option<(Exposition, HashMap<SeriesKey, f64>)>,
     }
 
     impl SimWorker {
@@ -1451,6 +1482,9 @@ provider_latency_seconds_count 3
                 *sum += 1 + rng.below(16);
             }
             self.in_flight = rng.below(10);
+            self.provider.0 += 1;
+            self.provider.1 += 1 + rng.below(16);
+            self.provider.2 = rng.below(16);
         }
 
         /// This worker's exposition, exporter-shaped.
@@ -1474,24 +1508,72 @@ provider_latency_seconds_count 3
                 );
                 let _ = writeln!(t, "latency_seconds_count{{route=\"{r}\"}} {}", buckets[3]);
             }
+            let (count, sum, median) = self.provider;
+            t.push_str("\n# TYPE provider_seconds summary\n");
+            let _ = writeln!(
+                t,
+                "provider_seconds{{quantile=\"0.5\"}} {}",
+                median as f64 / 8.0
+            );
+            let _ = writeln!(t, "provider_seconds_sum {}", sum as f64 / 8.0);
+            let _ = writeln!(t, "provider_seconds_count {count}");
             t
+        }
+
+        /// What this worker adds to the fleet-wide series, from its own
+        /// state (not from the code under test): every counter and
+        /// histogram series and the summary's `_sum`/`_count`; not the
+        /// gauge, not the quantile.
+        fn totals(&self) -> HashMap<SeriesKey, f64> {
+            let mut out = HashMap::new();
+            for (route, n) in &self.requests {
+                out.insert(
+                    key("http_requests_total", &[("route", ROUTES[*route])]),
+                    *n as f64,
+                );
+            }
+            for (route, (buckets, sum)) in &self.latency {
+                let r = ROUTES[*route];
+                for (le, n) in BOUNDS.iter().zip(buckets) {
+                    out.insert(
+                        key("latency_seconds_bucket", &[("le", le), ("route", r)]),
+                        *n as f64,
+                    );
+                }
+                out.insert(
+                    key("latency_seconds_sum", &[("route", r)]),
+                    *sum as f64 / 8.0,
+                );
+                out.insert(
+                    key("latency_seconds_count", &[("route", r)]),
+                    buckets[3] as f64,
+                );
+            }
+            let (count, sum, _) = self.provider;
+            if count > 0 {
+                out.insert(key("provider_seconds_sum", &[]), sum as f64 / 8.0);
+                out.insert(key("provider_seconds_count", &[]), count as f64);
+            }
+            out
+        }
+
+        /// A successful scrape: what the supervisor would parse, and what
+        /// it must add to the fleet.
+        fn scrape(&mut self) {
+            self.scraped = Some((parse(&self.text()).unwrap(), self.totals()));
         }
     }
 
-    /// Every summed series (counters, histograms, summary sum/count) of an
-    /// exposition, with the values the fleet would add up.
-    fn summed_of(e: &Exposition) -> HashMap<SeriesKey, f64> {
-        let mut out = HashMap::new();
-        for (name, family) in &e.families {
-            if family.kind.is_summed() {
-                for s in &family.samples {
-                    if is_summable(family.kind, name, &s.key) && s.value.is_finite() {
-                        out.insert(s.key.clone(), s.value);
-                    }
-                }
-            }
-        }
-        out
+    /// The fleet-wide series of a rendered exposition: every sample
+    /// without a worker's `slot` label (gauges and untyped samples carry
+    /// one; summed series do not).
+    fn fleet_wide(e: &Exposition) -> HashMap<SeriesKey, f64> {
+        e.families
+            .values()
+            .flat_map(|f| &f.samples)
+            .filter(|s| s.key.label("slot").is_none())
+            .map(|s| (s.key.clone(), s.value))
+            .collect()
     }
 
     #[test]
@@ -1509,16 +1591,16 @@ provider_latency_seconds_count 3
                     w.work(&mut rng);
                     // Scrapes succeed only some of the time.
                     if rng.below(3) > 0 {
-                        w.scraped = Some(parse(&w.text()).unwrap());
+                        w.scrape();
                     }
                     // Sometimes the worker dies: work done since its last
                     // scrape is lost, the scrape itself is retired.
                     if rng.below(10) == 0 {
                         w.work(&mut rng);
-                        if let Some(last) = &w.scraped {
+                        if let Some((last, totals)) = &w.scraped {
                             agg.retire("api", last);
-                            for (k, v) in summed_of(last) {
-                                *retired.entry(k).or_default() += v;
+                            for (k, v) in totals {
+                                *retired.entry(k.clone()).or_default() += v;
                             }
                         }
                         *w = SimWorker::default();
@@ -1528,15 +1610,17 @@ provider_latency_seconds_count 3
                 let live: Vec<(WorkerLabel, &Exposition)> = slots
                     .iter()
                     .enumerate()
-                    .filter_map(|(slot, w)| w.scraped.as_ref().map(|e| (worker("api", slot), e)))
+                    .filter_map(|(slot, w)| {
+                        w.scraped.as_ref().map(|(e, _)| (worker("api", slot), e))
+                    })
                     .collect();
                 let text = agg.render(&live, "");
-                let now = summed_of(&parse(&text).unwrap());
+                let now = fleet_wide(&parse(&text).unwrap());
 
                 let mut expected = retired.clone();
-                for (_, e) in &live {
-                    for (k, v) in summed_of(e) {
-                        *expected.entry(k).or_default() += v;
+                for (_, totals) in slots.iter().filter_map(|w| w.scraped.as_ref()) {
+                    for (k, v) in totals {
+                        *expected.entry(k.clone()).or_default() += v;
                     }
                 }
                 assert_eq!(

@@ -6,9 +6,12 @@
 //! [`Fleet`]. Single-threaded on purpose: workers are forked from this
 //! thread, so `PR_SET_PDEATHSIG` stays tied to the supervisor's life, and
 //! the fleet needs no locking. What runs in spawned tasks only does I/O and
-//! reports back: metrics scrapes (fed a snapshot of the fleet), the
-//! readers of the workers' output pipes, control-socket connections and the
-//! `metrics_listen` server.
+//! reports back: metrics scrapes (fed a snapshot of the fleet),
+//! control-socket connections and the `metrics_listen` server. The
+//! workers' output pipes are not read here at all but on the log thread
+//! ([`Capture`]): this loop only hands it each new worker's pipes, so
+//! however much the workers log, no line is framed or tagged on this
+//! thread.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::{self, Ask, ControlError, ControlSocket};
 use crate::exit::Exit;
 use crate::fleet::{Fleet, SetupError};
-use crate::logs::{self, LogSink};
+use crate::logs::{self, Capture, LogSink};
 use crate::notify::NotifySocket;
 use crate::reloads::Waiters;
 use crate::scrape::{self, CpuSampler, FleetMetrics};
@@ -95,8 +98,19 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             .service_metrics
             .then_some(control_path.as_path()),
     );
-    fleet.set_capture_output(sink.is_some());
-    let mut readers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    // Worker output is read and tagged on a thread of its own, so a log
+    // flood cannot delay this loop; without it, workers write to our stdout.
+    let mut capture = match &sink {
+        Some(sink) => match Capture::start(sink.clone(), config.log.max_line) {
+            Ok(capture) => Some(capture),
+            Err(e) => {
+                tracing::warn!(event = "log_capture_unavailable", error = %e, "worker output goes to stdout");
+                None
+            }
+        },
+        None => None,
+    };
+    fleet.set_capture_output(capture.is_some());
 
     let (ask_tx, mut asks) = mpsc::channel::<Ask>(64);
     let control_task = tokio::spawn({
@@ -133,7 +147,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
 
     fleet.start_all(Instant::now());
     let mut drains_seen = fleet.drains_started();
-    read_outputs(&mut fleet, sink.as_ref(), config.log.max_line, &mut readers);
+    read_outputs(&mut fleet, capture.as_mut());
 
     let exit = loop {
         let deadline = fleet.next_deadline();
@@ -148,6 +162,8 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                 match signal {
                     None => {
                         for (pid, status) in sys::reap() {
+                            // Its CPU reading ends with it, scraped or not.
+                            cpu.forget(pid);
                             fleet.on_exit(pid, status, now);
                         }
                     }
@@ -182,10 +198,12 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                 let now = Instant::now();
                 match ask.command {
                     Command::Status => {
+                        fleet.refresh_pss(now);
                         let report = status::build(&fleet.view(), &me, &metrics, &mut cpu, now);
                         let _ = ask.reply.send(Body::Status(report));
                     }
                     Command::Metrics => {
+                        fleet.refresh_pss(now);
                         let view = fleet.view();
                         let extra = scrape::supervisor_families(&view, &mut cpu, now, sink.as_ref().map(LogSink::dropped));
                         let targets = scrape::targets(&view);
@@ -224,7 +242,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             // Before `read_outputs`, so the new workers' pipes are read at once.
             reload(&mut fleet, &config.path, Instant::now());
         }
-        read_outputs(&mut fleet, sink.as_ref(), config.log.max_line, &mut readers);
+        read_outputs(&mut fleet, capture.as_mut());
         if fleet.drains_started() != drains_seen {
             // Catch what a worker counted before it began draining (it keeps
             // serving its metrics until it exits).
@@ -259,12 +277,11 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
     // Every worker has exited: let the readers take what is left in the
     // pipes (bounded: an orphan may still hold one open), then write it out,
     // rotated files compressed and pruned.
-    let drained = tokio::time::timeout(
-        Duration::from_secs(10),
-        futures_util::future::join_all(readers),
-    )
-    .await;
-    if drained.is_err() {
+    let drained = match capture {
+        Some(capture) => capture.finish(Duration::from_secs(10)).await,
+        None => true,
+    };
+    if !drained {
         tracing::warn!(
             event = "log_pipes_open",
             "a worker pipe is still open (an orphan holds it?); not waiting for it"
@@ -276,15 +293,9 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
     Ok(exit)
 }
 
-/// Starts a reader task for each new worker's stdout and stderr.
-fn read_outputs(
-    fleet: &mut Fleet,
-    sink: Option<&LogSink>,
-    max_line: usize,
-    readers: &mut Vec<tokio::task::JoinHandle<()>>,
-) {
-    let Some(sink) = sink else { return };
-    readers.retain(|r| !r.is_finished());
+/// Hands each new worker's stdout and stderr to the log thread.
+fn read_outputs(fleet: &mut Fleet, capture: Option<&mut Capture>) {
+    let Some(capture) = capture else { return };
     for w in fleet.take_new_outputs() {
         for (fd, stream) in [(w.outputs.stdout, "stdout"), (w.outputs.stderr, "stderr")] {
             let source = logs::Source {
@@ -293,53 +304,8 @@ fn read_outputs(
                 pid: w.pid.as_raw(),
                 stream,
             };
-            readers.push(tokio::spawn(read_output(
-                fd,
-                source,
-                sink.clone(),
-                max_line,
-            )));
+            capture.read(fd, source);
         }
-    }
-}
-
-/// Frames one pipe into log lines until EOF.
-async fn read_output(
-    fd: std::os::fd::OwnedFd,
-    source: logs::Source,
-    sink: LogSink,
-    max_line: usize,
-) {
-    use tokio::io::AsyncReadExt;
-    let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::error!(event = "log_pipe_failed", app = %source.app, slot = source.slot, error = %e);
-            return;
-        }
-    };
-    let mut framer = logs::Framer::new(max_line);
-    let mut buf = vec![0u8; 64 << 10];
-    let mut pieces = Vec::new();
-    loop {
-        let n = match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        framer.push(&buf[..n], &mut pieces);
-        forward(&source, &sink, &mut pieces).await;
-    }
-    framer.finish(&mut pieces);
-    forward(&source, &sink, &mut pieces).await;
-}
-
-async fn forward(source: &logs::Source, sink: &LogSink, pieces: &mut Vec<logs::Piece>) {
-    if pieces.is_empty() {
-        return;
-    }
-    let ts = logs::timestamp(std::time::SystemTime::now());
-    for p in pieces.drain(..) {
-        sink.worker_line(logs::render(source, &p, &ts)).await;
     }
 }
 

@@ -217,9 +217,11 @@ impl CpuSampler {
         Some((pct, total))
     }
 
-    /// Forgets pids that are no longer workers.
-    pub fn retain(&mut self, live: &HashSet<i32>) {
-        self.last.retain(|pid, _| live.contains(pid));
+    /// Drops `pid`'s reading. Called as each child is reaped, so the map
+    /// holds only live processes whether or not anyone asks for `status`
+    /// or `/metrics`, and a reused pid starts afresh.
+    pub fn forget(&mut self, pid: nix::unistd::Pid) {
+        self.last.remove(&pid.as_raw());
     }
 }
 
@@ -268,7 +270,6 @@ pub fn supervisor_families(
     let mut memory = String::new();
     let mut rss_lines = String::new();
     let mut cpu_lines = String::new();
-    let mut live = HashSet::new();
     for app in &view.apps {
         let a = esc(&app.name);
         for s in &app.slots {
@@ -287,7 +288,6 @@ pub fn supervisor_families(
                 );
             }
             let Some(w) = &s.worker else { continue };
-            live.insert(w.pid.as_raw());
             if let Some(rss) = crate::memory::rss(w.pid) {
                 let _ = writeln!(
                     memory,
@@ -300,7 +300,7 @@ pub fn supervisor_families(
                     s.slot, w.pid
                 );
             }
-            if let Some(pss) = crate::memory::pss(w.pid) {
+            if let Some(pss) = w.pss {
                 let _ = writeln!(
                     memory,
                     "heartalk_worker_memory_bytes{{app=\"{a}\",slot=\"{}\",kind=\"pss\"}} {pss}",
@@ -369,11 +369,40 @@ pub fn supervisor_families(
     if let Some(rss) = crate::memory::rss(nix::unistd::Pid::this()) {
         let _ = writeln!(out, "heartalk_supervisor_resident_memory_bytes {rss}");
     }
-    cpu.retain(&live);
     out
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nix::unistd::Pid;
+
+    use super::*;
+
+    #[test]
+    fn a_forgotten_pid_leaves_no_reading() {
+        let mut cpu = CpuSampler::default();
+        let me = Pid::this();
+        let started = Instant::now();
+        let now = started + Duration::from_secs(1);
+        let (_, total) = cpu.sample(me, started, now).expect("this process");
+        assert!(total >= 0.0);
+        assert_eq!(cpu.last.len(), 1);
+        // Another pid's reading is kept when one is forgotten.
+        cpu.last.insert(i32::MAX, (now, 1.0));
+        cpu.forget(me);
+        assert_eq!(cpu.last.keys().copied().collect::<Vec<_>>(), [i32::MAX]);
+        // A pid that is gone is not sampled (nothing is added for it).
+        assert!(
+            cpu.sample(Pid::from_raw(i32::MAX - 1), started, now)
+                .is_none()
+        );
+        assert_eq!(cpu.last.len(), 1);
+    }
 }

@@ -4,26 +4,30 @@
 //! variables meant for the supervisor itself, plus the app's `[apps.env]`,
 //! plus the contract variables: `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`
 //! (the slot socket at fd 3), `NOTIFY_SOCKET`, and `HEARTALK_APP`,
-//! `HEARTALK_WORKER_ID` (the slot number), `HEARTALK_GENERATION`.
+//! `HEARTALK_WORKER_ID` (the slot number), `HEARTALK_GENERATION`,
+//! `HEARTALK_METRICS_SOCKET`, `HEARTALK_CONTROL_SOCKET`, `HEARTALK_LIMITS_FD`.
+//! Their names are spelled once, in `shared::activation::env`, which the
+//! worker reads them by.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
+use shared::activation::env;
 use shared::config::App;
 
 use crate::sys::{self, ExecSpec};
 
 /// Variables a parent may have set for the supervisor; never forwarded.
 const OWN_ACTIVATION_VARS: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "HEARTALK_METRICS_SOCKET",
-    "HEARTALK_CONTROL_SOCKET",
-    "HEARTALK_LIMITS_FD",
+    env::LISTEN_FDS,
+    env::LISTEN_PID,
+    env::LISTEN_FDNAMES,
+    env::NOTIFY_SOCKET,
+    env::HEARTALK_METRICS_SOCKET,
+    env::HEARTALK_CONTROL_SOCKET,
+    env::HEARTALK_LIMITS_FD,
 ];
 
 /// Name of the passed socket in `LISTEN_FDNAMES`.
@@ -86,7 +90,7 @@ pub struct Launch<'a> {
 
 /// Starts the worker; returns its pid once `execve` succeeded.
 pub fn spawn(l: &Launch) -> io::Result<Pid> {
-    let mut env: Vec<(String, String)> = std::env::vars_os()
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
         .map(|(k, v)| {
             (
                 k.to_string_lossy().into_owned(),
@@ -95,30 +99,30 @@ pub fn spawn(l: &Launch) -> io::Result<Pid> {
         })
         .filter(|(k, _)| !OWN_ACTIVATION_VARS.contains(&k.as_str()) && !l.app.env.contains_key(k))
         .collect();
-    env.extend(l.app.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.push(("HEARTALK_APP".into(), l.app.name.clone()));
-    env.push(("HEARTALK_WORKER_ID".into(), l.slot.to_string()));
-    env.push(("HEARTALK_GENERATION".into(), l.generation.to_string()));
-    env.push(("NOTIFY_SOCKET".into(), l.notify_socket.to_string()));
-    env.push((
-        "HEARTALK_METRICS_SOCKET".into(),
+    vars.extend(l.app.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars.push((env::HEARTALK_APP.into(), l.app.name.clone()));
+    vars.push((env::HEARTALK_WORKER_ID.into(), l.slot.to_string()));
+    vars.push((env::HEARTALK_GENERATION.into(), l.generation.to_string()));
+    vars.push((env::NOTIFY_SOCKET.into(), l.notify_socket.to_string()));
+    vars.push((
+        env::HEARTALK_METRICS_SOCKET.into(),
         l.metrics_socket.to_string(),
     ));
     if let Some(c) = l.control_socket {
-        env.push(("HEARTALK_CONTROL_SOCKET".into(), c.display().to_string()));
+        vars.push((env::HEARTALK_CONTROL_SOCKET.into(), c.display().to_string()));
     }
     let mut fds: Vec<RawFd> = l.socket.into_iter().collect();
     if !fds.is_empty() {
-        env.push(("LISTEN_FDS".into(), fds.len().to_string()));
-        env.push(("LISTEN_FDNAMES".into(), FD_NAME.into()));
+        vars.push((env::LISTEN_FDS.into(), fds.len().to_string()));
+        vars.push((env::LISTEN_FDNAMES.into(), FD_NAME.into()));
     }
     if let Some(fd) = l.limits_fd {
         // Outside the LISTEN_FDS range: the next descriptor after the sockets.
         let target = shared::activation::LISTEN_FDS_START + fds.len() as RawFd;
-        env.push(("HEARTALK_LIMITS_FD".into(), target.to_string()));
+        vars.push((env::HEARTALK_LIMITS_FD.into(), target.to_string()));
         fds.push(fd);
     }
-    let mut spec = ExecSpec::new(l.program, &l.app.args, &env, &l.app.cwd, fds)?;
+    let mut spec = ExecSpec::new(l.program, &l.app.args, &vars, &l.app.cwd, fds)?;
     if let Some((out, err)) = l.outputs {
         spec.redirect_output(out, err);
     }

@@ -56,7 +56,7 @@ pub fn build(
                         }),
                         cpu_percent: cpu_now.map(|(pct, _)| (pct * 10.0).round() / 10.0),
                         rss_bytes: w.and_then(|w| crate::memory::rss(w.pid)),
-                        pss_bytes: w.and_then(|w| crate::memory::pss(w.pid)),
+                        pss_bytes: w.and_then(|w| w.pss),
                         requests: w.and_then(|w| metrics.requests(&w.metrics_id)),
                     }
                 })

@@ -20,6 +20,8 @@ use nix::unistd::Pid;
 
 /// Width reserved for the pid digits in `LISTEN_PID=`.
 const PID_DIGITS: usize = 20;
+/// Bytes before those digits: the variable's name and the `=`.
+const LISTEN_PID_PREFIX: usize = shared::activation::env::LISTEN_PID.len() + 1;
 
 /// Everything `execve` needs, prepared in the parent so the child does not
 /// allocate after `fork`.
@@ -63,9 +65,12 @@ impl ExecSpec {
             None
         } else {
             // Placeholder digits, overwritten (and NUL-terminated) in the child.
-            envc.push(c(
-                format!("LISTEN_PID={}", "0".repeat(PID_DIGITS)).as_bytes()
-            )?);
+            envc.push(c(format!(
+                "{}={}",
+                shared::activation::env::LISTEN_PID,
+                "0".repeat(PID_DIGITS)
+            )
+            .as_bytes())?);
             Some(envc.len() - 1)
         };
         Ok(ExecSpec {
@@ -106,7 +111,7 @@ pub fn spawn(spec: &ExecSpec) -> io::Result<Pid> {
         // SAFETY: points into the CString's heap buffer after "LISTEN_PID=",
         // which holds PID_DIGITS placeholder bytes plus the NUL; the child
         // writes at most PID_DIGITS digits and a NUL there (COW copy).
-        Some(i) => unsafe { (spec.env[i].as_ptr() as *mut u8).add("LISTEN_PID=".len()) },
+        Some(i) => unsafe { (spec.env[i].as_ptr() as *mut u8).add(LISTEN_PID_PREFIX) },
         None => std::ptr::null_mut(),
     };
     // A close-on-exec pipe reports exec failure: EOF means exec succeeded.
@@ -311,12 +316,6 @@ pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
-}
-
-/// Sets the process umask, returning the previous one.
-pub fn umask(mask: libc::mode_t) -> libc::mode_t {
-    // SAFETY: umask only swaps a per-process integer; it cannot fail.
-    unsafe { libc::umask(mask) }
 }
 
 /// utime + stime of `pid` in seconds, from `/proc/PID/stat`.

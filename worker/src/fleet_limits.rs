@@ -167,7 +167,10 @@ impl SharedTable {
     /// Maps the table named by `HEARTALK_LIMITS_FD`, if the supervisor
     /// passed one. Errors are logged and mean per-process counting.
     pub fn from_env() -> Option<SharedTable> {
-        let fd: i32 = std::env::var("HEARTALK_LIMITS_FD").ok()?.parse().ok()?;
+        let fd: i32 = std::env::var(shared::activation::env::HEARTALK_LIMITS_FD)
+            .ok()?
+            .parse()
+            .ok()?;
         // SAFETY: the supervisor passed this descriptor for us alone; we
         // take ownership once (the variable is not read again).
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };

@@ -16,6 +16,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shared::activation::env;
+
 /// Everything the worker reads from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -212,7 +214,7 @@ impl Settings {
             host: nonempty("HOST", "localhost"),
             port: parse_int(get("PORT").as_deref(), 8001),
             service_version: nonempty("SERVICE_VERSION", "1.0.0"),
-            worker_id: parse_int(get("HEARTALK_WORKER_ID").as_deref(), 0),
+            worker_id: parse_int(get(env::HEARTALK_WORKER_ID).as_deref(), 0),
             shutdown_grace: Duration::from_secs(parse_int(
                 get("SHUTDOWN_GRACE_SECS").as_deref(),
                 30,
@@ -230,8 +232,8 @@ impl Settings {
                 has_api_key: !string("BYTEPLUS_API_KEY", "").trim().is_empty(),
             },
             pipeline: pipeline(&get),
-            metrics_socket: get("HEARTALK_METRICS_SOCKET").filter(|v| !v.is_empty()),
-            control_socket: get("HEARTALK_CONTROL_SOCKET")
+            metrics_socket: get(env::HEARTALK_METRICS_SOCKET).filter(|v| !v.is_empty()),
+            control_socket: get(env::HEARTALK_CONTROL_SOCKET)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
         }

@@ -50,7 +50,8 @@ fn main() {
         args.iter()
             .find_map(|a| a.strip_prefix(prefix).map(str::to_string))
     };
-    let slot_id = std::env::var("HEARTALK_WORKER_ID").unwrap_or_else(|_| "0".into());
+    let slot_id =
+        std::env::var(shared::activation::env::HEARTALK_WORKER_ID).unwrap_or_else(|_| "0".into());
     if let Some(n) = arg("spam=").and_then(|n| n.parse::<u64>().ok()) {
         let mut out = std::io::stdout().lock();
         for i in 0..n {
@@ -109,7 +110,8 @@ fn main() {
             vec![TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind")]
         }
     };
-    let slot = std::env::var("HEARTALK_WORKER_ID").unwrap_or_else(|_| "0".into());
+    let slot =
+        std::env::var(shared::activation::env::HEARTALK_WORKER_ID).unwrap_or_else(|_| "0".into());
     let inflight = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut acceptors = Vec::new();
