@@ -501,7 +501,10 @@ bench_logs() {
     run_wrk 50 3 "$url" "$WORK/generate.lua" >/dev/null # warm-up
     local before after
     before=$(awk '{print $14 + $15}' "/proc/$SUP_PID/stat")
-    run_wrk 50 "$SECONDS_PER_RUN" "$url" "$WORK/generate.lua" >"$WORK/logs-$level.json"
+    : >"$WORK/logs-$level.jsonl"
+    for _ in $(seq "$RUNS"); do
+      run_wrk 50 "$SECONDS_PER_RUN" "$url" "$WORK/generate.lua" | tee -a "$WORK/logs-$level.jsonl"
+    done
     after=$(awk '{print $14 + $15}' "/proc/$SUP_PID/stat")
     echo "$before $after $(getconf CLK_TCK)" >"$WORK/cpu-$level.txt"
     du -sb "$WORK/logs" | cut -f1 >"$WORK/bytes-$level.txt" 2>/dev/null || echo 0 >"$WORK/bytes-$level.txt"
@@ -512,13 +515,17 @@ bench_logs() {
   stop_all
   {
     header
-    python3 - "$WORK" "$SECONDS_PER_RUN" <<'PY'
-import json, sys
-w, secs = sys.argv[1], float(sys.argv[2])
-r = {lvl: json.load(open(f"{w}/logs-{lvl}.json")) for lvl in ("warn", "info")}
+    python3 - "$WORK" "$SECONDS_PER_RUN" "$RUNS" <<'PY'
+import json, statistics, sys
+w, secs, runs = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+# Per level: the median run by throughput (runs are noisy on a shared 2-core VM).
+def median_run(lvl):
+    rs = sorted((json.loads(l) for l in open(f"{w}/logs-{lvl}.jsonl")), key=lambda r: r["rps"])
+    return rs[(len(rs) - 1) // 2]
+r = {lvl: median_run(lvl) for lvl in ("warn", "info")}
 def cpu(lvl):
     b, a, hz = open(f"{w}/cpu-{lvl}.txt").read().split()
-    return (float(a) - float(b)) / float(hz) / secs * 100
+    return (float(a) - float(b)) / float(hz) / (secs * runs) * 100
 off, on = r["warn"]["rps"], r["info"]["rps"]
 cost = (off - on) / off * 100
 sup_on = cpu("info")
@@ -526,7 +533,8 @@ per_10k = sup_on * 10000 / on
 print(f"""
 ## Request logging
 
-`POST /api/v1/chat/generate` (live mode, mock at 0 ms), 50 connections, {secs:.0f} s: workers at
+`POST /api/v1/chat/generate` (live mode, mock at 0 ms), 50 connections, {runs} runs of {secs:.0f} s
+per level (the median run by req/s; supervisor CPU over all runs): workers at
 `LOG_LEVEL=warn` (no request lines) and at `info` (one JSON access line per request, read from
 the worker's pipe, tagged and written to `logs/heartalk.log` by the supervisor).
 

@@ -38,6 +38,7 @@ pub mod fleet_metrics;
 pub mod health;
 pub mod history;
 pub mod listener;
+pub mod logs;
 pub mod openai;
 pub mod provider;
 pub mod proxy;

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
 /// level names, so `http`/`verbose` map to `debug` and `silly` to `trace`;
 /// full `tracing` filter directives are accepted too. An invalid value
 /// falls back to `info` rather than stopping the worker.
-fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+fn init_tracing() -> heartalk_worker::logs::FlushOnDrop<std::io::Stdout> {
     let level = std::env::var("LOG_LEVEL").unwrap_or_default();
     let directive = match level.trim().to_ascii_lowercase().as_str() {
         "" => "info".to_string(),
@@ -38,17 +38,8 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         _ => level.trim().to_string(),
     };
     let filter = EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"));
-    // Lines are handed to a writer thread that batches them into large
-    // writes (a request line per request would otherwise cost a write
-    // syscall each on the serving thread). Not lossy: under a log flood
-    // the worker slows down rather than silently losing lines; the
-    // supervisor drops and counts if its disk cannot keep up.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(
-            64 << 10,
-            std::io::stdout(),
-        ));
+    // Batched in memory, written in large writes (see `logs`).
+    let (writer, guard) = heartalk_worker::logs::Batched::stdout();
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
