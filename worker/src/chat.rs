@@ -509,3 +509,46 @@ pub fn stream_meta(
         format,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generate body's exact bytes: the key order of API.md §5.2 (and of
+    /// the Node.js service), `reasoning_content` only when shown, usage
+    /// zeros when the upstream gave none, `reasoning` last.
+    #[test]
+    fn the_generate_body_is_byte_exact() {
+        let mut entry = cache::Entry {
+            content: "你好".into(),
+            reasoning_content: Some("想".into()),
+            finish_reason: None,
+            usage: Some(crate::provider::Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+                total_tokens: 3,
+                ..Default::default()
+            }),
+            model: Some("ep-chat".into()),
+            reasoning: Some(json!({"type": "chain-of-thought", "enhanced": true})),
+            ..Default::default()
+        };
+        let bytes = |e: &cache::Entry, show: bool| {
+            String::from_utf8(
+                serde_json::to_vec(&generate_body(e, "c1", "byteplus", show)).unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            bytes(&entry, true),
+            r#"{"success":true,"data":{"content":"你好","conversation_id":"c1","finish_reason":"stop","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"reasoning_content":"想"},"provider":"byteplus","endpoint":"ep-chat","reasoning":{"type":"chain-of-thought","enhanced":true}}"#
+        );
+        entry.usage = None;
+        entry.reasoning = None;
+        entry.model = None;
+        assert_eq!(
+            bytes(&entry, false),
+            r#"{"success":true,"data":{"content":"你好","conversation_id":"c1","finish_reason":"stop","usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}},"provider":"byteplus","endpoint":"unknown"}"#
+        );
+    }
+}

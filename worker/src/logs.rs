@@ -12,8 +12,10 @@
 //! lines itself when its disk cannot keep up). Lines are whole in every
 //! write: each event is formatted into one `write_all`, and a line that
 //! does not fit in what is left of the buffer flushes the buffer first.
+//! What a SIGKILL can lose is what is buffered: at most the last 50 ms or
+//! 64 KiB of lines.
 
-use std::io::{self, BufWriter, Stdout, Write};
+use std::io::{self, Stdout, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,13 +23,27 @@ use std::time::Duration;
 /// reads over 200 ms, so this adds little to when a line is on disk).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
+/// How long the exit flush may wait for a pipe nobody reads.
+const EXIT_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
 /// The buffer's size: about 200 access lines per write.
 const BUFFER: usize = 64 << 10;
 
 /// A `tracing_subscriber` writer that batches lines into `W` (stdout in
 /// the worker). Clones share one buffer.
+///
+/// Two locks, always taken in this order: the buffer, then the sink. A
+/// write to the sink swaps the buffer out and lets the buffer go before it
+/// writes, so a slow pipe holds up only a writer whose buffer is full (the
+/// backpressure) and never an event that still fits; holding the sink
+/// while swapping keeps the writes in order.
 pub struct Batched<W: Write> {
-    inner: Arc<Mutex<BufWriter<W>>>,
+    inner: Arc<Shared<W>>,
+}
+
+struct Shared<W> {
+    buffer: Mutex<Vec<u8>>,
+    sink: Mutex<W>,
 }
 
 impl<W: Write> Clone for Batched<W> {
@@ -46,14 +62,18 @@ impl Batched<Stdout> {
         let batched = Batched::new(io::stdout());
         let flusher = batched.clone();
         // Detached: it holds only a clone and ends with the process.
-        let _ = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("log-flush".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(FLUSH_EVERY);
-                    flusher.flush_now();
+                    flusher.flush_if_idle();
                 }
             });
+        if let Err(e) = spawned {
+            // Lines then reach stdout only in full buffers and at exit.
+            eprintln!("heartalk-worker: the log flusher thread did not start: {e}");
+        }
         let guard = FlushOnDrop(batched.clone());
         (batched, guard)
     }
@@ -62,32 +82,72 @@ impl Batched<Stdout> {
 impl<W: Write> Batched<W> {
     pub fn new(w: W) -> Self {
         Batched {
-            inner: Arc::new(Mutex::new(BufWriter::with_capacity(BUFFER, w))),
+            inner: Arc::new(Shared {
+                buffer: Mutex::new(Vec::with_capacity(BUFFER)),
+                sink: Mutex::new(w),
+            }),
         }
     }
 
-    /// Writes what is buffered. A failed write (the pipe is gone: the
-    /// supervisor has exited) is not an error of the worker's: dropped.
+    /// Writes what is buffered, waiting for a write in progress.
     pub fn flush_now(&self) {
-        let _ = self.lock().flush();
+        let buffer = lock(&self.inner.buffer);
+        self.write_out(buffer, lock(&self.inner.sink));
     }
 
-    fn lock(&self) -> MutexGuard<'_, BufWriter<W>> {
-        // A panic while holding the lock leaves a buffer of whole lines.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// [`Batched::flush_now`] unless a write is in progress (the flusher
+    /// never waits on the pipe while holding the buffer).
+    fn flush_if_idle(&self) {
+        let buffer = lock(&self.inner.buffer);
+        if buffer.is_empty() {
+            return;
+        }
+        let sink = match self.inner.sink.try_lock() {
+            Ok(s) => s,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        self.write_out(buffer, sink);
+    }
+
+    /// Swaps the buffer out, lets it go, then writes it. A failed write
+    /// (the pipe is gone: the supervisor has exited) is not an error of
+    /// the worker's: the lines are dropped.
+    fn write_out(&self, mut buffer: MutexGuard<'_, Vec<u8>>, mut sink: MutexGuard<'_, W>) {
+        if buffer.is_empty() {
+            return;
+        }
+        let full = std::mem::replace(&mut *buffer, Vec::with_capacity(BUFFER));
+        drop(buffer);
+        let _ = sink.write_all(&full).and_then(|()| sink.flush());
     }
 }
 
-/// One event's writer: holds the buffer for the event's single write.
-pub struct Line<'a, W: Write>(MutexGuard<'a, BufWriter<W>>);
+/// A panic while holding a lock leaves whole lines (or a whole sink).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One event's writer: the formatted event arrives in one `write_all`.
+pub struct Line<'a, W: Write>(&'a Batched<W>);
 
 impl<W: Write> Write for Line<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        self.write_all(buf)?;
+        Ok(buf.len())
     }
 
+    /// Appends; a buffer that would pass [`BUFFER`] is written out first,
+    /// so every write to the sink ends with a whole line.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.0.write_all(buf)
+        let shared = &self.0.inner;
+        let mut buffer = lock(&shared.buffer);
+        if !buffer.is_empty() && buffer.len() + buf.len() > BUFFER {
+            self.0.write_out(buffer, lock(&shared.sink));
+            buffer = lock(&shared.buffer);
+        }
+        buffer.extend_from_slice(buf);
+        Ok(())
     }
 
     /// Not a flush to the pipe: the batching is the point.
@@ -100,16 +160,31 @@ impl<'a, W: Write + 'a> tracing_subscriber::fmt::MakeWriter<'a> for Batched<W> {
     type Writer = Line<'a, W>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        Line(self.lock())
+        Line(self)
     }
 }
 
-/// Writes the remaining buffered lines when dropped.
-pub struct FlushOnDrop<W: Write>(Batched<W>);
+/// Writes the remaining buffered lines when dropped, waiting at most
+/// [`EXIT_FLUSH_LIMIT`] for a pipe that is not read (the exit must not
+/// hang on it).
+pub struct FlushOnDrop<W: Write + Send + 'static>(Batched<W>);
 
-impl<W: Write> Drop for FlushOnDrop<W> {
+impl<W: Write + Send + 'static> Drop for FlushOnDrop<W> {
     fn drop(&mut self) {
-        self.0.flush_now();
+        let batched = self.0.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("log-exit-flush".into())
+            .spawn(move || {
+                batched.flush_now();
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = finished.recv_timeout(EXIT_FLUSH_LIMIT);
+            }
+            Err(_) => self.0.flush_now(),
+        }
     }
 }
 
@@ -159,6 +234,52 @@ mod tests {
         }
         let expected: String = (0..1000).map(line).collect();
         assert_eq!(String::from_utf8(all).unwrap(), expected);
+    }
+
+    /// A sink whose writes wait until the test lets them through.
+    struct Gate {
+        entered: std::sync::mpsc::Sender<()>,
+        open: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.entered.send(());
+            let _ = self.open.recv();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_slow_pipe_does_not_hold_up_a_line_that_fits() {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (open, open_rx) = std::sync::mpsc::channel();
+        let b = Batched::new(Gate {
+            entered: entered_tx,
+            open: open_rx,
+        });
+        b.make_writer().write_all(line(1).as_bytes()).unwrap();
+        // A flush that is stuck in the pipe...
+        let flusher = b.clone();
+        let stuck = std::thread::spawn(move || flusher.flush_now());
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the flush reached the sink");
+        // ...does not stop the next event from being buffered.
+        let (tx, appended) = std::sync::mpsc::channel();
+        let writer = b.clone();
+        std::thread::spawn(move || {
+            writer.make_writer().write_all(line(2).as_bytes()).unwrap();
+            let _ = tx.send(());
+        });
+        let fits = appended.recv_timeout(Duration::from_secs(10));
+        let _ = open.send(());
+        stuck.join().unwrap();
+        fits.expect("a line that fits is buffered while the pipe is slow");
+        assert_eq!(lock(&b.inner.buffer).as_slice(), line(2).as_bytes());
     }
 
     #[test]

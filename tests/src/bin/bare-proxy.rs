@@ -61,6 +61,8 @@ async fn serve(port: u16, upstream: reqwest::Url) {
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: do not spin on it.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -69,17 +71,23 @@ async fn serve(port: u16, upstream: reqwest::Url) {
             let (client, upstream) = (client.clone(), upstream.clone());
             async move {
                 let _ = req.into_body().collect().await;
-                let answer = match client
+                // The upstream's status passes through and a failed call
+                // is a 502, so the benchmark's non-2xx column sees failures.
+                let (status, answer) = match client
                     .post(upstream)
                     .header("content-type", "application/json")
                     .body(UPSTREAM_BODY)
                     .send()
                     .await
                 {
-                    Ok(r) => r.bytes().await.unwrap_or_default(),
-                    Err(_) => Bytes::new(),
+                    Ok(r) => match (r.status(), r.bytes().await) {
+                        (status, Ok(body)) => (status, body),
+                        (_, Err(_)) => (http::StatusCode::BAD_GATEWAY, Bytes::new()),
+                    },
+                    Err(_) => (http::StatusCode::BAD_GATEWAY, Bytes::new()),
                 };
                 let mut resp = hyper::Response::new(Full::new(answer));
+                *resp.status_mut() = status;
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),

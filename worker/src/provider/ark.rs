@@ -350,16 +350,29 @@ fn event_stream(resp: reqwest::Response, idle: Duration) -> EventStream {
         /// Ends the stream with `last` (nothing is read afterwards).
         fn end(&mut self, last: Result<StreamEvent, UpstreamError>) {
             self.resp = None;
-            crate::telemetry::stream_parse_errors(self.state.skipped);
-            if self.state.skipped > 0 {
-                tracing::warn!(
-                    skipped = self.state.skipped,
-                    "skipped unparsable upstream stream payloads"
-                );
-            }
+            self.count_skipped();
             self.pending.push_back(last);
         }
 
+        /// Counts (once) the payloads skipped so far.
+        fn count_skipped(&mut self) {
+            let skipped = std::mem::take(&mut self.state.skipped);
+            crate::telemetry::stream_parse_errors(skipped);
+            if skipped > 0 {
+                tracing::warn!(skipped, "skipped unparsable upstream stream payloads");
+            }
+        }
+    }
+
+    /// A stream dropped before its end (the client left) still counts
+    /// what it skipped.
+    impl Drop for St {
+        fn drop(&mut self) {
+            self.count_skipped();
+        }
+    }
+
+    impl St {
         fn items(&mut self, items: Vec<SseItem>) {
             for item in items {
                 match item {
@@ -567,11 +580,13 @@ fn truncate_chars(s: &str, max: usize) -> String {
 /// `serde_json::Value` tree (the tree's maps and strings were ~6 % of a
 /// worker's CPU per request). Anything else (a field of another type, a
 /// duplicate key, a non-object choice) fails here and is read by
-/// [`parse_completion_value`], so both give the same result.
+/// [`parse_completion_value`], so both give the same result. Each level is
+/// read through [`Obj`]: derived structs would also accept a JSON array
+/// (fields by position), which the tree reading does not.
 #[derive(serde::Deserialize)]
 struct WireCompletion {
     #[serde(default)]
-    choices: Option<Vec<WireChoice>>,
+    choices: Option<Vec<Obj<WireChoice>>>,
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(default)]
@@ -581,7 +596,7 @@ struct WireCompletion {
 #[derive(serde::Deserialize)]
 struct WireChoice {
     #[serde(default)]
-    message: Option<WireMessage>,
+    message: Option<Obj<WireMessage>>,
     #[serde(default)]
     text: Option<String>,
     #[serde(default)]
@@ -596,20 +611,40 @@ struct WireMessage {
     reasoning_content: Option<String>,
 }
 
+/// `T` read from a JSON object only (never from an array).
+struct Obj<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Objects<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Objects<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(Objects(std::marker::PhantomData))
+    }
+}
+
 /// Extracts the result of a 2xx JSON body (§10.1 "Result").
 pub fn parse_completion(body: &[u8]) -> Result<Completion, UpstreamError> {
-    let Ok(wire) = serde_json::from_slice::<WireCompletion>(body) else {
+    let Ok(Obj(wire)) = serde_json::from_slice::<Obj<WireCompletion>>(body) else {
         return parse_completion_value(body);
     };
     let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let choice = wire
         .choices
         .and_then(|c| c.into_iter().next())
+        .map(|Obj(c)| c)
         .ok_or_else(|| {
             UpstreamError::InvalidResponse("Invalid response format: no valid choices found".into())
         })?;
     let (content, reasoning_content) = match choice.message {
-        Some(m) => (non_empty(m.content), non_empty(m.reasoning_content)),
+        Some(Obj(m)) => (non_empty(m.content), non_empty(m.reasoning_content)),
         None => (None, None),
     };
     Ok(Completion {
@@ -928,6 +963,12 @@ mod tests {
             br#"{"choices":[{}]}"#,
             br#"[]"#,
             br#"{"choices":[{"message":{"content":"a"}}]} trailing"#,
+            // Arrays where objects belong (derived structs would read them
+            // by position).
+            br#"{"choices":[{"message":["x"]}]}"#,
+            br#"[[[{"content":"x"}]]]"#,
+            br#"{"choices":[[null,"t","stop"]]}"#,
+            br#"[[{"message":{"content":"x"}}],null,"m"]"#,
         ];
         for body in bodies {
             assert_eq!(
