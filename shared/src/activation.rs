@@ -43,6 +43,23 @@ pub mod env {
     pub const HEARTALK_CONTROL_SOCKET: &str = "HEARTALK_CONTROL_SOCKET";
     /// The descriptor of the fleet-wide rate-limit table (a memfd).
     pub const HEARTALK_LIMITS_FD: &str = "HEARTALK_LIMITS_FD";
+
+    /// Every name above: the supervisor strips all of them from the
+    /// environment it passes on and sets its own, and `[apps.env]` may not
+    /// name one (a second entry of the same name would be ambiguous: glibc's
+    /// `getenv` returns the first).
+    pub const ALL: &[&str] = &[
+        LISTEN_FDS,
+        LISTEN_PID,
+        LISTEN_FDNAMES,
+        NOTIFY_SOCKET,
+        HEARTALK_APP,
+        HEARTALK_WORKER_ID,
+        HEARTALK_GENERATION,
+        HEARTALK_METRICS_SOCKET,
+        HEARTALK_CONTROL_SOCKET,
+        HEARTALK_LIMITS_FD,
+    ];
 }
 
 /// The first inherited descriptor, as in `sd_listen_fds(3)`.

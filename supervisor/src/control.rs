@@ -69,8 +69,8 @@ pub fn socket_path(config: &Config) -> PathBuf {
 
 /// Where the CLI verbs look for a running supervisor's socket, without
 /// creating or writing anything: `[supervisor] control_socket` if set;
-/// else, of `run`'s default places (same order), the first holding a
-/// socket; else the first whose directory exists and is writable (where
+/// else, of `run`'s default places (same order), the first socket that
+/// accepts a connection, else the first holding a socket; else the first whose directory exists and is writable (where
 /// `run` would put it), named in the "no supervisor" message.
 pub fn find_socket(config: &Config) -> PathBuf {
     if let Some(p) = &config.supervisor.control_socket {
@@ -98,12 +98,16 @@ fn default_candidates(xdg_runtime_dir: Option<OsString>, config_path: &Path) -> 
         .collect()
 }
 
-/// [`find_socket`] over `candidates` (the last is the fallback).
+/// [`find_socket`] over `candidates` (the last is the fallback). A socket
+/// someone answers on wins over an earlier stale one (a dead supervisor's
+/// file); only when none answers is the first socket file taken, so the
+/// error names it. A connect creates nothing.
 fn find_in(candidates: &[PathBuf]) -> PathBuf {
     let (last, earlier) = candidates.split_last().expect("a fallback place");
     candidates
         .iter()
-        .find(|p| is_socket(p))
+        .find(|p| is_socket(p) && std::os::unix::net::UnixStream::connect(p).is_ok())
+        .or_else(|| candidates.iter().find(|p| is_socket(p)))
         .or_else(|| {
             earlier.iter().find(|p| {
                 p.parent().is_some_and(|d| {
@@ -130,10 +134,15 @@ fn writable_dir(dir: &Path) -> bool {
     ok
 }
 
-/// The bound control socket; the file is removed when this is dropped.
+/// The bound control socket; the file is removed when this is dropped,
+/// unless it is no longer ours.
 pub struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket file's (dev, ino) when bound: what is at `path` later is
+    /// removed only if it is still this file, never a socket a newer
+    /// supervisor bound there after replacing ours.
+    id: (u64, u64),
 }
 
 impl ControlSocket {
@@ -169,7 +178,7 @@ impl ControlSocket {
                 Err(e) => return Err(io_err(e)),
             },
         }
-        let socket = bind_private(path).map_err(io_err)?;
+        let (socket, id) = bind_private(path).map_err(io_err)?;
         if let Err(e) = socket.listen(BACKLOG) {
             let _ = std::fs::remove_file(path);
             return Err(io_err(e));
@@ -182,6 +191,7 @@ impl ControlSocket {
         Ok(ControlSocket {
             listener,
             path: path.to_path_buf(),
+            id,
         })
     }
 
@@ -192,7 +202,10 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -201,8 +214,9 @@ impl Drop for ControlSocket {
 const BACKLOG: i32 = -1;
 
 /// Binds a Unix stream socket at `path` whose file is mode 0600, without
-/// listening yet. On error the socket file is removed, unless what is at
-/// `path` is no longer a socket (then it is not ours to remove).
+/// listening yet, with the file's (dev, ino). On error the socket file is
+/// removed, unless what is at `path` is no longer a socket (then it is not
+/// ours to remove).
 ///
 /// The process umask is never touched: it is process-wide, and changing
 /// it, even briefly, races with every other thread creating files (the log
@@ -221,7 +235,8 @@ const BACKLOG: i32 = -1;
 ///    unless someone who can write the directory swapped it in between —
 ///    and such a someone could replace the socket at any time anyway,
 ///    which is why `run` creates a missing socket directory 0700.)
-fn bind_private(path: &Path) -> io::Result<socket2::Socket> {
+fn bind_private(path: &Path) -> io::Result<(socket2::Socket, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt;
     // Close-on-exec (socket2 sets it): workers must not inherit it.
     let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
     nix::sys::stat::fchmod(&socket, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
@@ -239,7 +254,7 @@ fn bind_private(path: &Path) -> io::Result<socket2::Socket> {
             return Err(e);
         }
     }
-    Ok(socket)
+    Ok((socket, (meta.dev(), meta.ino())))
 }
 
 /// One command for the event loop, with where to send the answer.
@@ -402,6 +417,41 @@ mod tests {
         assert!(!path.exists(), "removed on drop");
     }
 
+    /// A newer supervisor replaced our socket file (ours was moved aside,
+    /// so the new one cannot reuse its inode): dropping ours leaves the
+    /// new one in place.
+    #[tokio::test]
+    async fn dropping_never_removes_a_socket_that_is_not_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let ours = ControlSocket::bind(&path).unwrap();
+        std::fs::rename(&path, dir.path().join("old.sock")).unwrap();
+        let _theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(ours);
+        assert!(is_socket(&path), "the newer socket is still there");
+        std::os::unix::net::UnixStream::connect(&path).expect("and still served");
+    }
+
+    /// A dead supervisor's socket in an earlier place does not hide a live
+    /// one in a later place.
+    #[test]
+    fn a_live_socket_wins_over_an_earlier_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let places = [dir.path().join("stale.sock"), dir.path().join("live.sock")];
+        drop(std::os::unix::net::UnixListener::bind(&places[0]).unwrap());
+        assert!(is_socket(&places[0]));
+        let _live = std::os::unix::net::UnixListener::bind(&places[1]).unwrap();
+        assert_eq!(find_in(&places), places[1]);
+        // Nobody answers anywhere: the first socket file, for the message.
+        drop(_live);
+        assert_eq!(find_in(&places), places[0]);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "nothing created"
+        );
+    }
+
     /// The process umask, from `/proc/self/status` (reading it with
     /// `umask(2)` would mean setting it).
     fn process_umask() -> String {
@@ -417,7 +467,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ctl.sock");
         let umask = process_umask();
-        let socket = bind_private(&path).unwrap();
+        let (socket, _) = bind_private(&path).unwrap();
         // Not listening yet: every connect is refused, whatever the mode...
         let refused = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);

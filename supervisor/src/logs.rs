@@ -296,26 +296,39 @@ impl LogSink {
         })
     }
 
-    /// Queues a worker line, waiting at most [`QUEUE_WAIT`] for room.
-    pub async fn worker_line(&self, text: String) {
+    /// Queues a worker line, waiting for room until `deadline` at most (a
+    /// deadline already past: only takes room that is free now). The
+    /// deadline is one per read, not per line, so a full queue costs a read
+    /// [`QUEUE_WAIT`] in all and the pipe keeps draining; a line that finds
+    /// no room is dropped and counted.
+    pub async fn worker_line(&self, text: String, deadline: tokio::time::Instant) {
         let cost = weight(&text);
-        let room = async {
-            let slot = self.slots.acquire().await.ok()?;
-            let bytes = self.budget.acquire_many(cost).await.ok()?;
-            slot.forget();
-            bytes.forget();
-            Some(())
+        let queued = if tokio::time::Instant::now() >= deadline {
+            match (self.slots.try_acquire(), self.budget.try_acquire_many(cost)) {
+                (Ok(slot), Ok(bytes)) => {
+                    slot.forget();
+                    bytes.forget();
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            let room = async {
+                let slot = self.slots.acquire().await.ok()?;
+                let bytes = self.budget.acquire_many(cost).await.ok()?;
+                slot.forget();
+                bytes.forget();
+                Some(())
+            };
+            matches!(tokio::time::timeout_at(deadline, room).await, Ok(Some(())))
         };
-        match tokio::time::timeout(QUEUE_WAIT, room).await {
-            Ok(Some(())) => {
-                let _ = self.tx.send(Msg::Line {
-                    text,
-                    mirror: self.mirror_workers,
-                });
-            }
-            _ => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if queued {
+            let _ = self.tx.send(Msg::Line {
+                text,
+                mirror: self.mirror_workers,
+            });
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -450,13 +463,18 @@ async fn read_pipe(fd: std::os::fd::OwnedFd, source: Source, sink: LogSink, max_
 }
 
 /// Tags `pieces` (one read's worth, one timestamp) and queues them in order.
+/// The whole read waits at most [`QUEUE_WAIT`] for room (one deadline, not
+/// one per line), so however many lines a read holds, a stuck writer delays
+/// the pipe by that much per read: lines past the deadline are queued only
+/// if room is free at once, else dropped and counted.
 async fn forward(source: &Source, sink: &LogSink, pieces: &mut Vec<Piece>) {
     if pieces.is_empty() {
         return;
     }
     let ts = timestamp(SystemTime::now());
+    let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
     for p in pieces.drain(..) {
-        sink.worker_line(render(source, &p, &ts)).await;
+        sink.worker_line(render(source, &p, &ts), deadline).await;
     }
 }
 
@@ -738,6 +756,16 @@ fn retain(dir: &Path, keep: usize) {
 
 /// The tracing writer for the supervisor's own events: printed to stdout
 /// as before, and queued for the log file.
+///
+/// Queuing never waits (a full queue drops and counts the line), but the
+/// print is a synchronous write under the process-wide stdout lock, on the
+/// thread that logs the event (the event loop's, mostly). So the event loop
+/// never waits for the log file, yet it can block on stdout: when whatever
+/// reads stdout stalls (a full pipe to a container's log collector), and,
+/// with `log.stdout` mirroring worker lines (the default as PID 1), while
+/// the writer thread holds the lock writing a worker line to that stalled
+/// stdout. A worker flood can then delay the loop's events by as long as
+/// stdout takes to drain.
 #[derive(Clone)]
 pub struct OwnEvents {
     pub sink: Option<LogSink>,
@@ -1022,6 +1050,31 @@ mod tests {
         let started = Instant::now();
         assert!(!capture.finish(Duration::from_millis(300)).await);
         assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    /// A hung disk: the queue is full and nothing drains it. One read of
+    /// many lines must still finish in about one [`QUEUE_WAIT`], not one
+    /// per line, and every line is counted as dropped.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_costs_a_read_one_wait_not_one_per_line() {
+        const N: usize = 20;
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let sink = LogSink {
+            tx,
+            budget: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
+            slots: Arc::new(tokio::sync::Semaphore::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+            mirror_workers: false,
+        };
+        let mut pieces: Vec<Piece> = (0..N).map(|i| Piece::Line(format!("line {i}"))).collect();
+        let started = Instant::now();
+        forward(&source("stdout"), &sink, &mut pieces).await;
+        let took = started.elapsed();
+        assert!(
+            took < QUEUE_WAIT + Duration::from_millis(300),
+            "{N} lines against a full queue took {took:?}"
+        );
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), N as u64);
     }
 
     #[test]

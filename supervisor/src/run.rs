@@ -264,6 +264,10 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             break exit;
         }
         if !fleet.is_stopping() && fleet.all_errored() {
+            // No reload will run any more: whoever waits is told so now.
+            for reply in pending_reloads.take_all() {
+                let _ = reply.send(stopping());
+            }
             tracing::error!(
                 event = "supervisor_exit",
                 code = Exit::AllErrored.code(),
@@ -272,24 +276,47 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             break Exit::AllErrored;
         }
     };
-    control_task.abort();
-    let _ = std::fs::remove_file(&control_path);
     // Every worker has exited: let the readers take what is left in the
     // pipes (bounded: an orphan may still hold one open), then write it out,
-    // rotated files compressed and pruned.
-    let drained = match capture {
-        Some(capture) => capture.finish(Duration::from_secs(10)).await,
-        None => true,
+    // rotated files compressed and pruned. The control socket stays up (and
+    // answers) until then: `heartalk stop` takes its going away to mean the
+    // supervisor has exited, so that must be the very last step.
+    let finishing = async {
+        let drained = match capture {
+            Some(capture) => capture.finish(Duration::from_secs(10)).await,
+            None => true,
+        };
+        if !drained {
+            tracing::warn!(
+                event = "log_pipes_open",
+                "a worker pipe is still open (an orphan holds it?); not waiting for it"
+            );
+        }
+        if let Some(sink) = &sink {
+            sink.flush(Duration::from_secs(30)).await;
+        }
     };
-    if !drained {
-        tracing::warn!(
-            event = "log_pipes_open",
-            "a worker pipe is still open (an orphan holds it?); not waiting for it"
-        );
+    tokio::pin!(finishing);
+    loop {
+        tokio::select! {
+            _ = &mut finishing => break,
+            Some(ask) = asks.recv() => {
+                let body = match ask.command {
+                    Command::Status => {
+                        let now = Instant::now();
+                        Body::Status(status::build(&fleet.view(), &me, &metrics, &mut cpu, now))
+                    }
+                    Command::Stop => Body::Stopping,
+                    Command::Reload | Command::Metrics => stopping(),
+                };
+                let _ = ask.reply.send(body);
+            }
+        }
     }
-    if let Some(sink) = &sink {
-        sink.flush(Duration::from_secs(30)).await;
-    }
+    // Dropping the task drops the `ControlSocket`, which removes the file
+    // (if it is still ours); awaiting makes that happen before we return.
+    control_task.abort();
+    let _ = control_task.await;
     Ok(exit)
 }
 

@@ -1,7 +1,10 @@
 //! Building a worker's command line, environment and inherited sockets.
 //!
-//! The environment is the supervisor's own, minus any socket-activation
-//! variables meant for the supervisor itself, plus the app's `[apps.env]`,
+//! The environment is the supervisor's own, minus every contract variable
+//! (`shared::activation::env::ALL`: a parent may have set them for the
+//! supervisor itself, and each must appear once, with our value, since
+//! glibc's `getenv` returns the first of duplicates), plus the app's
+//! `[apps.env]` (which config validation keeps free of contract names),
 //! plus the contract variables: `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`
 //! (the slot socket at fd 3), `NOTIFY_SOCKET`, and `HEARTALK_APP`,
 //! `HEARTALK_WORKER_ID` (the slot number), `HEARTALK_GENERATION`,
@@ -18,17 +21,6 @@ use shared::activation::env;
 use shared::config::App;
 
 use crate::sys::{self, ExecSpec};
-
-/// Variables a parent may have set for the supervisor; never forwarded.
-const OWN_ACTIVATION_VARS: &[&str] = &[
-    env::LISTEN_FDS,
-    env::LISTEN_PID,
-    env::LISTEN_FDNAMES,
-    env::NOTIFY_SOCKET,
-    env::HEARTALK_METRICS_SOCKET,
-    env::HEARTALK_CONTROL_SOCKET,
-    env::HEARTALK_LIMITS_FD,
-];
 
 /// Name of the passed socket in `LISTEN_FDNAMES`.
 pub const FD_NAME: &str = "http";
@@ -90,16 +82,40 @@ pub struct Launch<'a> {
 
 /// Starts the worker; returns its pid once `execve` succeeded.
 pub fn spawn(l: &Launch) -> io::Result<Pid> {
-    let mut vars: Vec<(String, String)> = std::env::vars_os()
-        .map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })
-        .filter(|(k, _)| !OWN_ACTIVATION_VARS.contains(&k.as_str()) && !l.app.env.contains_key(k))
+    let inherited = std::env::vars_os().map(|(k, v)| {
+        (
+            k.to_string_lossy().into_owned(),
+            v.to_string_lossy().into_owned(),
+        )
+    });
+    let (vars, fds) = environment(l, inherited);
+    let mut spec = ExecSpec::new(l.program, &l.app.args, &vars, &l.app.cwd, fds)?;
+    if let Some((out, err)) = l.outputs {
+        spec.redirect_output(out, err);
+    }
+    sys::spawn(&spec)
+}
+
+/// The worker's environment (from the supervisor's, `inherited`) and the
+/// descriptors it inherits. Each contract variable appears at most once,
+/// with our value: every name in `env::ALL` is dropped from `inherited`
+/// and from `[apps.env]` before ours are added. `LISTEN_PID` is not here:
+/// [`ExecSpec`] adds it in the child, once its pid is known.
+fn environment(
+    l: &Launch,
+    inherited: impl Iterator<Item = (String, String)>,
+) -> (Vec<(String, String)>, Vec<RawFd>) {
+    let reserved = |k: &str| env::ALL.contains(&k);
+    let mut vars: Vec<(String, String)> = inherited
+        .filter(|(k, _)| !reserved(k) && !l.app.env.contains_key(k))
         .collect();
-    vars.extend(l.app.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars.extend(
+        l.app
+            .env
+            .iter()
+            .filter(|(k, _)| !reserved(k))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     vars.push((env::HEARTALK_APP.into(), l.app.name.clone()));
     vars.push((env::HEARTALK_WORKER_ID.into(), l.slot.to_string()));
     vars.push((env::HEARTALK_GENERATION.into(), l.generation.to_string()));
@@ -122,9 +138,61 @@ pub fn spawn(l: &Launch) -> io::Result<Pid> {
         vars.push((env::HEARTALK_LIMITS_FD.into(), target.to_string()));
         fds.push(fd);
     }
-    let mut spec = ExecSpec::new(l.program, &l.app.args, &vars, &l.app.cwd, fds)?;
-    if let Some((out, err)) = l.outputs {
-        spec.redirect_output(out, err);
+    (vars, fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parent that set every contract variable for the supervisor itself
+    /// (as systemd or a test harness might): the worker still gets exactly
+    /// one entry of each name, ours.
+    #[test]
+    fn each_contract_variable_appears_once_with_our_value() {
+        let config = shared::config::Config::parse(
+            "[[apps]]\nname = \"api\"\n[apps.env]\nMODE = \"prod\"\n",
+            Path::new("/etc/heartalk/ecosystem.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let app = &config.apps[0];
+        let control = PathBuf::from("/run/heartalk.sock");
+        let launch = Launch {
+            app,
+            program: Path::new("/bin/true"),
+            slot: 2,
+            generation: 7,
+            socket: Some(10),
+            notify_socket: "@notify",
+            metrics_socket: "@metrics",
+            control_socket: Some(&control),
+            outputs: None,
+            limits_fd: Some(11),
+        };
+        let inherited = env::ALL
+            .iter()
+            .map(|k| (k.to_string(), "from-parent".to_string()))
+            .chain([("PATH".to_string(), "/bin".to_string())]);
+        let (vars, fds) = environment(&launch, inherited);
+        assert_eq!(fds, [10, 11]);
+        let count = |name: &str| vars.iter().filter(|(k, _)| k == name).count();
+        for name in env::ALL {
+            // LISTEN_PID is written in the child by `ExecSpec`.
+            let want = usize::from(*name != env::LISTEN_PID);
+            assert_eq!(count(name), want, "{name}: {vars:?}");
+        }
+        assert!(vars.iter().all(|(_, v)| v != "from-parent"), "{vars:?}");
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get(env::HEARTALK_APP), Some("api"));
+        assert_eq!(get(env::HEARTALK_WORKER_ID), Some("2"));
+        assert_eq!(get(env::HEARTALK_GENERATION), Some("7"));
+        assert_eq!(get(env::HEARTALK_LIMITS_FD), Some("4"));
+        assert_eq!(get("MODE"), Some("prod"));
+        assert_eq!(get("PATH"), Some("/bin"));
     }
-    sys::spawn(&spec)
 }

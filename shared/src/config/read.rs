@@ -362,6 +362,17 @@ fn read_env(d: &mut Diagnostics, v: &Value, env: &dyn Fn(&str) -> Option<String>
             );
             continue;
         }
+        if crate::activation::env::ALL.contains(&name) {
+            d.error(
+                key.span(),
+                format!("`{name}` is set by heartalk for every worker and cannot be overridden"),
+                Some(
+                    "remove it from `[apps.env]`; the worker contract variables are reserved"
+                        .into(),
+                ),
+            );
+            continue;
+        }
         let raw = match value.get_ref() {
             DeValue::String(s) => s.to_string(),
             DeValue::Integer(i) => i.as_str().to_string(),

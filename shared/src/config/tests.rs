@@ -181,6 +181,27 @@ fn env_values_expand_from_the_supervisor_environment() {
 }
 
 #[test]
+fn env_may_not_set_the_worker_contract_variables() {
+    let errs = errors(
+        "[[apps]]\nname = \"a\"\n[apps.env]\nMODE = \"x\"\nLISTEN_FDS = \"2\"\nHEARTALK_LIMITS_FD = 9\nNOTIFY_SOCKET = \"@n\"\n",
+    );
+    let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [5, 6, 7], "{errs:#?}");
+    assert!(errs[0].message.contains("`LISTEN_FDS`"), "{errs:#?}");
+    assert!(
+        errs.iter()
+            .all(|e| e.message.contains("cannot be overridden"))
+    );
+    for name in crate::activation::env::ALL {
+        let errs = errors(&format!(
+            "[[apps]]\nname = \"a\"\n[apps.env]\n{name} = \"x\"\n"
+        ));
+        assert_eq!(errs.len(), 1, "{name}: {errs:#?}");
+        assert_eq!(errs[0].line, 4, "{name}");
+    }
+}
+
+#[test]
 fn expand_env_rules() {
     let env = |k: &str| (k == "A").then(|| "1".to_string());
     assert_eq!(expand_env("x${A}y", &env).unwrap(), "x1y");
