@@ -9,6 +9,8 @@
 # before anything changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/probe.sh
+source scripts/lib/probe.sh
 
 usage() {
   cat <<EOF
@@ -113,13 +115,9 @@ while (($#)); do
     *) die_usage "unknown argument: $1" ;;
   esac
 done
-# --retries, --interval and --timeout go to scripts/health-check.sh: accept
-# exactly what it accepts, so that a value it would refuse (exit 64, which
-# would read as "unhealthy" and roll back) is refused here, before anything.
-[[ $retries =~ ^[1-9][0-9]*$ ]] || die_usage "--retries must be a whole number >= 1: $retries"
-[[ $interval =~ ^[0-9]+(\.[0-9]+)?$ ]] || die_usage "--interval must be a number of seconds: $interval"
-[[ $timeout =~ ^[0-9]+(\.[0-9]+)?$ && ! $timeout =~ ^0+(\.0+)?$ ]] \
-  || die_usage "--timeout must be a positive number of seconds: $timeout"
+# --retries, --interval and --timeout go to scripts/health-check.sh: refused
+# here, before anything, if it would refuse them (scripts/lib/probe.sh).
+probe_check_options "$retries" "$interval" "$timeout"
 ((${#docker[@]})) || die_usage "DOCKER is empty"
 ((${#compose[@]})) || die_usage "DOCKER_COMPOSE is empty"
 if ((${#files[@]} == 0)); then

@@ -4,6 +4,8 @@
 # `healthy` or `degraded` (with HTTP 200). Used by scripts/deploy.sh after a
 # roll-out; usable by hand and from cron. Needs curl and python3.
 set -euo pipefail
+# shellcheck source=scripts/lib/probe.sh
+source "$(dirname "$0")/lib/probe.sh"
 
 usage() {
   cat <<EOF
@@ -64,10 +66,7 @@ while (($#)); do
     *) die_usage "unknown argument: $1" ;;
   esac
 done
-[[ $retries =~ ^[1-9][0-9]*$ ]] || die_usage "--retries must be a whole number >= 1: $retries"
-[[ $interval =~ ^[0-9]+(\.[0-9]+)?$ ]] || die_usage "--interval must be a number of seconds: $interval"
-[[ $timeout =~ ^[0-9]+(\.[0-9]+)?$ && ! $timeout =~ ^0+(\.0+)?$ ]] \
-  || die_usage "--timeout must be a positive number of seconds: $timeout"
+probe_check_options "$retries" "$interval" "$timeout"
 [[ $url =~ ^https?://[^/]+ ]] || die_usage "--url must be an http:// or https:// URL: $url"
 
 body=$(mktemp)

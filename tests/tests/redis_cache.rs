@@ -10,13 +10,7 @@ use std::time::Duration;
 use heartalk_e2e::mock_ark::MockArk;
 use heartalk_e2e::redis_server::RedisServer;
 use helper::*;
-use serde_json::{Value, json};
-
-fn cache_health(svc: &Service) -> Value {
-    let r = http_get(svc.addr, "/api/v1/health", Duration::from_secs(5)).expect("health");
-    assert_eq!(r.status, 200, "degraded is still 200: {}", r.body);
-    r.json()["data"]["services"]["cache"].clone()
-}
+use serde_json::json;
 
 /// Answers land in Redis in the background: waits until one is there.
 fn wait_for_an_entry_in(redis: &RedisServer) {
@@ -29,20 +23,6 @@ fn wait_for_an_entry_in(redis: &RedisServer) {
     });
 }
 
-/// `ai_redis_up` on the service's `/metrics` (`None`: no such series).
-fn redis_up(svc: &Service) -> Option<f64> {
-    metric(svc.addr, "ai_redis_up", "")
-}
-
-fn ask(svc: &Service, text: &str) -> Response {
-    let r = svc.post(
-        "/api/v1/chat/generate",
-        &json!({"messages":[{"role":"user","content":text}]}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    r
-}
-
 #[test]
 fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
     let mut redis = RedisServer::start();
@@ -51,17 +31,17 @@ fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
     let a = live_service(&ark.base_url(), &[("REDIS_URL", url.as_str())]);
     let b = live_service(&ark.base_url(), &[("REDIS_URL", url.as_str())]);
     assert_eq!(
-        cache_health(&a),
+        a.cache_health(),
         json!({"status": "healthy", "backends": ["memory", "redis"], "hit_rate": 0.0})
     );
     for svc in [&a, &b] {
-        assert_eq!(redis_up(svc), Some(1.0), "linked to Redis");
+        assert_eq!(svc.redis_up(), Some(1.0), "linked to Redis");
     }
 
-    let first = ask(&a, "跨进程的问题");
+    let first = a.ask("跨进程的问题");
     assert_eq!(first.header("x-cache"), Some("MISS"));
     wait_for_an_entry_in(&redis);
-    let second = ask(&b, "跨进程的问题");
+    let second = b.ask("跨进程的问题");
     assert_eq!(
         second.header("x-cache"),
         Some("HIT"),
@@ -73,31 +53,31 @@ fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
     // Redis goes away: requests still succeed, health is degraded.
     redis.kill();
     for i in 0..3 {
-        let r = ask(&a, &format!("Redis 不在 {i}"));
+        let r = a.ask(&format!("Redis 不在 {i}"));
         assert_eq!(r.header("x-cache"), Some("MISS"));
     }
     for svc in [&a, &b] {
         wait_for("cache degraded", Duration::from_secs(10), || {
-            (cache_health(svc)["status"] == "degraded").then_some(())
+            (svc.cache_health()["status"] == "degraded").then_some(())
         });
         // The gauge says what health says (both follow the link's state).
-        assert_eq!(redis_up(svc), Some(0.0), "Redis is down");
+        assert_eq!(svc.redis_up(), Some(0.0), "Redis is down");
     }
-    let r = ask(&b, "Redis 不在 也要回答");
+    let r = b.ask("Redis 不在 也要回答");
     assert_eq!(r.header("x-cache"), Some("MISS"));
 
     // Redis is back (empty): the link heals and hits across supervisors resume.
     redis.restart();
     for svc in [&a, &b] {
         wait_for("cache healthy again", Duration::from_secs(10), || {
-            (cache_health(svc)["status"] == "healthy").then_some(())
+            (svc.cache_health()["status"] == "healthy").then_some(())
         });
-        assert_eq!(redis_up(svc), Some(1.0), "Redis is back");
+        assert_eq!(svc.redis_up(), Some(1.0), "Redis is back");
     }
-    let again = ask(&a, "恢复以后");
+    let again = a.ask("恢复以后");
     assert_eq!(again.header("x-cache"), Some("MISS"));
     wait_for_an_entry_in(&redis);
-    let hit = ask(&b, "恢复以后");
+    let hit = b.ask("恢复以后");
     assert_eq!(hit.header("x-cache"), Some("HIT"));
     assert_eq!(hit.body, again.body);
     // The value in Redis is compressed (not the plain JSON answer) and expires.
@@ -122,7 +102,7 @@ fn a_full_redis_fails_commands_not_the_link() {
     redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
     for i in 0..3 {
-        let r = ask(&svc, &format!("写不进去 {i}"));
+        let r = svc.ask(&format!("写不进去 {i}"));
         assert_eq!(r.header("x-cache"), Some("MISS"));
         // The answer's background SET is refused within a few ms; right
         // after it, the link must still be up (a refused command is not an
@@ -130,7 +110,7 @@ fn a_full_redis_fails_commands_not_the_link() {
         // probe, up to a second later). Absence of a state cannot be
         // polled for, hence the short fixed wait.
         std::thread::sleep(Duration::from_millis(150));
-        assert_eq!(cache_health(&svc)["status"], "healthy");
+        assert_eq!(svc.cache_health()["status"], "healthy");
     }
-    assert_eq!(redis_up(&svc), Some(1.0));
+    assert_eq!(svc.redis_up(), Some(1.0));
 }

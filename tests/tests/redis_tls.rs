@@ -11,48 +11,21 @@
 mod helper;
 
 use std::path::Path;
-use std::time::Duration;
 
 use heartalk_e2e::mock_ark::MockArk;
 use heartalk_e2e::redis_server::{RedisServer, TlsFiles};
 use helper::*;
-use serde_json::{Value, json};
-
-fn cache_health(svc: &Service) -> Value {
-    let r = http_get(svc.addr, "/api/v1/health", Duration::from_secs(5)).expect("health");
-    assert_eq!(r.status, 200, "degraded is still 200: {}", r.body);
-    r.json()["data"]["services"]["cache"].clone()
-}
-
-/// `ai_redis_up` on the service's `/metrics` (`None`: no such series).
-fn redis_up(svc: &Service) -> Option<f64> {
-    metric(svc.addr, "ai_redis_up", "")
-}
-
-fn ask(svc: &Service, text: &str) -> Response {
-    let r = svc.post(
-        "/api/v1/chat/generate",
-        &json!({"messages":[{"role":"user","content":text}]}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    r
-}
+use serde_json::json;
 
 /// The response-cache keys in Redis (read with redis-cli over TLS).
 fn cached_keys(redis: &RedisServer) -> String {
     redis.cli(&["--scan", "--pattern", "heartalk:resp:v1:*"])
 }
 
-/// The workers' log so far (raw: a line may be in the middle of being
-/// written).
-fn worker_log(svc: &Service) -> String {
-    std::fs::read_to_string(svc.sup.log_dir().join("heartalk.log")).unwrap_or_default()
-}
-
 /// Waits until the workers' log has a line containing every one of `parts`.
 fn wait_for_log_line(svc: &Service, what: &str, parts: &[&str]) -> String {
     wait_for(what, DEADLINE, || {
-        worker_log(svc)
+        svc.log()
             .lines()
             .find(|l| parts.iter().all(|p| l.contains(p)))
             .map(str::to_string)
@@ -78,10 +51,10 @@ fn the_l2_cache_is_shared_over_tls_with_a_private_ca() {
     let b = live_service(&ark.base_url(), &env);
     for svc in [&a, &b] {
         wait_for("the TLS link up", DEADLINE, || {
-            (redis_up(svc) == Some(1.0)).then_some(())
+            (svc.redis_up() == Some(1.0)).then_some(())
         });
         assert_eq!(
-            cache_health(svc),
+            svc.cache_health(),
             json!({"status": "healthy", "backends": ["memory", "redis"], "hit_rate": 0.0})
         );
         let line = wait_for_log_line(svc, "the connect log line", &["Redis connected"]);
@@ -91,12 +64,12 @@ fn the_l2_cache_is_shared_over_tls_with_a_private_ca() {
         );
     }
 
-    let first = ask(&a, "加密链路上的问题");
+    let first = a.ask("加密链路上的问题");
     assert_eq!(first.header("x-cache"), Some("MISS"));
     wait_for("an entry in Redis", DEADLINE, || {
         (!cached_keys(&redis).trim().is_empty()).then_some(())
     });
-    let second = ask(&b, "加密链路上的问题");
+    let second = b.ask("加密链路上的问题");
     assert_eq!(
         second.header("x-cache"),
         Some("HIT"),
@@ -105,7 +78,7 @@ fn the_l2_cache_is_shared_over_tls_with_a_private_ca() {
     assert_eq!(second.body, first.body);
     assert_eq!(ark.calls(), 1);
     for svc in [&a, &b] {
-        assert_eq!(redis_up(svc), Some(1.0));
+        assert_eq!(svc.redis_up(), Some(1.0));
     }
 }
 
@@ -145,20 +118,18 @@ fn without_its_ca_the_server_is_refused_and_answers_are_still_served() {
         );
         assert!(line.contains(why), "{case}: {why} expected in {line}");
         assert_eq!(
-            cache_health(&svc),
+            svc.cache_health(),
             json!({"status": "degraded", "backends": ["memory", "redis"], "hit_rate": 0.0}),
             "{case}"
         );
-        assert_eq!(redis_up(&svc), Some(0.0), "{case}");
-        let r = ask(&svc, &format!("没有证书也要回答 {i}"));
+        assert_eq!(svc.redis_up(), Some(0.0), "{case}");
+        let r = svc.ask(&format!("没有证书也要回答 {i}"));
         assert_eq!(r.header("x-cache"), Some("MISS"), "{case}");
         assert!(
-            worker_log(&svc)
-                .lines()
-                .all(|l| !l.contains("Redis connected")),
+            svc.log().lines().all(|l| !l.contains("Redis connected")),
             "{case}: the link never came up"
         );
-        assert_eq!(redis_up(&svc), Some(0.0), "{case}");
+        assert_eq!(svc.redis_up(), Some(0.0), "{case}");
     }
     assert_eq!(ark.calls(), 2, "every answer came from the upstream");
     assert!(
@@ -193,8 +164,8 @@ fn a_server_requiring_client_certificates_takes_the_client_pair() {
         "the refused handshake in the log",
         &["Redis not connected", "CertificateRequired"],
     );
-    assert_eq!(cache_health(&no_cert)["status"], "degraded");
-    assert_eq!(redis_up(&no_cert), Some(0.0));
+    assert_eq!(no_cert.cache_health()["status"], "degraded");
+    assert_eq!(no_cert.redis_up(), Some(0.0));
 
     let mutual = live_service(
         &ark.base_url(),
@@ -206,18 +177,18 @@ fn a_server_requiring_client_certificates_takes_the_client_pair() {
         ],
     );
     wait_for("the mutual-TLS link up", DEADLINE, || {
-        (redis_up(&mutual) == Some(1.0)).then_some(())
+        (mutual.redis_up() == Some(1.0)).then_some(())
     });
-    assert_eq!(cache_health(&mutual)["status"], "healthy");
+    assert_eq!(mutual.cache_health()["status"], "healthy");
     let line = wait_for_log_line(&mutual, "the connect log line", &["Redis connected"]);
     assert!(line.contains("\"client_cert\":true"), "{line}");
-    let r = ask(&mutual, "双向认证");
+    let r = mutual.ask("双向认证");
     assert_eq!(r.header("x-cache"), Some("MISS"));
     wait_for("an entry in Redis", DEADLINE, || {
         (!cached_keys(&redis).trim().is_empty()).then_some(())
     });
     // Still refused without the client certificate.
-    assert_eq!(redis_up(&no_cert), Some(0.0));
+    assert_eq!(no_cert.redis_up(), Some(0.0));
 }
 
 #[test]
@@ -250,11 +221,11 @@ fn tls_files_with_a_plaintext_url_are_refused_at_start() {
     // It runs without Redis rather than over a plaintext link that was
     // meant to be encrypted.
     assert_eq!(
-        cache_health(&svc),
+        svc.cache_health(),
         json!({"status": "healthy", "backends": ["memory"], "hit_rate": 0.0})
     );
-    assert_eq!(redis_up(&svc), None, "no link, no ai_redis_up");
-    let r = ask(&svc, "明文不行");
+    assert_eq!(svc.redis_up(), None, "no link, no ai_redis_up");
+    let r = svc.ask("明文不行");
     assert_eq!(r.header("x-cache"), Some("MISS"));
     assert!(cached_keys(&redis).trim().is_empty());
 }

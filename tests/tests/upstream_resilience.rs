@@ -13,13 +13,6 @@ use heartalk_e2e::mock_ark::{Behavior, MockArk};
 use helper::*;
 use serde_json::{Value, json};
 
-fn ask(svc: &Service, text: &str) -> Response {
-    svc.post(
-        "/api/v1/chat/generate",
-        &json!({"messages":[{"role":"user","content":text}]}),
-    )
-}
-
 fn providers_status(svc: &Service) -> Value {
     let r = http_get(svc.addr, "/api/v1/health", Duration::from_secs(5)).unwrap();
     r.json()["data"]["services"]["providers"]["status"].clone()
@@ -31,7 +24,7 @@ fn transient_failures_are_retried_and_counted_quota_is_not() {
     ark.push(Behavior::http_error(503, "busy"));
     ark.push(Behavior::http_error(503, "busy"));
     let svc = live_service(&ark.base_url(), &[]);
-    let r = ask(&svc, "重试一下");
+    let r = svc.generate("重试一下");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ark.calls(), 3, "two retries, then the answer");
     wait_for("retries in /metrics", Duration::from_secs(10), || {
@@ -40,7 +33,7 @@ fn transient_failures_are_retried_and_counted_quota_is_not() {
 
     ark.reset();
     ark.push(Behavior::quota_exceeded());
-    let r = ask(&svc, "没有额度了");
+    let r = svc.generate("没有额度了");
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.json()["code"], "UPSTREAM_RATE_LIMITED");
     assert_eq!(ark.calls(), 1, "a quota error is not retried");
@@ -59,13 +52,13 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_probe() {
         ],
     );
     for i in 0..3 {
-        let r = ask(&svc, &format!("失败 {i}"));
+        let r = svc.generate(&format!("失败 {i}"));
         assert_eq!(r.status, 502, "{}", r.body);
     }
     assert_eq!(ark.calls(), 3);
     // Open: fast failures, no upstream calls.
     for i in 0..3 {
-        let r = ask(&svc, &format!("熔断 {i}"));
+        let r = svc.generate(&format!("熔断 {i}"));
         assert_eq!(r.status, 502, "{}", r.body);
         let error = r.json()["error"].as_str().unwrap().to_string();
         assert!(error.contains("Circuit open"), "{error}");
@@ -81,14 +74,14 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_probe() {
     // The endpoint recovers; after the open period one probe closes it.
     ark.set(Behavior::success());
     std::thread::sleep(Duration::from_millis(2100));
-    let r = ask(&svc, "恢复了吗");
+    let r = svc.generate("恢复了吗");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ark.calls(), 4);
     assert_eq!(
         metric(svc.addr, "ai_circuit_state", "endpoint=\"chat\""),
         Some(0.0)
     );
-    assert_eq!(ask(&svc, "一切正常").status, 200);
+    assert_eq!(svc.generate("一切正常").status, 200);
     assert_eq!(ark.calls(), 5, "closed: calls go upstream again");
 }
 
@@ -103,7 +96,7 @@ fn a_failing_endpoint_falls_back_to_the_routes_second_endpoint() {
         ],
     );
     ark.push(Behavior::server_error());
-    let r = ask(&svc, "主节点挂了");
+    let r = svc.generate("主节点挂了");
     assert_eq!(r.status, 200, "{}", r.body);
     let bodies = ark.bodies();
     assert_eq!(bodies.len(), 2);
@@ -127,7 +120,7 @@ fn a_failing_endpoint_falls_back_to_the_routes_second_endpoint() {
     // A client error is not the endpoint's fault: no fallback.
     ark.reset();
     ark.push(Behavior::ark_error(400, "InvalidParameter", "bad"));
-    let r = ask(&svc, "参数错误");
+    let r = svc.generate("参数错误");
     assert_eq!(r.status, 502);
     assert_eq!(ark.calls(), 1);
 }

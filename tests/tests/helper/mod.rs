@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[allow(unused_imports)] // each test file uses a different subset
 pub use heartalk_e2e::{free_addr, free_port, repo};
@@ -537,6 +537,39 @@ impl Service {
 
     pub fn post(&self, path: &str, body: &Value) -> Response {
         post_json(self.addr, path, Some(&user_token()), body)
+    }
+
+    /// `POST /api/v1/chat/generate` with one user message (any status).
+    pub fn generate(&self, text: &str) -> Response {
+        self.post(
+            "/api/v1/chat/generate",
+            &json!({"messages":[{"role":"user","content":text}]}),
+        )
+    }
+
+    /// [`Service::generate`], asserting a 200.
+    pub fn ask(&self, text: &str) -> Response {
+        let r = self.generate(text);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r
+    }
+
+    /// `data.services.cache` of `/api/v1/health` (200 whether healthy or
+    /// degraded: asserted).
+    pub fn cache_health(&self) -> Value {
+        let r = http_get(self.addr, "/api/v1/health", Duration::from_secs(5)).expect("health");
+        assert_eq!(r.status, 200, "degraded is still 200: {}", r.body);
+        r.json()["data"]["services"]["cache"].clone()
+    }
+
+    /// `ai_redis_up` on `/metrics` (`None`: no such series).
+    pub fn redis_up(&self) -> Option<f64> {
+        metric(self.addr, "ai_redis_up", "")
+    }
+
+    /// The supervisor's log file so far (raw: a line may be half written).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.sup.log_dir().join("heartalk.log")).unwrap_or_default()
     }
 }
 
