@@ -225,7 +225,14 @@ fn reasoning_is_hidden_unless_shown() {
     // replaying the generate call's cached answer.
     let warmer = json!({"messages":[{"role":"user","content":"你好"}], "temperature": 0.9});
     let r = hidden.post("/api/v1/chat/stream", &warmer);
-    assert!(sse_json(&r.body).iter().all(|f| f["type"] != "reasoning"));
+    let frames = sse_json(&r.body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        frames.last().map(|f| f["type"].clone()),
+        Some(json!("complete")),
+        "{frames:?}"
+    );
+    assert!(frames.iter().all(|f| f["type"] != "reasoning"));
     let turn = ark.last_body().unwrap()["messages"][0]["content"]
         .as_str()
         .unwrap()

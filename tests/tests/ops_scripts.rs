@@ -424,6 +424,14 @@ fn backup_and_restore_round_trip_config_and_redis() {
         !info.contains("pa ss") && !url.is_empty(),
         "password leaked: {info}"
     );
+    // Nor in the URL's percent-encoded form (the user info of `url`).
+    let encoded = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(userinfo, _)| userinfo.trim_start_matches(':'))
+        .expect("the URL carries the password");
+    assert!(encoded.contains("%20"), "encoded: {encoded}");
+    assert!(!info.contains(encoded), "encoded password leaked: {info}");
     let listing = Command::new("tar")
         .arg("-tzf")
         .arg(backup.join("logs.tar.gz"))

@@ -978,6 +978,15 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+        // The common shapes take the typed path (otherwise the comparison
+        // above would only compare the tree with itself).
+        for body in &bodies[..3] {
+            assert!(
+                serde_json::from_slice::<Obj<WireCompletion>>(body).is_ok(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
         // The duplicate key: the tree keeps the last value, and so do we.
         assert_eq!(
             parse_completion(bodies[13]).unwrap().content,
