@@ -425,13 +425,30 @@ impl Fleet {
             .or_default() += 1;
     }
 
-    fn count_reload(&mut self, outcome: &'static str) {
+    /// A reload attempt is over: counted per app in
+    /// `heartalk_reloads_total`, and recorded (answering every request
+    /// numbered up to `covers`) with one outcome for both.
+    fn finish_reload(
+        &mut self,
+        covers: u64,
+        generation: u64,
+        outcome: &'static str,
+        reason: Option<String>,
+    ) {
         for app in &self.apps {
             *self
                 .reloads_by
                 .entry((app.config.name.clone(), outcome))
                 .or_default() += 1;
         }
+        self.reloads.finish(
+            covers,
+            ReloadOutcome {
+                generation,
+                outcome,
+                reason,
+            },
+        );
     }
 
     /// Brings every slot worker's PSS up to date for `status` and
@@ -1116,20 +1133,12 @@ impl Fleet {
         for name in replaced {
             self.count_restart(&name, "reload");
         }
-        self.count_reload("committed");
         tracing::info!(
             event = "reload_committed",
             generation = r.generation,
             draining = self.draining.len()
         );
-        self.reloads.finish(
-            r.covers,
-            ReloadOutcome {
-                generation: r.generation,
-                outcome: "committed",
-                reason: None,
-            },
-        );
+        self.finish_reload(r.covers, r.generation, "committed", None);
         self.announced_ready = true;
     }
 
@@ -1155,16 +1164,8 @@ impl Fleet {
                 }
             }
         }
-        self.count_reload("rolled_back");
         tracing::error!(event = "reload_rolled_back", generation = r.generation, reason = %reason, "the previous generation keeps serving");
-        self.reloads.finish(
-            r.covers,
-            ReloadOutcome {
-                generation: r.generation,
-                outcome: "rolled_back",
-                reason: Some(reason),
-            },
-        );
+        self.finish_reload(r.covers, r.generation, "rolled_back", Some(reason));
     }
 
     /// Whether a requested reload should start now: some request is not
@@ -1186,15 +1187,7 @@ impl Fleet {
     }
 
     fn refuse(&mut self, covers: u64, reason: String) {
-        self.count_reload("refused");
-        self.reloads.finish(
-            covers,
-            ReloadOutcome {
-                generation: self.generation + 1,
-                outcome: "refused",
-                reason: Some(reason),
-            },
-        );
+        self.finish_reload(covers, self.generation + 1, "refused", Some(reason));
     }
 
     /// Reload attempts finished since the last call, oldest first, each

@@ -46,17 +46,21 @@ pub async fn translate(
     let provider = svc.provider.clone();
     let (x_cache, outcome) = svc
         .cache
-        .answer(key, policy, || async move {
-            let c = provider.complete(request).await?;
-            crate::chat::count_tokens(c.usage.as_ref());
-            Ok(crate::cache::Entry {
-                content: c.content,
-                finish_reason: c.finish_reason,
-                usage: c.usage,
-                model: c.model,
-                ..crate::cache::Entry::default()
-            })
-        })
+        .answer(
+            move || key,
+            policy,
+            || async move {
+                let c = provider.complete(request).await?;
+                crate::chat::count_tokens(c.usage.as_ref());
+                Ok(crate::cache::Entry {
+                    content: c.content,
+                    finish_reason: c.finish_reason,
+                    usage: c.usage,
+                    model: c.model,
+                    ..crate::cache::Entry::default()
+                })
+            },
+        )
         .await;
     match outcome {
         Ok(entry) => {

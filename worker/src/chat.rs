@@ -228,16 +228,14 @@ pub async fn answer(
     prepared: Arc<Prepared>,
     policy: Policy,
 ) -> (&'static str, Result<Arc<cache::Entry>, UpstreamError>) {
-    let cache = &state.services.cache;
-    if !cache.enabled() {
-        return (
-            "MISS",
-            cache::uncached(generate_work(state, prepared)).await,
-        );
-    }
-    let key = cache_key(state, &prepared, &prepared.first_request());
-    cache
-        .answer(key, policy, || generate_work(state, prepared.clone()))
+    state
+        .services
+        .cache
+        .answer(
+            || cache_key(state, &prepared, &prepared.first_request()),
+            policy,
+            || generate_work(state, prepared.clone()),
+        )
         .await
 }
 
@@ -266,7 +264,7 @@ struct GenerateData<'a> {
 }
 
 /// The answer's usage, or zeros when the upstream reported none.
-struct UsageOrDefault<'a>(Option<&'a crate::provider::Usage>);
+pub struct UsageOrDefault<'a>(pub Option<&'a crate::provider::Usage>);
 
 impl Serialize for UsageOrDefault<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -426,8 +424,11 @@ pub async fn open_stream(
     policy: Policy,
 ) -> Result<(&'static str, EventStream), UpstreamError> {
     let svc = &state.services;
-    let key = cache_key(state, prepared, &first);
-    match svc.cache.begin(key, policy).await {
+    match svc
+        .cache
+        .begin_with(|| cache_key(state, prepared, &first), policy)
+        .await
+    {
         Begin::Hit(e) => Ok(("HIT", futures_util::stream::iter(e.replay()).boxed())),
         Begin::Join(mut s) => {
             s.started().await?;

@@ -23,6 +23,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::fnv::{self, fnv1a};
+
 /// Bytes of the table (what the supervisor allocates).
 pub const TABLE_BYTES: usize = shared::activation::LIMITS_TABLE_BYTES as usize;
 /// Slots probed before giving up.
@@ -36,17 +38,10 @@ const ID_MASK: u64 = !(COUNT_MASK | CLAIMING);
 /// FNV-1a over the parts, then a splitmix64 finaliser: stable across builds
 /// (old and new generations share windows during a reload).
 fn hash(key: &str, window: u64, window_start: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    feed(key.as_bytes());
-    feed(&[0xff]);
-    feed(&window.to_le_bytes());
-    feed(&window_start.to_le_bytes());
+    let mut h = fnv1a(key.as_bytes(), fnv::OFFSET);
+    h = fnv1a(&[0xff], h);
+    h = fnv1a(&window.to_le_bytes(), h);
+    h = fnv1a(&window_start.to_le_bytes(), h);
     let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -238,8 +233,10 @@ impl Drop for SharedTable {
     }
 }
 
-/// A memfd of `TABLE_BYTES` (tests and the supervisor's twin of it).
-pub fn create_memfd() -> std::io::Result<OwnedFd> {
+/// A memfd of `TABLE_BYTES`, for the tests (the supervisor creates the real
+/// one: `supervisor/src/sys.rs`).
+#[cfg(test)]
+fn create_memfd() -> std::io::Result<OwnedFd> {
     // SAFETY: memfd_create with a static NUL-terminated name; ftruncate on
     // the descriptor it returned.
     unsafe {

@@ -35,6 +35,7 @@ pub mod clock;
 pub mod cors;
 pub mod fleet_limits;
 pub mod fleet_metrics;
+pub mod fnv;
 pub mod health;
 pub mod history;
 pub mod listener;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Response, StatusCode};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::cache::Policy;
@@ -152,32 +153,59 @@ pub async fn completions(
     match outcome {
         Err(e) => crate::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi),
         Ok(entry) => {
-            let mut message = json!({"role": "assistant", "content": entry.content});
-            if let Some(r) = entry
-                .reasoning_content
-                .as_ref()
-                .filter(|r| prepared.plan.switches.show_reasoning && !r.is_empty())
-            {
-                message["reasoning_content"] = json!(r);
-            }
-            let body = json!({
-                "id": id,
-                "object": "chat.completion",
-                "created": created,
-                "model": entry.model.as_deref().unwrap_or(&prepared.plan.model),
-                "choices": [{
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": entry.finish_reason.as_deref().unwrap_or("stop"),
+            let body = Completion {
+                id: &id,
+                object: "chat.completion",
+                created,
+                model: entry.model.as_deref().unwrap_or(&prepared.plan.model),
+                choices: [Choice {
+                    index: 0,
+                    message: Message {
+                        role: "assistant",
+                        content: &entry.content,
+                        reasoning_content: entry
+                            .reasoning_content
+                            .as_deref()
+                            .filter(|r| prepared.plan.switches.show_reasoning && !r.is_empty()),
+                    },
+                    finish_reason: entry.finish_reason.as_deref().unwrap_or("stop"),
                 }],
-                "usage": entry.usage.clone().unwrap_or_default(),
-            });
+                usage: crate::chat::UsageOrDefault(entry.usage.as_ref()),
+            };
             let mut resp = response::json(StatusCode::OK, &body);
             resp.headers_mut()
                 .insert("x-cache", HeaderValue::from_static(x_cache));
             resp
         }
     }
+}
+
+/// A whole `chat.completion` object, serialised from the answer without a
+/// `serde_json::Value` tree (this runs for every answer), fields in
+/// OpenAI's order.
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: crate::chat::UsageOrDefault<'a>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: Message<'a>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
 }
 
 /// `GET /v1/models`: what `model` accepts.
@@ -200,6 +228,38 @@ pub fn models(state: &AppState) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The completion object's bytes: OpenAI's field order, the
+    /// reasoning only when given, usage zeros when the upstream gave none.
+    #[test]
+    fn a_completion_is_byte_exact() {
+        let mut body = Completion {
+            id: "chatcmpl-r1",
+            object: "chat.completion",
+            created: 7,
+            model: "ep-chat",
+            choices: [Choice {
+                index: 0,
+                message: Message {
+                    role: "assistant",
+                    content: "你好",
+                    reasoning_content: Some("想"),
+                },
+                finish_reason: "stop",
+            }],
+            usage: crate::chat::UsageOrDefault(None),
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"id":"chatcmpl-r1","object":"chat.completion","created":7,"model":"ep-chat","choices":[{"index":0,"message":{"role":"assistant","content":"你好","reasoning_content":"想"},"finish_reason":"stop"}],"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}"#
+        );
+        body.choices[0].message.reasoning_content = None;
+        assert!(
+            !serde_json::to_string(&body)
+                .unwrap()
+                .contains("reasoning_content")
+        );
+    }
 
     fn settings() -> crate::settings::Settings {
         crate::settings::Settings::from_lookup(|k| match k {

@@ -319,22 +319,18 @@ impl ResponseCache {
     /// Hit, join or lead (see the module doc). Counted in
     /// `ai_cache_requests_total{cache="response"}`.
     pub async fn begin(&self, key: Key, policy: Policy) -> Begin {
-        let private = |store: bool| {
-            let f = Flight::new();
-            let s = f.subscribe();
-            Begin::Lead(
-                f,
-                s,
-                Lead {
-                    key,
-                    store,
-                    registered: false,
-                },
-            )
-        };
+        self.begin_with(move || key, policy).await
+    }
+
+    /// [`ResponseCache::begin`] with the key made only when it is needed:
+    /// with the cache off there is nothing to look up, so nothing to hash.
+    pub async fn begin_with(&self, key: impl FnOnce() -> Key, policy: Policy) -> Begin {
         if !self.enabled {
-            return private(false);
+            // Unregistered: its key is never read.
+            return private_lead(Key([0; 32]), false);
         }
+        let key = key();
+        let private = |store: bool| private_lead(key, store);
         if !policy.lookup {
             telemetry::cache_lookup("response", "miss");
             return private(policy.store);
@@ -452,26 +448,24 @@ impl ResponseCache {
         }
     }
 
-    /// Whether answers are looked up and stored at all (`CACHE_ENABLED`).
-    /// When not, callers skip the key and call [`uncached`]: no key to
-    /// hash, no flight, no task.
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    /// A whole answer for `key` with its `X-Cache` value: stored, from an
-    /// identical call in flight, or from `work()` (made only when this
-    /// request leads).
+    /// A whole answer for `key()` with its `X-Cache` value: stored, from
+    /// an identical call in flight, or from `work()` (made only when this
+    /// request leads). With the cache off (`CACHE_ENABLED=false`) the call
+    /// runs in the request's own task ([`uncached`]): no key to hash, no
+    /// flight, no task.
     pub async fn answer<W>(
         self: &Arc<Self>,
-        key: Key,
+        key: impl FnOnce() -> Key,
         policy: Policy,
         work: impl FnOnce() -> W,
     ) -> (&'static str, Result<Arc<Entry>, UpstreamError>)
     where
         W: std::future::Future<Output = Result<Entry, UpstreamError>> + Send + 'static,
     {
-        match self.begin(key, policy).await {
+        if !self.enabled {
+            return ("MISS", uncached(work()).await);
+        }
+        match self.begin_with(key, policy).await {
             Begin::Hit(e) => ("HIT", Ok(e)),
             Begin::Join(mut s) => ("COALESCED", s.answer().await),
             Begin::Lead(flight, mut s, lead) => {
@@ -591,11 +585,27 @@ impl ResponseCache {
     }
 }
 
+/// A call of this request's own, joined by no one and stored under `key`
+/// only when `store` (and the cache is on).
+fn private_lead(key: Key, store: bool) -> Begin {
+    let f = Flight::new();
+    let s = f.subscribe();
+    Begin::Lead(
+        f,
+        s,
+        Lead {
+            key,
+            store,
+            registered: false,
+        },
+    )
+}
+
 /// A whole answer from `work`, with the cache off: the call runs in the
 /// request's own task, so a client that leaves cancels it by dropping it,
 /// as the last listener of a flight would. A panic in the call becomes the
 /// same error a flight gives its listeners, not a dropped connection.
-pub async fn uncached<W>(work: W) -> Result<Arc<Entry>, UpstreamError>
+async fn uncached<W>(work: W) -> Result<Arc<Entry>, UpstreamError>
 where
     W: std::future::Future<Output = Result<Entry, UpstreamError>>,
 {

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::{
     Completion, CompletionRequest, EventStream, Provider, StreamEvent, UpstreamError, Usage,
 };
+use crate::fnv::{OFFSET as FNV_OFFSET, fnv1a};
 use crate::tokens::estimate;
 
 /// Timing and shape of the simulated answers (API.md §14).
@@ -56,18 +57,6 @@ const SENTENCES: &[&str] = &[
 const QUOTE_CHARS: usize = 16;
 /// Characters per streamed chunk (≈ 3 estimated tokens of Chinese).
 const CHUNK_CHARS: usize = 2;
-
-/// 64-bit FNV-1a, written out so answers are stable across builds and
-/// processes (std's hasher is randomly seeded).
-pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// The stable hash of everything the answer may depend on.
 fn request_hash(req: &CompletionRequest) -> u64 {
@@ -280,13 +269,6 @@ mod tests {
             tokens_per_sec: 0,
             reasoning,
         })
-    }
-
-    #[test]
-    fn fnv1a_matches_the_reference_vectors() {
-        assert_eq!(fnv1a(b"", FNV_OFFSET), 0xcbf29ce484222325);
-        assert_eq!(fnv1a(b"a", FNV_OFFSET), 0xaf63dc4c8601ec8c);
-        assert_eq!(fnv1a(b"foobar", FNV_OFFSET), 0x85944171f73967e8);
     }
 
     #[test]
