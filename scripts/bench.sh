@@ -2,7 +2,7 @@
 # Benchmarks on 127.0.0.1 only, with wrk; each mode rewrites its own section
 # of docs/benchmarks.md (the hand-written "## Notes" stay).
 #
-#   scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs]   (default: all, ~8 minutes)
+#   scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang]   (default: all, ~9 minutes)
 #   BENCH_SECONDS=3 RUNS=1 scripts/bench.sh pipeline  # quick smoke run
 #
 # pipeline  POST /api/v1/chat/generate through `heartalk run` (release, live mode)
@@ -21,14 +21,17 @@
 #           (PM2: a 150 MB limit reached 270 MB).
 # metrics   fleet-wide /metrics scrape latency with 16 workers (target < 50 ms).
 # logs      throughput cost of request logging and the supervisor's CPU share.
+# hang      wrk 25 s at 50 connections on /health while one of 2 workers is
+#           SIGSTOPped for 15 s: with `watchdog = "2s"` and with the watchdog off
+#           (failed requests, worst latency, time to replacement).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=${1:-all}
 case $MODE in
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  all | pipeline | cache | reload | memory | metrics | logs) ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs]" >&2; exit 64 ;;
+  all | pipeline | cache | reload | memory | metrics | logs | hang) ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang]" >&2; exit 64 ;;
 esac
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 RUNS=${RUNS:-4}
@@ -552,13 +555,96 @@ PY
   } | python3 "$REPORT" section "$OUT" logs
 }
 
+bench_hang() {
+  echo "== hang: one of 2 workers SIGSTOPped for 15 s, watchdog 2 s vs off"
+  local watchdog
+  for watchdog in 2s 0; do
+    start_heartalk "$(cat <<TOML
+[[apps]]
+name = "heartalk"
+script = "$BIN/heartalk-worker"
+instances = 2
+listen = "127.0.0.1:@PORT@"
+watchdog = "$watchdog"
+[apps.env]
+LOG_LEVEL = "warn"
+TOML
+)"
+    local sock=$WORK/ctl-$SVC_PORT.sock victim
+    # Wait for the first pings, then pick slot 0's worker.
+    sleep 1.5
+    victim=$("$BIN/heartalk" status --json --socket "$sock" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["apps"][0]["workers"][0]["pid"])')
+    (
+      sleep 5
+      date +%s.%N >"$WORK/stopped-$watchdog.txt"
+      kill -STOP "$victim"
+      sleep 15
+      kill -CONT "$victim" 2>/dev/null || true
+    ) &
+    local stopper=$!
+    # A 20 s timeout, so a request stuck on the stopped worker is measured
+    # as latency instead of being dropped by wrk's 2 s default.
+    wrk -t2 -c50 -d25s --timeout 20s --latency "http://127.0.0.1:$SVC_PORT/health" >"$WORK/hang-$watchdog.txt"
+    python3 "$REPORT" wrk <"$WORK/hang-$watchdog.txt" >"$WORK/hang-$watchdog.json" || {
+      cat "$WORK/hang-$watchdog.txt" >&2
+      exit 1
+    }
+    wait "$stopper"
+    grep -E '"event":"(worker_hung|worker_ready)"' "$WORK/heartalk.log" >"$WORK/events-$watchdog.jsonl" || true
+    echo "$victim" >"$WORK/victim-$watchdog.txt"
+    kill -TERM "$SUP_PID"; wait "$SUP_PID" 2>/dev/null || true
+    PIDS=("${PIDS[@]/$SUP_PID}")
+  done
+  stop_all
+  {
+    header
+    python3 - "$WORK" <<'PY'
+import datetime, json, sys
+w = sys.argv[1]
+def ts(e):
+    return datetime.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+rows = []
+for wd, label in (("2s", '`watchdog = "2s"`'), ("0", 'watchdog off (`"0"`)')):
+    r = json.load(open(f"{w}/hang-{wd}.json"))
+    stopped = float(open(f"{w}/stopped-{wd}.txt").read())
+    victim = int(open(f"{w}/victim-{wd}.txt").read())
+    events = [json.loads(l) for l in open(f"{w}/events-{wd}.jsonl") if l.strip()]
+    hung = [ts(e) - stopped for e in events if e["event"] == "worker_hung" and e["pid"] == victim]
+    ready = [ts(e) - stopped for e in events
+             if e["event"] == "worker_ready" and e["slot"] == 0 and e["pid"] != victim and ts(e) > stopped]
+    detect = f"{hung[0]:.2f} s" if hung else "never"
+    replace = f"{ready[0]:.2f} s" if ready else "never"
+    failed = r["non2xx"] + r["errors"]
+    rows.append(f"| {label} | {r['requests']} | {r['rps']:.0f} | {failed} | {r['p99']:.1f} | {r['max'] / 1000:.2f} s | {detect} | {replace} |")
+print("""
+## A hung worker
+
+`GET /health` (simulated mode), wrk 25 s at 50 keep-alive connections with a 20 s request
+timeout; 2 workers; 5 s in, slot 0's worker gets SIGSTOP, and SIGCONT 15 s later (if it is
+still there). Times are from the SIGSTOP.
+
+| run | requests | req/s | failed | p99 ms | slowest answer | hung detected | replacement ready |
+|---|---|---|---|---|---|---|---|""")
+print("\n".join(rows))
+print("""
+Failed requests are the ones the stopped worker had already accepted: its connections are
+reset when it is killed (2 s after SIGABRT), and wrk reconnects (they are not in the
+latency columns). With the watchdog off they, and every new connection the kernel hashes
+to the stopped worker's socket, wait until SIGCONT: the slowest answers took the whole 15 s,
+and without the SIGCONT they would never come.""")
+PY
+  } | python3 "$REPORT" section "$OUT" hang
+}
+
 case $MODE in
   pipeline) bench_pipeline ;;
+  hang) bench_hang ;;
   cache) bench_cache ;;
   reload) bench_reload ;;
   memory) bench_memory ;;
   metrics) bench_metrics ;;
   logs) bench_logs ;;
-  all) bench_pipeline; bench_cache; bench_reload; bench_memory; bench_metrics; bench_logs ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs]" >&2; exit 64 ;;
+  all) bench_pipeline; bench_cache; bench_reload; bench_memory; bench_metrics; bench_logs; bench_hang ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang]" >&2; exit 64 ;;
 esac

@@ -10,7 +10,7 @@ import time
 
 
 def wrk(text):
-    """wrk --latency output -> dict(rps, p50, p99, requests, non2xx, errors)."""
+    """wrk --latency output -> dict(rps, p50, p99, max, requests, non2xx, errors)."""
     if "50%" not in text:
         sys.exit("wrk gave no latency distribution:\n" + text)
 
@@ -24,8 +24,9 @@ def wrk(text):
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-        "p50": ms(re.search(r"^\s+50%\s+(\S+)$", text, re.M).group(1)),
-        "p99": ms(re.search(r"^\s+99%\s+(\S+)$", text, re.M).group(1)),
+        "p50": ms(re.search(r"^\s+50%\s+(\S+)\s*$", text, re.M).group(1)),
+        "p99": ms(re.search(r"^\s+99%\s+(\S+)\s*$", text, re.M).group(1)),
+        "max": ms(re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", text, re.M).group(1)),
         "requests": int(re.search(r"(\d+) requests in", text).group(1)),
         "non2xx": int(re.search(r"Non-2xx or 3xx responses: (\d+)", text).group(1)) if "Non-2xx" in text else 0,
         "errors": sum(int(x) for x in m.groups()) if m else 0,

@@ -1,6 +1,7 @@
 //! The two systemd protocols a worker speaks: socket activation
 //! (`LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`, fds from 3) and readiness
-//! (`sd_notify`: `READY=1` as a datagram to `NOTIFY_SOCKET`).
+//! (`sd_notify`: `READY=1` as a datagram to `NOTIFY_SOCKET`), with its
+//! watchdog (`WATCHDOG_USEC`/`WATCHDOG_PID`: ping `WATCHDOG=1` in time).
 //!
 //! Because these are systemd's own protocols, a worker built on them runs
 //! unchanged under `heartalk`, under systemd socket activation, or alone.
@@ -29,6 +30,13 @@ pub mod env {
     pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
     /// Where `READY=1` and the other sd_notify states go (`@name`: abstract).
     pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+    /// The watchdog interval in microseconds: a program that pings
+    /// `WATCHDOG=1` must do so more often than this (systemd's
+    /// `sd_watchdog_enabled(3)`; unset = no watchdog).
+    pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+    /// The pid the watchdog is meant for (a child that inherited
+    /// `WATCHDOG_USEC` must not ping on its parent's behalf).
+    pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
     /// The app's name in `ecosystem.toml`.
     pub const HEARTALK_APP: &str = "HEARTALK_APP";
     /// The worker's slot number within its app.
@@ -43,6 +51,9 @@ pub mod env {
     pub const HEARTALK_CONTROL_SOCKET: &str = "HEARTALK_CONTROL_SOCKET";
     /// The descriptor of the fleet-wide rate-limit table (a memfd).
     pub const HEARTALK_LIMITS_FD: &str = "HEARTALK_LIMITS_FD";
+    /// The descriptor of the fleet-state page (a memfd of
+    /// [`super::FLEET_STATE_BYTES`]; layout in [`super::fleet_state`]).
+    pub const HEARTALK_FLEET_FD: &str = "HEARTALK_FLEET_FD";
 
     /// Every name above: the supervisor strips all of them from the
     /// environment it passes on and sets its own, and `[apps.env]` may not
@@ -53,12 +64,15 @@ pub mod env {
         LISTEN_PID,
         LISTEN_FDNAMES,
         NOTIFY_SOCKET,
+        WATCHDOG_USEC,
+        WATCHDOG_PID,
         HEARTALK_APP,
         HEARTALK_WORKER_ID,
         HEARTALK_GENERATION,
         HEARTALK_METRICS_SOCKET,
         HEARTALK_CONTROL_SOCKET,
         HEARTALK_LIMITS_FD,
+        HEARTALK_FLEET_FD,
     ];
 }
 
@@ -68,6 +82,32 @@ pub const LISTEN_FDS_START: RawFd = 3;
 /// Size of the fleet-wide rate-limit table (a memfd the supervisor passes as
 /// `HEARTALK_LIMITS_FD`; the worker's `fleet_limits` module owns its layout).
 pub const LIMITS_TABLE_BYTES: u64 = 4 << 20;
+
+/// Size of the fleet-state page (a memfd the supervisor passes as
+/// `HEARTALK_FLEET_FD`): one page, laid out as [`fleet_state`] says.
+pub const FLEET_STATE_BYTES: u64 = 4096;
+
+/// The layout of the fleet-state page: what the supervisor tells every
+/// worker about the whole fleet, without a message per change.
+///
+/// The page is an array of native-endian `u64` words, each read and
+/// written only as an `AtomicU64` (the page is page-aligned, so every word
+/// is aligned). Only the supervisor writes; workers map it read-only.
+/// Words not listed here are zero and reserved.
+pub mod fleet_state {
+    /// Word 0: how many slots of the fleet are currently not serving
+    /// (their worker reported `X_HEARTALK_DEGRADED=1`, or is hung). While
+    /// it is above zero every worker's `/ready` answers 503 `degraded`, so
+    /// a load balancer steers away from the whole container rather than
+    /// only from the worker it cannot reach.
+    pub const NOT_SERVING: usize = 0;
+}
+
+/// The sd_notify assignment a worker sends when it cannot accept
+/// connections (`X_HEARTALK_DEGRADED=1`, its connection budget or its
+/// descriptors are exhausted) and when it can again (`=0`). Custom
+/// assignments start with `X_`, systemd's convention for app-specific ones.
+pub const NOTIFY_DEGRADED: &str = "X_HEARTALK_DEGRADED";
 
 /// Errors reading the socket-activation environment.
 #[derive(Debug, thiserror::Error)]
@@ -173,9 +213,50 @@ pub fn notify(state: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The watchdog interval this process must ping within, as systemd's
+/// `sd_watchdog_enabled(3)` reads it: `WATCHDOG_USEC` set to a positive
+/// number and `WATCHDOG_PID`, if set, equal to our pid. `None` means no
+/// watchdog: the process never pings, and nothing watches it.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    watchdog_from(
+        std::env::var(env::WATCHDOG_USEC).ok().as_deref(),
+        std::env::var(env::WATCHDOG_PID).ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+/// [`watchdog_interval`] on given values (pure, for tests).
+pub fn watchdog_from(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    own_pid: u32,
+) -> Option<std::time::Duration> {
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok()? != own_pid {
+            return None;
+        }
+    }
+    let usec: u64 = usec?.trim().parse().ok()?;
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_is_read_as_systemd_reads_it() {
+        let ten = Some(std::time::Duration::from_secs(10));
+        assert_eq!(watchdog_from(Some("10000000"), None, 7), ten);
+        assert_eq!(watchdog_from(Some("10000000"), Some("7"), 7), ten);
+        // meant for another process (a worker's child inherited it)
+        assert_eq!(watchdog_from(Some("10000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_from(Some("10000000"), Some("x"), 7), None);
+        // off, or not a number
+        assert_eq!(watchdog_from(None, Some("7"), 7), None);
+        assert_eq!(watchdog_from(Some("0"), None, 7), None);
+        assert_eq!(watchdog_from(Some("soon"), None, 7), None);
+    }
 
     #[test]
     fn notify_reaches_an_abstract_socket() {

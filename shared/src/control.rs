@@ -124,7 +124,9 @@ pub struct WorkerStatus {
     /// `None` while the slot has no process (waiting for a restart, errored).
     pub pid: Option<u32>,
     pub generation: Option<u64>,
-    /// `starting`, `online`, `waiting`, `stopping`, `stopped`, `errored`.
+    /// `starting`, `online`, `degraded` (cannot accept connections),
+    /// `hung` (watchdog expired, being replaced), `waiting`, `stopping`,
+    /// `stopped`, `errored`.
     pub state: String,
     pub uptime_secs: Option<f64>,
     pub restarts: u32,
@@ -135,6 +137,10 @@ pub struct WorkerStatus {
     pub pss_bytes: Option<u64>,
     /// HTTP requests this worker has answered (from its metrics).
     pub requests: Option<u64>,
+    /// Seconds since its latest watchdog ping (`None`: it never pinged, so
+    /// no watchdog watches it).
+    #[serde(default)]
+    pub watchdog_ping_age_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -52,10 +52,16 @@ pub enum SetupError {
     },
 }
 
+/// A slot's state. `Degraded` and `Hung` are how an `Online` slot is
+/// *shown* (in `status` and /metrics) while its worker reports that it
+/// cannot accept connections, or after its watchdog expired and until its
+/// replacement takes over; the lifecycle rules only ever store the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotState {
     Starting,
     Online,
+    Degraded,
+    Hung,
     Waiting,
     Stopping,
     Stopped,
@@ -64,9 +70,11 @@ pub enum SlotState {
 
 impl SlotState {
     /// Every state, in the order `status` and the metrics list them.
-    pub const ALL: [SlotState; 6] = [
+    pub const ALL: [SlotState; 8] = [
         SlotState::Starting,
         SlotState::Online,
+        SlotState::Degraded,
+        SlotState::Hung,
         SlotState::Waiting,
         SlotState::Stopping,
         SlotState::Stopped,
@@ -79,6 +87,8 @@ impl fmt::Display for SlotState {
         f.write_str(match self {
             SlotState::Starting => "starting",
             SlotState::Online => "online",
+            SlotState::Degraded => "degraded",
+            SlotState::Hung => "hung",
             SlotState::Waiting => "waiting",
             SlotState::Stopping => "stopping",
             SlotState::Stopped => "stopped",
@@ -92,8 +102,8 @@ impl fmt::Display for SlotState {
 pub struct ExitInfo {
     /// `crash` (non-zero exit or signal), `exit` (code 0 while not asked to
     /// stop), `listen_timeout`, `spawn_failed`, `memory` (killed over
-    /// `max_memory_hard`), `stopped`, `reload` or `memory` (replaced and
-    /// drained).
+    /// `max_memory_hard`), `hung` (its watchdog expired: SIGABRT, then
+    /// SIGKILL), `stopped`, `reload` or `memory` (replaced and drained).
     pub reason: &'static str,
     pub code: Option<i32>,
     pub signal: Option<String>,
@@ -116,6 +126,12 @@ struct Worker {
     killed: bool,
     /// Abstract socket name it serves its metrics on.
     metrics_id: String,
+    /// Its latest `WATCHDOG=1`; the first one arms its watchdog.
+    last_ping: Option<Instant>,
+    /// When its watchdog expired (it is being replaced and killed).
+    hung_at: Option<Instant>,
+    /// It reported that it cannot accept connections (`X_HEARTALK_DEGRADED=1`).
+    degraded: bool,
 }
 
 impl Worker {
@@ -137,7 +153,15 @@ impl Worker {
             failed_start: false,
             kill_reason: None,
             killed: false,
+            last_ping: None,
+            hung_at: None,
+            degraded: false,
         }
+    }
+
+    /// Whether this worker counts as not serving (degraded or hung).
+    fn not_serving(&self) -> bool {
+        self.degraded || self.hung_at.is_some()
     }
 }
 
@@ -264,6 +288,11 @@ pub struct Fleet {
     /// Every worker's latest PSS: read at most once per
     /// `memory_check_interval`, by the guard or for `status`/`/metrics`.
     pss: memory::PssCache,
+    /// Hung workers by (app, reason: silent | trigger).
+    hangs_by: BTreeMap<(String, &'static str), u64>,
+    /// The page every worker's `/ready` reads: how many slots are not
+    /// serving (`HEARTALK_FLEET_FD`).
+    fleet_state: Option<crate::fleet_state::FleetState>,
 }
 
 /// A read-only picture of the fleet, for `status` and `/metrics`.
@@ -277,6 +306,8 @@ pub struct FleetView {
     pub stopping: bool,
     pub restarts_by: Vec<(String, &'static str, u64)>,
     pub reloads_by: Vec<(String, &'static str, u64)>,
+    /// Watchdog expiries by (app, reason).
+    pub hangs_by: Vec<(String, &'static str, u64)>,
 }
 
 pub struct AppView {
@@ -302,6 +333,8 @@ pub struct WorkerView {
     pub metrics_id: String,
     /// The latest PSS reading (see [`Fleet::refresh_pss`]), if any.
     pub pss: Option<u64>,
+    /// Its latest watchdog ping (`None`: it never pinged, not watched).
+    pub last_ping: Option<Instant>,
 }
 
 /// Builds the runtime form of `config`'s apps, reusing the slot sockets of
@@ -394,6 +427,8 @@ impl Fleet {
             restarts_by: BTreeMap::new(),
             reloads_by: BTreeMap::new(),
             pss: memory::PssCache::default(),
+            hangs_by: BTreeMap::new(),
+            fleet_state: None,
         })
     }
 
@@ -401,6 +436,20 @@ impl Fleet {
     /// on (the caller keeps it open for the fleet's life).
     pub fn set_limits_fd(&mut self, fd: Option<std::os::fd::RawFd>) {
         self.limits_fd = fd;
+    }
+
+    /// Passes this fleet-state page to every worker launched from now on,
+    /// and keeps its count of slots not serving up to date.
+    pub fn set_fleet_state(&mut self, state: crate::fleet_state::FleetState) {
+        state.set_not_serving(self.not_serving());
+        self.fleet_state = Some(state);
+    }
+
+    /// Publishes the count of slots not serving to the workers' page.
+    fn publish(&self) {
+        if let Some(page) = &self.fleet_state {
+            page.set_not_serving(self.not_serving());
+        }
     }
 
     /// Tells workers where the control socket is (for `/metrics` on the
@@ -483,13 +532,14 @@ impl Fleet {
                     .iter()
                     .map(|s| SlotView {
                         slot: s.index,
-                        state: s.state,
+                        state: shown_state(s),
                         worker: s.worker.as_ref().map(|w| WorkerView {
                             pid: w.pid,
                             generation: w.generation,
                             started: w.spawned_at,
                             metrics_id: w.metrics_id.clone(),
                             pss: self.pss.latest(w.pid),
+                            last_ping: w.last_ping,
                         }),
                         restarts: s.restarts,
                         unstable_restarts: s.unstable,
@@ -519,7 +569,23 @@ impl Fleet {
                 .iter()
                 .map(|((a, o), n)| (a.clone(), *o, *n))
                 .collect(),
+            hangs_by: self
+                .hangs_by
+                .iter()
+                .map(|((a, r), n)| (a.clone(), *r, *n))
+                .collect(),
         }
+    }
+
+    /// How many current workers are not serving (degraded or hung): what
+    /// every worker's `/ready` reads from the fleet-state page.
+    pub fn not_serving(&self) -> u64 {
+        self.apps
+            .iter()
+            .flat_map(|a| &a.slots)
+            .filter_map(|s| s.worker.as_ref())
+            .filter(|w| w.not_serving())
+            .count() as u64
     }
 
     /// Forks a worker for `slot` of `app`, with its output pipes when
@@ -552,6 +618,7 @@ impl Fleet {
             metrics_socket: metrics_id,
             control_socket: self.control_socket.as_deref(),
             limits_fd: self.limits_fd,
+            fleet_fd: self.fleet_state.as_ref().map(|f| f.fd()),
             outputs: pipes
                 .as_ref()
                 .map(|((_, o), (_, e))| (o.as_raw_fd(), e.as_raw_fd())),
@@ -637,6 +704,11 @@ impl Fleet {
 
     /// A child was reaped. Orphans (not workers) are only logged.
     pub fn on_exit(&mut self, pid: Pid, status: WaitStatus, now: Instant) {
+        self.exited(pid, status, now);
+        self.publish();
+    }
+
+    fn exited(&mut self, pid: Pid, status: WaitStatus, now: Instant) {
         self.pss.forget(pid);
         let Some(role) = self.pids.remove(&pid) else {
             tracing::debug!(event = "orphan_reaped", pid = pid.as_raw(), status = ?status);
@@ -800,6 +872,11 @@ impl Fleet {
 
     /// A datagram arrived on the notify socket.
     pub fn on_notify(&mut self, msg: &Message, now: Instant) {
+        self.notified(msg, now);
+        self.publish();
+    }
+
+    fn notified(&mut self, msg: &Message, now: Instant) {
         let Some(&role) = self.pids.get(&msg.pid) else {
             tracing::debug!(
                 event = "notify_ignored",
@@ -808,6 +885,9 @@ impl Fleet {
             );
             return;
         };
+        if msg.watchdog || msg.watchdog_trigger || msg.degraded.is_some() {
+            self.on_liveness(role, msg, now);
+        }
         if !msg.ready {
             return;
         }
@@ -842,16 +922,26 @@ impl Fleet {
                     let kill_timeout = app.config.kill_timeout;
                     let name = app.config.name.clone();
                     let index = slot.index;
-                    self.count_restart(&name, "memory");
-                    // What `status` shows as the slot's last exit: the old
-                    // worker was replaced for its memory (it drains on).
+                    // Replaced for its memory (it drains on), or hung (its
+                    // SIGKILL is already scheduled).
+                    let reason = if old.hung_at.is_some() {
+                        "hung"
+                    } else {
+                        "memory"
+                    };
+                    self.count_restart(&name, reason);
+                    // What `status` shows as the slot's last exit.
                     let app = &mut self.apps[a];
                     app.slots[s].last_exit = Some(ExitInfo {
-                        reason: "memory",
+                        reason,
                         code: None,
                         signal: None,
                     });
-                    self.drain(old, &name, index, "memory", kill_timeout, None, now);
+                    if old.hung_at.is_some() {
+                        self.retire_hung(old, &name, index, now);
+                    } else {
+                        self.drain(old, &name, index, "memory", kill_timeout, None, now);
+                    }
                 }
             }
             Role::Next(a, s) => {
@@ -892,6 +982,120 @@ impl Fleet {
             );
         }
         all
+    }
+
+    /// A worker's liveness news: a watchdog ping, a request to be treated
+    /// as hung, or a change of its ability to accept connections.
+    fn on_liveness(&mut self, role: Role, msg: &Message, now: Instant) {
+        let (a, s) = match role {
+            Role::Current(a, s) => (a, s),
+            Role::Successor(a, s) => {
+                if let Some(w) = self.apps[a].slots[s].successor.as_mut() {
+                    note_liveness(w, msg, now);
+                }
+                return;
+            }
+            Role::Next(a, s) => {
+                let w = self
+                    .rollout
+                    .as_mut()
+                    .and_then(|r| r.apps[a].slots[s].worker.as_mut());
+                if let Some(w) = w {
+                    note_liveness(w, msg, now);
+                }
+                return;
+            }
+            Role::Draining => return,
+        };
+        let app = &mut self.apps[a];
+        let slot = &mut app.slots[s];
+        let Some(w) = slot.worker.as_mut() else {
+            return;
+        };
+        let was_degraded = w.degraded;
+        note_liveness(w, msg, now);
+        if w.degraded != was_degraded && w.hung_at.is_none() {
+            if w.degraded {
+                tracing::warn!(
+                    event = "worker_degraded",
+                    app = %app.config.name,
+                    slot = slot.index,
+                    pid = w.pid.as_raw(),
+                    status = msg.status.as_deref(),
+                    "the worker cannot accept connections; /ready answers 503 fleet-wide"
+                );
+            } else {
+                tracing::info!(
+                    event = "worker_recovered",
+                    app = %app.config.name,
+                    slot = slot.index,
+                    pid = w.pid.as_raw(),
+                    status = msg.status.as_deref(),
+                );
+            }
+        }
+        if msg.watchdog_trigger && slot.state == SlotState::Online && self.mode == Mode::Running {
+            self.hang(a, s, "trigger", now);
+        }
+    }
+
+    /// Slot `s`'s worker is hung (`reason`: `silent`, its watchdog expired;
+    /// `trigger`, it said `WATCHDOG=trigger`). It gets SIGABRT (a core dump
+    /// or backtrace shows where it was stuck) and SIGKILL [`ABORT_GRACE`]
+    /// later; a replacement starts at once on the slot's socket, so the
+    /// connections queued there are served by it instead of waiting for a
+    /// process that will never accept them.
+    fn hang(&mut self, a: usize, s: usize, reason: &'static str, now: Instant) {
+        let app = &mut self.apps[a];
+        let watchdog = app.config.watchdog;
+        let slot = &mut app.slots[s];
+        let Some(w) = slot.worker.as_mut() else {
+            return;
+        };
+        if w.hung_at.is_some() {
+            return;
+        }
+        w.hung_at = Some(now);
+        w.kill_reason = Some("hung");
+        w.kill_at = Some(now + ABORT_GRACE);
+        let silent_ms = w
+            .last_ping
+            .map(|p| now.saturating_duration_since(p).as_millis() as u64);
+        tracing::error!(
+            event = "worker_hung",
+            app = %app.config.name,
+            slot = slot.index,
+            pid = w.pid.as_raw(),
+            generation = w.generation,
+            reason,
+            silent_ms,
+            watchdog_ms = watchdog.map(|d| d.as_millis() as u64),
+            "no watchdog ping in time: SIGABRT now, SIGKILL in {ABORT_GRACE:?}; a replacement starts on the slot's socket"
+        );
+        sys::signal(w.pid, Signal::SIGABRT);
+        let name = app.config.name.clone();
+        let replacing = slot.successor.is_some();
+        *self.hangs_by.entry((name, reason)).or_default() += 1;
+        if !replacing {
+            self.start_successor(a, s, now);
+        }
+    }
+
+    /// A hung worker whose replacement became ready: tracked until it is
+    /// reaped, SIGKILLed at its deadline (no SIGTERM: it would not act on it).
+    fn retire_hung(&mut self, worker: Worker, app: &str, slot: usize, now: Instant) {
+        self.pids.insert(worker.pid, Role::Draining);
+        self.draining.push(Draining {
+            pid: worker.pid,
+            app: app.to_string(),
+            slot,
+            generation: worker.generation,
+            reason: "hung",
+            kill_at: worker.kill_at.unwrap_or(now),
+            killed: worker.killed,
+            metrics_id: None,
+            _socket: None,
+        });
     }
 
     /// SIGKILLs a worker nobody needs any more (a failed new generation, a
@@ -1203,6 +1407,11 @@ impl Fleet {
 
     /// Acts on every deadline that has passed.
     pub fn tick(&mut self, now: Instant) {
+        self.ticked(now);
+        self.publish();
+    }
+
+    fn ticked(&mut self, now: Instant) {
         for a in 0..self.apps.len() {
             for s in 0..self.apps[a].slots.len() {
                 self.tick_slot(a, s, now);
@@ -1259,11 +1468,25 @@ impl Fleet {
             }
             if let Some(at) = w.kill_at {
                 if !w.killed && now >= at {
-                    tracing::warn!(event = "kill_timeout", app = %name, slot = slot.index, pid = w.pid.as_raw(), "worker still running after kill_timeout; sending SIGKILL");
+                    if w.hung_at.is_some() {
+                        tracing::warn!(event = "hung_kill", app = %name, slot = slot.index, pid = w.pid.as_raw(), "hung worker still running after SIGABRT; sending SIGKILL");
+                    } else {
+                        tracing::warn!(event = "kill_timeout", app = %name, slot = slot.index, pid = w.pid.as_raw(), "worker still running after kill_timeout; sending SIGKILL");
+                    }
                     w.killed = true;
-                    self.forced = true;
+                    if stopping {
+                        self.forced = true;
+                    }
                     sys::signal_group(w.pid, Signal::SIGKILL);
                 }
+            }
+            if slot.state == SlotState::Online
+                && w.hung_at.is_none()
+                && !stopping
+                && crate::watchdog::expired(w.last_ping, app.config.watchdog, now)
+            {
+                self.hang(a, s, "silent", now);
+                return;
             }
         }
         if let Some(succ) = slot.successor.as_ref() {
@@ -1362,13 +1585,16 @@ impl Fleet {
                     .filter(|w| s.state == SlotState::Starting && !w.failed_start)
                     .map(|w| w.ready_deadline);
                 let kill = w.filter(|w| !w.killed).and_then(|w| w.kill_at);
+                let watchdog = w
+                    .filter(|w| s.state == SlotState::Online && w.hung_at.is_none())
+                    .and_then(|w| crate::watchdog::deadline(w.last_ping, a.config.watchdog));
                 let succ = s
                     .successor
                     .as_ref()
                     .filter(|w| w.ready_at.is_none())
                     .map(|w| w.ready_deadline);
                 let mem = s.next_memory_check.filter(|_| monitored);
-                [ready, kill, succ, s.restart_at, mem]
+                [ready, kill, succ, s.restart_at, mem, watchdog]
             })
         });
         let next = self.rollout.iter().flat_map(|r| {
@@ -1452,7 +1678,9 @@ impl Fleet {
                     }
                     Some(w) if first || w.kill_at.is_none() => {
                         slot.state = SlotState::Stopping;
-                        w.kill_at = Some(now + app.config.kill_timeout);
+                        // A hung worker keeps its (earlier) SIGKILL deadline.
+                        let deadline = now + app.config.kill_timeout;
+                        w.kill_at = Some(w.kill_at.map_or(deadline, |k| k.min(deadline)));
                         sys::signal(w.pid, Signal::SIGTERM);
                     }
                     Some(_) => {}
@@ -1509,7 +1737,33 @@ pub fn restart_reason(exit_reason: &str) -> &'static str {
     match exit_reason {
         "memory" => "memory",
         "reload" => "reload",
+        "hung" => "hung",
         _ => "crash",
+    }
+}
+
+/// Time a hung worker gets between SIGABRT and SIGKILL: long enough to
+/// write a backtrace or a core dump, short enough that the connections it
+/// had accepted are reset soon rather than left hanging.
+pub const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// Records a ping or a degraded/recovered report on `w`.
+fn note_liveness(w: &mut Worker, msg: &Message, now: Instant) {
+    if msg.watchdog {
+        w.last_ping = Some(now);
+    }
+    if let Some(d) = msg.degraded {
+        w.degraded = d;
+    }
+}
+
+/// What `status` and /metrics show for a slot: a serving slot whose worker
+/// is hung or degraded shows that instead of `online`.
+fn shown_state(s: &Slot) -> SlotState {
+    match (s.state, s.worker.as_ref()) {
+        (SlotState::Online, Some(w)) if w.hung_at.is_some() => SlotState::Hung,
+        (SlotState::Online, Some(w)) if w.degraded => SlotState::Degraded,
+        (state, _) => state,
     }
 }
 

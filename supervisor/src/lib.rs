@@ -3,20 +3,24 @@
 //!
 //! Module map: [`run`] is the event loop; [`fleet`] holds every decision;
 //! [`spawn`], [`sockets`], [`notify`] and [`signals`] are its I/O edges;
-//! [`restart`], [`memory`] and [`cpus`] are policies and readings;
+//! [`restart`], [`memory`], [`watchdog`] and [`cpus`] are policies and
+//! readings;
 //! [`reloads`] matches `heartalk reload` callers to the reload that
 //! answered them;
 //! [`control`] is the control socket and [`client`] the CLI verbs that use
 //! it ([`status`] renders their answer); [`scrape`] collects the workers'
 //! metrics and [`metrics`] merges them; [`logs`] captures and rotates the
-//! workers' output; [`sys`] holds every unsafe libc call; [`exit`] lists
-//! the exit codes; [`health`] is the `heartalk health` probe.
+//! workers' output; [`fleet_state`] is the page that tells every worker
+//! how many slots are not serving; [`sys`] holds every unsafe libc call;
+//! [`exit`] lists the exit codes; [`health`] is the `heartalk health`
+//! probe.
 
 pub mod client;
 pub mod control;
 pub mod cpus;
 pub mod exit;
 pub mod fleet;
+pub mod fleet_state;
 pub mod health;
 pub mod logs;
 pub mod memory;
@@ -31,3 +35,4 @@ pub mod sockets;
 pub mod spawn;
 pub mod status;
 pub mod sys;
+pub mod watchdog;

@@ -19,13 +19,16 @@
 //! another thread and keeps `max_files` of them. When the disk is slow the
 //! queue absorbs bursts; a line that cannot be queued within
 //! [`QUEUE_WAIT`], or cannot be written (disk full), is dropped and
-//! counted, and a warning line says how many once writing works again.
+//! counted. The moment writing starts failing a `log_writes_failing`
+//! event (with the error) is printed on stdout, whatever happens to the
+//! file, and [`LogStats::failing`] is set for `/metrics`; once writing works
+//! again a `log_writes_resumed` event says how many lines were lost.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use shared::config::LogSettings;
@@ -271,8 +274,20 @@ pub struct LogSink {
     /// Lines that may still be queued (`log.queue`).
     slots: Arc<tokio::sync::Semaphore>,
     dropped: Arc<AtomicU64>,
+    /// Writing the file fails now (set and cleared by the writer thread).
+    failing: Arc<AtomicBool>,
     /// Copy worker lines to stdout too (containers: `log.stdout`).
     pub mirror_workers: bool,
+}
+
+/// The log writer's health, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Lines dropped so far (queue full or disk failing).
+    pub dropped: u64,
+    /// Writing the log file fails now: from the first failed write until
+    /// one succeeds again.
+    pub failing: bool,
 }
 
 impl LogSink {
@@ -281,9 +296,16 @@ impl LogSink {
         std::fs::create_dir_all(&settings.dir)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let dropped = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
         let budget = Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES));
         let slots = Arc::new(tokio::sync::Semaphore::new(settings.queue.max(1)));
-        let mut writer = Writer::new(settings, dropped.clone(), budget.clone(), slots.clone())?;
+        let mut writer = Writer::new(
+            settings,
+            dropped.clone(),
+            failing.clone(),
+            budget.clone(),
+            slots.clone(),
+        )?;
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -292,6 +314,7 @@ impl LogSink {
             budget,
             slots,
             dropped,
+            failing,
             mirror_workers,
         })
     }
@@ -366,6 +389,14 @@ impl LogSink {
     /// Lines dropped so far (queue full or disk failing).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Dropped lines and whether writing fails now.
+    pub fn stats(&self) -> LogStats {
+        LogStats {
+            dropped: self.dropped(),
+            failing: self.failing.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -502,6 +533,8 @@ struct Writer {
     dropped: Arc<AtomicU64>,
     /// Drops counted when writing last failed (None: writing works).
     failing_since: Option<u64>,
+    /// Mirrors `failing_since.is_some()` for [`LogSink::stats`].
+    failing: Arc<AtomicBool>,
     seq: u64,
     gzip: Option<std::sync::mpsc::Sender<GzipJob>>,
 }
@@ -510,6 +543,7 @@ impl Writer {
     fn new(
         s: &LogSettings,
         dropped: Arc<AtomicU64>,
+        failing: Arc<AtomicBool>,
         budget: Arc<tokio::sync::Semaphore>,
         slots: Arc<tokio::sync::Semaphore>,
     ) -> io::Result<Writer> {
@@ -557,6 +591,7 @@ impl Writer {
             interval: s.rotate_interval,
             dropped,
             failing_since: None,
+            failing,
             seq: 0,
             gzip,
         };
@@ -629,58 +664,74 @@ impl Writer {
         if due {
             self.rotate();
         }
-        if self.file.is_none() && self.open().is_err() {
-            self.lost(1);
-            return;
+        if self.file.is_none() {
+            if let Err(e) = self.open() {
+                self.lost(1, &e);
+                return;
+            }
         }
         let Some(f) = self.file.as_mut() else { return };
-        if f.write_all(line.as_bytes())
+        if let Err(e) = f
+            .write_all(line.as_bytes())
             .and_then(|_| f.write_all(b"\n"))
-            .is_err()
         {
             // The buffer's lines are lost with the handle.
             self.file = None;
             let n = self.unflushed + 1;
             self.unflushed = 0;
-            self.lost(n);
+            self.lost(n, &e);
             return;
         }
         self.unflushed += 1;
         self.size += line.len() as u64 + 1;
     }
 
-    /// Counts `n` lines that will never reach the disk.
-    fn lost(&mut self, n: u64) {
+    /// Counts `n` lines that will never reach the disk because of `error`.
+    /// The first failure of an episode (writing worked until now) is
+    /// reported at once: a `log_writes_failing` event, printed on stdout by
+    /// the tracing writer (its copy for the file is queued and, the file
+    /// failing, most likely dropped and counted too), and the gauge. Only
+    /// the transition costs anything; later failures just count.
+    fn lost(&mut self, n: u64, error: &io::Error) {
         let before = self.dropped.fetch_add(n, Ordering::Relaxed);
         if self.failing_since.is_none() {
             self.failing_since = Some(before);
+            self.failing.store(true, Ordering::Relaxed);
+            tracing::error!(
+                event = "log_writes_failing",
+                file = %self.path().display(),
+                error = %error,
+                "writing the log file fails: lines are dropped (and counted) until it works again"
+            );
         }
     }
 
     fn flush(&mut self) {
         let Some(f) = self.file.as_mut() else { return };
-        if f.flush().is_err() {
+        if let Err(e) = f.flush() {
             // Disk full or failing: what was buffered is dropped and counted;
             // the file is reopened (and retried) with the next line.
             self.file = None;
             let n = std::mem::take(&mut self.unflushed);
-            self.lost(n);
+            self.lost(n, &e);
             return;
         }
-        self.unflushed = 0;
+        // Writing works again once a line has reached the file, not when a
+        // freshly (re)opened file merely had nothing to write.
+        if std::mem::take(&mut self.unflushed) == 0 {
+            return;
+        }
         if let Some(before) = self.failing_since.take() {
+            self.failing.store(false, Ordering::Relaxed);
             let lost = self.dropped.load(Ordering::Relaxed) - before;
-            let warn = serde_json::json!({
-                "timestamp": timestamp(SystemTime::now()),
-                "level": "WARN",
-                "event": "log_writes_resumed",
-                "dropped": lost,
-                "message": "log writing works again; lines were dropped while it failed",
-            });
-            eprintln!("{warn}");
-            if let Some(f) = self.file.as_mut() {
-                let _ = writeln!(f, "{warn}").and_then(|_| f.flush());
-            }
+            // On stdout and, through the queue, in the file (after the
+            // lines already queued).
+            tracing::warn!(
+                event = "log_writes_resumed",
+                file = %self.path().display(),
+                dropped = lost,
+                "log writing works again; lines were dropped while it failed"
+            );
         }
     }
 
@@ -707,8 +758,9 @@ impl Writer {
                 let _ = gz.send(GzipJob::File(rotated));
             }
         }
-        if self.open().is_err() {
-            self.lost(1);
+        if let Err(e) = self.open() {
+            // The line being written is counted by `write`, which retries.
+            self.lost(0, &e);
         }
     }
 }
@@ -1064,6 +1116,7 @@ mod tests {
             budget: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
             slots: Arc::new(tokio::sync::Semaphore::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
+            failing: Arc::new(AtomicBool::new(false)),
             mirror_workers: false,
         };
         let mut pieces: Vec<Piece> = (0..N).map(|i| Piece::Line(format!("line {i}"))).collect();
@@ -1075,6 +1128,132 @@ mod tests {
             "{N} lines against a full queue took {took:?}"
         );
         assert_eq!(sink.dropped.load(Ordering::Relaxed), N as u64);
+    }
+
+    /// An `io::Write` into a shared buffer (a tracing writer for tests).
+    #[derive(Clone)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A log file that refuses every write (a symlink to `/dev/full`:
+    /// ENOSPC without root or a full disk). The failure is reported once,
+    /// when it starts, with the error and the file; the flag behind
+    /// `heartalk_log_writes_failing` is set while it lasts; a reopened file
+    /// with nothing written yet does not count as recovery; and once a line
+    /// reaches a file again the flag is cleared and `log_writes_resumed`
+    /// says how many lines were lost.
+    #[test]
+    fn failing_writes_are_reported_when_they_start_and_when_they_end() {
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            eprintln!("no /dev/full here: skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::os::unix::fs::symlink(full, &path).unwrap();
+        let printed = Shared(Arc::default());
+        let out = printed.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || out.clone())
+            .finish();
+        let events = |name: &str| -> Vec<Value> {
+            String::from_utf8_lossy(&printed.0.lock().unwrap())
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|v| v["event"] == name)
+                .collect()
+        };
+        let dropped = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
+        let stats = || LogStats {
+            dropped: dropped.load(Ordering::Relaxed),
+            failing: failing.load(Ordering::Relaxed),
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let mut w = Writer::new(
+                &settings(dir.path()),
+                dropped.clone(),
+                failing.clone(),
+                Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
+                Arc::new(tokio::sync::Semaphore::new(10)),
+            )
+            .unwrap();
+            assert_eq!(stats(), LogStats::default());
+            for i in 0..10 {
+                w.write(&format!("line {i}"));
+                w.flush();
+                assert_eq!(
+                    stats(),
+                    LogStats {
+                        dropped: i + 1,
+                        failing: true
+                    }
+                );
+            }
+            let failing_events = events("log_writes_failing");
+            assert_eq!(failing_events.len(), 1, "one event per episode");
+            let ev = &failing_events[0];
+            assert_eq!(ev["level"], "ERROR");
+            assert_eq!(ev["file"], path.display().to_string());
+            assert!(
+                ev["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("No space left on device"),
+                "{ev}"
+            );
+
+            // SIGUSR1's reopen, still failing: an empty flush is no recovery.
+            w.flush();
+            w.file = None;
+            w.open().unwrap();
+            w.flush();
+            assert!(stats().failing);
+            assert!(events("log_writes_resumed").is_empty());
+
+            // Space again. The reopened handle still writes to /dev/full:
+            // its line is lost; the next one opens a regular file and lands.
+            std::fs::remove_file(&path).unwrap();
+            w.write("line 10");
+            w.flush();
+            assert_eq!(events("log_writes_failing").len(), 1);
+            w.write("after");
+            w.flush();
+            assert_eq!(
+                stats(),
+                LogStats {
+                    dropped: 11,
+                    failing: false
+                }
+            );
+            let resumed = events("log_writes_resumed");
+            assert_eq!(resumed.len(), 1);
+            assert_eq!(resumed[0]["dropped"], 11);
+            assert_eq!(resumed[0]["level"], "WARN");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+
+            // A second episode is reported again.
+            std::fs::remove_file(&path).unwrap();
+            std::os::unix::fs::symlink(full, &path).unwrap();
+            w.file = None;
+            w.write("lost");
+            w.flush();
+            assert!(stats().failing);
+            assert_eq!(events("log_writes_failing").len(), 2);
+        });
     }
 
     #[test]

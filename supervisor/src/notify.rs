@@ -4,7 +4,9 @@
 //! nothing is created on a possibly read-only filesystem). The kernel stamps
 //! each datagram with the sender's pid (SO_PASSCRED), which is how a
 //! `READY=1` is matched to its slot and how messages from anything other
-//! than a worker's main process are told apart and ignored.
+//! than a worker's main process are told apart and ignored. Besides
+//! readiness it carries the watchdog's pings (`WATCHDOG=1`) and our own
+//! `X_HEARTALK_DEGRADED=1|0` (a worker that cannot accept connections).
 
 use std::io;
 use std::io::IoSliceMut;
@@ -13,6 +15,7 @@ use std::os::linux::net::SocketAddrExt;
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use nix::unistd::Pid;
+use shared::activation::NOTIFY_DEGRADED;
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
@@ -32,6 +35,13 @@ pub struct Message {
     pub ready: bool,
     pub stopping: bool,
     pub status: Option<String>,
+    /// `WATCHDOG=1`: the sender's event loop is alive (arms its watchdog).
+    pub watchdog: bool,
+    /// `WATCHDOG=trigger`: the sender asks to be treated as hung now.
+    pub watchdog_trigger: bool,
+    /// `X_HEARTALK_DEGRADED=1|0`: the sender cannot accept connections (its
+    /// connection budget or descriptors are exhausted), or can again.
+    pub degraded: Option<bool>,
 }
 
 impl NotifySocket {
@@ -88,12 +98,19 @@ pub fn parse(pid: Pid, body: &[u8]) -> Message {
         ready: false,
         stopping: false,
         status: None,
+        watchdog: false,
+        watchdog_trigger: false,
+        degraded: None,
     };
     for line in text.lines() {
         match line.split_once('=') {
             Some(("READY", "1")) => m.ready = true,
             Some(("STOPPING", "1")) => m.stopping = true,
             Some(("STATUS", s)) => m.status = Some(s.to_string()),
+            Some(("WATCHDOG", "1")) => m.watchdog = true,
+            Some(("WATCHDOG", "trigger")) => m.watchdog_trigger = true,
+            Some((NOTIFY_DEGRADED, "1")) => m.degraded = Some(true),
+            Some((NOTIFY_DEGRADED, "0")) => m.degraded = Some(false),
             _ => {}
         }
     }
@@ -118,6 +135,28 @@ mod tests {
         assert!(!m.stopping);
         assert_eq!(m.status.as_deref(), Some("serving on :8001"));
         assert!(!parse(Pid::from_raw(7), b"READY=0").ready);
+        assert!(!m.watchdog && m.degraded.is_none());
+    }
+
+    #[test]
+    fn parse_reads_watchdog_and_degraded() {
+        let m = parse(Pid::from_raw(7), b"WATCHDOG=1");
+        assert!(m.watchdog && !m.watchdog_trigger && !m.ready);
+        assert!(parse(Pid::from_raw(7), b"WATCHDOG=trigger").watchdog_trigger);
+        let m = parse(
+            Pid::from_raw(7),
+            b"X_HEARTALK_DEGRADED=1\nSTATUS=degraded: at budget",
+        );
+        assert_eq!(m.degraded, Some(true));
+        assert_eq!(m.status.as_deref(), Some("degraded: at budget"));
+        assert_eq!(
+            parse(Pid::from_raw(7), b"X_HEARTALK_DEGRADED=0").degraded,
+            Some(false)
+        );
+        assert_eq!(
+            parse(Pid::from_raw(7), b"X_HEARTALK_DEGRADED=yes").degraded,
+            None
+        );
     }
 
     #[tokio::test]

@@ -42,6 +42,8 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
         }
     }
     let started = Instant::now();
+    // Before the first fork: workers inherit the raised limit.
+    raise_fd_limit();
     let notify = NotifySocket::bind().context("binding the sd_notify socket")?;
     let migrate = sockets::enable_tcp_migrate_req();
     let cpus = cpus::usable();
@@ -92,6 +94,15 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             }
         };
     fleet.set_limits_fd(limits.as_ref().map(std::os::fd::AsRawFd::as_raw_fd));
+    // The fleet-state page: how many slots are not serving, read by every
+    // worker's `/ready`. Without it each worker answers for itself only,
+    // so a failure is logged, not fatal.
+    match crate::fleet_state::FleetState::create() {
+        Ok(state) => fleet.set_fleet_state(state),
+        Err(e) => {
+            tracing::warn!(event = "fleet_state_unavailable", error = %e, "workers' /ready answers for themselves only")
+        }
+    }
     fleet.set_control_socket(
         config
             .supervisor
@@ -205,7 +216,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                     Command::Metrics => {
                         fleet.refresh_pss(now);
                         let view = fleet.view();
-                        let extra = scrape::supervisor_families(&view, &mut cpu, now, sink.as_ref().map(LogSink::dropped));
+                        let extra = scrape::supervisor_families(&view, &mut cpu, now, sink.as_ref().map(LogSink::stats));
                         let targets = scrape::targets(&view);
                         let metrics = metrics.clone();
                         tokio::spawn(async move {
@@ -318,6 +329,26 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
     control_task.abort();
     let _ = control_task.await;
     Ok(exit)
+}
+
+/// Raises the open-file limit to the hard limit (see
+/// [`sys::raise_nofile_limit`]) and logs the outcome; a failure leaves the
+/// limit as it was and is not fatal.
+fn raise_fd_limit() {
+    match sys::raise_nofile_limit() {
+        Ok(l) => tracing::info!(
+            event = "fd_limit",
+            soft_before = l.soft_before,
+            soft = l.soft,
+            hard = l.hard,
+            "open-file limit (RLIMIT_NOFILE) for the supervisor and its workers"
+        ),
+        Err(e) => tracing::warn!(
+            event = "fd_limit",
+            error = %e,
+            "could not raise the open-file limit; workers inherit the current one"
+        ),
+    }
 }
 
 /// Hands each new worker's stdout and stderr to the log thread.

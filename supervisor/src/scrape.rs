@@ -230,7 +230,7 @@ pub fn supervisor_families(
     view: &FleetView,
     cpu: &mut CpuSampler,
     now: Instant,
-    log_dropped: Option<u64>,
+    log: Option<crate::logs::LogStats>,
 ) -> String {
     let mut out = String::new();
     let esc = |s: &str| {
@@ -243,12 +243,25 @@ pub fn supervisor_families(
         &mut out,
         "heartalk_worker_restarts_total",
         "counter",
-        "Worker restarts by reason (crash, memory, reload)",
+        "Worker restarts by reason (crash, memory, reload, hung)",
     );
     for (app, reason, n) in &view.restarts_by {
         let _ = writeln!(
             out,
             "heartalk_worker_restarts_total{{app=\"{}\",reason=\"{reason}\"}} {n}",
+            esc(app)
+        );
+    }
+    family(
+        &mut out,
+        "heartalk_worker_hung_total",
+        "counter",
+        "Workers found hung and replaced, by reason (silent: no watchdog ping in time; trigger: WATCHDOG=trigger)",
+    );
+    for (app, reason, n) in &view.hangs_by {
+        let _ = writeln!(
+            out,
+            "heartalk_worker_hung_total{{app=\"{}\",reason=\"{reason}\"}} {n}",
             esc(app)
         );
     }
@@ -270,6 +283,7 @@ pub fn supervisor_families(
     let mut memory = String::new();
     let mut rss_lines = String::new();
     let mut cpu_lines = String::new();
+    let mut ping_lines = String::new();
     for app in &view.apps {
         let a = esc(&app.name);
         for s in &app.slots {
@@ -288,6 +302,14 @@ pub fn supervisor_families(
                 );
             }
             let Some(w) = &s.worker else { continue };
+            if let Some(ping) = w.last_ping {
+                let age = now.saturating_duration_since(ping).as_secs_f64();
+                let _ = writeln!(
+                    ping_lines,
+                    "heartalk_worker_watchdog_ping_age_seconds{{app=\"{a}\",slot=\"{}\"}} {age:.3}",
+                    s.slot
+                );
+            }
             if let Some(rss) = crate::memory::rss(w.pid) {
                 let _ = writeln!(
                     memory,
@@ -332,6 +354,13 @@ pub fn supervisor_families(
     out.push_str(&state);
     family(
         &mut out,
+        "heartalk_worker_watchdog_ping_age_seconds",
+        "gauge",
+        "Seconds since the slot's worker last pinged WATCHDOG=1 (absent: it never pinged)",
+    );
+    out.push_str(&ping_lines);
+    family(
+        &mut out,
         "heartalk_worker_memory_bytes",
         "gauge",
         "Worker memory by kind (rss, pss)",
@@ -351,14 +380,21 @@ pub fn supervisor_families(
         "CPU time of each worker process (a new pid starts a new series)",
     );
     out.push_str(&cpu_lines);
-    if let Some(n) = log_dropped {
+    if let Some(log) = log {
         family(
             &mut out,
             "heartalk_log_lines_dropped_total",
             "counter",
             "Log lines dropped (queue full or log disk failing)",
         );
-        let _ = writeln!(out, "heartalk_log_lines_dropped_total {n}");
+        let _ = writeln!(out, "heartalk_log_lines_dropped_total {}", log.dropped);
+        family(
+            &mut out,
+            "heartalk_log_writes_failing",
+            "gauge",
+            "1 while writing the log file fails (disk full or failing), else 0",
+        );
+        let _ = writeln!(out, "heartalk_log_writes_failing {}", u8::from(log.failing));
     }
     family(
         &mut out,

@@ -6,9 +6,11 @@
 //! glibc's `getenv` returns the first of duplicates), plus the app's
 //! `[apps.env]` (which config validation keeps free of contract names),
 //! plus the contract variables: `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`
-//! (the slot socket at fd 3), `NOTIFY_SOCKET`, and `HEARTALK_APP`,
+//! (the slot socket at fd 3), `NOTIFY_SOCKET`, `WATCHDOG_USEC`/`WATCHDOG_PID`
+//! (unless the app's `watchdog` is off), and `HEARTALK_APP`,
 //! `HEARTALK_WORKER_ID` (the slot number), `HEARTALK_GENERATION`,
-//! `HEARTALK_METRICS_SOCKET`, `HEARTALK_CONTROL_SOCKET`, `HEARTALK_LIMITS_FD`.
+//! `HEARTALK_METRICS_SOCKET`, `HEARTALK_CONTROL_SOCKET`, `HEARTALK_LIMITS_FD`,
+//! `HEARTALK_FLEET_FD`.
 //! Their names are spelled once, in `shared::activation::env`, which the
 //! worker reads them by.
 
@@ -78,6 +80,9 @@ pub struct Launch<'a> {
     pub outputs: Option<(RawFd, RawFd)>,
     /// The fleet's shared rate-limit table, passed after the socket.
     pub limits_fd: Option<RawFd>,
+    /// The fleet-state page (`crate::fleet_state`), passed after the
+    /// rate-limit table.
+    pub fleet_fd: Option<RawFd>,
 }
 
 /// Starts the worker; returns its pid once `execve` succeeded.
@@ -89,7 +94,15 @@ pub fn spawn(l: &Launch) -> io::Result<Pid> {
         )
     });
     let (vars, fds) = environment(l, inherited);
-    let mut spec = ExecSpec::new(l.program, &l.app.args, &vars, &l.app.cwd, fds)?;
+    // Values that are the child's own pid, written in by the child.
+    let mut pid_vars = Vec::with_capacity(2);
+    if !fds.is_empty() {
+        pid_vars.push(env::LISTEN_PID);
+    }
+    if l.app.watchdog.is_some() {
+        pid_vars.push(env::WATCHDOG_PID);
+    }
+    let mut spec = ExecSpec::new(l.program, &l.app.args, &vars, &l.app.cwd, fds, &pid_vars)?;
     if let Some((out, err)) = l.outputs {
         spec.redirect_output(out, err);
     }
@@ -99,8 +112,9 @@ pub fn spawn(l: &Launch) -> io::Result<Pid> {
 /// The worker's environment (from the supervisor's, `inherited`) and the
 /// descriptors it inherits. Each contract variable appears at most once,
 /// with our value: every name in `env::ALL` is dropped from `inherited`
-/// and from `[apps.env]` before ours are added. `LISTEN_PID` is not here:
-/// [`ExecSpec`] adds it in the child, once its pid is known.
+/// and from `[apps.env]` before ours are added. `LISTEN_PID` and
+/// `WATCHDOG_PID` are not here: [`ExecSpec`] adds them in the child, once
+/// its pid is known.
 fn environment(
     l: &Launch,
     inherited: impl Iterator<Item = (String, String)>,
@@ -120,6 +134,9 @@ fn environment(
     vars.push((env::HEARTALK_WORKER_ID.into(), l.slot.to_string()));
     vars.push((env::HEARTALK_GENERATION.into(), l.generation.to_string()));
     vars.push((env::NOTIFY_SOCKET.into(), l.notify_socket.to_string()));
+    if let Some(w) = l.app.watchdog {
+        vars.push((env::WATCHDOG_USEC.into(), w.as_micros().to_string()));
+    }
     vars.push((
         env::HEARTALK_METRICS_SOCKET.into(),
         l.metrics_socket.to_string(),
@@ -136,6 +153,11 @@ fn environment(
         // Outside the LISTEN_FDS range: the next descriptor after the sockets.
         let target = shared::activation::LISTEN_FDS_START + fds.len() as RawFd;
         vars.push((env::HEARTALK_LIMITS_FD.into(), target.to_string()));
+        fds.push(fd);
+    }
+    if let Some(fd) = l.fleet_fd {
+        let target = shared::activation::LISTEN_FDS_START + fds.len() as RawFd;
+        vars.push((env::HEARTALK_FLEET_FD.into(), target.to_string()));
         fds.push(fd);
     }
     (vars, fds)
@@ -169,17 +191,18 @@ mod tests {
             control_socket: Some(&control),
             outputs: None,
             limits_fd: Some(11),
+            fleet_fd: Some(12),
         };
         let inherited = env::ALL
             .iter()
             .map(|k| (k.to_string(), "from-parent".to_string()))
             .chain([("PATH".to_string(), "/bin".to_string())]);
         let (vars, fds) = environment(&launch, inherited);
-        assert_eq!(fds, [10, 11]);
+        assert_eq!(fds, [10, 11, 12]);
         let count = |name: &str| vars.iter().filter(|(k, _)| k == name).count();
         for name in env::ALL {
-            // LISTEN_PID is written in the child by `ExecSpec`.
-            let want = usize::from(*name != env::LISTEN_PID);
+            // LISTEN_PID and WATCHDOG_PID are written in the child by `ExecSpec`.
+            let want = usize::from(*name != env::LISTEN_PID && *name != env::WATCHDOG_PID);
             assert_eq!(count(name), want, "{name}: {vars:?}");
         }
         assert!(vars.iter().all(|(_, v)| v != "from-parent"), "{vars:?}");
@@ -192,6 +215,8 @@ mod tests {
         assert_eq!(get(env::HEARTALK_WORKER_ID), Some("2"));
         assert_eq!(get(env::HEARTALK_GENERATION), Some("7"));
         assert_eq!(get(env::HEARTALK_LIMITS_FD), Some("4"));
+        assert_eq!(get(env::HEARTALK_FLEET_FD), Some("5"));
+        assert_eq!(get(env::WATCHDOG_USEC), Some("10000000"));
         assert_eq!(get("MODE"), Some("prod"));
         assert_eq!(get("PATH"), Some("/bin"));
     }

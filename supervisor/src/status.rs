@@ -58,6 +58,9 @@ pub fn build(
                         rss_bytes: w.and_then(|w| crate::memory::rss(w.pid)),
                         pss_bytes: w.and_then(|w| w.pss),
                         requests: w.and_then(|w| metrics.requests(&w.metrics_id)),
+                        watchdog_ping_age_secs: w.and_then(|w| w.last_ping).map(|p| {
+                            (now.saturating_duration_since(p).as_secs_f64() * 10.0).round() / 10.0
+                        }),
                     }
                 })
                 .collect(),
@@ -153,6 +156,7 @@ pub fn render_table(s: &Status) -> String {
         "rss",
         "pss",
         "requests",
+        "ping",
         "listen",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
@@ -181,6 +185,8 @@ pub fn render_table(s: &Status) -> String {
                 w.rss_bytes.map_or_else(dash, bytes),
                 w.pss_bytes.map_or_else(dash, bytes),
                 w.requests.map_or_else(dash, |r| r.to_string()),
+                w.watchdog_ping_age_secs
+                    .map_or_else(dash, |a| format!("{a:.1}s ago")),
                 app.listen.clone(),
             ]);
         }
@@ -232,6 +238,7 @@ mod tests {
             rss_bytes: pid.map(|_| 10 << 20),
             pss_bytes: pid.map(|_| 8 << 20),
             requests: pid.map(|_| 42),
+            watchdog_ping_age_secs: pid.map(|_| 2.5),
         };
         let s = Status {
             supervisor: SupervisorStatus {
@@ -271,6 +278,8 @@ mod tests {
         assert!(
             lines[3].contains("10.0 MB") && lines[3].contains("42") && lines[3].contains("1.2%")
         );
+        assert!(lines[2].contains("ping"), "{t}");
+        assert!(lines[3].contains("2.5s ago"), "{t}");
         assert!(lines[4].contains("waiting") && lines[4].contains(" - "));
     }
 }

@@ -1,6 +1,7 @@
 //! Every unsafe or raw libc call the supervisor makes, in one place:
 //! fork+exec of workers, the single `waitpid` reaper, signalling process
-//! groups, and the PID-1/subreaper setup.
+//! groups, the PID-1/subreaper setup, the open-file limit, and shared
+//! memory (memfds and their mappings).
 //!
 //! Spawning is hand-rolled rather than `std::process::Command` because the
 //! socket-activation protocol needs `LISTEN_PID` to hold the *child's* pid,
@@ -18,10 +19,10 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-/// Width reserved for the pid digits in `LISTEN_PID=`.
+/// Width reserved for the pid digits in `LISTEN_PID=` and `WATCHDOG_PID=`.
 const PID_DIGITS: usize = 20;
-/// Bytes before those digits: the variable's name and the `=`.
-const LISTEN_PID_PREFIX: usize = shared::activation::env::LISTEN_PID.len() + 1;
+/// How many variables can hold the child's pid (`LISTEN_PID`, `WATCHDOG_PID`).
+const MAX_PID_VARS: usize = 2;
 
 /// Everything `execve` needs, prepared in the parent so the child does not
 /// allocate after `fork`.
@@ -29,8 +30,9 @@ pub struct ExecSpec {
     program: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
-    /// Index in `env` of the `LISTEN_PID=` entry whose digits the child fills.
-    listen_pid_slot: Option<usize>,
+    /// `(index in env, length of "NAME=")` of the entries whose digits the
+    /// child fills with its own pid (`LISTEN_PID`, `WATCHDOG_PID`).
+    pid_slots: Vec<(usize, usize)>,
     cwd: CString,
     /// Descriptors that become 3, 4, ... in the child.
     pass_fds: Vec<RawFd>,
@@ -40,14 +42,16 @@ pub struct ExecSpec {
 }
 
 impl ExecSpec {
-    /// `env` entries are `KEY=VALUE`; when `pass_fds` is non-empty a
-    /// `LISTEN_PID=` entry is appended and filled in by the child.
+    /// `env` entries are `KEY=VALUE`; for each name in `pid_vars` (at most
+    /// two) an entry is appended whose value the child fills with its own
+    /// pid, which only exists after `fork` (`LISTEN_PID`, `WATCHDOG_PID`).
     pub fn new(
         program: &Path,
         args: &[String],
         env: &[(String, String)],
         cwd: &Path,
         pass_fds: Vec<RawFd>,
+        pid_vars: &[&str],
     ) -> io::Result<ExecSpec> {
         let c = |b: &[u8]| {
             CString::new(b).map_err(|_| io::Error::other("NUL byte in argument or environment"))
@@ -61,23 +65,20 @@ impl ExecSpec {
         for (k, v) in env {
             envc.push(c(format!("{k}={v}").as_bytes())?);
         }
-        let listen_pid_slot = if pass_fds.is_empty() {
-            None
-        } else {
+        if pid_vars.len() > MAX_PID_VARS {
+            return Err(io::Error::other("too many pid-valued variables"));
+        }
+        let mut pid_slots = Vec::with_capacity(pid_vars.len());
+        for name in pid_vars {
             // Placeholder digits, overwritten (and NUL-terminated) in the child.
-            envc.push(c(format!(
-                "{}={}",
-                shared::activation::env::LISTEN_PID,
-                "0".repeat(PID_DIGITS)
-            )
-            .as_bytes())?);
-            Some(envc.len() - 1)
-        };
+            envc.push(c(format!("{name}={}", "0".repeat(PID_DIGITS)).as_bytes())?);
+            pid_slots.push((envc.len() - 1, name.len() + 1));
+        }
         Ok(ExecSpec {
             program: program_c,
             argv,
             env: envc,
-            listen_pid_slot,
+            pid_slots,
             cwd: c(cwd.as_os_str().as_bytes())?,
             pass_fds,
             stdout: None,
@@ -107,13 +108,13 @@ pub fn spawn(spec: &ExecSpec) -> io::Result<Pid> {
         .map(|s| s.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let pid_buf: *mut u8 = match spec.listen_pid_slot {
-        // SAFETY: points into the CString's heap buffer after "LISTEN_PID=",
+    let mut pid_bufs: [*mut u8; MAX_PID_VARS] = [std::ptr::null_mut(); MAX_PID_VARS];
+    for (buf, &(i, prefix)) in pid_bufs.iter_mut().zip(&spec.pid_slots) {
+        // SAFETY: points into the CString's heap buffer after "NAME=",
         // which holds PID_DIGITS placeholder bytes plus the NUL; the child
         // writes at most PID_DIGITS digits and a NUL there (COW copy).
-        Some(i) => unsafe { (spec.env[i].as_ptr() as *mut u8).add(LISTEN_PID_PREFIX) },
-        None => std::ptr::null_mut(),
-    };
+        *buf = unsafe { (spec.env[i].as_ptr() as *mut u8).add(prefix) };
+    }
     // A close-on-exec pipe reports exec failure: EOF means exec succeeded.
     let (err_rx, err_tx) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
@@ -134,7 +135,7 @@ pub fn spawn(spec: &ExecSpec) -> io::Result<Pid> {
                 spec,
                 &argv,
                 &envp,
-                pid_buf,
+                &pid_bufs,
                 err_tx.as_raw_fd(),
                 parent,
                 n_fds,
@@ -182,7 +183,7 @@ unsafe fn child_after_fork(
     spec: &ExecSpec,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
-    pid_buf: *mut u8,
+    pid_bufs: &[*mut u8; MAX_PID_VARS],
     err_fd: RawFd,
     parent: libc::pid_t,
     n_fds: RawFd,
@@ -240,18 +241,18 @@ unsafe fn child_after_fork(
         if let Some(fd) = spec.stderr {
             libc::dup2(fd, 2);
         }
-        if !pid_buf.is_null() {
-            let mut digits = [0u8; PID_DIGITS];
-            let mut n = libc::getpid() as u64;
-            let mut len = 0;
-            loop {
-                digits[len] = b'0' + (n % 10) as u8;
-                n /= 10;
-                len += 1;
-                if n == 0 {
-                    break;
-                }
+        let mut digits = [0u8; PID_DIGITS];
+        let mut n = libc::getpid() as u64;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            n /= 10;
+            len += 1;
+            if n == 0 {
+                break;
             }
+        }
+        for pid_buf in pid_bufs.iter().filter(|b| !b.is_null()) {
             for i in 0..len {
                 *pid_buf.add(i) = digits[len - 1 - i];
             }
@@ -336,8 +337,9 @@ pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 }
 
 /// An anonymous shared-memory file of `len` zero bytes (close-on-exec; the
-/// spawner passes it to workers explicitly). Workers map it for the
-/// fleet-wide rate-limit table; it lives as long as the supervisor.
+/// spawner passes it to workers explicitly). Workers map it: the
+/// fleet-wide rate-limit table, the fleet-state page; it lives as long as
+/// the supervisor.
 pub fn shared_memory(name: &std::ffi::CStr, len: u64) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: memfd_create takes a NUL-terminated name and flags; it
@@ -350,4 +352,96 @@ pub fn shared_memory(name: &std::ffi::CStr, len: u64) -> io::Result<std::os::fd:
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     nix::unistd::ftruncate(&fd, len as libc::off_t).map_err(io::Error::from)?;
     Ok(fd)
+}
+
+/// The open-file limit before and after [`raise_nofile_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NofileLimit {
+    /// The soft limit the supervisor was started with.
+    pub soft_before: u64,
+    /// The soft limit now (what workers inherit through fork and exec).
+    pub soft: u64,
+    /// The hard limit (the most an unprivileged process may raise to).
+    pub hard: u64,
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit, so every
+/// worker (which inherits it through fork and exec) can hold as many
+/// connections as the system allows it: the usual soft default, 1024, is a
+/// compatibility value for `select(2)`, which nothing here uses. Returns
+/// the limits before and after; an error leaves the limit as it was.
+pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft_before, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft_before < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    Ok(NofileLimit {
+        soft_before,
+        soft,
+        hard,
+    })
+}
+
+/// A shared read-write mapping of a whole shared-memory file, seen as
+/// native-endian atomic words (see [`shared_memory`]). Unmapped on drop.
+pub struct SharedWords {
+    ptr: *mut std::sync::atomic::AtomicU64,
+    words: usize,
+}
+
+// SAFETY: the mapping is only ever accessed through `AtomicU64`s, which are
+// safe to share between threads (and processes).
+unsafe impl Send for SharedWords {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Maps the first `len` bytes of `fd` (a file at least that long)
+    /// shared and read-write. The mapping keeps the memory alive on its
+    /// own; `fd` may be closed afterwards.
+    pub fn map(fd: &impl AsRawFd, len: u64) -> io::Result<SharedWords> {
+        let words = (len / 8) as usize;
+        if words == 0 {
+            return Err(io::Error::other("nothing to map"));
+        }
+        // SAFETY: a fresh shared mapping of `words * 8` bytes of a file we
+        // hold open; the kernel picks the (page-aligned) address. It stays
+        // valid until `Drop` unmaps it and is only accessed as atomics.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                words * 8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedWords {
+            ptr: ptr.cast(),
+            words,
+        })
+    }
+
+    /// The mapped words.
+    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `ptr` maps `words` u64s (page-aligned, so aligned for
+        // AtomicU64) for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.words) }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped; no borrow of
+        // `words()` outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.words * 8);
+        }
+    }
 }

@@ -1,7 +1,10 @@
 //! A log disk that fills up (a 2 MiB tmpfs, mounted here; CI runs as
-//! root): workers keep serving, lost lines are counted in
+//! root): the trouble is reported when it starts (a `log_writes_failing`
+//! event on stdout with the error, `heartalk_log_writes_failing` 1),
+//! workers keep serving, lost lines are counted in
 //! `heartalk_log_lines_dropped_total`, and writing resumes — with a
-//! warning saying how many lines were lost — once space is freed.
+//! warning saying how many lines were lost, and the gauge back to 0 —
+//! once space is freed.
 
 mod helper;
 
@@ -54,6 +57,12 @@ fn a_full_log_disk_drops_and_counts_then_recovers() {
     let mut sup = Supervisor::start(&config);
     let addr = sup.addr();
     let pid = sup.wait_ready(1)[0];
+    assert_eq!(
+        metric(admin, "heartalk_log_writes_failing", ""),
+        Some(0.0),
+        "the gauge is exposed, at 0, while writing works"
+    );
+    assert!(sup.events("log_writes_failing").is_empty());
 
     // fill the disk to the brim
     let filler = logs.join("filler");
@@ -62,6 +71,34 @@ fn a_full_log_disk_drops_and_counts_then_recovers() {
         let dropped = metric(admin, "heartalk_log_lines_dropped_total", "").unwrap_or(0.0);
         (dropped > 100.0).then_some(())
     });
+
+    // reported while it lasts, not only once it is over: one event for the
+    // episode (not one per line), on stdout although the file is failing,
+    // with the error and the file; and the gauge reads 1
+    let failing = sup.events("log_writes_failing");
+    assert_eq!(failing.len(), 1, "one event per episode: {failing:?}");
+    let ev = &failing[0];
+    assert_eq!(ev["level"], "ERROR", "{ev}");
+    assert!(
+        ev["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left on device")),
+        "the ENOSPC error text: {ev}"
+    );
+    assert_eq!(
+        ev["file"].as_str(),
+        Some(logs.join("heartalk.log").to_str().unwrap()),
+        "{ev}"
+    );
+    assert_eq!(
+        metric(admin, "heartalk_log_writes_failing", ""),
+        Some(1.0),
+        "the gauge while the disk is full"
+    );
+    assert!(
+        sup.events("log_writes_resumed").is_empty(),
+        "nothing resumed yet"
+    );
 
     // the worker keeps serving, and was never restarted
     for _ in 0..20 {
@@ -92,6 +129,17 @@ fn a_full_log_disk_drops_and_counts_then_recovers() {
         .unwrap();
     let w: serde_json::Value = serde_json::from_str(warning).unwrap();
     assert!(w["dropped"].as_u64().unwrap() > 0, "{w}");
+    // the same event on stdout, and the gauge cleared
+    let on_stdout = sup.wait_event("log_writes_resumed", |_| true);
+    assert_eq!(on_stdout["dropped"], w["dropped"], "{on_stdout}");
+    wait_for("the gauge to clear", Duration::from_secs(10), || {
+        (metric(admin, "heartalk_log_writes_failing", "")? == 0.0).then_some(())
+    });
+    assert_eq!(
+        sup.events("log_writes_failing").len(),
+        1,
+        "still the one episode"
+    );
     sup.signal(Signal::SIGTERM);
     assert_eq!(sup.wait_exit(DEADLINE).code(), Some(0));
 }

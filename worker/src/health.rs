@@ -1,7 +1,8 @@
 //! The three probe endpoints of API.md §5.1: `GET /health` (liveness, flat
 //! body), `GET /api/v1/health` (component health wrapped in `data`, the
 //! container/orchestrator probe) and `GET /ready` (readiness, flips to 503
-//! when the worker starts draining so a load balancer stops sending work).
+//! when the worker starts draining, or while it or any slot of its fleet
+//! cannot accept connections, so a load balancer stops sending work).
 //!
 //! Component status is decided by the pure [`services`] function from
 //! facts gathered elsewhere, so the rules are unit-tested without a server.
@@ -86,20 +87,59 @@ pub fn liveness(state: &AppState) -> Response<Body> {
     )
 }
 
-/// `GET /ready`: 200 only in [`Phase::Ready`].
+/// `GET /ready`: 200 only in [`Phase::Ready`], and only while neither this
+/// worker nor any slot of its fleet is degraded (see [`ready_answer`]).
 pub fn readiness(state: &AppState) -> Response<Body> {
-    match state.phase() {
-        Phase::Ready => response::json(
+    let (status, body) = ready_answer(
+        state.phase(),
+        state.degraded(),
+        state.fleet_not_serving(),
+        state.settings.worker_id,
+    );
+    response::json(status, &body)
+}
+
+/// What `/ready` answers, from the phase, whether this worker cannot
+/// accept connections (`degraded`, see [`crate::budget`]) and how many
+/// slots of the fleet are not serving (`fleet_not_serving`, from the
+/// supervisor's page; `None` when running alone):
+///
+/// - `200 {status:"ready", worker_id}` when serving and all is well;
+/// - `503 {status:"starting"}` / `503 {status:"draining"}` as API.md §5.1;
+/// - `503 {status:"degraded", worker_id, accepting, fleet_not_serving}`
+///   while this worker, or any slot of the fleet, cannot accept: the
+///   degraded worker itself cannot answer a new probe, so the others say
+///   it for the container, and a load balancer steers away from all of it
+///   rather than leaving part of its connections hanging.
+pub fn ready_answer(
+    phase: Phase,
+    degraded: bool,
+    fleet_not_serving: Option<u64>,
+    worker_id: u32,
+) -> (StatusCode, serde_json::Value) {
+    match phase {
+        Phase::Ready if degraded || fleet_not_serving.is_some_and(|n| n > 0) => {
+            let mut body = serde_json::json!({
+                "status": "degraded",
+                "worker_id": worker_id,
+                "accepting": !degraded,
+            });
+            if let Some(n) = fleet_not_serving {
+                body["fleet_not_serving"] = n.into();
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, body)
+        }
+        Phase::Ready => (
             StatusCode::OK,
-            &serde_json::json!({"status": "ready", "worker_id": state.settings.worker_id}),
+            serde_json::json!({"status": "ready", "worker_id": worker_id}),
         ),
-        Phase::Starting => response::json(
+        Phase::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "starting"}),
+            serde_json::json!({"status": "starting"}),
         ),
-        Phase::Draining => response::json(
+        Phase::Draining => (
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "draining"}),
+            serde_json::json!({"status": "draining"}),
         ),
     }
 }
@@ -506,6 +546,40 @@ mod tests {
                               "samples": 5, "show_reasoning_process": true},
                 "providers": {"status": "healthy", "provider": "simulated", "mode": "simulated", "simulated": true}
             })
+        );
+    }
+
+    #[test]
+    fn ready_answers_for_the_fleet() {
+        use serde_json::json;
+        let ok = (StatusCode::OK, json!({"status": "ready", "worker_id": 2}));
+        assert_eq!(ready_answer(Phase::Ready, false, None, 2), ok, "alone");
+        assert_eq!(ready_answer(Phase::Ready, false, Some(0), 2), ok);
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        assert_eq!(
+            ready_answer(Phase::Ready, false, Some(1), 2),
+            (
+                unavailable,
+                json!({"status": "degraded", "worker_id": 2, "accepting": true, "fleet_not_serving": 1})
+            ),
+            "another slot cannot accept: the container is not ready"
+        );
+        assert_eq!(
+            ready_answer(Phase::Ready, true, None, 2),
+            (
+                unavailable,
+                json!({"status": "degraded", "worker_id": 2, "accepting": false})
+            ),
+            "alone and degraded"
+        );
+        assert_eq!(
+            ready_answer(Phase::Draining, true, Some(3), 2),
+            (unavailable, json!({"status": "draining"})),
+            "draining says so first"
+        );
+        assert_eq!(
+            ready_answer(Phase::Starting, false, Some(1), 2),
+            (unavailable, json!({"status": "starting"}))
         );
     }
 

@@ -9,11 +9,15 @@
 //! Modules, one concept each:
 //! - process: [`settings`] (environment, API.md §14), [`listener`]
 //!   (inherited or self-bound sockets), [`server`] (accept loop, drain),
+//!   [`watchdog`] (pings the supervisor's watchdog), [`budget`] (the
+//!   connection budget; reporting the worker degraded),
 //!   [`state`] (what connection tasks share), [`services`] (the long-lived
 //!   objects handlers use);
-//! - HTTP: [`router`] (route table, order of checks), [`response`] (bodies,
-//!   errors, common headers), [`cors`], [`auth`], [`validate`],
-//!   [`request_id`], [`clock`], [`proxy`] (client IP behind proxies);
+//! - HTTP: [`conn_deadline`] (a connection's first-byte, head and
+//!   keep-alive deadlines), [`router`] (route table, order of checks),
+//!   [`response`] (bodies, errors, common headers), [`cors`], [`auth`],
+//!   [`validate`], [`request_id`], [`clock`], [`proxy`] (client IP behind
+//!   proxies);
 //! - endpoints: [`health`], [`chat`] (generate and stream), [`stream`] (SSE
 //!   frames), [`openai`] (`/v1/*`), [`api`] (translation, catalogue);
 //! - pipeline: [`routing`] (keyword router), [`reasoning`] (CoT and SC),
@@ -24,17 +28,21 @@
 //!   and [`fleet_limits`] (limits per process, machine, replicas),
 //!   [`redis_link`];
 //! - observability: [`telemetry`] (metrics), [`fleet_metrics`] (`/metrics`
-//!   through the supervisor).
+//!   through the supervisor), [`fleet_state`] (how many slots of the
+//!   fleet are not serving, for `/ready`).
 
 pub mod api;
 pub mod auth;
 pub mod breaker;
+pub mod budget;
 pub mod cache;
 pub mod chat;
 pub mod clock;
+pub mod conn_deadline;
 pub mod cors;
 pub mod fleet_limits;
 pub mod fleet_metrics;
+pub mod fleet_state;
 pub mod fnv;
 pub mod health;
 pub mod history;
@@ -59,6 +67,7 @@ pub mod telemetry;
 pub mod tokens;
 pub mod upstream_health;
 pub mod validate;
+pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,12 +99,18 @@ pub fn run() -> anyhow::Result<()> {
         pid = std::process::id(),
         "starting"
     );
+    for problem in &settings.problems {
+        tracing::error!("invalid setting, default used: {problem}");
+    }
     if settings.is_production()
         && settings.pipeline.jwt_secret.0 == "dev_jwt_secret_key_change_in_production"
     {
         tracing::warn!("JWT_SECRET is the development default in production; set a real secret");
     }
     telemetry::install();
+    // The supervisor's fleet-state page (what `/ready` answers for the
+    // whole fleet), taken while the environment is read single-threaded.
+    let fleet_state = fleet_state::FleetState::from_env();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -118,7 +133,8 @@ pub fn run() -> anyhow::Result<()> {
             // and limits; Redis being down never holds the start-up longer.
             link.wait_up(std::time::Duration::from_secs(1)).await;
         }
-        let state = Arc::new(AppState::new(settings, started, services));
+        let state =
+            Arc::new(AppState::new(settings, started, services).with_fleet_state(fleet_state));
         tokio::spawn(probe_backend(state.clone()));
         match (
             &state.settings.metrics_socket,
@@ -127,10 +143,10 @@ pub fn run() -> anyhow::Result<()> {
             // Under a supervisor: it scrapes us and serves the fleet's sum
             // (on its own admin address; N workers could not share one port).
             (Some(name), _) => {
-                tokio::spawn(server::serve_metrics_unix(name.clone()));
+                tokio::spawn(server::serve_metrics_unix(name.clone(), state.clone()));
             }
             (None, Some(port)) => {
-                tokio::spawn(server::serve_metrics(port));
+                tokio::spawn(server::serve_metrics(port, state.clone()));
             }
             (None, None) => {}
         }

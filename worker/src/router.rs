@@ -287,6 +287,12 @@ where
     let rid = rid.as_str();
     let errors = ex.errors;
     let settings = &state.settings;
+    // `BODY_TIMEOUT` runs from here, when the head is complete: a total
+    // deadline for the whole body, however slowly it trickles in.
+    let body_deadline = BodyDeadline {
+        at: tokio::time::Instant::now() + settings.connection.body,
+        timeout: settings.connection.body,
+    };
 
     // (1) CORS; a preflight is answered here.
     match svc.cors.decide(header_str(req.headers(), "origin")) {
@@ -399,7 +405,7 @@ where
     let mut body = None;
     if endpoint == Endpoint::Completions && is_post {
         if let Some(r) = pending.take() {
-            body = Some(read_json(r, max_body).await);
+            body = Some(read_json(r, max_body, &body_deadline).await);
         }
     }
     let streaming_completions =
@@ -438,7 +444,7 @@ where
     }
     // (6) The body, for POST: its errors.
     if let (true, Some(r)) = (is_post, pending.take()) {
-        body = Some(read_json(r, max_body).await);
+        body = Some(read_json(r, max_body, &body_deadline).await);
     }
     let body = match body {
         Some(Ok(v)) => Some(v),
@@ -550,7 +556,33 @@ fn with_rid(resp: BodyError, errors: ErrorFormat, rid: &str) -> Response<Body> {
         ),
         BodyError::InvalidJson => validation_error("invalid JSON body", errors, rid),
         BodyError::Read => validation_error("could not read request body", errors, rid),
+        BodyError::Timeout(limit) => body_timeout(limit, errors, rid),
     }
+}
+
+/// When a request body must be complete: `timeout` (`BODY_TIMEOUT`) after
+/// the head.
+struct BodyDeadline {
+    at: tokio::time::Instant,
+    timeout: std::time::Duration,
+}
+
+/// 408 `REQUEST_TIMEOUT` for a body that did not arrive within
+/// `BODY_TIMEOUT`, in the request's error format, with `Connection:
+/// close`: the rest of the body may still be on its way, so HTTP/1 cannot
+/// go on to a next request (hyper closes after this response). On HTTP/2,
+/// where the header is not sent, only this request's stream ends.
+fn body_timeout(limit: std::time::Duration, errors: ErrorFormat, rid: &str) -> Response<Body> {
+    let mut resp = errors.error(
+        StatusCode::REQUEST_TIMEOUT,
+        "REQUEST_TIMEOUT",
+        &format!("Request body not received within {limit:?}"),
+        None,
+        rid,
+    );
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 enum BodyError {
@@ -558,12 +590,19 @@ enum BodyError {
     TooLarge(usize),
     InvalidJson,
     Read,
+    /// Not complete by the deadline (`BODY_TIMEOUT`, the value given).
+    Timeout(std::time::Duration),
 }
 
 /// §2 step 6: JSON content type, non-empty, at most `max` bytes, valid
 /// UTF-8 JSON. A declared `Content-Length` over the limit is refused
-/// before reading.
-async fn read_json<B>(req: Request<B>, max: usize) -> Result<Value, BodyError>
+/// before reading; a body not complete at `deadline` is
+/// [`BodyError::Timeout`], whatever the rate its bytes came at.
+async fn read_json<B>(
+    req: Request<B>,
+    max: usize,
+    deadline: &BodyDeadline,
+) -> Result<Value, BodyError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -579,7 +618,11 @@ where
     if declared.is_some_and(|n| n > max) {
         return Err(BodyError::TooLarge(max));
     }
-    let bytes = match Limited::new(req.into_body(), max).collect().await {
+    let collect = Limited::new(req.into_body(), max).collect();
+    let Ok(collected) = tokio::time::timeout_at(deadline.at, collect).await else {
+        return Err(BodyError::Timeout(deadline.timeout));
+    };
+    let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -675,6 +718,7 @@ mod tests {
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap()
             .block_on(f)
@@ -843,6 +887,60 @@ mod tests {
             serde_json::json!({"success": false, "error": "Authorization header is required",
                                "code": "MISSING_TOKEN", "requestId": "test-id"})
         );
+    }
+
+    /// A body that never completes gets 408 `REQUEST_TIMEOUT` at
+    /// `BODY_TIMEOUT`, in the request's error format, with `Connection:
+    /// close`.
+    #[test]
+    fn a_body_not_complete_by_its_deadline_is_a_408() {
+        use futures_util::StreamExt;
+        use http_body_util::StreamBody;
+        let st = state_with(&[("JWT_SECRET", "s"), ("BODY_TIMEOUT", "150ms")]);
+        let bearer = format!("Bearer {}", user_jwt("s"));
+        for (path, openai) in [
+            ("/api/v1/chat/generate", false),
+            ("/v1/chat/completions", true),
+        ] {
+            // Six bytes of the 500 announced, then nothing more.
+            let frames = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                hyper::body::Frame::data(Bytes::from_static(b"{\"mess")),
+            )])
+            .chain(futures_util::stream::pending());
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header("x-request-id", "slow-1")
+                .header("authorization", &bearer)
+                .header("content-type", "application/json")
+                .header("content-length", "500")
+                .body(StreamBody::new(frames))
+                .unwrap();
+            let started = std::time::Instant::now();
+            let (resp, body) = block_on(async {
+                let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+                let (parts, body) = handle(req, st.clone(), peer).await.into_parts();
+                let bytes = body.collect().await.unwrap().to_bytes();
+                let body: Value = serde_json::from_slice(&bytes).unwrap();
+                (Response::from_parts(parts, ()), body)
+            });
+            assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+            assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT, "{path}");
+            assert_eq!(resp.headers()[http::header::CONNECTION], "close");
+            let message = "Request body not received within 150ms";
+            if openai {
+                assert_eq!(
+                    body,
+                    openai_error(message, "invalid_request_error", "REQUEST_TIMEOUT")
+                );
+            } else {
+                assert_eq!(body["success"], false);
+                assert_eq!(body["error"], message);
+                assert_eq!(body["code"], "REQUEST_TIMEOUT");
+                assert_eq!(body["requestId"], "slow-1");
+                assert!(body["timestamp"].is_string(), "{body}");
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The serving lifecycle: accept on every listener, serve each connection
-//! with hyper (HTTP/1.1 keep-alive or h2c with prior knowledge), tell the
+//! with hyper (HTTP/1.1 keep-alive or h2c with prior knowledge) under the
+//! connection deadlines of [`crate::conn_deadline`], tell the
 //! supervisor `READY=1`, and on SIGTERM/SIGINT drain: stop accepting, keep
 //! idle keep-alive connections for a short linger (answering with
 //! `Connection: close`), let in-flight requests finish within
@@ -17,7 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hyper::service::service_fn;
@@ -27,6 +28,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::budget::Watch;
+use crate::conn_deadline::{Activity, DeadlineIo};
 use crate::router;
 use crate::state::{AppState, Phase};
 
@@ -54,7 +57,15 @@ pub async fn serve(
     tracing::info!(addresses = %addrs.join(" "), worker_id = state.settings.worker_id, "listening");
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    // No hyper header timer: the head deadline is `HEADER_TIMEOUT` in
+    // `conn_deadline`, for HTTP/1 and HTTP/2 alike. hyper's also starts
+    // whenever an HTTP/1 connection goes idle, so it would cut keep-alive
+    // connections at its own value whatever `KEEPALIVE_TIMEOUT` says.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
 
@@ -64,6 +75,8 @@ pub async fn serve(
         Ok(false) => tracing::info!("ready (standalone: no NOTIFY_SOCKET)"),
         Err(e) => tracing::warn!(error = %e, "ready, but notifying the supervisor failed"),
     }
+    // From the serving runtime: a stalled accept/serve loop stops the pings.
+    tokio::spawn(crate::watchdog::ping(state.clone()));
 
     let reason = accept_loop(&listeners, &builder, &graceful, &state, &mut signals).await;
 
@@ -157,6 +170,13 @@ async fn wait_idle(state: &AppState) {
 }
 
 /// Accepts until a stop signal arrives; returns the signal's name.
+///
+/// At the connection budget (`max_connections` open) it stops polling the
+/// listeners until a connection closes, so new connections wait in the
+/// slot's kernel queue rather than being accepted and failed; [`Watch`]
+/// reports the worker degraded when it cannot accept for too long (see
+/// [`crate::budget`]). Per connection this costs two atomic loads and a
+/// few flag tests.
 async fn accept_loop(
     listeners: &[TcpListener],
     builder: &auto::Builder<TokioExecutor>,
@@ -165,20 +185,54 @@ async fn accept_loop(
     signals: &mut StopSignals,
 ) -> &'static str {
     let mut next = 0usize;
+    let mut watch = Watch::new(state.clone());
+    // Re-reads the open-file limit and retries an unsent report.
+    let mut upkeep = tokio::time::interval(crate::budget::LIMIT_RECHECK);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    upkeep.reset();
     loop {
+        let (open, max) = (state.open_connections(), state.max_connections());
+        if open >= max {
+            watch.at_budget(open, max, Instant::now());
+            let look = tokio::time::Instant::from_std(watch.next_look(Instant::now()));
+            tokio::select! {
+                biased;
+                sig = signals.recv() => return sig,
+                () = state.connection_closed() => {}
+                () = tokio::time::sleep_until(look) => watch.tick(),
+            }
+            continue;
+        }
+        watch.room();
+        // Whether the listeners had nothing queued at some point: after an
+        // `accept` failure that means the failing connections are gone.
+        let mut empty = false;
         let accepted = tokio::select! {
             biased;
             sig = signals.recv() => return sig,
-            accepted = std::future::poll_fn(|cx| poll_accept_any(listeners, &mut next, cx)) => accepted,
+            _ = upkeep.tick() => None,
+            accepted = std::future::poll_fn(|cx| {
+                let polled = poll_accept_any(listeners, &mut next, cx);
+                empty |= polled.is_pending();
+                polled
+            }) => Some(accepted),
         };
+        if empty {
+            watch.accepting();
+        }
         match accepted {
-            Ok((stream, peer)) => spawn_connection(stream, peer, builder, graceful, state),
+            None => watch.tick(),
+            Some(Ok((stream, peer))) => {
+                watch.accepting();
+                spawn_connection(stream, peer, builder, graceful, state);
+            }
             // The peer gave up between SYN and accept: nothing to do.
-            Err(e) if is_per_connection(&e) => {
+            Some(Err(e)) if is_per_connection(&e) => {
                 tracing::debug!(error = %e, "accept: connection-level error");
             }
             // EMFILE, ENFILE, ENOBUFS, ENOMEM...: the loop must survive.
-            Err(e) => {
+            Some(Err(e)) => {
+                watch.accept_failed(&e, Instant::now());
                 tracing::warn!(error = %e, backoff_ms = ACCEPT_BACKOFF.as_millis() as u64, "accept failed; backing off");
                 tokio::select! {
                     sig = signals.recv() => return sig,
@@ -231,13 +285,22 @@ fn spawn_connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "setting TCP_NODELAY failed");
     }
+    // The connection's idle deadlines (first byte, head, keep-alive) live
+    // in its IO; the service tells it which requests are in flight, from
+    // the complete head until the response body has ended.
+    let activity = Activity::new();
+    let io = DeadlineIo::new(stream, activity.clone(), state.settings.connection.idle());
     let svc_state = state.clone();
     let service = service_fn(move |req| {
         let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(router::handle(req, state, peer).await) }
+        let request = activity.request_started();
+        async move {
+            let resp = router::handle(req, state, peer).await;
+            Ok::<_, Infallible>(resp.map(|body| request.track(body)))
+        }
     });
     let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .into_owned();
     let conn = graceful.watch(conn);
     let guard = state.connection_opened();
@@ -276,8 +339,11 @@ impl StopSignals {
 /// This worker's metrics as an HTTP response (Prometheus text format).
 fn metrics_response(
     req: &http::Request<hyper::body::Incoming>,
+    state: &AppState,
 ) -> http::Response<crate::response::Body> {
     if req.uri().path() == "/metrics" {
+        // Read now rather than counted on every open and close.
+        crate::telemetry::connections_open(state.open_connections());
         let mut r =
             http::Response::new(crate::response::full(crate::telemetry::render_for_scrape()));
         r.headers_mut().insert(
@@ -293,13 +359,14 @@ fn metrics_response(
 }
 
 /// Serves one metrics connection (HTTP/1, `GET /metrics` only).
-fn serve_metrics_connection<S>(stream: S)
+fn serve_metrics_connection<S>(stream: S, state: Arc<AppState>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-            Ok::<_, Infallible>(metrics_response(&req))
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(metrics_response(&req, &state)) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service)
@@ -310,7 +377,7 @@ where
 /// Serves `GET /metrics` (this worker's own numbers) on `0.0.0.0:port`:
 /// `METRICS_PORT` for a worker running without a supervisor. Failing to
 /// bind is logged, not fatal: metrics must not take the service down.
-pub async fn serve_metrics(port: u16) {
+pub async fn serve_metrics(port: u16, state: Arc<AppState>) {
     let listener = match TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -321,7 +388,7 @@ pub async fn serve_metrics(port: u16) {
     tracing::info!(port, "serving /metrics");
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => serve_metrics_connection(stream),
+            Ok((stream, _)) => serve_metrics_connection(stream, state.clone()),
             Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
         }
     }
@@ -330,7 +397,7 @@ pub async fn serve_metrics(port: u16) {
 /// Serves this worker's metrics to its supervisor on the abstract Unix
 /// socket named by `HEARTALK_METRICS_SOCKET` (`@name`): the supervisor
 /// scrapes every worker and serves the fleet-wide sum.
-pub async fn serve_metrics_unix(name: String) {
+pub async fn serve_metrics_unix(name: String, state: Arc<AppState>) {
     use std::os::linux::net::SocketAddrExt;
     let bound = name
         .strip_prefix('@')
@@ -350,7 +417,7 @@ pub async fn serve_metrics_unix(name: String) {
     };
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => serve_metrics_connection(stream),
+            Ok((stream, _)) => serve_metrics_connection(stream, state.clone()),
             Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
         }
     }

@@ -7,7 +7,10 @@
 //! default; booleans are `true`, `1` or `yes` in any case, anything else
 //! set means false. A bad value therefore never stops a worker, which
 //! matters because a worker that fails to start is retried in a loop by the
-//! supervisor.
+//! supervisor. The connection timeouts this project added
+//! ([`ConnectionTimeouts`]) are stricter only in what they report: zero or
+//! an unreadable value is listed in [`Settings::problems`], logged as an
+//! error at start, and the default is used.
 //!
 //! The `.env` files of §14 are read too: `.env.<NODE_ENV>.local`,
 //! `.env.local`, `.env.<NODE_ENV>`, `.env` in the working directory, an
@@ -33,6 +36,11 @@ pub struct Settings {
     pub worker_id: u32,
     /// `SHUTDOWN_GRACE_SECS`: how long in-flight work may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `MAX_CONNECTIONS`: the most client connections open at once, past
+    /// which the worker stops accepting (`None`, the default, or 0: derive
+    /// it from the open-file limit; a set value is capped to that too; see
+    /// [`crate::budget`]).
+    pub max_connections: Option<usize>,
     /// `KEYWORDS_CONFIG`: the router table.
     pub keywords_config: PathBuf,
     /// Chain-of-thought / self-consistency settings (§7).
@@ -48,6 +56,109 @@ pub struct Settings {
     /// metrics that `GET /metrics` on the service port serves
     /// (`HEARTALK_CONTROL_SOCKET`; unset = no `/metrics` on this port).
     pub control_socket: Option<PathBuf>,
+    /// The deadlines of client connections (docs/api.md "Connection
+    /// deadlines").
+    pub connection: ConnectionTimeouts,
+    /// Settings that were set to a value that cannot be used, one line
+    /// each naming the variable, the value and the default used instead.
+    /// Logged as errors at start ([`crate::run`]); the worker still starts,
+    /// because one that refused would only be restarted in a loop.
+    pub problems: Vec<String>,
+}
+
+/// The deadlines of a client connection. Each is an integer number of
+/// milliseconds (like the contract's other `*_TIMEOUT`s) or a humantime
+/// duration (`10s`, `1m 15s`, `500ms`), see [`parse_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTimeouts {
+    /// `FIRST_BYTE_TIMEOUT` (10 s): from accept to the first byte; a
+    /// connection that sends nothing is closed then.
+    pub first_byte: Duration,
+    /// `HEADER_TIMEOUT` (30 s): from the first byte of a request head to
+    /// the whole head (on HTTP/2: from the preface to the first request).
+    pub header: Duration,
+    /// `BODY_TIMEOUT` (30 s): from the complete head to the whole body, a
+    /// total deadline whatever the rate the bytes arrive at; then 408
+    /// `REQUEST_TIMEOUT` and the connection is closed.
+    pub body: Duration,
+    /// `KEEPALIVE_TIMEOUT` (75 s): how long a connection with no request
+    /// in flight stays open after its last response. Above the 60 s idle
+    /// timeout of the usual proxies in front (nginx's upstream
+    /// `keepalive_timeout`, AWS ALB), so they close first and never reuse
+    /// a connection the worker is closing.
+    pub keep_alive: Duration,
+}
+
+impl ConnectionTimeouts {
+    pub const DEFAULT: ConnectionTimeouts = ConnectionTimeouts {
+        first_byte: Duration::from_secs(10),
+        header: Duration::from_secs(30),
+        body: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(75),
+    };
+
+    /// The idle deadlines, as the connection wrapper takes them.
+    pub fn idle(&self) -> crate::conn_deadline::IdleTimeouts {
+        crate::conn_deadline::IdleTimeouts {
+            first_byte: self.first_byte,
+            header: self.header,
+            keep_alive: self.keep_alive,
+        }
+    }
+}
+
+/// The longest connection timeout accepted: a day (a larger value is a
+/// typo, and the deadline must stay far from the clock's range).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A connection timeout: unset or blank is `Ok(default)`; an integer is
+/// milliseconds (`HEARTALK_TIMEOUT`'s unit), anything else is read as a
+/// humantime duration (`10s`, `1m 15s`, `500ms`). Zero, a value that
+/// parses as neither, or more than [`MAX_TIMEOUT`] is an error saying why.
+pub fn parse_timeout(value: Option<&str>, default: Duration) -> Result<Duration, String> {
+    let v = match value.map(str::trim) {
+        None | Some("") => return Ok(default),
+        Some(v) => v,
+    };
+    let d = match v.parse::<u64>() {
+        Ok(ms) => Duration::from_millis(ms),
+        Err(_) => shared::config::units::parse_duration(v).map_err(|_| {
+            "not a duration (an integer number of milliseconds, or e.g. `10s`, `1m 15s`, `500ms`)"
+                .to_string()
+        })?,
+    };
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    if d > MAX_TIMEOUT {
+        return Err("must be at most a day".into());
+    }
+    Ok(d)
+}
+
+/// Reads the four connection timeouts; each bad value adds a problem and
+/// leaves that timeout at its default.
+fn connection_timeouts(
+    get: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> ConnectionTimeouts {
+    let d = ConnectionTimeouts::DEFAULT;
+    let mut read = |key: &str, default: Duration| {
+        let value = get(key);
+        parse_timeout(value.as_deref(), default).unwrap_or_else(|why| {
+            problems.push(format!(
+                "{key}={:?}: {why}; using the default {default:?}",
+                value.unwrap_or_default()
+            ));
+            default
+        })
+    };
+    ConnectionTimeouts {
+        first_byte: read("FIRST_BYTE_TIMEOUT", d.first_byte),
+        header: read("HEADER_TIMEOUT", d.header),
+        body: read("BODY_TIMEOUT", d.body),
+        keep_alive: read("KEEPALIVE_TIMEOUT", d.keep_alive),
+    }
 }
 
 /// A secret value: usable, but never printed by `Debug`.
@@ -209,6 +320,8 @@ impl Settings {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| default.to_string())
         };
+        let mut problems = Vec::new();
+        let connection = connection_timeouts(&get, &mut problems);
         Settings {
             node_env: nonempty("NODE_ENV", "development"),
             host: nonempty("HOST", "localhost"),
@@ -219,6 +332,8 @@ impl Settings {
                 get("SHUTDOWN_GRACE_SECS").as_deref(),
                 30,
             )),
+            max_connections: Some(parse_int(get("MAX_CONNECTIONS").as_deref(), 0usize))
+                .filter(|n| *n > 0),
             keywords_config: PathBuf::from(nonempty("KEYWORDS_CONFIG", "config/keywords.json")),
             reasoning: ReasoningSettings {
                 chain_of_thought: parse_bool(get("ENABLE_CHAIN_OF_THOUGHT").as_deref(), true),
@@ -236,6 +351,8 @@ impl Settings {
             control_socket: get(env::HEARTALK_CONTROL_SOCKET)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            connection,
+            problems,
         }
     }
 
@@ -593,6 +710,87 @@ mod tests {
             p.redis_tls.set_vars(),
             ["REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE"]
         );
+    }
+
+    #[test]
+    fn connection_timeouts_default_and_parse() {
+        let s = settings(&[]);
+        assert_eq!(s.connection, ConnectionTimeouts::DEFAULT);
+        assert_eq!(s.connection.first_byte, Duration::from_secs(10));
+        assert_eq!(s.connection.header, Duration::from_secs(30));
+        assert_eq!(s.connection.body, Duration::from_secs(30));
+        assert_eq!(s.connection.keep_alive, Duration::from_secs(75));
+        assert!(s.problems.is_empty());
+        let s = settings(&[
+            ("FIRST_BYTE_TIMEOUT", "1500"),
+            ("HEADER_TIMEOUT", " 2s "),
+            ("BODY_TIMEOUT", "1m 30s"),
+            ("KEEPALIVE_TIMEOUT", "250ms"),
+        ]);
+        assert_eq!(
+            s.connection,
+            ConnectionTimeouts {
+                first_byte: Duration::from_millis(1500),
+                header: Duration::from_secs(2),
+                body: Duration::from_secs(90),
+                keep_alive: Duration::from_millis(250),
+            },
+            "a bare integer is milliseconds, anything else humantime"
+        );
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(
+            parse_timeout(Some(""), Duration::from_secs(3)),
+            Ok(Duration::from_secs(3))
+        );
+        assert_eq!(
+            parse_timeout(None, Duration::from_secs(3)),
+            Ok(Duration::from_secs(3))
+        );
+        assert_eq!(parse_timeout(Some("1d"), Duration::ZERO), Ok(MAX_TIMEOUT));
+    }
+
+    #[test]
+    fn bad_connection_timeouts_are_reported_and_use_the_default() {
+        let s = settings(&[
+            ("FIRST_BYTE_TIMEOUT", "0"),
+            ("HEADER_TIMEOUT", "soon"),
+            ("BODY_TIMEOUT", "-5"),
+            ("KEEPALIVE_TIMEOUT", "2d"),
+        ]);
+        assert_eq!(s.connection, ConnectionTimeouts::DEFAULT);
+        assert_eq!(
+            s.problems,
+            [
+                "FIRST_BYTE_TIMEOUT=\"0\": must be more than zero; using the default 10s",
+                "HEADER_TIMEOUT=\"soon\": not a duration (an integer number of milliseconds, \
+                 or e.g. `10s`, `1m 15s`, `500ms`); using the default 30s",
+                "BODY_TIMEOUT=\"-5\": not a duration (an integer number of milliseconds, \
+                 or e.g. `10s`, `1m 15s`, `500ms`); using the default 30s",
+                "KEEPALIVE_TIMEOUT=\"2d\": must be at most a day; using the default 75s",
+            ]
+        );
+        assert_eq!(
+            parse_timeout(Some("0s"), Duration::from_secs(1)),
+            Err("must be more than zero".into())
+        );
+    }
+
+    #[test]
+    fn max_connections() {
+        assert_eq!(settings(&[]).max_connections, None, "derived by default");
+        for (v, want) in [
+            ("5000", Some(5000)),
+            (" 64 ", Some(64)),
+            ("0", None),
+            ("-1", None),
+            ("many", None),
+        ] {
+            assert_eq!(
+                settings(&[("MAX_CONNECTIONS", v)]).max_connections,
+                want,
+                "{v}"
+            );
+        }
     }
 
     #[test]

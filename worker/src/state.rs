@@ -1,14 +1,16 @@
 //! The state every connection task shares: the settings, the worker's
 //! lifecycle phase (what `/ready` reports), a count of open connections
-//! (what a drain waits for and reports), and facts established once at
-//! start-up (whether the router config loaded).
+//! (what a drain waits for and reports, and what the accept loop holds to
+//! its budget: see [`crate::budget`]), whether the worker is degraded
+//! (cannot accept), the supervisor's fleet-state page, and facts
+//! established once at start-up (whether the router config loaded).
 //!
 //! It is held in an `Arc`. Its own fields are atomics and a `watch`
 //! channel (the drain deadline), so handlers never wait on a lock the
 //! accept loop could hold; the services it carries keep their own short,
 //! never-awaited locks.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use http::HeaderValue;
@@ -43,6 +45,14 @@ pub struct AppState {
     pub services: crate::services::Services,
     phase: AtomicU8,
     connections: AtomicUsize,
+    /// The connection budget in force (see [`crate::budget`]).
+    max_connections: AtomicUsize,
+    /// Wakes the accept loop, stopped at its budget, when a connection closes.
+    closed: tokio::sync::Notify,
+    /// The worker cannot accept (see [`crate::budget::Starvation`]).
+    degraded: AtomicBool,
+    /// The supervisor's fleet-state page (`None`: alone, or unavailable).
+    fleet: Option<crate::fleet_state::FleetState>,
     /// Flips to true when the drain deadline passes: open SSE streams send
     /// their final error frame and end.
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -59,8 +69,57 @@ impl AppState {
             services,
             phase: AtomicU8::new(Phase::Starting as u8),
             connections: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(usize::MAX),
+            closed: tokio::sync::Notify::new(),
+            degraded: AtomicBool::new(false),
+            fleet: None,
             shutdown: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Reads `/ready`'s fleet-wide answer from this page (see
+    /// [`crate::fleet_state`]).
+    pub fn with_fleet_state(mut self, fleet: Option<crate::fleet_state::FleetState>) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
+    /// How many slots of the fleet are not serving, per the supervisor's
+    /// page; `None` without one.
+    pub fn fleet_not_serving(&self) -> Option<u64> {
+        self.fleet
+            .as_ref()
+            .map(crate::fleet_state::FleetState::not_serving)
+    }
+
+    /// Whether this worker cannot accept connections (see [`crate::budget`]).
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    pub fn set_degraded(&self, degraded: bool) {
+        self.degraded.store(degraded, Ordering::Relaxed);
+    }
+
+    /// The connection budget in force.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Sets the connection budget; returns the previous one. A larger
+    /// budget wakes the accept loop if it waits at the old one.
+    pub fn set_max_connections(&self, max: usize) -> usize {
+        let before = self.max_connections.swap(max, Ordering::Relaxed);
+        if max > before {
+            self.closed.notify_one();
+        }
+        before
+    }
+
+    /// Resolves when a connection closes at or above the budget (or the
+    /// budget grows): what the accept loop waits for while it is full.
+    pub async fn connection_closed(&self) {
+        self.closed.notified().await;
     }
 
     pub fn phase(&self) -> Phase {
@@ -110,6 +169,11 @@ pub struct ConnectionGuard(std::sync::Arc<AppState>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        let before = self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        // Only a close at or above the budget can be awaited by the accept
+        // loop; below it the loop is polling the listeners, not waiting.
+        if before >= self.0.max_connections.load(Ordering::Relaxed) {
+            self.0.closed.notify_one();
+        }
     }
 }

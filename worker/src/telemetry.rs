@@ -156,6 +156,22 @@ fn describe() {
         "ai_rate_limit_fallbacks_total",
         "Rate-limit decisions counted locally because Redis was unreachable"
     );
+    describe_gauge!(
+        "ai_connections_open",
+        "Client connections this worker has open"
+    );
+    describe_gauge!(
+        "ai_connections_max",
+        "This worker's connection budget (MAX_CONNECTIONS, capped by the open-file limit)"
+    );
+    describe_counter!(
+        "ai_connection_budget_reached_total",
+        "Times the worker stopped accepting because its connection budget was full"
+    );
+    describe_gauge!(
+        "ai_worker_degraded",
+        "1 while the worker cannot accept connections (budget full or accept failing) for over 3 s"
+    );
 }
 
 /// Registers the series that must exist before anything happens (so
@@ -172,6 +188,9 @@ pub fn register_defaults(provider: &str, redis_configured: bool) {
     }
     counter!("ai_rate_limit_fallbacks_total").increment(0);
     counter!("ai_upstream_stream_parse_errors_total").increment(0);
+    counter!("ai_connection_budget_reached_total").increment(0);
+    gauge!("ai_worker_degraded").set(0.0);
+    gauge!("ai_connections_open").set(0.0);
     if redis_configured {
         gauge!("ai_redis_up").set(0.0);
     }
@@ -202,6 +221,26 @@ pub fn redis_up(up: bool) {
 
 pub fn rate_limit_fallback() {
     counter!("ai_rate_limit_fallbacks_total").increment(1);
+}
+
+/// Open client connections, set when the metrics are rendered for a
+/// scrape (not on every open and close).
+pub fn connections_open(n: usize) {
+    gauge!("ai_connections_open").set(n as f64);
+}
+
+/// The connection budget in force (see `budget.rs`).
+pub fn connections_max(n: usize) {
+    gauge!("ai_connections_max").set(n as f64);
+}
+
+/// The accept loop stopped at its connection budget.
+pub fn budget_reached() {
+    counter!("ai_connection_budget_reached_total").increment(1);
+}
+
+pub fn worker_degraded(degraded: bool) {
+    gauge!("ai_worker_degraded").set(if degraded { 1.0 } else { 0.0 });
 }
 
 /// Handles of the per-request series, per thread, by label set. Every key

@@ -130,7 +130,14 @@ pub struct App {
     pub kill_timeout: Duration,
     /// Replacement workers started at once during a reload.
     pub max_surge: u32,
+    /// A worker that pinged `WATCHDOG=1` at least once and then stays
+    /// silent this long is hung: it is replaced (`None`: `"0"`, off).
+    pub watchdog: Option<Duration>,
 }
+
+/// The shortest watchdog allowed: the worker pings at half the interval,
+/// and a shorter one would replace healthy workers on a scheduling hiccup.
+pub const MIN_WATCHDOG: Duration = Duration::from_secs(1);
 
 /// The port `listen` defaults to, as the Node.js service did.
 pub const DEFAULT_PORT: u16 = 8001;
@@ -186,6 +193,7 @@ impl App {
             listen_timeout: Duration::from_secs(10),
             kill_timeout: Duration::from_secs(35),
             max_surge: 1,
+            watchdog: Some(Duration::from_secs(10)),
         }
     }
 }

@@ -53,6 +53,7 @@ const APP_KEYS: &[&str] = &[
     "listen_timeout",
     "kill_timeout",
     "max_surge",
+    "watchdog",
 ];
 
 const SIZE_HINT: &str =
@@ -317,6 +318,25 @@ fn read_app(
         &mut app.max_surge,
         integer(d, t, "max_surge", 1, 1024).map(|n| n as u32),
     );
+    if let Some(w) = duration(d, t, "watchdog") {
+        if w.is_zero() {
+            app.watchdog = None;
+        } else if w < super::MIN_WATCHDOG {
+            d.error(
+                t["watchdog"].span(),
+                format!(
+                    "`watchdog` = {w:?} is shorter than {:?}",
+                    super::MIN_WATCHDOG
+                ),
+                Some(
+                    "workers ping at half the interval; write \"0\" to turn the watchdog off"
+                        .into(),
+                ),
+            );
+        } else {
+            app.watchdog = Some(w);
+        }
+    }
 
     if let (Some(soft), Some(hard)) = (app.max_memory, app.max_memory_hard) {
         if hard <= soft {

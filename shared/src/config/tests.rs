@@ -368,3 +368,26 @@ fn max_surge_is_read_and_bounded() {
         assert!(errs[0].column >= 1);
     }
 }
+
+#[test]
+fn watchdog_defaults_to_ten_seconds_and_zero_turns_it_off() {
+    let app = |extra: &str| {
+        parse(&format!("[[apps]]\nname = \"a\"\n{extra}"))
+            .unwrap()
+            .apps[0]
+            .clone()
+    };
+    assert_eq!(app("").watchdog, Some(Duration::from_secs(10)));
+    assert_eq!(
+        app("watchdog = \"2s\"\n").watchdog,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(app("watchdog = \"0\"\n").watchdog, None);
+    assert_eq!(app("watchdog = 0\n").watchdog, None);
+    let errs = errors("[[apps]]\nname = \"a\"\nwatchdog = \"200ms\"\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].line, 3);
+    assert!(errs[0].message.contains("watchdog"), "{}", errs[0].message);
+    let errs = errors("[[apps]]\nname = \"a\"\nwatchdog = \"often\"\n");
+    assert_eq!(errs[0].line, 3);
+}

@@ -17,7 +17,13 @@
 //! <n>` every MS ms forever; `bigline=MB` writes an MB-megabyte line without
 //! a newline, then `\nbigline-done`.
 //! Paths: `GET /slow?ms=N` answers after N ms; `GET /balloon?mb=N` touches
-//! N MB at once; anything else answers `{"pid":…,"slot":…}`.
+//! N MB at once; `GET /spin` answers, then its "event loop" (the acceptor
+//! threads and the watchdog pinger) spins in a busy loop forever, as a
+//! worker stuck in a hot loop would; anything else answers
+//! `{"pid":…,"slot":…}`.
+//! Watchdog: with `WATCHDOG_USEC` set it pings `WATCHDOG=1` at half that
+//! interval from a thread of its own, like the real worker (`no-ping`
+//! turns that off, as for a plain sd_notify program).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,6 +33,19 @@ use std::time::Duration;
 
 /// Memory kept on purpose (`leak=` and `/balloon`).
 static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Set by `GET /spin`: the serving threads and the pinger spin from then on.
+static SPIN: AtomicBool = AtomicBool::new(false);
+
+/// Burns CPU forever once `/spin` was asked for; returns otherwise.
+fn spin_if_asked() {
+    if SPIN.load(Ordering::SeqCst) {
+        let mut x = 0u64;
+        loop {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }
+}
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
@@ -123,6 +142,7 @@ fn main() {
         let (slot, inflight, stop) = (slot.clone(), inflight.clone(), stop.clone());
         acceptors.push(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
+                spin_if_asked();
                 match l.accept() {
                     Ok((conn, _)) => {
                         inflight.fetch_add(1, Ordering::SeqCst);
@@ -145,6 +165,17 @@ fn main() {
     }
     if mode != "no-ready" {
         shared::activation::notify("READY=1").expect("notify");
+    }
+    if let Some(interval) = shared::activation::watchdog_interval() {
+        if !args.iter().any(|a| a == "no-ping") {
+            std::thread::spawn(move || {
+                loop {
+                    spin_if_asked();
+                    let _ = shared::activation::notify("WATCHDOG=1");
+                    std::thread::sleep(interval / 2);
+                }
+            });
+        }
     }
     loop {
         let mut sig = 0;
@@ -192,6 +223,9 @@ fn handle(mut conn: TcpStream, slot: &str, leak_kb: usize) {
     }
     if let Some(mb) = path.strip_prefix("/balloon?mb=") {
         hoard(mb.parse::<usize>().unwrap_or(1) << 20);
+    }
+    if path == "/spin" {
+        SPIN.store(true, Ordering::SeqCst);
     }
     if leak_kb > 0 {
         hoard(leak_kb << 10);

@@ -1,0 +1,260 @@
+//! The connection budget and fleet-wide readiness, end to end: one of two
+//! real workers runs out of descriptors (its open-file limit lowered with
+//! `prlimit` while it runs) under thousands of idle connections. It must
+//! stop accepting at its budget rather than fail requests, report itself
+//! degraded (its metrics through the supervisor, `heartalk status`), the
+//! other worker must keep answering new requests but say 503 on `/ready`
+//! for the container, and once the idle connections close the starved
+//! worker must recover on its own.
+
+mod helper;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use helper::*;
+use serde_json::Value;
+
+/// Idle client connections opened (spread over both slots by SO_REUSEPORT
+/// hashing: about 3,000 each, well past the starved worker's budget).
+const IDLE: usize = 6000;
+/// The open-file limit the starved worker is lowered to.
+const STARVED_NOFILE: u64 = 1024;
+/// Its budget then: the limit minus a reserve of max(64, a tenth) = 102
+/// (worker/src/budget.rs).
+const STARVED_BUDGET: f64 = 922.0;
+/// How long a fresh probe may wait for its answer: the healthy worker
+/// answers in milliseconds, the starved one's queue never does.
+const PROBE: Duration = Duration::from_millis(1500);
+/// Answers wanted from the healthy worker, and fresh connections tried for
+/// them at most (each lands on either slot, about evenly).
+const ENOUGH: usize = 6;
+const TRIES: usize = 60;
+
+/// Raises this process's soft open-file limit to its hard limit (the
+/// idle connections need thousands of descriptors here too); returns it.
+fn raise_own_nofile() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0
+}
+
+/// `[slot].field` of the only app in `heartalk status --json`.
+fn worker(status: &Value, slot: u64) -> Value {
+    status["apps"][0]["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .find(|w| w["slot"] == slot)
+        .cloned()
+        .unwrap_or_else(|| panic!("no slot {slot} in {status}"))
+}
+
+/// One `GET path` on a fresh connection with a short timeout: the answer
+/// and the slot that gave it, or `None` when nobody answered in time (the
+/// connection landed in the starved worker's queue).
+fn probe(addr: SocketAddr, path: &str) -> Option<(Response, u64)> {
+    let r = http_get(addr, path, PROBE).ok()?;
+    let slot = r.header("x-worker-id")?.parse().ok()?;
+    Some((r, slot))
+}
+
+/// A worker gauge (`name{app,slot}`) on the supervisor's admin `/metrics`.
+fn gauge(admin: SocketAddr, name: &str, slot: u64) -> Option<f64> {
+    metric(admin, name, &format!("slot=\"{slot}\""))
+}
+
+#[test]
+fn a_worker_out_of_descriptors_stops_at_its_budget_reports_degraded_and_recovers() {
+    let nofile = raise_own_nofile();
+    assert!(
+        nofile >= (IDLE as u64) + 1000,
+        "this test needs a hard open-file limit of at least {} (ulimit -Hn is {nofile})",
+        IDLE + 1000
+    );
+    let admin = free_addr();
+    // The idle connections must outlive the test's degraded phase: no
+    // first byte ever comes (FIRST_BYTE_TIMEOUT would close them at 10 s).
+    let config = before_apps(
+        &real_worker_config(
+            "2",
+            "[apps.env]\nFIRST_BYTE_TIMEOUT = \"300s\"\nKEEPALIVE_TIMEOUT = \"300s\"\n",
+        ),
+        &format!("[supervisor]\nmetrics_listen = \"{admin}\"\ncontrol_socket = \"control.sock\""),
+    );
+    let mut sup = Supervisor::start(&config);
+    let addr = sup.addr();
+    sup.wait_ready(2);
+
+    // The supervisor raised its soft limit to the hard one, and says so.
+    let fd_limit = sup.wait_event("fd_limit", |_| true);
+    assert_eq!(fd_limit["soft"], fd_limit["hard"], "{fd_limit}");
+    assert!(fd_limit["soft_before"].is_u64(), "{fd_limit}");
+
+    let status = sup.status();
+    let (starved, healthy) = (0u64, 1u64);
+    let starved_pid = worker(&status, starved)["pid"].as_i64().expect("pid");
+    for slot in [starved, healthy] {
+        assert_eq!(worker(&status, slot)["state"], "online", "{status}");
+    }
+    let out = Command::new("prlimit")
+        .arg("--pid")
+        .arg(starved_pid.to_string())
+        .arg(format!("--nofile={STARVED_NOFILE}:{STARVED_NOFILE}"))
+        .output()
+        .expect("run prlimit (util-linux)");
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The worker reads its limit again every second; its budget follows.
+    wait_for(
+        "the starved worker's budget to follow its limit",
+        DEADLINE,
+        || (gauge(admin, "ai_connections_max", starved)? == STARVED_BUDGET).then_some(()),
+    );
+    let healthy_max = gauge(admin, "ai_connections_max", healthy).expect("healthy budget");
+    assert!(healthy_max > (IDLE as f64), "healthy budget {healthy_max}");
+
+    // Thousands of idle connections: the starved worker takes its budget's
+    // worth, the rest wait in its slot's kernel queue.
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            idle.push(s);
+        }
+    }
+    assert!(idle.len() >= IDLE - 100, "opened only {}", idle.len());
+
+    // Degraded after 3 s of not accepting: the worker's own gauge, through
+    // the supervisor's metrics (its metrics socket still has descriptors:
+    // that is what the reserve is for).
+    wait_for(
+        "the starved worker's ai_worker_degraded = 1",
+        Duration::from_secs(30),
+        || (gauge(admin, "ai_worker_degraded", starved)? == 1.0).then_some(()),
+    );
+    let text = scrape(admin).expect("admin metrics");
+    assert_eq!(
+        sample(&text, "ai_connections_open", &format!("slot=\"{starved}\"")),
+        Some(STARVED_BUDGET),
+        "the starved worker holds exactly its budget"
+    );
+    assert_eq!(
+        sample(&text, "ai_worker_degraded", &format!("slot=\"{healthy}\"")),
+        Some(0.0)
+    );
+    assert!(
+        sample(&text, "ai_connections_open", &format!("slot=\"{healthy}\""))
+            .is_some_and(|n| n > 1000.0),
+        "the healthy worker took its share"
+    );
+    assert!(
+        sample_sum(&text, "ai_connection_budget_reached_total", "") >= 1.0,
+        "the budget was hit"
+    );
+
+    // The supervisor shows the slot degraded (`X_HEARTALK_DEGRADED=1`).
+    wait_for("status to show the starved slot degraded", DEADLINE, || {
+        let status = sup.status();
+        (worker(&status, starved)["state"] == "degraded").then_some(())
+    });
+    assert_eq!(worker(&sup.status(), healthy)["state"], "online");
+
+    // New requests on fresh connections: whatever lands on the healthy
+    // worker is answered; nothing is answered by the starved one.
+    // (About half land on each slot; stop once enough were answered.)
+    let (mut answered, mut tries) = (0, 0);
+    while answered < ENOUGH && tries < TRIES {
+        tries += 1;
+        if let Some((r, slot)) = probe(addr, "/health") {
+            assert_eq!(slot, healthy, "only the healthy worker accepts: {r:?}");
+            assert_eq!(r.status, 200, "{}", r.body);
+            answered += 1;
+        }
+    }
+    assert_eq!(
+        answered, ENOUGH,
+        "only {answered} of {tries} requests answered"
+    );
+
+    // The healthy worker's /ready speaks for the container: 503 degraded.
+    let (mut ready_answers, mut tries) = (0, 0);
+    while ready_answers < ENOUGH && tries < TRIES {
+        tries += 1;
+        if let Some((r, slot)) = probe(addr, "/ready") {
+            assert_eq!(slot, healthy);
+            assert_eq!(r.status, 503, "fleet-wide readiness: {}", r.body);
+            let body = r.json();
+            assert_eq!(body["status"], "degraded", "{body}");
+            assert_eq!(body["accepting"], true, "{body}");
+            assert!(body["fleet_not_serving"].as_u64() >= Some(1), "{body}");
+            ready_answers += 1;
+        }
+    }
+    assert_eq!(
+        ready_answers, ENOUGH,
+        "only {ready_answers} of {tries} probes answered"
+    );
+
+    // The idle connections close: the starved worker accepts again,
+    // reports serving, and the whole fleet is ready.
+    drop(idle);
+    wait_for(
+        "the starved worker's ai_worker_degraded = 0",
+        Duration::from_secs(30),
+        || (gauge(admin, "ai_worker_degraded", starved)? == 0.0).then_some(()),
+    );
+    wait_for("status to show the slot online again", DEADLINE, || {
+        let status = sup.status();
+        (worker(&status, starved)["state"] == "online").then_some(())
+    });
+    let mut ready_from = std::collections::BTreeSet::new();
+    wait_for("/ready 200 from both workers", DEADLINE, || {
+        let (r, slot) = probe(addr, "/ready")?;
+        assert_eq!(r.status, 200, "after recovery: {}", r.body);
+        assert_eq!(r.json()["status"], "ready");
+        ready_from.insert(slot);
+        (ready_from.len() == 2).then_some(())
+    });
+    assert_eq!(
+        worker(&sup.status(), starved)["pid"].as_i64(),
+        Some(starved_pid),
+        "the starved worker recovered without a restart"
+    );
+
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(sup.wait_exit(DEADLINE).success());
+
+    // The starved worker's own log: degraded for its budget (never an
+    // accept failure: the reserve kept descriptors for everything else),
+    // then recovered.
+    let lines: Vec<Value> = read_logs(&sup.log_dir())
+        .into_iter()
+        .filter(|l| l["slot"] == starved && l["pid"] == starved_pid)
+        .collect();
+    let degraded: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "accept_degraded")
+        .collect();
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    assert_eq!(degraded[0]["level"], "WARN");
+    let reason = degraded[0]["reason"].as_str().unwrap_or("");
+    assert!(reason.starts_with("connection budget reached"), "{reason}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["event"] == "accept_recovered")
+            .count(),
+        1
+    );
+    assert!(
+        !lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("accept failed"))),
+        "the budget kept accept from failing"
+    );
+}

@@ -1,0 +1,455 @@
+//! The connection budget, and telling the fleet when this worker cannot
+//! accept.
+//!
+//! **Budget.** Every connection holds a descriptor, and so does everything
+//! else the worker does: upstream and backend calls, Redis, the log pipe,
+//! metrics scrapes, the control socket. If connections may take them all,
+//! a worker with many idle connections can accept but then fails the
+//! upstream call of the next request. So the accept loop stops *polling*
+//! its listeners at [`effective`] open connections (`MAX_CONNECTIONS`,
+//! capped by the open-file limit minus a [`reserve`]) until one closes:
+//! new connections wait in the slot's kernel queue instead of being
+//! accepted and failed mid-request. The limit is read again every
+//! [`LIMIT_RECHECK`] and on `EMFILE`/`ENFILE`, so a limit changed while
+//! running (`prlimit`) moves the budget with it.
+//!
+//! **Degraded.** A worker that cannot accept — at its budget, or with
+//! `accept` failing on a resource error (`EMFILE`, `ENFILE`, `ENOMEM`...)
+//! — continuously for [`DEGRADED_AFTER`] reports itself degraded: the
+//! sd_notify datagram `X_HEARTALK_DEGRADED=1` with `STATUS=degraded:
+//! <reason>` to the supervisor, a warning in the log, `/ready` 503
+//! `degraded`, and the `ai_worker_degraded` gauge at 1. When it can accept
+//! again it sends `X_HEARTALK_DEGRADED=0` and `STATUS=serving`. The
+//! decision is the pure [`Starvation`]; [`Watch`] carries it out.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::state::AppState;
+
+/// Descriptors kept back from connections at least, whatever the limit:
+/// the fixed ones (stdio, the listeners, the epoll and timer descriptors
+/// of the runtime, the rate-limit table, the metrics listener, Redis, the
+/// log pipe — about twenty) plus room for some forty upstream, backend,
+/// control-socket and scrape connections at once.
+pub const RESERVE_MIN: u64 = 64;
+
+/// The share of the limit kept back (one tenth): the calls a request makes
+/// (an upstream connection each, a backend history fetch, a Redis command)
+/// grow with the number of requests in flight, which a higher limit
+/// exists to allow.
+pub const RESERVE_DIVISOR: u64 = 10;
+
+/// How often the open-file limit is read again (it may be changed from
+/// outside with `prlimit`), and the longest the accept loop waits at its
+/// budget without looking again.
+pub const LIMIT_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long the worker must be unable to accept, without a break, before
+/// it reports itself degraded: long enough that a burst which fills the
+/// budget for a moment, or one `EMFILE` while a few connections close,
+/// does not flap the fleet's readiness; short enough that a load balancer
+/// probing every few seconds stops sending within a probe or two.
+pub const DEGRADED_AFTER: Duration = Duration::from_secs(3);
+
+/// The longest pause between two observations of "cannot accept" that
+/// still counts as one stretch. The loop looks at least every
+/// [`LIMIT_RECHECK`] while at its budget and every 100 ms while `accept`
+/// fails, so a longer pause means it was accepting, or had nothing to
+/// accept, in between.
+pub const MAX_GAP: Duration = Duration::from_secs(2);
+
+/// Descriptors kept back from connections for a soft open-file limit of
+/// `nofile`: one tenth, at least [`RESERVE_MIN`], but never more than half
+/// (a tiny limit still leaves connections half of it).
+pub fn reserve(nofile: u64) -> u64 {
+    (nofile / RESERVE_DIVISOR).max(RESERVE_MIN).min(nofile / 2)
+}
+
+/// The most connections a soft open-file limit of `nofile` allows: the
+/// limit minus its [`reserve`], at least 1.
+pub fn derived(nofile: u64) -> usize {
+    usize::try_from(nofile.saturating_sub(reserve(nofile)))
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// The budget in force: `MAX_CONNECTIONS` (`requested`; `None` = derive
+/// it) capped by what the open-file limit allows (`nofile`; `None` = it
+/// could not be read, no cap).
+pub fn effective(requested: Option<usize>, nofile: Option<u64>) -> usize {
+    let cap = nofile.map_or(usize::MAX, derived);
+    requested.map_or(cap, |r| r.clamp(1, cap))
+}
+
+/// This process's soft `RLIMIT_NOFILE` (`RLIM_INFINITY` is `u64::MAX`).
+pub fn nofile_soft() -> Option<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the local we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    (rc == 0).then_some(rl.rlim_cur)
+}
+
+/// Why the accept loop cannot accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// `max_connections` connections are open: the listeners are not polled.
+    Budget,
+    /// `accept` failed on a resource error (the connection stays queued).
+    AcceptFailing,
+}
+
+/// A change of the degraded state, for the caller to announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Degraded,
+    Recovered,
+}
+
+/// The degraded policy, pure (the caller passes the time): degraded once
+/// the loop has been unable to accept for [`DEGRADED_AFTER`] — observed
+/// again and again, never more than [`MAX_GAP`] apart, with no accept in
+/// between — and serving again as soon as it can accept.
+#[derive(Debug, Default)]
+pub struct Starvation {
+    /// Start of the current stretch, its cause and the latest observation.
+    blocked: Option<(Instant, Cause, Instant)>,
+    degraded: bool,
+}
+
+impl Starvation {
+    /// The loop cannot accept now, because of `cause`.
+    pub fn blocked(&mut self, cause: Cause, now: Instant) -> Option<Change> {
+        let since = match self.blocked {
+            Some((since, _, last)) if now.saturating_duration_since(last) <= MAX_GAP => since,
+            _ => now,
+        };
+        self.blocked = Some((since, cause, now));
+        if !self.degraded && now.saturating_duration_since(since) >= DEGRADED_AFTER {
+            self.degraded = true;
+            return Some(Change::Degraded);
+        }
+        None
+    }
+
+    /// The loop can accept: it did, or its listeners had nothing queued
+    /// (`cause` `None`); or it is below its budget again (`Some(Budget)`:
+    /// this ends only a stretch caused by the budget — with `accept`
+    /// failing there is room, but no descriptor).
+    pub fn unblocked(&mut self, cause: Option<Cause>) -> Option<Change> {
+        match (self.blocked, cause) {
+            (Some((_, was, _)), Some(c)) if was != c => return None,
+            (None, _) if !self.degraded => return None,
+            _ => {}
+        }
+        self.blocked = None;
+        if self.degraded {
+            self.degraded = false;
+            return Some(Change::Recovered);
+        }
+        None
+    }
+
+    /// Whether the loop is in a stretch of not accepting.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.is_some()
+    }
+
+    /// Whether the worker is degraded.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
+    }
+
+    /// When the current stretch will make the worker degraded, if it lasts.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.blocked {
+            Some((since, _, _)) if !self.degraded => Some(since + DEGRADED_AFTER),
+            _ => None,
+        }
+    }
+}
+
+/// The accept loop's side of the budget: keeps `max_connections` in step
+/// with the open-file limit, runs [`Starvation`], and announces its
+/// changes (state, gauge, log, sd_notify). Owned by the accept loop; the
+/// methods it calls for every connection are a field test or two.
+pub struct Watch {
+    state: Arc<AppState>,
+    starvation: Starvation,
+    /// Whether the loop is stopped at its budget (counts each stop once).
+    at_budget: bool,
+    /// Why the loop cannot accept, as the latest observation says.
+    reason: String,
+    /// A degraded state the supervisor has not been told of yet (the
+    /// datagram failed: e.g. no descriptor for its socket); retried.
+    unsent: Option<bool>,
+    /// The soft open-file limit last read.
+    nofile: Option<u64>,
+}
+
+impl Watch {
+    pub fn new(state: Arc<AppState>) -> Watch {
+        let mut w = Watch {
+            state,
+            starvation: Starvation::default(),
+            at_budget: false,
+            reason: String::new(),
+            unsent: None,
+            nofile: None,
+        };
+        w.refresh_limit();
+        w
+    }
+
+    /// Reads the open-file limit again and moves the budget with it.
+    pub fn refresh_limit(&mut self) {
+        let nofile = nofile_soft();
+        if nofile == self.nofile {
+            return;
+        }
+        let max = effective(self.state.settings.max_connections, nofile);
+        let before = self.state.set_max_connections(max);
+        crate::telemetry::connections_max(max);
+        if self.nofile.is_some() {
+            tracing::info!(
+                nofile = ?nofile,
+                max_connections = max,
+                before,
+                "open-file limit changed; connection budget follows"
+            );
+        } else {
+            tracing::info!(
+                nofile = ?nofile,
+                max_connections = max,
+                requested = ?self.state.settings.max_connections,
+                "connection budget"
+            );
+        }
+        self.nofile = nofile;
+    }
+
+    /// The loop stopped at its budget (`open` of `max`).
+    pub fn at_budget(&mut self, open: usize, max: usize, now: Instant) {
+        if !self.at_budget {
+            self.at_budget = true;
+            crate::telemetry::budget_reached();
+            tracing::debug!(
+                open,
+                max_connections = max,
+                "connection budget reached; not accepting"
+            );
+        }
+        self.reason = format!("connection budget reached ({open} open, max {max})");
+        let change = self.starvation.blocked(Cause::Budget, now);
+        self.apply(change);
+    }
+
+    /// The loop is below its budget and about to poll its listeners.
+    #[inline]
+    pub fn room(&mut self) {
+        if self.at_budget {
+            self.at_budget = false;
+            let change = self.starvation.unblocked(Some(Cause::Budget));
+            self.apply(change);
+        }
+    }
+
+    /// A connection was accepted, or the listeners had nothing queued.
+    #[inline]
+    pub fn accepting(&mut self) {
+        if self.starvation.is_blocked() || self.starvation.is_degraded() {
+            let change = self.starvation.unblocked(None);
+            self.apply(change);
+        }
+    }
+
+    /// `accept` failed on a resource error.
+    pub fn accept_failed(&mut self, e: &io::Error, now: Instant) {
+        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            // Out of descriptors below the budget: the limit may have shrunk.
+            self.refresh_limit();
+        }
+        self.reason = format!("accept failing: {e}");
+        let change = self.starvation.blocked(Cause::AcceptFailing, now);
+        self.apply(change);
+    }
+
+    /// Periodic upkeep: the limit, and a datagram that could not be sent.
+    pub fn tick(&mut self) {
+        self.refresh_limit();
+        self.send_unsent();
+    }
+
+    /// When the loop must look again while stopped at its budget.
+    pub fn next_look(&self, now: Instant) -> Instant {
+        let recheck = now + LIMIT_RECHECK;
+        self.starvation
+            .deadline()
+            .map_or(recheck, |d| d.max(now).min(recheck))
+    }
+
+    fn apply(&mut self, change: Option<Change>) {
+        let Some(change) = change else { return };
+        let degraded = change == Change::Degraded;
+        self.state.set_degraded(degraded);
+        crate::telemetry::worker_degraded(degraded);
+        if degraded {
+            tracing::warn!(
+                event = "accept_degraded",
+                reason = %self.reason,
+                open = self.state.open_connections(),
+                max_connections = self.state.max_connections(),
+                after_secs = DEGRADED_AFTER.as_secs(),
+                "cannot accept connections; reporting degraded (/ready 503)"
+            );
+        } else {
+            tracing::info!(
+                event = "accept_recovered",
+                open = self.state.open_connections(),
+                "accepting connections again; reporting serving"
+            );
+        }
+        self.unsent = Some(degraded);
+        self.send_unsent();
+    }
+
+    fn send_unsent(&mut self) {
+        let Some(degraded) = self.unsent else { return };
+        let key = shared::activation::NOTIFY_DEGRADED;
+        let message = if degraded {
+            format!("{key}=1\nSTATUS=degraded: {}", self.reason)
+        } else {
+            format!("{key}=0\nSTATUS=serving")
+        };
+        match shared::activation::notify(&message) {
+            Ok(_) => self.unsent = None,
+            // Retried at the next tick (e.g. EMFILE: no descriptor for the
+            // datagram socket right now).
+            Err(e) => tracing::debug!(error = %e, "telling the supervisor failed; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_is_a_tenth_but_at_least_64_and_at_most_half() {
+        assert_eq!(reserve(1024), 102);
+        assert_eq!(derived(1024), 922);
+        assert_eq!(reserve(3000), 300);
+        assert_eq!(derived(3000), 2700);
+        assert_eq!(reserve(256), 64, "the floor");
+        assert_eq!(derived(256), 192);
+        assert_eq!(reserve(100), 50, "never more than half");
+        assert_eq!(derived(100), 50);
+        assert_eq!(derived(1), 1, "at least one connection");
+        assert_eq!(derived(0), 1);
+        assert_eq!(reserve(1 << 20), (1 << 20) / 10);
+        assert!(derived(u64::MAX) > 1 << 40, "RLIM_INFINITY");
+    }
+
+    #[test]
+    fn an_explicit_budget_is_capped_by_the_limit() {
+        assert_eq!(effective(None, Some(1024)), 922);
+        assert_eq!(effective(Some(500), Some(1024)), 500);
+        assert_eq!(effective(Some(5000), Some(1024)), 922, "capped");
+        assert_eq!(effective(Some(0), Some(1024)), 1);
+        assert_eq!(effective(None, None), usize::MAX, "limit unknown: no cap");
+        assert_eq!(effective(Some(10), None), 10);
+    }
+
+    #[test]
+    fn the_soft_limit_is_readable() {
+        assert!(nofile_soft().is_some_and(|n| n > 0));
+    }
+
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn degraded_after_three_seconds_of_not_accepting() {
+        let t0 = Instant::now();
+        let mut s = Starvation::default();
+        assert_eq!(s.deadline(), None);
+        // At the budget, looked at every second.
+        for ms in [0, 1000, 2000, 2999] {
+            assert_eq!(s.blocked(Cause::Budget, at(t0, ms)), None, "{ms}");
+        }
+        assert_eq!(s.deadline(), Some(at(t0, 3000)));
+        assert_eq!(
+            s.blocked(Cause::Budget, at(t0, 3000)),
+            Some(Change::Degraded)
+        );
+        assert!(s.is_degraded());
+        assert_eq!(s.deadline(), None, "already degraded");
+        // Reported once, however long it lasts.
+        assert_eq!(s.blocked(Cause::Budget, at(t0, 4000)), None);
+        // Below the budget again: serving.
+        assert_eq!(s.unblocked(Some(Cause::Budget)), Some(Change::Recovered));
+        assert!(!s.is_degraded() && !s.is_blocked());
+        assert_eq!(s.unblocked(None), None, "nothing to recover from");
+    }
+
+    #[test]
+    fn accept_failures_degrade_and_an_accept_recovers() {
+        let t0 = Instant::now();
+        let mut s = Starvation::default();
+        // EMFILE every 100 ms (the accept backoff).
+        for ms in (0..3000).step_by(100) {
+            assert_eq!(s.blocked(Cause::AcceptFailing, at(t0, ms)), None, "{ms}");
+        }
+        assert_eq!(
+            s.blocked(Cause::AcceptFailing, at(t0, 3000)),
+            Some(Change::Degraded)
+        );
+        // Room below the budget is no cure for a lack of descriptors...
+        assert_eq!(s.unblocked(Some(Cause::Budget)), None);
+        assert!(s.is_degraded());
+        // ...an accepted connection (or an empty queue) is.
+        assert_eq!(s.unblocked(None), Some(Change::Recovered));
+    }
+
+    #[test]
+    fn short_stretches_do_not_add_up() {
+        let t0 = Instant::now();
+        let mut s = Starvation::default();
+        // 2 s at the budget, a connection closes, 2 s more: never 3 s at once.
+        s.blocked(Cause::Budget, at(t0, 0));
+        s.blocked(Cause::Budget, at(t0, 2000));
+        assert_eq!(s.unblocked(Some(Cause::Budget)), None);
+        assert!(!s.is_blocked());
+        s.blocked(Cause::Budget, at(t0, 2100));
+        assert_eq!(s.blocked(Cause::Budget, at(t0, 4100)), None);
+        assert!(!s.is_degraded());
+        // A single failure long ago does not start today's stretch.
+        let mut s = Starvation::default();
+        s.blocked(Cause::AcceptFailing, at(t0, 0));
+        assert_eq!(s.blocked(Cause::AcceptFailing, at(t0, 60_000)), None);
+        assert_eq!(s.blocked(Cause::AcceptFailing, at(t0, 62_000)), None);
+        assert_eq!(
+            s.blocked(Cause::AcceptFailing, at(t0, 63_000)),
+            Some(Change::Degraded)
+        );
+    }
+
+    #[test]
+    fn a_stretch_may_change_cause() {
+        let t0 = Instant::now();
+        let mut s = Starvation::default();
+        // Out of descriptors, then at the (re-read, lower) budget: one stretch.
+        s.blocked(Cause::AcceptFailing, at(t0, 0));
+        s.blocked(Cause::Budget, at(t0, 1000));
+        assert_eq!(
+            s.blocked(Cause::Budget, at(t0, 3000)),
+            Some(Change::Degraded)
+        );
+        assert_eq!(s.unblocked(Some(Cause::Budget)), Some(Change::Recovered));
+    }
+}

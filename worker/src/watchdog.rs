@@ -1,0 +1,59 @@
+//! The worker's half of the supervisor's watchdog (systemd's protocol):
+//! when `WATCHDOG_USEC` is set for this process, ping `WATCHDOG=1` over
+//! `NOTIFY_SOCKET` at half that interval.
+//!
+//! The pings come from a task on the serving runtime itself — the one
+//! thread that accepts and answers — not from a thread of their own: a
+//! stopped, deadlocked or spinning event loop then falls silent and the
+//! supervisor replaces the worker, while a loop that is merely busy still
+//! reaches the timer between requests (a ping costs one datagram).
+
+use std::time::Duration;
+
+use crate::state::AppState;
+
+/// The ping period for a watchdog `interval`: half of it, as
+/// `sd_watchdog_enabled(3)` recommends, so one late ping is not fatal.
+pub fn period(interval: Duration) -> Duration {
+    (interval / 2).max(Duration::from_millis(1))
+}
+
+/// Pings for as long as the runtime runs; returns at once when no watchdog
+/// is set (standalone, or `watchdog = "0"`).
+pub async fn ping(state: std::sync::Arc<AppState>) {
+    let Some(interval) = shared::activation::watchdog_interval() else {
+        return;
+    };
+    let period = period(interval);
+    tracing::info!(
+        interval_ms = interval.as_millis() as u64,
+        period_ms = period.as_millis() as u64,
+        "watchdog on: pinging the supervisor"
+    );
+    let mut ticks = tokio::time::interval(period);
+    // A late tick is sent once, not in a burst that would hide the stall.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match shared::activation::notify("WATCHDOG=1") {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, worker_id = state.settings.worker_id, "watchdog ping failed");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_at_half_the_interval() {
+        assert_eq!(period(Duration::from_secs(10)), Duration::from_secs(5));
+        assert_eq!(period(Duration::from_micros(1)), Duration::from_millis(1));
+    }
+}
