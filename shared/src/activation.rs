@@ -51,9 +51,13 @@ pub mod env {
     pub const HEARTALK_CONTROL_SOCKET: &str = "HEARTALK_CONTROL_SOCKET";
     /// The descriptor of the fleet-wide rate-limit table (a memfd).
     pub const HEARTALK_LIMITS_FD: &str = "HEARTALK_LIMITS_FD";
-    /// The descriptor of the fleet-state page (a memfd of
+    /// The descriptor of the fleet-state page (a read-only memfd of
     /// [`super::FLEET_STATE_BYTES`]; layout in [`super::fleet_state`]).
     pub const HEARTALK_FLEET_FD: &str = "HEARTALK_FLEET_FD";
+    /// The word of the fleet-state page that is the worker's app's (see
+    /// [`super::fleet_state`]; unset, with no page, for an app past
+    /// [`super::fleet_state::WORDS`]).
+    pub const HEARTALK_FLEET_WORD: &str = "HEARTALK_FLEET_WORD";
 
     /// Every name above: the supervisor strips all of them from the
     /// environment it passes on and sets its own, and `[apps.env]` may not
@@ -73,6 +77,7 @@ pub mod env {
         HEARTALK_CONTROL_SOCKET,
         HEARTALK_LIMITS_FD,
         HEARTALK_FLEET_FD,
+        HEARTALK_FLEET_WORD,
     ];
 }
 
@@ -88,19 +93,29 @@ pub const LIMITS_TABLE_BYTES: u64 = 4 << 20;
 pub const FLEET_STATE_BYTES: u64 = 4096;
 
 /// The layout of the fleet-state page: what the supervisor tells every
-/// worker about the whole fleet, without a message per change.
+/// worker about its app, without a message per change.
 ///
 /// The page is an array of native-endian `u64` words, each read and
 /// written only as an `AtomicU64` (the page is page-aligned, so every word
-/// is aligned). Only the supervisor writes; workers map it read-only.
-/// Words not listed here are zero and reserved.
+/// is aligned): one word per app. Word `i` is how many slots of the app
+/// whose word is `i` are currently not serving (their worker reported
+/// `X_HEARTALK_DEGRADED=1`, or is hung); a worker learns its app's `i`
+/// from [`env::HEARTALK_FLEET_WORD`]. While its word is above zero every
+/// worker of that app answers `/ready` 503 `degraded`, so the app's load
+/// balancer steers away from the whole app rather than only from the
+/// worker it cannot reach; other apps (other ports, other balancers) are
+/// not concerned.
+///
+/// An app keeps its word for as long as it runs, across reloads (a new
+/// app takes the lowest free one), so the old and new workers of an app
+/// read the same word during a reload. Words no app holds are zero. Only
+/// the supervisor writes; workers get a read-only descriptor and map it
+/// read-only.
 pub mod fleet_state {
-    /// Word 0: how many slots of the fleet are currently not serving
-    /// (their worker reported `X_HEARTALK_DEGRADED=1`, or is hung). While
-    /// it is above zero every worker's `/ready` answers 503 `degraded`, so
-    /// a load balancer steers away from the whole container rather than
-    /// only from the worker it cannot reach.
-    pub const NOT_SERVING: usize = 0;
+    /// How many apps have a word: one per `u64` of the page (512). An app
+    /// past that has none: its workers get no page and their `/ready`
+    /// answers for themselves only.
+    pub const WORDS: usize = (super::FLEET_STATE_BYTES / 8) as usize;
 }
 
 /// The sd_notify assignment a worker sends when it cannot accept
@@ -213,6 +228,42 @@ pub fn notify(state: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// A socket to `NOTIFY_SOCKET` made once and kept, for messages sent from
+/// a serving event loop (watchdog pings, degraded reports): it never
+/// blocks — a full receive queue (a stalled supervisor) fails the send
+/// with `WouldBlock` instead of freezing the sender — and, made at start,
+/// it still works when the process has run out of descriptors.
+#[derive(Debug)]
+pub struct Notifier {
+    sock: UnixDatagram,
+}
+
+impl Notifier {
+    /// Connects to `NOTIFY_SOCKET`; `Ok(None)` when none is configured.
+    pub fn from_env() -> io::Result<Option<Notifier>> {
+        let Some(path) = std::env::var_os(env::NOTIFY_SOCKET) else {
+            return Ok(None);
+        };
+        let sock = UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.connect_addr(&addr)?;
+        } else {
+            sock.connect(&path)?;
+        }
+        sock.set_nonblocking(true)?;
+        Ok(Some(Notifier { sock }))
+    }
+
+    /// Sends one state string; never blocks (`WouldBlock` when the
+    /// receiver's queue is full).
+    pub fn send(&self, state: &str) -> io::Result<()> {
+        self.sock.send(state.as_bytes()).map(|_| ())
+    }
+}
+
 /// The watchdog interval this process must ping within, as systemd's
 /// `sd_watchdog_enabled(3)` reads it: `WATCHDOG_USEC` set to a positive
 /// number and `WATCHDOG_PID`, if set, equal to our pid. `None` means no
@@ -243,6 +294,33 @@ pub fn watchdog_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_notifier_never_blocks_on_a_full_queue() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("heartalk-test-notifier-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = UnixDatagram::bind_addr(&addr).unwrap();
+        let sock = UnixDatagram::unbound().unwrap();
+        sock.connect_addr(&addr).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let n = Notifier { sock };
+        // Nobody reads: the queue fills, and the send fails instead of
+        // blocking this thread.
+        let mut sent = 0;
+        let err = loop {
+            match n.send("WATCHDOG=1") {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 100_000, "the queue never filled");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(sent >= 1);
+        let mut buf = [0u8; 64];
+        let got = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..got], b"WATCHDOG=1");
+    }
 
     #[test]
     fn the_watchdog_is_read_as_systemd_reads_it() {

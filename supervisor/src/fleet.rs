@@ -204,11 +204,23 @@ struct AppRun {
     policy: Policy,
     limits: memory::Limits,
     slots: Vec<Slot>,
+    /// Its word of the fleet-state page (`HEARTALK_FLEET_WORD`; `None`
+    /// past the page's 512): see `crate::fleet_state::assign_words`.
+    word: Option<usize>,
 }
 
 impl AppRun {
     fn monitored(&self) -> bool {
         self.limits.soft.is_some() || self.limits.hard.is_some()
+    }
+
+    /// How many of its current workers are not serving (degraded or hung).
+    fn not_serving(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter_map(|s| s.worker.as_ref())
+            .filter(|w| w.not_serving())
+            .count() as u64
     }
 }
 
@@ -290,8 +302,8 @@ pub struct Fleet {
     pss: memory::PssCache,
     /// Hung workers by (app, reason: silent | trigger).
     hangs_by: BTreeMap<(String, &'static str), u64>,
-    /// The page every worker's `/ready` reads: how many slots are not
-    /// serving (`HEARTALK_FLEET_FD`).
+    /// The page every worker's `/ready` reads: how many slots of its app
+    /// are not serving (`HEARTALK_FLEET_FD`, word `HEARTALK_FLEET_WORD`).
     fleet_state: Option<crate::fleet_state::FleetState>,
 }
 
@@ -341,7 +353,20 @@ pub struct WorkerView {
 /// `current` where app name, address and slot index match.
 fn build_apps(config: &Config, cpus: u32, current: &[AppRun]) -> Result<Vec<AppRun>, SetupError> {
     let mut apps = Vec::new();
-    for app in &config.apps {
+    // An app keeps its fleet-state word for as long as it runs (same key
+    // as its sockets: name and address), across reloads.
+    let words = crate::fleet_state::assign_words(
+        &config
+            .apps
+            .iter()
+            .map(|a| (&a.name, a.listen))
+            .collect::<Vec<_>>(),
+        &current
+            .iter()
+            .map(|a| ((&a.config.name, a.config.listen), a.word))
+            .collect::<Vec<_>>(),
+    );
+    for (app, word) in config.apps.iter().zip(words) {
         let program = resolve_program(app).map_err(SetupError::Program)?;
         let count = match app.instances {
             Instances::Count(n) => n.get() as usize,
@@ -390,6 +415,7 @@ fn build_apps(config: &Config, cpus: u32, current: &[AppRun]) -> Result<Vec<AppR
                 .enumerate()
                 .map(|(i, s)| Slot::new(i, s))
                 .collect(),
+            word,
         });
     }
     Ok(apps)
@@ -406,7 +432,7 @@ fn exit_parts(status: WaitStatus) -> (Option<i32>, Option<String>) {
 impl Fleet {
     /// Resolves programs and binds every slot socket; starts nothing yet.
     pub fn new(config: &Config, notify_socket: String, cpus: u32) -> Result<Fleet, SetupError> {
-        Ok(Fleet {
+        let mut fleet = Fleet {
             apps: build_apps(config, cpus, &[])?,
             rollout: None,
             draining: Vec::new(),
@@ -429,7 +455,53 @@ impl Fleet {
             pss: memory::PssCache::default(),
             hangs_by: BTreeMap::new(),
             fleet_state: None,
-        })
+        };
+        fleet.zero_counters();
+        Ok(fleet)
+    }
+
+    /// Gives every app's restart and hang counters a 0 from the start, so
+    /// Prometheus sees the first one go from 0 to 1 (`increase()` of a
+    /// series whose first sample is already 1 is 0: an alert would miss it).
+    fn zero_counters(&mut self) {
+        for app in &self.apps {
+            for reason in RESTART_REASONS {
+                self.restarts_by
+                    .entry((app.config.name.clone(), reason))
+                    .or_default();
+            }
+            for reason in HANG_REASONS {
+                self.hangs_by
+                    .entry((app.config.name.clone(), reason))
+                    .or_default();
+            }
+        }
+    }
+
+    /// The event loop woke `late` past a deadline: the supervisor itself
+    /// did not run (a paused container, SIGSTOP, a blocked stdout), so no
+    /// ping could be read. Every watched worker gets a fresh interval from
+    /// `now` instead of being judged hung for the supervisor's silence.
+    pub fn pardon_silence(&mut self, now: Instant, late: Duration) {
+        let mut pardoned = 0;
+        for w in self
+            .apps
+            .iter_mut()
+            .flat_map(|a| a.slots.iter_mut())
+            .filter_map(|s| s.worker.as_mut())
+            .filter(|w| w.hung_at.is_none())
+        {
+            if let Some(p) = w.last_ping.as_mut() {
+                *p = now;
+                pardoned += 1;
+            }
+        }
+        tracing::warn!(
+            event = "supervisor_stalled",
+            late_ms = late.as_millis() as u64,
+            watched = pardoned,
+            "the supervisor ran late; workers' watchdogs restart from now"
+        );
     }
 
     /// Passes this shared-memory table to every worker launched from now
@@ -438,17 +510,18 @@ impl Fleet {
         self.limits_fd = fd;
     }
 
-    /// Passes this fleet-state page to every worker launched from now on,
-    /// and keeps its count of slots not serving up to date.
+    /// Passes this fleet-state page to every worker launched from now on
+    /// (with its app's word), and keeps each app's count of slots not
+    /// serving up to date.
     pub fn set_fleet_state(&mut self, state: crate::fleet_state::FleetState) {
-        state.set_not_serving(self.not_serving());
+        state.publish(self.not_serving_by_word());
         self.fleet_state = Some(state);
     }
 
-    /// Publishes the count of slots not serving to the workers' page.
+    /// Publishes each app's count of slots not serving to the workers' page.
     fn publish(&self) {
         if let Some(page) = &self.fleet_state {
-            page.set_not_serving(self.not_serving());
+            page.publish(self.not_serving_by_word());
         }
     }
 
@@ -577,15 +650,20 @@ impl Fleet {
         }
     }
 
-    /// How many current workers are not serving (degraded or hung): what
-    /// every worker's `/ready` reads from the fleet-state page.
+    /// How many current workers are not serving (degraded or hung), all
+    /// apps together; the fleet-state page has it per app
+    /// ([`Fleet::not_serving_by_word`]).
     pub fn not_serving(&self) -> u64 {
+        self.apps.iter().map(AppRun::not_serving).sum()
+    }
+
+    /// How many current workers of each app are not serving, by the app's
+    /// word of the fleet-state page: what the app's workers' `/ready`
+    /// reads there. Apps without a word are left out.
+    pub fn not_serving_by_word(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
         self.apps
             .iter()
-            .flat_map(|a| &a.slots)
-            .filter_map(|s| s.worker.as_ref())
-            .filter(|w| w.not_serving())
-            .count() as u64
+            .filter_map(|a| Some((a.word?, a.not_serving())))
     }
 
     /// Forks a worker for `slot` of `app`, with its output pipes when
@@ -618,7 +696,11 @@ impl Fleet {
             metrics_socket: metrics_id,
             control_socket: self.control_socket.as_deref(),
             limits_fd: self.limits_fd,
-            fleet_fd: self.fleet_state.as_ref().map(|f| f.fd()),
+            fleet: self
+                .fleet_state
+                .as_ref()
+                .zip(app.word)
+                .map(|(f, w)| (f.fd(), w)),
             outputs: pipes
                 .as_ref()
                 .map(|((_, o), (_, e))| (o.as_raw_fd(), e.as_raw_fd())),
@@ -721,14 +803,20 @@ impl Fleet {
                 let app = &mut self.apps[a];
                 let slot = &mut app.slots[s];
                 slot.successor = None;
+                let hung = slot.worker.as_ref().is_some_and(|w| w.hung_at.is_some());
                 tracing::warn!(
-                    event = "memory_replace_failed",
+                    event = if hung { "hung_replace_failed" } else { "memory_replace_failed" },
                     app = %app.config.name,
                     slot = slot.index,
                     pid = pid.as_raw(),
                     code,
                     signal = signal.as_deref(),
-                    "the replacement exited before it was ready; the old worker keeps serving"
+                    "{}",
+                    if hung {
+                        "the replacement exited before it was ready; the hung worker is killed and the slot restarts"
+                    } else {
+                        "the replacement exited before it was ready; the old worker keeps serving"
+                    }
                 );
             }
             Role::Next(a, s) => {
@@ -1317,15 +1405,20 @@ impl Fleet {
                     );
                 }
                 if let Some(w) = slot.worker.take() {
-                    self.drain(
-                        w,
-                        &app.config.name,
-                        slot.index,
-                        "reload",
-                        app.config.kill_timeout,
-                        retired,
-                        now,
-                    );
+                    if w.hung_at.is_some() {
+                        // Already SIGABRTed: its SIGKILL deadline stands.
+                        self.retire_hung(w, &app.config.name, slot.index, now);
+                    } else {
+                        self.drain(
+                            w,
+                            &app.config.name,
+                            slot.index,
+                            "reload",
+                            app.config.kill_timeout,
+                            retired,
+                            now,
+                        );
+                    }
                 }
             }
         }
@@ -1344,6 +1437,7 @@ impl Fleet {
         );
         self.finish_reload(r.covers, r.generation, "committed", None);
         self.announced_ready = true;
+        self.zero_counters();
     }
 
     /// A new worker failed: kill the next generation, keep the current one.
@@ -1491,7 +1585,12 @@ impl Fleet {
         }
         if let Some(succ) = slot.successor.as_ref() {
             if succ.ready_at.is_none() && now >= succ.ready_deadline {
-                tracing::warn!(event = "memory_replace_failed", app = %name, slot = slot.index, pid = succ.pid.as_raw(), "the replacement was not ready within listen_timeout; the old worker keeps serving");
+                let hung = slot.worker.as_ref().is_some_and(|w| w.hung_at.is_some());
+                if hung {
+                    tracing::warn!(event = "hung_replace_failed", app = %name, slot = slot.index, pid = succ.pid.as_raw(), "the replacement was not ready within listen_timeout; the slot restarts");
+                } else {
+                    tracing::warn!(event = "memory_replace_failed", app = %name, slot = slot.index, pid = succ.pid.as_raw(), "the replacement was not ready within listen_timeout; the old worker keeps serving");
+                }
                 sys::signal_group(succ.pid, Signal::SIGKILL);
                 // Its exit (Role::Successor) clears the slot's successor.
             }
@@ -1547,7 +1646,12 @@ impl Fleet {
     /// Starts a memory replacement for slot `s` of app `a`: it takes the
     /// slot over once READY (see `on_notify`).
     fn start_successor(&mut self, a: usize, s: usize, now: Instant) {
-        let generation = self.generation;
+        // The worker it replaces runs this generation's config (during a
+        // reload `self.generation` already names the next one).
+        let generation = self.apps[a].slots[s]
+            .worker
+            .as_ref()
+            .map_or(self.generation, |w| w.generation);
         let metrics_id = self.next_metrics_id();
         let launched = self.launch(
             &self.apps[a],
@@ -1742,6 +1846,13 @@ pub fn restart_reason(exit_reason: &str) -> &'static str {
     }
 }
 
+/// Every reason `heartalk_worker_restarts_total` counts under.
+pub const RESTART_REASONS: [&str; 4] = ["crash", "memory", "reload", "hung"];
+
+/// Every reason `heartalk_worker_hung_total` counts under: no ping in time,
+/// or the worker's own `WATCHDOG=trigger`.
+pub const HANG_REASONS: [&str; 2] = ["silent", "trigger"];
+
 /// Time a hung worker gets between SIGABRT and SIGKILL: long enough to
 /// write a backtrace or a core dump, short enough that the connections it
 /// had accepted are reset soon rather than left hanging.
@@ -1777,3 +1888,7 @@ fn log_ready(app: &str, slot: usize, w: &Worker, now: Instant) {
         startup_ms = now.saturating_duration_since(w.spawned_at).as_millis() as u64,
     );
 }
+
+#[cfg(test)]
+#[path = "fleet_tests.rs"]
+mod tests;

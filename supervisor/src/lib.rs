@@ -11,7 +11,8 @@
 //! it ([`status`] renders their answer); [`scrape`] collects the workers'
 //! metrics and [`metrics`] merges them; [`logs`] captures and rotates the
 //! workers' output; [`fleet_state`] is the page that tells every worker
-//! how many slots are not serving; [`sys`] holds every unsafe libc call;
+//! how many slots of its app are not serving; [`sys`] holds every unsafe
+//! libc call;
 //! [`exit`] lists the exit codes; [`health`] is the `heartalk health`
 //! probe.
 

@@ -62,31 +62,46 @@ impl NotifySocket {
         loop {
             let got = self
                 .socket
-                .async_io(Interest::READABLE, || {
-                    let mut buf = [0u8; MAX_MESSAGE];
-                    let mut iov = [IoSliceMut::new(&mut buf)];
-                    let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
-                    let msg = recvmsg::<()>(
-                        self.socket.as_raw_fd(),
-                        &mut iov,
-                        Some(&mut cmsg),
-                        MsgFlags::MSG_DONTWAIT,
-                    )
-                    .map_err(io::Error::from)?;
-                    let pid = msg.cmsgs().map_err(io::Error::from)?.find_map(|c| match c {
-                        ControlMessageOwned::ScmCredentials(cred) => {
-                            Some(Pid::from_raw(cred.pid()))
-                        }
-                        _ => None,
-                    });
-                    let len = msg.bytes;
-                    Ok((pid, buf[..len].to_vec()))
-                })
+                .async_io(Interest::READABLE, || self.read_one())
                 .await?;
             if let (Some(pid), body) = got {
                 return Ok(parse(pid, &body));
             }
         }
+    }
+
+    /// The next datagram already queued, without waiting: `None` when the
+    /// queue is empty (or on an error, which the next `recv` reports). The
+    /// event loop empties the queue this way before it judges a worker's
+    /// silence, so pings that arrived while it was busy count.
+    pub fn try_recv(&self) -> Option<Message> {
+        loop {
+            match self.socket.try_io(Interest::READABLE, || self.read_one()) {
+                Ok((Some(pid), body)) => return Some(parse(pid, &body)),
+                Ok((None, _)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// One `recvmsg` with the sender's credentials (non-blocking).
+    fn read_one(&self) -> io::Result<(Option<Pid>, Vec<u8>)> {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+        let msg = recvmsg::<()>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map_err(io::Error::from)?;
+        let pid = msg.cmsgs().map_err(io::Error::from)?.find_map(|c| match c {
+            ControlMessageOwned::ScmCredentials(cred) => Some(Pid::from_raw(cred.pid())),
+            _ => None,
+        });
+        let len = msg.bytes;
+        Ok((pid, buf[..len].to_vec()))
     }
 }
 
@@ -157,6 +172,27 @@ mod tests {
             parse(Pid::from_raw(7), b"X_HEARTALK_DEGRADED=yes").degraded,
             None
         );
+    }
+
+    #[tokio::test]
+    async fn try_recv_takes_what_is_queued_without_waiting() {
+        let sock = NotifySocket::bind().unwrap();
+        assert!(sock.try_recv().is_none(), "empty queue");
+        let tx = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let name = sock.env_value.trim_start_matches('@');
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        tx.send_to_addr(b"WATCHDOG=1", &addr).unwrap();
+        tx.send_to_addr(b"READY=1", &addr).unwrap();
+        // Readiness is learnt by tokio's reactor; poll until it has.
+        let first = loop {
+            if let Some(m) = sock.try_recv() {
+                break m;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert!(first.watchdog);
+        assert!(sock.try_recv().expect("second message").ready);
+        assert!(sock.try_recv().is_none());
     }
 
     #[tokio::test]

@@ -94,8 +94,8 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             }
         };
     fleet.set_limits_fd(limits.as_ref().map(std::os::fd::AsRawFd::as_raw_fd));
-    // The fleet-state page: how many slots are not serving, read by every
-    // worker's `/ready`. Without it each worker answers for itself only,
+    // The fleet-state page: how many slots of each app are not serving,
+    // read by every worker's `/ready` (its own app's word). Without it each worker answers for itself only,
     // so a failure is logged, not fatal.
     match crate::fleet_state::FleetState::create() {
         Ok(state) => fleet.set_fleet_state(state),
@@ -194,14 +194,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             }
             msg = notify.recv() => {
                 match msg {
-                    Ok(m) => {
-                        if m.status.as_deref() == Some("drained") {
-                            // A draining worker is done and waits for its
-                            // last scrape: take it, then it exits.
-                            scrape_in_background(&fleet, &metrics);
-                        }
-                        fleet.on_notify(&m, Instant::now());
-                    }
+                    Ok(m) => on_notify(&mut fleet, &metrics, &m),
                     Err(e) => tracing::warn!(event = "notify_error", error = %e),
                 }
             }
@@ -248,7 +241,20 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             }
             _ = sleep => {}
         }
-        fleet.tick(Instant::now());
+        // Pings that queued up while the loop was busy count before any
+        // worker's silence is judged.
+        while let Some(m) = notify.try_recv() {
+            on_notify(&mut fleet, &metrics, &m);
+        }
+        let now = Instant::now();
+        if let Some(late) = deadline.and_then(|d| now.checked_duration_since(d)) {
+            if late > STALL {
+                // The supervisor itself did not run (paused container,
+                // SIGSTOP, blocked stdout): the workers' silence is ours.
+                fleet.pardon_silence(now, late);
+            }
+        }
+        fleet.tick(now);
         if fleet.reload_due() {
             // Before `read_outputs`, so the new workers' pipes are read at once.
             reload(&mut fleet, &config.path, Instant::now());
@@ -352,6 +358,20 @@ fn raise_fd_limit() {
 }
 
 /// Hands each new worker's stdout and stderr to the log thread.
+/// How late the event loop may wake for a deadline before it counts as a
+/// stall of the supervisor itself (see [`crate::fleet::Fleet::pardon_silence`]).
+const STALL: Duration = Duration::from_secs(1);
+
+/// A worker's sd_notify message.
+fn on_notify(fleet: &mut Fleet, metrics: &Arc<FleetMetrics>, m: &crate::notify::Message) {
+    if m.status.as_deref() == Some("drained") {
+        // A draining worker is done and waits for its last scrape: take
+        // it, then it exits.
+        scrape_in_background(fleet, metrics);
+    }
+    fleet.on_notify(m, Instant::now());
+}
+
 fn read_outputs(fleet: &mut Fleet, capture: Option<&mut Capture>) {
     let Some(capture) = capture else { return };
     for w in fleet.take_new_outputs() {

@@ -10,7 +10,7 @@
 //! (unless the app's `watchdog` is off), and `HEARTALK_APP`,
 //! `HEARTALK_WORKER_ID` (the slot number), `HEARTALK_GENERATION`,
 //! `HEARTALK_METRICS_SOCKET`, `HEARTALK_CONTROL_SOCKET`, `HEARTALK_LIMITS_FD`,
-//! `HEARTALK_FLEET_FD`.
+//! `HEARTALK_FLEET_FD` with `HEARTALK_FLEET_WORD`.
 //! Their names are spelled once, in `shared::activation::env`, which the
 //! worker reads them by.
 
@@ -80,9 +80,10 @@ pub struct Launch<'a> {
     pub outputs: Option<(RawFd, RawFd)>,
     /// The fleet's shared rate-limit table, passed after the socket.
     pub limits_fd: Option<RawFd>,
-    /// The fleet-state page (`crate::fleet_state`), passed after the
-    /// rate-limit table.
-    pub fleet_fd: Option<RawFd>,
+    /// The fleet-state page (`crate::fleet_state`, its read-only
+    /// descriptor), passed after the rate-limit table, and the app's word
+    /// of it (`None`: no page, or an app past its 512 words).
+    pub fleet: Option<(RawFd, usize)>,
 }
 
 /// Starts the worker; returns its pid once `execve` succeeded.
@@ -155,9 +156,10 @@ fn environment(
         vars.push((env::HEARTALK_LIMITS_FD.into(), target.to_string()));
         fds.push(fd);
     }
-    if let Some(fd) = l.fleet_fd {
+    if let Some((fd, word)) = l.fleet {
         let target = shared::activation::LISTEN_FDS_START + fds.len() as RawFd;
         vars.push((env::HEARTALK_FLEET_FD.into(), target.to_string()));
+        vars.push((env::HEARTALK_FLEET_WORD.into(), word.to_string()));
         fds.push(fd);
     }
     (vars, fds)
@@ -191,7 +193,7 @@ mod tests {
             control_socket: Some(&control),
             outputs: None,
             limits_fd: Some(11),
-            fleet_fd: Some(12),
+            fleet: Some((12, 3)),
         };
         let inherited = env::ALL
             .iter()
@@ -216,6 +218,7 @@ mod tests {
         assert_eq!(get(env::HEARTALK_GENERATION), Some("7"));
         assert_eq!(get(env::HEARTALK_LIMITS_FD), Some("4"));
         assert_eq!(get(env::HEARTALK_FLEET_FD), Some("5"));
+        assert_eq!(get(env::HEARTALK_FLEET_WORD), Some("3"));
         assert_eq!(get(env::WATCHDOG_USEC), Some("10000000"));
         assert_eq!(get("MODE"), Some("prod"));
         assert_eq!(get("PATH"), Some("/bin"));

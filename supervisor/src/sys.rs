@@ -1,7 +1,8 @@
 //! Every unsafe or raw libc call the supervisor makes, in one place:
 //! fork+exec of workers, the single `waitpid` reaper, signalling process
 //! groups, the PID-1/subreaper setup, the open-file limit, and shared
-//! memory (memfds and their mappings).
+//! memory (memfds and their mappings, made by `shared::shm`, which the
+//! workers map them with).
 //!
 //! Spawning is hand-rolled rather than `std::process::Command` because the
 //! socket-activation protocol needs `LISTEN_PID` to hold the *child's* pid,
@@ -337,21 +338,28 @@ pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 }
 
 /// An anonymous shared-memory file of `len` zero bytes (close-on-exec; the
-/// spawner passes it to workers explicitly). Workers map it: the
-/// fleet-wide rate-limit table, the fleet-state page; it lives as long as
-/// the supervisor.
+/// spawner passes it to workers explicitly) that workers map read-write:
+/// the fleet-wide rate-limit table; it lives as long as the supervisor.
+/// Its size is sealed, and so are its seals (`F_SEAL_SHRINK`,
+/// `F_SEAL_GROW`, `F_SEAL_SEAL`): a worker can neither resize it (every
+/// other mapping would `SIGBUS` past the new end) nor seal it against the
+/// others' writes. Made by `shared::shm`, which the workers read it with.
 pub fn shared_memory(name: &std::ffi::CStr, len: u64) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: memfd_create takes a NUL-terminated name and flags; it
-    // returns a new descriptor (or -1), which we own from here on.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    nix::unistd::ftruncate(&fd, len as libc::off_t).map_err(io::Error::from)?;
+    use std::os::fd::AsFd;
+    let fd = shared::shm::create(name, len)?;
+    shared::shm::seal(fd.as_fd(), libc::F_SEAL_SEAL)?;
     Ok(fd)
+}
+
+/// A shared-memory file of `len` zero bytes that only the supervisor
+/// writes (the fleet-state page): its read-write mapping here, and a
+/// read-only, close-on-exec descriptor to pass to workers. Sealed against
+/// resizing and new writes (`shared::shm::create_read_only_shared`).
+pub fn published_memory(
+    name: &std::ffi::CStr,
+    len: u64,
+) -> io::Result<(SharedWords, std::os::fd::OwnedFd)> {
+    shared::shm::create_read_only_shared(name, len)
 }
 
 /// The open-file limit before and after [`raise_nofile_limit`].
@@ -386,62 +394,4 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
 
 /// A shared read-write mapping of a whole shared-memory file, seen as
 /// native-endian atomic words (see [`shared_memory`]). Unmapped on drop.
-pub struct SharedWords {
-    ptr: *mut std::sync::atomic::AtomicU64,
-    words: usize,
-}
-
-// SAFETY: the mapping is only ever accessed through `AtomicU64`s, which are
-// safe to share between threads (and processes).
-unsafe impl Send for SharedWords {}
-// SAFETY: as above.
-unsafe impl Sync for SharedWords {}
-
-impl SharedWords {
-    /// Maps the first `len` bytes of `fd` (a file at least that long)
-    /// shared and read-write. The mapping keeps the memory alive on its
-    /// own; `fd` may be closed afterwards.
-    pub fn map(fd: &impl AsRawFd, len: u64) -> io::Result<SharedWords> {
-        let words = (len / 8) as usize;
-        if words == 0 {
-            return Err(io::Error::other("nothing to map"));
-        }
-        // SAFETY: a fresh shared mapping of `words * 8` bytes of a file we
-        // hold open; the kernel picks the (page-aligned) address. It stays
-        // valid until `Drop` unmaps it and is only accessed as atomics.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                words * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SharedWords {
-            ptr: ptr.cast(),
-            words,
-        })
-    }
-
-    /// The mapped words.
-    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
-        // SAFETY: `ptr` maps `words` u64s (page-aligned, so aligned for
-        // AtomicU64) for the life of `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.words) }
-    }
-}
-
-impl Drop for SharedWords {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped; no borrow of
-        // `words()` outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.words * 8);
-        }
-    }
-}
+pub use shared::shm::SharedWords;

@@ -1,9 +1,10 @@
 //! Connection deadlines (docs/api.md "Connection deadlines"), on the real
 //! worker under the real supervisor with small deadlines: a connection
 //! that sends nothing, a request head or body that trickles in without end,
-//! and an idle keep-alive connection (HTTP/1 and HTTP/2) are each closed at
-//! their deadline — never well before it — while an SSE stream that lasts
-//! longer than every idle deadline is not cut.
+//! an idle keep-alive connection (HTTP/1 and HTTP/2) and a client that
+//! stops reading its answer are each closed at their deadline — never well
+//! before it — while an SSE stream that lasts longer than every idle
+//! deadline, and a large answer read slowly but steadily, are not cut.
 //!
 //! Each test measures from before its own action, so "closed well before
 //! the deadline" is a hard failure (the worker cannot close earlier than
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use heartalk_e2e::mock_ark::{Behavior, MockArk};
 use helper::*;
 use serde_json::{Value, json};
 
@@ -26,6 +28,7 @@ const FIRST_BYTE: Duration = Duration::from_millis(1500);
 const HEADER: Duration = Duration::from_millis(2500);
 const BODY: Duration = Duration::from_secs(3);
 const KEEP_ALIVE: Duration = Duration::from_millis(3500);
+const SEND: Duration = Duration::from_secs(2);
 
 /// A close this much before a deadline is "well before" it: the slack is
 /// for a response the client reads a little after the worker wrote it
@@ -40,7 +43,7 @@ const LATE: Duration = Duration::from_secs(5);
 /// The interval of the trickling clients.
 const TRICKLE_EVERY: Duration = Duration::from_millis(200);
 
-/// The service, with the four deadlines (in both accepted syntaxes:
+/// The service, with the five deadlines (in both accepted syntaxes:
 /// milliseconds and humantime) and `more` env.
 fn service(more: &[(&str, &str)]) -> Service {
     let first_byte = FIRST_BYTE.as_millis().to_string();
@@ -51,9 +54,17 @@ fn service(more: &[(&str, &str)]) -> Service {
         ("HEADER_TIMEOUT", header.as_str()),
         ("BODY_TIMEOUT", "3s"),
         ("KEEPALIVE_TIMEOUT", keep_alive.as_str()),
+        ("SEND_TIMEOUT", "2s"),
     ];
     env.extend_from_slice(more);
     Service::start(1, &env)
+}
+
+/// [`service`] in live mode against `ark`.
+fn live(ark: &MockArk) -> Service {
+    let env = Service::live_env(&ark.base_url());
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    service(&refs)
 }
 
 fn connect(svc: &Service) -> TcpStream {
@@ -154,7 +165,7 @@ fn parse(raw: &[u8]) -> Response {
 }
 
 /// Reads one `Content-Length` framed response from a keep-alive connection.
-fn read_response(r: &mut BufReader<TcpStream>) -> Response {
+fn read_response(r: &mut BufReader<impl Read>) -> Response {
     let mut head = String::new();
     loop {
         let mut line = String::new();
@@ -286,7 +297,7 @@ fn complete_frames(body: &str) -> Vec<Value> {
 }
 
 fn longest_idle_deadline() -> Duration {
-    FIRST_BYTE.max(HEADER).max(BODY).max(KEEP_ALIVE)
+    FIRST_BYTE.max(HEADER).max(BODY).max(KEEP_ALIVE).max(SEND)
 }
 
 #[test]
@@ -340,6 +351,137 @@ fn http2_streams_outlive_the_idle_deadlines_on_a_reused_connection() {
         let again = client.get(format!("{base}/health")).send().await.unwrap();
         assert_eq!(again.status(), 200);
     });
+}
+
+// ------------------------------------------------ clients that read slowly
+
+/// A client socket that takes little at a time, as one across a real
+/// network does: a 4 KiB receive buffer, and a 536-byte MSS so that the
+/// worker's kernel send buffer, which Linux sizes from the peer's MSS,
+/// stays at a few hundred KiB (against loopback's 64 KiB MSS it grows to
+/// megabytes before a write blocks). Both are set before connecting.
+fn narrow_client(svc: &Service) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(svc.addr), Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.set_tcp_mss(536).unwrap();
+    sock.connect_timeout(&svc.addr.into(), DEADLINE)
+        .expect("connect");
+    let s: TcpStream = sock.into();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Writes a JSON `POST` with the user token on a keep-alive connection.
+fn post_on(s: &mut TcpStream, path: &str, body: &Value) {
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        user_token(),
+        body.len()
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_at_the_send_deadline_and_its_upstream_cancelled() {
+    let ark = MockArk::start();
+    // An answer of some 21 MB of upstream frames (125 000 deltas), far more
+    // than every buffer on its way holds (the worker's socket and hyper's
+    // buffer toward the client; both sockets' buffers on the upstream
+    // call, under 11 MB with Linux's default limits): it cannot end while
+    // the client does not read.
+    ark.set(Behavior::success().with_content("x".repeat(500_000)));
+    let svc = live(&ark);
+    let mut s = narrow_client(&svc);
+    post_on(
+        &mut s,
+        "/api/v1/chat/stream",
+        &stream_body("讲一个很长的故事"),
+    );
+    // The answer begins (peeked at, never read). The worker's writes block
+    // a moment later, once the client's and its own socket buffers are
+    // full; SEND after that the connection is closed and the stream's
+    // upstream call cancelled, as when a client hangs up. Nothing else
+    // could end it: the request is in flight, so no idle deadline runs.
+    s.peek(&mut [0u8; 1]).expect("the answer begins");
+    let began = Instant::now();
+    assert!(
+        ark.wait_for_cancelled(1, SEND + LATE),
+        "the upstream call was not cancelled within {:?}",
+        SEND + LATE
+    );
+    assert_closed_at(began.elapsed(), SEND, "a client that stopped reading");
+    assert_eq!(ark.completed(), 0, "the upstream answer was never finished");
+    // The connection is closed: what the worker had sent arrives, then
+    // the end, without the stream's `complete` frame.
+    let tcp = s.try_clone().unwrap();
+    let got = read_until_closed(&mut s, &tcp, LATE);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        text.chars().take(300).collect::<String>()
+    );
+    assert!(text.contains(r#""type":"content""#), "no content was sent");
+    assert!(
+        !text.contains(r#""type":"complete""#),
+        "the stream was not cut"
+    );
+    // The worker carries on.
+    assert_eq!(http_get(svc.addr, "/health", DEADLINE).unwrap().status, 200);
+}
+
+/// Reads whatever has arrived every 10 ms (a few KiB each time, what the
+/// narrow receive buffer holds): about 350 KB/s on loopback, so the
+/// worker's writes keep blocking, each time for well under [`SEND`].
+struct SlowSteady(TcpStream);
+
+impl Read for SlowSteady {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(10));
+        self.0.read(buf)
+    }
+}
+
+#[test]
+fn a_large_answer_read_slowly_but_steadily_is_not_cut() {
+    let ark = MockArk::start();
+    // A 2 MB answer, sent whole: hyper has the entire body at once, and
+    // the client takes some 5 s to read it — past both the send and the
+    // keep-alive deadlines, which must not run from the body's end.
+    let content = "y".repeat(2_000_000);
+    ark.set(Behavior::success().with_content(content.clone()));
+    let svc = live(&ark);
+    let mut s = narrow_client(&svc);
+    let started = Instant::now();
+    post_on(
+        &mut s,
+        "/api/v1/chat/generate",
+        &stream_body("写一篇很长的文章"),
+    );
+    let mut conn = BufReader::with_capacity(8192, SlowSteady(s.try_clone().unwrap()));
+    let r = read_response(&mut conn);
+    let took = started.elapsed();
+    assert_eq!(
+        r.status,
+        200,
+        "{}",
+        r.body.chars().take(300).collect::<String>()
+    );
+    assert!(r.body.contains(&content), "the whole answer arrived");
+    assert!(
+        took > KEEP_ALIVE.max(SEND) + Duration::from_secs(1),
+        "the read must outlast the deadlines to prove anything: {took:?}"
+    );
+    // Still open, and kept alive.
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut conn = BufReader::new(s);
+    assert_eq!(read_response(&mut conn).status, 200);
 }
 
 // ------------------------------------------------ raw HTTP/2 (h2c) frames

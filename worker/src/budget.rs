@@ -18,9 +18,12 @@
 //! — continuously for [`DEGRADED_AFTER`] reports itself degraded: the
 //! sd_notify datagram `X_HEARTALK_DEGRADED=1` with `STATUS=degraded:
 //! <reason>` to the supervisor, a warning in the log, `/ready` 503
-//! `degraded`, and the `ai_worker_degraded` gauge at 1. When it can accept
-//! again it sends `X_HEARTALK_DEGRADED=0` and `STATUS=serving`. The
-//! decision is the pure [`Starvation`]; [`Watch`] carries it out.
+//! `degraded`, and the `ai_worker_degraded` gauge at 1. Once it has been
+//! able to accept again for [`RECOVER_AFTER`] without a break it sends
+//! `X_HEARTALK_DEGRADED=0` and `STATUS=serving`: a worker kept at its
+//! budget, which a close lets accept one more connection now and then,
+//! stays degraded instead of flapping its app's readiness. The decision
+//! is the pure [`Starvation`]; [`Watch`] carries it out.
 
 use std::io;
 use std::sync::Arc;
@@ -52,6 +55,15 @@ pub const LIMIT_RECHECK: Duration = Duration::from_secs(1);
 /// does not flap the fleet's readiness; short enough that a load balancer
 /// probing every few seconds stops sending within a probe or two.
 pub const DEGRADED_AFTER: Duration = Duration::from_secs(3);
+
+/// How long a degraded worker must be able to accept, without a break
+/// (below its budget, `accept` not failing), before it reports itself
+/// serving again. Under sustained saturation a close lets the worker
+/// accept one queued connection, and it is at its budget again at once;
+/// recovering on that close would flip the app's `/ready` every few
+/// seconds. Checked at least every [`LIMIT_RECHECK`], so a recovery is
+/// reported 2 to 3 s after the last stall.
+pub const RECOVER_AFTER: Duration = Duration::from_secs(2);
 
 /// The longest pause between two observations of "cannot accept" that
 /// still counts as one stretch. The loop looks at least every
@@ -113,12 +125,17 @@ pub enum Change {
 /// The degraded policy, pure (the caller passes the time): degraded once
 /// the loop has been unable to accept for [`DEGRADED_AFTER`] — observed
 /// again and again, never more than [`MAX_GAP`] apart, with no accept in
-/// between — and serving again as soon as it can accept.
+/// between — and serving again once it has been able to accept for
+/// [`RECOVER_AFTER`], with no stall in between (hysteresis: a close that
+/// lets one queued connection in is not a recovery).
 #[derive(Debug, Default)]
 pub struct Starvation {
     /// Start of the current stretch, its cause and the latest observation.
     blocked: Option<(Instant, Cause, Instant)>,
     degraded: bool,
+    /// While degraded: since when the loop has been able to accept,
+    /// without a stall since.
+    clear_since: Option<Instant>,
 }
 
 impl Starvation {
@@ -129,6 +146,8 @@ impl Starvation {
             _ => now,
         };
         self.blocked = Some((since, cause, now));
+        // A stall interrupts a recovery: it starts over at the next accept.
+        self.clear_since = None;
         if !self.degraded && now.saturating_duration_since(since) >= DEGRADED_AFTER {
             self.degraded = true;
             return Some(Change::Degraded);
@@ -139,8 +158,10 @@ impl Starvation {
     /// The loop can accept: it did, or its listeners had nothing queued
     /// (`cause` `None`); or it is below its budget again (`Some(Budget)`:
     /// this ends only a stretch caused by the budget — with `accept`
-    /// failing there is room, but no descriptor).
-    pub fn unblocked(&mut self, cause: Option<Cause>) -> Option<Change> {
+    /// failing there is room, but no descriptor). A degraded worker
+    /// starts its recovery here, and recovers once it lasts
+    /// [`RECOVER_AFTER`] (here, or at a later [`Starvation::settle`]).
+    pub fn unblocked(&mut self, cause: Option<Cause>, now: Instant) -> Option<Change> {
         match (self.blocked, cause) {
             (Some((_, was, _)), Some(c)) if was != c => return None,
             (None, _) if !self.degraded => return None,
@@ -148,10 +169,30 @@ impl Starvation {
         }
         self.blocked = None;
         if self.degraded {
-            self.degraded = false;
-            return Some(Change::Recovered);
+            self.clear_since.get_or_insert(now);
         }
-        None
+        self.settle(now)
+    }
+
+    /// Time passed: a degraded worker that has been able to accept for
+    /// [`RECOVER_AFTER`] without a stall is serving again.
+    pub fn settle(&mut self, now: Instant) -> Option<Change> {
+        let recovered = self.degraded
+            && self.blocked.is_none()
+            && self
+                .clear_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= RECOVER_AFTER);
+        if !recovered {
+            return None;
+        }
+        self.degraded = false;
+        self.clear_since = None;
+        Some(Change::Recovered)
+    }
+
+    /// Whether a degraded worker is waiting out [`RECOVER_AFTER`].
+    pub fn is_recovering(&self) -> bool {
+        self.clear_since.is_some()
     }
 
     /// Whether the loop is in a stretch of not accepting.
@@ -253,7 +294,9 @@ impl Watch {
     pub fn room(&mut self) {
         if self.at_budget {
             self.at_budget = false;
-            let change = self.starvation.unblocked(Some(Cause::Budget));
+            let change = self
+                .starvation
+                .unblocked(Some(Cause::Budget), Instant::now());
             self.apply(change);
         }
     }
@@ -262,7 +305,7 @@ impl Watch {
     #[inline]
     pub fn accepting(&mut self) {
         if self.starvation.is_blocked() || self.starvation.is_degraded() {
-            let change = self.starvation.unblocked(None);
+            let change = self.starvation.unblocked(None, Instant::now());
             self.apply(change);
         }
     }
@@ -278,9 +321,12 @@ impl Watch {
         self.apply(change);
     }
 
-    /// Periodic upkeep: the limit, and a datagram that could not be sent.
+    /// Periodic upkeep: the limit, a recovery that has lasted long
+    /// enough, and a datagram that could not be sent.
     pub fn tick(&mut self) {
         self.refresh_limit();
+        let change = self.starvation.settle(Instant::now());
+        self.apply(change);
         self.send_unsent();
     }
 
@@ -325,10 +371,13 @@ impl Watch {
         } else {
             format!("{key}=0\nSTATUS=serving")
         };
-        match shared::activation::notify(&message) {
-            Ok(_) => self.unsent = None,
-            // Retried at the next tick (e.g. EMFILE: no descriptor for the
-            // datagram socket right now).
+        let Some(notifier) = &self.state.notifier else {
+            self.unsent = None;
+            return;
+        };
+        match notifier.send(&message) {
+            Ok(()) => self.unsent = None,
+            // Retried at the next tick (the supervisor's queue is full).
             Err(e) => tracing::debug!(error = %e, "telling the supervisor failed; will retry"),
         }
     }
@@ -391,10 +440,87 @@ mod tests {
         assert_eq!(s.deadline(), None, "already degraded");
         // Reported once, however long it lasts.
         assert_eq!(s.blocked(Cause::Budget, at(t0, 4000)), None);
-        // Below the budget again: serving.
-        assert_eq!(s.unblocked(Some(Cause::Budget)), Some(Change::Recovered));
-        assert!(!s.is_degraded() && !s.is_blocked());
-        assert_eq!(s.unblocked(None), None, "nothing to recover from");
+        // Below the budget again, and accepting: serving after 2 s of it.
+        assert_eq!(s.unblocked(Some(Cause::Budget), at(t0, 4500)), None);
+        assert!(s.is_degraded() && s.is_recovering() && !s.is_blocked());
+        assert_eq!(s.unblocked(None, at(t0, 4600)), None);
+        assert_eq!(s.settle(at(t0, 6499)), None);
+        assert_eq!(s.settle(at(t0, 6500)), Some(Change::Recovered));
+        assert!(!s.is_degraded() && !s.is_recovering());
+        assert_eq!(s.settle(at(t0, 9000)), None, "reported once");
+        assert_eq!(
+            s.unblocked(None, at(t0, 9000)),
+            None,
+            "nothing to recover from"
+        );
+    }
+
+    #[test]
+    fn a_close_now_and_then_under_saturation_does_not_flap() {
+        let t0 = Instant::now();
+        let mut s = Starvation::default();
+        let mut changes = Vec::new();
+        // At the budget; every 4 s a connection closes, the worker accepts
+        // one queued connection and is at its budget again at once. It is
+        // looked at every second meanwhile (the loop's recheck).
+        for ms in (0..60_000).step_by(1000) {
+            changes.extend(s.blocked(Cause::Budget, at(t0, ms)));
+            if ms > 0 && ms % 4000 == 0 {
+                changes.extend(s.unblocked(Some(Cause::Budget), at(t0, ms + 100)));
+                changes.extend(s.unblocked(None, at(t0, ms + 101)));
+                changes.extend(s.blocked(Cause::Budget, at(t0, ms + 102)));
+            }
+            changes.extend(s.settle(at(t0, ms + 999)));
+        }
+        assert_eq!(
+            changes,
+            [Change::Degraded],
+            "degraded once, never recovered"
+        );
+        assert!(s.is_degraded());
+        // The same with accept failing, and, once degraded, an accept
+        // succeeding now and then.
+        let mut s = Starvation::default();
+        let mut changes = Vec::new();
+        for ms in (0..30_000).step_by(100) {
+            if ms > 3000 && ms % 1500 == 0 {
+                changes.extend(s.unblocked(None, at(t0, ms)));
+            } else {
+                changes.extend(s.blocked(Cause::AcceptFailing, at(t0, ms)));
+            }
+            changes.extend(s.settle(at(t0, ms + 50)));
+        }
+        assert_eq!(changes, [Change::Degraded]);
+    }
+
+    #[test]
+    fn a_stall_restarts_the_recovery() {
+        let t0 = Instant::now();
+        let mut s = Starvation::default();
+        for ms in [0, 1000, 2000] {
+            s.blocked(Cause::Budget, at(t0, ms));
+        }
+        assert_eq!(
+            s.blocked(Cause::Budget, at(t0, 3000)),
+            Some(Change::Degraded)
+        );
+        assert_eq!(s.unblocked(Some(Cause::Budget), at(t0, 10_000)), None);
+        assert_eq!(s.settle(at(t0, 11_000)), None);
+        // At the budget again 1.5 s into the recovery: it starts over.
+        assert_eq!(s.blocked(Cause::Budget, at(t0, 11_500)), None);
+        assert!(!s.is_recovering());
+        assert_eq!(s.settle(at(t0, 11_550)), None, "blocked: no recovery");
+        assert_eq!(s.unblocked(Some(Cause::Budget), at(t0, 11_600)), None);
+        assert_eq!(
+            s.settle(at(t0, 13_000)),
+            None,
+            "10 s + 2 s is not enough now"
+        );
+        assert_eq!(
+            s.unblocked(None, at(t0, 13_600)),
+            Some(Change::Recovered),
+            "an accept 2 s after"
+        );
     }
 
     #[test]
@@ -410,10 +536,12 @@ mod tests {
             Some(Change::Degraded)
         );
         // Room below the budget is no cure for a lack of descriptors...
-        assert_eq!(s.unblocked(Some(Cause::Budget)), None);
-        assert!(s.is_degraded());
-        // ...an accepted connection (or an empty queue) is.
-        assert_eq!(s.unblocked(None), Some(Change::Recovered));
+        assert_eq!(s.unblocked(Some(Cause::Budget), at(t0, 3100)), None);
+        assert!(s.is_degraded() && !s.is_recovering());
+        assert_eq!(s.settle(at(t0, 6000)), None);
+        // ...an accepted connection (or an empty queue), lasting, is.
+        assert_eq!(s.unblocked(None, at(t0, 6000)), None);
+        assert_eq!(s.settle(at(t0, 8000)), Some(Change::Recovered));
     }
 
     #[test]
@@ -423,8 +551,8 @@ mod tests {
         // 2 s at the budget, a connection closes, 2 s more: never 3 s at once.
         s.blocked(Cause::Budget, at(t0, 0));
         s.blocked(Cause::Budget, at(t0, 2000));
-        assert_eq!(s.unblocked(Some(Cause::Budget)), None);
-        assert!(!s.is_blocked());
+        assert_eq!(s.unblocked(Some(Cause::Budget), at(t0, 2050)), None);
+        assert!(!s.is_blocked() && !s.is_recovering());
         s.blocked(Cause::Budget, at(t0, 2100));
         assert_eq!(s.blocked(Cause::Budget, at(t0, 4100)), None);
         assert!(!s.is_degraded());
@@ -450,6 +578,7 @@ mod tests {
             s.blocked(Cause::Budget, at(t0, 3000)),
             Some(Change::Degraded)
         );
-        assert_eq!(s.unblocked(Some(Cause::Budget)), Some(Change::Recovered));
+        assert_eq!(s.unblocked(Some(Cause::Budget), at(t0, 3500)), None);
+        assert_eq!(s.settle(at(t0, 5500)), Some(Change::Recovered));
     }
 }

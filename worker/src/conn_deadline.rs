@@ -1,30 +1,46 @@
 //! Connection deadlines: this module owns the *idle* deadlines of one
 //! accepted connection — its first byte (`FIRST_BYTE_TIMEOUT`), each
-//! request head (`HEADER_TIMEOUT`) and keep-alive idleness
-//! (`KEEPALIVE_TIMEOUT`) — and the per-connection bookkeeping that tells an
+//! request head (`HEADER_TIMEOUT`), keep-alive idleness
+//! (`KEEPALIVE_TIMEOUT`) and the client taking what it is sent
+//! (`SEND_TIMEOUT`) — and the per-connection bookkeeping that tells an
 //! idle connection from a busy one. The deadline of a request *body*
 //! (`BODY_TIMEOUT`) is not here: it is kept where the body is read
 //! (`router::read_json`), so it can be answered with a 408.
 //!
 //! Three parts:
 //! - [`Policy`], the pure state machine: from what the connection has seen
-//!   (bytes arriving, requests in flight, requests finished) it decides
-//!   what the connection waits for ([`Wait`]) and until when.
+//!   (bytes arriving, requests in flight, requests finished, writes the
+//!   socket would not take) it decides what the connection waits for
+//!   ([`Wait`]) and until when.
 //! - [`Activity`], shared by the connection's IO and its service: the
 //!   number of requests in flight and of requests finished. The service
 //!   takes a [`RequestGuard`] when hyper hands it a request, and the guard
 //!   rides in the response body ([`TrackedBody`]) until that body has ended
 //!   or is dropped.
 //! - [`DeadlineIo`], the wrapper around the socket: it feeds the policy on
-//!   every read, keeps one resettable timer on the current deadline, and
-//!   fails the read (`TimedOut`) when the deadline passes, which makes
+//!   every read and on every write that would block or that the socket
+//!   takes, keeps one resettable timer on the current deadline, and fails
+//!   the read or write (`TimedOut`) when the deadline passes, which makes
 //!   hyper close the connection.
 //!
 //! Why not a plain "read pending for too long" timer: hyper keeps reading
 //! while a response streams (to notice a client that hangs up), so such a
-//! timer would cut every long SSE stream. Here nothing is armed while a
-//! request is in flight — from its complete head to the end of its
+//! timer would cut every long SSE stream. Here no read deadline is armed
+//! while a request is in flight — from its complete head to the end of its
 //! response body — whatever the reads do.
+//!
+//! The client that stops reading: a write the socket will not take (its
+//! receive window is full) puts the connection in [`Wait::Send`], whatever
+//! the requests do: `send` from that write, and any bytes the socket takes
+//! end it (a deadline between two successive writes, like nginx's
+//! `send_timeout`, not on the whole response). When it passes, the write
+//! fails, hyper closes the connection and drops the response body — for a
+//! stream, its upstream call with it, as when the client hangs up. A
+//! stalled write also keeps the connection busy for the read side, so the
+//! keep-alive deadline starts only once the last response's bytes have
+//! been handed to the socket, not when hyper took its last body frame.
+//! The two never overlap (a stalled connection has no read deadline), so
+//! one timer serves both.
 //!
 //! HTTP/2 (h2c with prior knowledge) goes through the same wrapper; the
 //! only difference is that bytes arriving on an idle HTTP/2 connection are
@@ -34,7 +50,8 @@
 //! first bytes, as hyper does ([`Sniff`]).
 //!
 //! Per-connection cost: one shared [`Activity`] (two counters and a waker
-//! slot), one boxed `Sleep`, and a few words of policy state.
+//! slot), one boxed `Sleep`, the timeouts and a few words of policy state
+//! (the send deadline reuses the policy's `since` and the timer).
 
 use std::future::Future;
 use std::io;
@@ -44,6 +61,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::ready;
 use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -60,6 +78,9 @@ pub struct IdleTimeouts {
     /// From the end of the last response, with no request in flight, to
     /// the first byte of the next request.
     pub keep_alive: Duration,
+    /// From a write the socket would not take (the client is not reading)
+    /// to the socket taking bytes again.
+    pub send: Duration,
 }
 
 /// What a connection is waiting for, and so which deadline applies.
@@ -72,11 +93,18 @@ pub enum Wait {
     /// do not extend it.
     Head,
     /// At least one request is in flight (its body being read, its handler
-    /// running or its response being sent): no idle deadline.
+    /// running or its response being sent), or a stalled write has just
+    /// made progress: no idle deadline.
     Busy,
-    /// The last request has finished and nothing has arrived since:
-    /// `keep_alive` from the moment that was noticed.
+    /// The last request has finished, its response's bytes have been
+    /// handed to the socket, and nothing has arrived since: `keep_alive`
+    /// from the moment that was noticed.
     KeepAlive,
+    /// A write is waiting for the client to take bytes (the socket's
+    /// buffers are full): `send` from the first write that would block,
+    /// whatever else the connection is doing. A write the socket takes
+    /// ends it (back to [`Wait::Busy`]).
+    Send,
 }
 
 impl Wait {
@@ -87,6 +115,7 @@ impl Wait {
             Wait::Head => "request-head",
             Wait::Busy => "busy",
             Wait::KeepAlive => "keep-alive",
+            Wait::Send => "send",
         }
     }
 }
@@ -120,6 +149,8 @@ impl Policy {
     /// that are not request heads.
     ///
     /// Transitions, in this order:
+    /// 0. a stalled write ([`Wait::Send`]) stays so: only the socket taking
+    ///    bytes ends it ([`Policy::write_progress`]);
     /// 1. a request in flight → [`Wait::Busy`];
     /// 2. none in flight, and the last observation was busy or a request
     ///    finished since → [`Wait::KeepAlive`] from `now`;
@@ -135,6 +166,10 @@ impl Policy {
         bytes: bool,
         http2: bool,
     ) {
+        if self.wait == Wait::Send {
+            self.finished = finished;
+            return;
+        }
         if in_flight > 0 {
             self.wait = Wait::Busy;
             self.finished = finished;
@@ -149,7 +184,7 @@ impl Policy {
             match self.wait {
                 Wait::FirstByte => self.begin_head(now),
                 Wait::KeepAlive if !http2 => self.begin_head(now),
-                Wait::KeepAlive | Wait::Head | Wait::Busy => {}
+                Wait::KeepAlive | Wait::Head | Wait::Busy | Wait::Send => {}
             }
         }
     }
@@ -157,6 +192,26 @@ impl Policy {
     fn begin_head(&mut self, now: Instant) {
         self.wait = Wait::Head;
         self.since = now;
+    }
+
+    /// A write at `now` would block: the client is not taking what it is
+    /// sent. Begins [`Wait::Send`] unless already there (more writes that
+    /// block do not move the deadline).
+    pub fn write_pending(&mut self, now: Instant) {
+        if self.wait != Wait::Send {
+            self.wait = Wait::Send;
+            self.since = now;
+        }
+    }
+
+    /// The socket took bytes: a stalled write ends, and the connection
+    /// counts as busy until the next [`Policy::observe`] decides (a
+    /// request in flight, or keep-alive from then). Writes that never
+    /// stalled change nothing.
+    pub fn write_progress(&mut self) {
+        if self.wait == Wait::Send {
+            self.wait = Wait::Busy;
+        }
     }
 
     /// What the connection waits for.
@@ -171,6 +226,7 @@ impl Policy {
             Wait::FirstByte => t.first_byte,
             Wait::Head => t.header,
             Wait::KeepAlive => t.keep_alive,
+            Wait::Send => t.send,
             Wait::Busy => return None,
         };
         self.since.checked_add(limit)
@@ -304,13 +360,18 @@ where
     }
 }
 
-/// A connection's socket under its idle deadlines: reads fail with
-/// `TimedOut` once the [`Policy`]'s deadline has passed, so hyper closes
-/// the connection; writes pass through untouched.
+/// A connection's socket under its idle deadlines: reads and writes fail
+/// with `TimedOut` once the [`Policy`]'s deadline has passed, so hyper
+/// closes the connection.
 ///
-/// The policy is fed on every read. The timer is (re)armed only when a
-/// read would block, which is when hyper waits for the client; it is not
-/// polled while the connection is busy.
+/// The policy is fed on every read, on every write that would block and
+/// on every write the socket takes after one that blocked; writes that
+/// never block cost one comparison. The timer is (re)armed only when a
+/// read or write would block, which is when hyper waits for the client; it
+/// is not polled while the connection is busy. A flush or shutdown that
+/// would block counts as a stalled write too, but only bytes taken by a
+/// write end a stall: `S` is a socket, whose flush is a no-op, so a flush
+/// that succeeds says nothing about the client reading.
 pub struct DeadlineIo<S> {
     io: S,
     activity: Arc<Activity>,
@@ -333,6 +394,49 @@ impl<S> DeadlineIo<S> {
             policy,
             sniff: Sniff::Undecided(0),
             sleep: Box::pin(tokio::time::sleep_until(first)),
+        }
+    }
+
+    /// Waits for the policy's current deadline, if any, on the one timer;
+    /// `Ready` with the error to fail the read or write once it has
+    /// passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let Some(deadline) = self.policy.deadline(&self.timeouts) else {
+            return Poll::Pending;
+        };
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        ready!(self.sleep.as_mut().poll(cx));
+        let wait = self.policy.wait().name();
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connection closed: {wait} deadline passed"),
+        ))
+    }
+
+    /// A write, flush or shutdown would block: the client is not taking
+    /// what it is sent. Starts the send deadline (unless already running)
+    /// and fails the call once it has passed.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        self.policy.write_pending(Instant::now());
+        self.poll_deadline(cx).map(Err)
+    }
+
+    /// After a write: bytes taken end a stall, a write that would block
+    /// starts or continues one.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.policy.write_progress();
+                polled
+            }
+            Poll::Pending => self.stalled(cx),
+            ready => ready,
         }
     }
 }
@@ -363,22 +467,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeadlineIo<S> {
             return polled;
         }
         // The client has nothing more for now: wake when a request ends
-        // (to arm the keep-alive deadline) or when the deadline passes.
+        // (to arm the keep-alive deadline) or when the deadline passes
+        // (while a write is stalled, that is the send deadline: a read
+        // fails with it too, should hyper not retry the write first).
         this.activity.waker.register(cx.waker());
-        let Some(deadline) = this.policy.deadline(&this.timeouts) else {
-            return Poll::Pending;
-        };
-        if this.sleep.deadline() != deadline {
-            this.sleep.as_mut().reset(deadline);
-        }
-        if this.sleep.as_mut().poll(cx).is_ready() {
-            let wait = this.policy.wait().name();
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connection closed: {wait} deadline passed"),
-            )));
-        }
-        Poll::Pending
+        this.poll_deadline(cx).map(Err)
     }
 }
 
@@ -388,7 +481,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -396,7 +491,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -404,11 +501,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending => this.stalled(cx),
+            ready => ready,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_shutdown(cx) {
+            Poll::Pending => this.stalled(cx),
+            ready => ready,
+        }
     }
 }
 
@@ -420,6 +525,7 @@ mod tests {
         first_byte: Duration::from_secs(10),
         header: Duration::from_secs(30),
         keep_alive: Duration::from_secs(75),
+        send: Duration::from_secs(60),
     };
 
     fn secs(n: u64) -> Duration {
@@ -532,6 +638,78 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_write_has_the_send_deadline_whatever_the_requests() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(t0);
+        p.observe(t0, 0, 0, true, false);
+        p.observe(t0 + secs(1), 1, 0, false, false);
+        // A stream the client stops reading.
+        p.write_pending(t0 + secs(10));
+        assert_eq!(p.wait(), Wait::Send);
+        assert_eq!(p.deadline(&T), Some(t0 + secs(70)));
+        // More writes that would block, reads (with or without bytes) and
+        // the request ending do not move it.
+        p.write_pending(t0 + secs(30));
+        p.observe(t0 + secs(40), 1, 0, true, false);
+        p.observe(t0 + secs(50), 0, 1, false, false);
+        assert_eq!(p.wait(), Wait::Send);
+        assert_eq!(p.deadline(&T), Some(t0 + secs(70)));
+        // The socket takes bytes: the next stall starts afresh (a
+        // deadline between two writes, not on the response).
+        let mut q = p;
+        q.write_progress();
+        q.write_pending(t0 + secs(69));
+        assert_eq!(q.deadline(&T), Some(t0 + secs(129)));
+    }
+
+    #[test]
+    fn keep_alive_starts_once_the_last_response_is_handed_to_the_socket() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(t0);
+        p.observe(t0, 0, 0, true, false);
+        p.observe(t0 + secs(1), 1, 0, false, false);
+        // hyper took the last body frame at 2 s; the socket is full.
+        p.write_pending(t0 + secs(2));
+        p.observe(t0 + secs(3), 0, 1, false, false);
+        assert_eq!(p.wait(), Wait::Send, "not keep-alive: bytes still to send");
+        // A slow reader: the socket takes some, is full again, takes the
+        // rest at 100 s — long past the keep-alive from the body's end.
+        p.write_progress();
+        assert_eq!(p.wait(), Wait::Busy);
+        assert_eq!(p.deadline(&T), None);
+        p.write_pending(t0 + secs(40));
+        p.observe(t0 + secs(41), 0, 1, false, false);
+        p.write_progress();
+        p.observe(t0 + secs(100), 0, 1, false, false);
+        assert_eq!(p.wait(), Wait::KeepAlive);
+        assert_eq!(p.deadline(&T), Some(t0 + secs(175)));
+        // Progress while a request is in flight: busy again.
+        let mut q = Policy::new(t0);
+        q.observe(t0, 1, 0, true, false);
+        q.write_pending(t0 + secs(1));
+        q.write_progress();
+        q.observe(t0 + secs(2), 1, 0, false, false);
+        assert_eq!(q.wait(), Wait::Busy);
+    }
+
+    #[test]
+    fn writes_that_never_block_change_nothing() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(t0);
+        p.observe(t0, 0, 0, true, false);
+        p.observe(t0 + secs(1), 0, 1, false, false);
+        assert_eq!(p.deadline(&T), Some(t0 + secs(76)));
+        p.write_progress();
+        assert_eq!(p.wait(), Wait::KeepAlive);
+        assert_eq!(p.deadline(&T), Some(t0 + secs(76)));
+        // A write that blocks on an idle connection (HTTP/2 frames the
+        // client does not read) is a stall like any other.
+        p.write_pending(t0 + secs(5));
+        assert_eq!(p.deadline(&T), Some(t0 + secs(65)));
+        assert_eq!(Wait::Send.name(), "send");
+    }
+
+    #[test]
     fn sniffing_the_preface() {
         let u = Sniff::Undecided(0);
         assert_eq!(u.feed(b"GET / HTTP/1.1\r\n"), Sniff::Http1);
@@ -591,6 +769,7 @@ mod tests {
         first_byte: Duration::from_millis(100),
         header: Duration::from_millis(300),
         keep_alive: Duration::from_millis(150),
+        send: Duration::from_millis(200),
     };
 
     fn rt() -> tokio::runtime::Runtime {
@@ -647,6 +826,77 @@ mod tests {
             let err = read.unwrap_err();
             assert!(err.to_string().contains("keep-alive"), "{err}");
             around(t0.elapsed(), busy + FAST.keep_alive);
+        });
+    }
+    #[test]
+    fn the_io_closes_a_client_that_stops_reading() {
+        rt().block_on(async {
+            use tokio::io::AsyncWriteExt;
+            // The client never reads: 64 bytes fit, then every write waits.
+            let (_client, server) = tokio::io::duplex(64);
+            let activity = Activity::new();
+            let mut io = DeadlineIo::new(server, activity.clone(), FAST);
+            // A stream in flight: no idle deadline, yet the write is cut.
+            let _request = activity.request_started();
+            let started = Instant::now();
+            let err = io.write_all(&[b'x'; 1024]).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert!(err.to_string().contains("send deadline"), "{err}");
+            around(started.elapsed(), FAST.send);
+            // A read (hyper's, watching for a hang-up) fails with it too.
+            let mut r = [0u8; 8];
+            let err = tokio::io::AsyncReadExt::read(&mut io, &mut r)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("send deadline"), "{err}");
+        });
+    }
+
+    #[test]
+    fn a_slow_steady_reader_is_not_cut_and_keep_alive_waits_for_the_last_byte() {
+        rt().block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut client, server) = tokio::io::duplex(64);
+            let activity = Activity::new();
+            let io = DeadlineIo::new(server, activity.clone(), FAST);
+            // A whole response handed over at once (its request ended
+            // before a byte was written), read 32 bytes every 20 ms: 640 ms
+            // to send, past both the send and the keep-alive deadlines.
+            drop(activity.request_started());
+            let (mut rd, mut wr) = tokio::io::split(io);
+            let started = Instant::now();
+            let body = [b'y'; 1024];
+            let write = async {
+                wr.write_all(&body).await.unwrap();
+                wr.flush().await.unwrap();
+                Instant::now()
+            };
+            // The server keeps reading, as hyper does on an idle connection.
+            let read = async {
+                let mut r = [0u8; 8];
+                let err = rd.read(&mut r).await.unwrap_err();
+                (err, Instant::now())
+            };
+            let slow = async {
+                let mut got = 0;
+                let mut chunk = [0u8; 32];
+                while got < body.len() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    got += client.read(&mut chunk).await.unwrap();
+                }
+                got
+            };
+            let (written, (err, failed), got) = tokio::join!(write, read, slow);
+            assert_eq!(got, body.len());
+            let sending = written - started;
+            assert!(
+                sending > FAST.send + FAST.keep_alive,
+                "the test must outlast both deadlines: {sending:?}"
+            );
+            // Keep-alive from the last write the socket took, not from the
+            // request's end.
+            assert!(err.to_string().contains("keep-alive"), "{err}");
+            around(failed - written, FAST.keep_alive);
         });
     }
 }

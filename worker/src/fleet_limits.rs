@@ -2,12 +2,13 @@
 //! table of atomic counters in memory shared by every worker of a
 //! supervisor.
 //!
-//! The supervisor creates an anonymous shared-memory file (memfd) once, at
-//! start, and passes it to every worker it launches (`HEARTALK_LIMITS_FD`);
-//! it outlives reloads and restarts, so neither resets a window. Each worker
-//! maps it and counts with lock-free compare-and-swap: a hit costs a few
-//! atomic operations and no system call, no IPC and no lock — a worker
-//! killed at any instant cannot wedge the others.
+//! The supervisor creates an anonymous shared-memory file (memfd, sealed
+//! against resizing: `shared::shm`) once, at start, and passes it to every
+//! worker it launches (`HEARTALK_LIMITS_FD`); it outlives reloads and
+//! restarts, so neither resets a window. Each worker maps it and counts
+//! with lock-free compare-and-swap: a hit costs a few atomic operations
+//! and no system call, no IPC and no lock — a worker killed at any instant
+//! cannot wedge the others.
 //!
 //! Layout: `SLOTS` pairs of `u64` words, `[state, window_end]`. `state` packs
 //! a 39-bit identity (a hash of key, window length and window start), a
@@ -20,7 +21,7 @@
 //! stores of a claim, the hit is counted by the caller's fallback (per
 //! process) and logged: limits degrade, requests never fail.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fnv::{self, fnv1a};
@@ -147,29 +148,20 @@ fn try_slot(
 
 /// The table mapped from the supervisor's memfd.
 pub struct SharedTable {
-    ptr: *mut AtomicU64,
-    words: usize,
-    _fd: OwnedFd,
+    words: shared::shm::SharedWords,
 }
-
-// SAFETY: the mapping is only ever accessed through `AtomicU64`s, which are
-// safe to share between threads (and processes).
-unsafe impl Send for SharedTable {}
-// SAFETY: as above.
-unsafe impl Sync for SharedTable {}
 
 impl SharedTable {
     /// Maps the table named by `HEARTALK_LIMITS_FD`, if the supervisor
-    /// passed one. Errors are logged and mean per-process counting.
+    /// passed one. The descriptor is taken only once it is known to be the
+    /// table (a stale number is left alone, never closed). Errors are
+    /// logged and mean per-process counting.
     pub fn from_env() -> Option<SharedTable> {
-        let fd: i32 = std::env::var(shared::activation::env::HEARTALK_LIMITS_FD)
-            .ok()?
-            .parse()
-            .ok()?;
-        // SAFETY: the supervisor passed this descriptor for us alone; we
-        // take ownership once (the variable is not read again).
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        match SharedTable::map(fd) {
+        let fd = shared::shm::inherited(
+            shared::activation::env::HEARTALK_LIMITS_FD,
+            TABLE_BYTES as u64,
+        )?;
+        match fd.and_then(|fd| SharedTable::map(fd.as_fd())) {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::warn!(error = %e, "HEARTALK_LIMITS_FD unusable; rate limits count per process");
@@ -178,77 +170,15 @@ impl SharedTable {
         }
     }
 
-    /// Maps a shared-memory file read-write.
-    pub fn map(fd: OwnedFd) -> std::io::Result<SharedTable> {
-        let raw = fd.as_raw_fd();
-        // SAFETY: plain fcntl/fstat on a descriptor we own.
-        let len = unsafe {
-            libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC);
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(raw, &mut st) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            st.st_size as usize
-        };
-        let words = len / 8;
-        if words < 2 {
-            return Err(std::io::Error::other("limits table is empty"));
-        }
-        // SAFETY: a fresh shared mapping of the whole file; it stays valid
-        // until `Drop` unmaps it, and is only accessed as atomics.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                words * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                raw,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(SharedTable {
-            ptr: ptr.cast(),
-            words,
-            _fd: fd,
-        })
+    /// Maps a table file of [`TABLE_BYTES`] read-write. The descriptor may
+    /// be closed afterwards: the mapping keeps the memory alive on its own.
+    pub fn map(fd: BorrowedFd<'_>) -> std::io::Result<SharedTable> {
+        let words = shared::shm::SharedWords::map(fd, TABLE_BYTES as u64)?;
+        Ok(SharedTable { words })
     }
 
     pub fn words(&self) -> &[AtomicU64] {
-        // SAFETY: `ptr` maps `words` u64s (page-aligned, so aligned for
-        // AtomicU64) for the life of `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.words) }
-    }
-}
-
-impl Drop for SharedTable {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped; no borrow of
-        // `words()` outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.words * 8);
-        }
-    }
-}
-
-/// A memfd of `TABLE_BYTES`, for the tests (the supervisor creates the real
-/// one: `supervisor/src/sys.rs`).
-#[cfg(test)]
-fn create_memfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: memfd_create with a static NUL-terminated name; ftruncate on
-    // the descriptor it returned.
-    unsafe {
-        let fd = libc::memfd_create(c"heartalk-limits".as_ptr(), libc::MFD_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        if libc::ftruncate(fd.as_raw_fd(), TABLE_BYTES as libc::off_t) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(fd)
+        self.words.words()
     }
 }
 
@@ -304,10 +234,10 @@ mod tests {
 
     #[test]
     fn a_memfd_is_shared_between_two_mappings() {
-        let fd = create_memfd().unwrap();
-        let dup = fd.try_clone().unwrap();
-        let a = SharedTable::map(fd).unwrap();
-        let b = SharedTable::map(dup).unwrap();
+        let fd = shared::shm::create(c"heartalk-limits", TABLE_BYTES as u64).unwrap();
+        let a = SharedTable::map(fd.as_fd()).unwrap();
+        let b = SharedTable::map(fd.as_fd()).unwrap();
+        drop(fd);
         assert_eq!(a.words().len(), TABLE_BYTES / 8);
         assert_eq!(hit(a.words(), "k", 0, 60), Some(1));
         assert_eq!(hit(b.words(), "k", 0, 60), Some(2));

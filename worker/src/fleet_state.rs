@@ -1,45 +1,44 @@
-//! The supervisor's fleet-state page, read-only: how many slots of the
-//! fleet are currently not serving (degraded or hung). `/ready` answers
-//! 503 while that is above zero, so a load balancer steers away from the
-//! whole container: the degraded worker itself cannot accept the probe.
+//! The supervisor's fleet-state page, read-only: how many slots of this
+//! worker's app are currently not serving (degraded or hung). `/ready`
+//! answers 503 while that is above zero, so the app's load balancer steers
+//! away from the whole app: the degraded worker itself cannot accept the
+//! probe. Other apps of the same supervisor have words of their own and
+//! do not concern this one.
 //!
 //! The supervisor creates the page (a memfd of
-//! `shared::activation::FLEET_STATE_BYTES`) once and passes it to every
-//! worker as `HEARTALK_FLEET_FD`; the layout is
-//! `shared::activation::fleet_state`. A worker running without it (alone,
-//! or under an older supervisor) answers for itself only.
+//! `shared::activation::FLEET_STATE_BYTES`, sealed) once and passes every
+//! worker a read-only descriptor of it as `HEARTALK_FLEET_FD`, and its
+//! app's word as `HEARTALK_FLEET_WORD`; the layout is
+//! `shared::activation::fleet_state`. A worker running without them
+//! (alone, under an older supervisor, or in an app past the page's 512
+//! words) answers for itself only.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsFd, OwnedFd};
 
 use shared::activation::{FLEET_STATE_BYTES, env, fleet_state};
+use shared::shm::{self, ReadOnlyWords};
 
-/// The page, mapped read-only.
+/// The page, mapped read-only, and which word of it is this worker's app's.
 pub struct FleetState {
-    ptr: *const AtomicU64,
-    words: usize,
+    page: ReadOnlyWords,
+    word: usize,
 }
 
-// SAFETY: the mapping is only ever read through `AtomicU64`s, which are
-// safe to share between threads (and processes).
-unsafe impl Send for FleetState {}
-// SAFETY: as above.
-unsafe impl Sync for FleetState {}
-
 impl FleetState {
-    /// Maps the page named by `HEARTALK_FLEET_FD`, if the supervisor passed
-    /// one. A page that cannot be mapped is logged and means "answer for
-    /// this worker only".
+    /// Maps the page named by `HEARTALK_FLEET_FD` and reads the word named
+    /// by `HEARTALK_FLEET_WORD`, if the supervisor passed both. The
+    /// descriptor is taken only once it is known to be the page (a stale
+    /// number is left alone, never closed). A page that cannot be used is
+    /// logged and means "answer for this worker only".
     pub fn from_env() -> Option<FleetState> {
-        let fd: i32 = std::env::var(env::HEARTALK_FLEET_FD)
-            .ok()?
+        let word = std::env::var(env::HEARTALK_FLEET_WORD).ok()?;
+        let fd = shm::inherited(env::HEARTALK_FLEET_FD, FLEET_STATE_BYTES)?;
+        let state = word
             .trim()
             .parse()
-            .ok()?;
-        // SAFETY: the supervisor passed this descriptor for us alone; it is
-        // taken once, here (start-up reads the variable once).
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        match FleetState::map(fd) {
+            .map_err(|_| std::io::Error::other(format!("{word:?} is not a word number")))
+            .and_then(|word| FleetState::map(fd?, word));
+        match state {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "HEARTALK_FLEET_FD unusable; /ready answers for this worker only");
@@ -48,117 +47,60 @@ impl FleetState {
         }
     }
 
-    /// Maps a fleet-state file read-only. The descriptor is closed once
-    /// mapped: the mapping keeps the memory alive and needs no descriptor,
-    /// which leaves one more for connections.
-    pub fn map(fd: OwnedFd) -> std::io::Result<FleetState> {
-        let raw = fd.as_raw_fd();
-        // SAFETY: plain fstat on a descriptor we own.
-        let len = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(raw, &mut st) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            st.st_size as u64
-        };
-        let words = (len.min(FLEET_STATE_BYTES) / 8) as usize;
-        // Every word this worker reads must be in the file.
-        if words < fleet_state::NOT_SERVING + 1 {
-            return Err(std::io::Error::other("fleet-state page is too small"));
+    /// Maps a fleet-state file read-only, to read word `word`. The
+    /// descriptor is closed once mapped: the mapping keeps the memory
+    /// alive and needs no descriptor, which leaves one more for
+    /// connections.
+    pub fn map(fd: OwnedFd, word: usize) -> std::io::Result<FleetState> {
+        if word >= fleet_state::WORDS {
+            return Err(std::io::Error::other(format!(
+                "word {word} is past the page's {}",
+                fleet_state::WORDS
+            )));
         }
-        // SAFETY: a fresh shared read-only mapping of `words * 8` bytes of
-        // the file; it stays valid until `Drop` unmaps it and is only read
-        // as atomics (the address is page-aligned).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                words * 8,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                raw,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        drop(fd);
-        Ok(FleetState {
-            ptr: ptr.cast(),
-            words,
-        })
+        let page = ReadOnlyWords::map(fd.as_fd(), FLEET_STATE_BYTES)?;
+        Ok(FleetState { page, word })
     }
 
-    fn words(&self) -> &[AtomicU64] {
-        // SAFETY: `ptr` maps `words` u64s for the life of `self`; atomics
-        // only load from it here (the mapping is read-only).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.words) }
-    }
-
-    /// How many slots of the fleet are currently not serving.
+    /// How many slots of this worker's app are currently not serving.
     pub fn not_serving(&self) -> u64 {
-        self.words()[fleet_state::NOT_SERVING].load(Ordering::Acquire)
-    }
-}
-
-impl Drop for FleetState {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped; no borrow of
-        // `words()` outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr as *mut libc::c_void, self.words * 8);
-        }
+        // `map` checked the word is within the page.
+        self.page.load(self.word).unwrap_or(0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::shm::SharedWords;
+    use std::sync::atomic::Ordering;
 
-    /// A page as the supervisor makes it, and a writable view of it.
-    fn page() -> (OwnedFd, *mut AtomicU64) {
-        // SAFETY: memfd_create with a static name, ftruncate and a shared
-        // read-write mapping of the file it returned (leaked: test only).
-        unsafe {
-            let fd = libc::memfd_create(c"heartalk-fleet".as_ptr(), libc::MFD_CLOEXEC);
-            assert!(fd >= 0);
-            let fd = OwnedFd::from_raw_fd(fd);
-            assert_eq!(
-                libc::ftruncate(fd.as_raw_fd(), FLEET_STATE_BYTES as libc::off_t),
-                0
-            );
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                FLEET_STATE_BYTES as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            );
-            assert_ne!(p, libc::MAP_FAILED);
-            (fd, p.cast())
-        }
+    /// A page as the supervisor makes it: its writable view, and the
+    /// read-only descriptor a worker gets.
+    fn page() -> (SharedWords, OwnedFd) {
+        shm::create_read_only_shared(c"heartalk-fleet", FLEET_STATE_BYTES).unwrap()
     }
 
     #[test]
-    fn reads_what_the_supervisor_writes() {
-        let (fd, writer) = page();
-        let state = FleetState::map(fd).unwrap();
+    fn reads_its_own_apps_word() {
+        let (writer, fd) = page();
+        let state = FleetState::map(fd, 1).unwrap();
         assert_eq!(state.not_serving(), 0);
-        // SAFETY: `writer` maps the same page, aligned, for the test's life.
-        let word0 = unsafe { &*writer };
-        word0.store(3, Ordering::Release);
-        assert_eq!(state.not_serving(), 3);
-        word0.store(0, Ordering::Release);
+        // Another app's slot is degraded: not this app's business.
+        writer.words()[0].store(3, Ordering::Release);
+        assert_eq!(state.not_serving(), 0);
+        // One of this app's.
+        writer.words()[1].store(1, Ordering::Release);
+        assert_eq!(state.not_serving(), 1);
+        writer.words()[1].store(0, Ordering::Release);
         assert_eq!(state.not_serving(), 0);
     }
 
     #[test]
-    fn an_empty_file_is_refused() {
-        // SAFETY: memfd_create with a static name.
-        let fd = unsafe {
-            OwnedFd::from_raw_fd(libc::memfd_create(c"empty".as_ptr(), libc::MFD_CLOEXEC))
-        };
-        assert!(FleetState::map(fd).is_err());
+    fn a_word_past_the_page_or_a_short_file_is_refused() {
+        let (_writer, fd) = page();
+        assert!(FleetState::map(fd, fleet_state::WORDS).is_err());
+        let empty = shm::create(c"empty", 0).unwrap();
+        assert!(FleetState::map(empty, 0).is_err());
     }
 }

@@ -88,7 +88,7 @@ pub fn liveness(state: &AppState) -> Response<Body> {
 }
 
 /// `GET /ready`: 200 only in [`Phase::Ready`], and only while neither this
-/// worker nor any slot of its fleet is degraded (see [`ready_answer`]).
+/// worker nor any slot of its app is degraded (see [`ready_answer`]).
 pub fn readiness(state: &AppState) -> Response<Body> {
     let (status, body) = ready_answer(
         state.phase(),
@@ -101,16 +101,17 @@ pub fn readiness(state: &AppState) -> Response<Body> {
 
 /// What `/ready` answers, from the phase, whether this worker cannot
 /// accept connections (`degraded`, see [`crate::budget`]) and how many
-/// slots of the fleet are not serving (`fleet_not_serving`, from the
-/// supervisor's page; `None` when running alone):
+/// slots of its app are not serving (`fleet_not_serving`, from its app's
+/// word of the supervisor's page; `None` when running alone):
 ///
 /// - `200 {status:"ready", worker_id}` when serving and all is well;
 /// - `503 {status:"starting"}` / `503 {status:"draining"}` as API.md §5.1;
 /// - `503 {status:"degraded", worker_id, accepting, fleet_not_serving}`
-///   while this worker, or any slot of the fleet, cannot accept: the
+///   while this worker, or any slot of its app, cannot accept: the
 ///   degraded worker itself cannot answer a new probe, so the others say
-///   it for the container, and a load balancer steers away from all of it
-///   rather than leaving part of its connections hanging.
+///   it for the app, and its load balancer steers away from all of it
+///   rather than leaving part of its connections hanging. Other apps of
+///   the supervisor have their own words and are not concerned.
 pub fn ready_answer(
     phase: Phase,
     degraded: bool,

@@ -29,7 +29,7 @@
 //!   [`redis_link`];
 //! - observability: [`telemetry`] (metrics), [`fleet_metrics`] (`/metrics`
 //!   through the supervisor), [`fleet_state`] (how many slots of the
-//!   fleet are not serving, for `/ready`).
+//!   worker's app are not serving, for `/ready`).
 
 pub mod api;
 pub mod auth;
@@ -109,7 +109,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     telemetry::install();
     // The supervisor's fleet-state page (what `/ready` answers for the
-    // whole fleet), taken while the environment is read single-threaded.
+    // whole app), taken while the environment is read single-threaded.
     let fleet_state = fleet_state::FleetState::from_env();
 
     let runtime = tokio::runtime::Builder::new_current_thread()

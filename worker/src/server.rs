@@ -285,9 +285,10 @@ fn spawn_connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "setting TCP_NODELAY failed");
     }
-    // The connection's idle deadlines (first byte, head, keep-alive) live
-    // in its IO; the service tells it which requests are in flight, from
-    // the complete head until the response body has ended.
+    // The connection's idle deadlines (first byte, head, keep-alive, and
+    // send: a client that stops reading) live in its IO; the service tells
+    // it which requests are in flight, from the complete head until the
+    // response body has ended.
     let activity = Activity::new();
     let io = DeadlineIo::new(stream, activity.clone(), state.settings.connection.idle());
     let svc_state = state.clone();

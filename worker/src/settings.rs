@@ -87,6 +87,11 @@ pub struct ConnectionTimeouts {
     /// `keepalive_timeout`, AWS ALB), so they close first and never reuse
     /// a connection the worker is closing.
     pub keep_alive: Duration,
+    /// `SEND_TIMEOUT` (60 s, nginx's `send_timeout`): how long a write may
+    /// wait for a client that is not reading (its receive window full)
+    /// before the connection is closed; a deadline between two successive
+    /// writes the socket takes, not on the whole response.
+    pub send: Duration,
 }
 
 impl ConnectionTimeouts {
@@ -95,6 +100,7 @@ impl ConnectionTimeouts {
         header: Duration::from_secs(30),
         body: Duration::from_secs(30),
         keep_alive: Duration::from_secs(75),
+        send: Duration::from_secs(60),
     };
 
     /// The idle deadlines, as the connection wrapper takes them.
@@ -103,6 +109,7 @@ impl ConnectionTimeouts {
             first_byte: self.first_byte,
             header: self.header,
             keep_alive: self.keep_alive,
+            send: self.send,
         }
     }
 }
@@ -136,7 +143,7 @@ pub fn parse_timeout(value: Option<&str>, default: Duration) -> Result<Duration,
     Ok(d)
 }
 
-/// Reads the four connection timeouts; each bad value adds a problem and
+/// Reads the five connection timeouts; each bad value adds a problem and
 /// leaves that timeout at its default.
 fn connection_timeouts(
     get: &impl Fn(&str) -> Option<String>,
@@ -158,6 +165,7 @@ fn connection_timeouts(
         header: read("HEADER_TIMEOUT", d.header),
         body: read("BODY_TIMEOUT", d.body),
         keep_alive: read("KEEPALIVE_TIMEOUT", d.keep_alive),
+        send: read("SEND_TIMEOUT", d.send),
     }
 }
 
@@ -720,12 +728,14 @@ mod tests {
         assert_eq!(s.connection.header, Duration::from_secs(30));
         assert_eq!(s.connection.body, Duration::from_secs(30));
         assert_eq!(s.connection.keep_alive, Duration::from_secs(75));
+        assert_eq!(s.connection.send, Duration::from_secs(60));
         assert!(s.problems.is_empty());
         let s = settings(&[
             ("FIRST_BYTE_TIMEOUT", "1500"),
             ("HEADER_TIMEOUT", " 2s "),
             ("BODY_TIMEOUT", "1m 30s"),
             ("KEEPALIVE_TIMEOUT", "250ms"),
+            ("SEND_TIMEOUT", "2000"),
         ]);
         assert_eq!(
             s.connection,
@@ -734,6 +744,7 @@ mod tests {
                 header: Duration::from_secs(2),
                 body: Duration::from_secs(90),
                 keep_alive: Duration::from_millis(250),
+                send: Duration::from_secs(2),
             },
             "a bare integer is milliseconds, anything else humantime"
         );
@@ -756,6 +767,7 @@ mod tests {
             ("HEADER_TIMEOUT", "soon"),
             ("BODY_TIMEOUT", "-5"),
             ("KEEPALIVE_TIMEOUT", "2d"),
+            ("SEND_TIMEOUT", "0ms"),
         ]);
         assert_eq!(s.connection, ConnectionTimeouts::DEFAULT);
         assert_eq!(
@@ -767,6 +779,7 @@ mod tests {
                 "BODY_TIMEOUT=\"-5\": not a duration (an integer number of milliseconds, \
                  or e.g. `10s`, `1m 15s`, `500ms`); using the default 30s",
                 "KEEPALIVE_TIMEOUT=\"2d\": must be at most a day; using the default 75s",
+                "SEND_TIMEOUT=\"0ms\": must be more than zero; using the default 60s",
             ]
         );
         assert_eq!(

@@ -53,6 +53,9 @@ pub struct AppState {
     degraded: AtomicBool,
     /// The supervisor's fleet-state page (`None`: alone, or unavailable).
     fleet: Option<crate::fleet_state::FleetState>,
+    /// The kept, non-blocking socket to the supervisor for watchdog pings
+    /// and degraded reports (`None`: no `NOTIFY_SOCKET`).
+    pub notifier: Option<shared::activation::Notifier>,
     /// Flips to true when the drain deadline passes: open SSE streams send
     /// their final error frame and end.
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -73,19 +76,23 @@ impl AppState {
             closed: tokio::sync::Notify::new(),
             degraded: AtomicBool::new(false),
             fleet: None,
+            notifier: shared::activation::Notifier::from_env().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot connect to NOTIFY_SOCKET; no watchdog pings or degraded reports");
+                None
+            }),
             shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
 
-    /// Reads `/ready`'s fleet-wide answer from this page (see
+    /// Reads `/ready`'s app-wide answer from this page (see
     /// [`crate::fleet_state`]).
     pub fn with_fleet_state(mut self, fleet: Option<crate::fleet_state::FleetState>) -> Self {
         self.fleet = fleet;
         self
     }
 
-    /// How many slots of the fleet are not serving, per the supervisor's
-    /// page; `None` without one.
+    /// How many slots of this worker's app are not serving, per the
+    /// supervisor's page; `None` without one.
     pub fn fleet_not_serving(&self) -> Option<u64> {
         self.fleet
             .as_ref()

@@ -6,7 +6,9 @@
 //! thread that accepts and answers — not from a thread of their own: a
 //! stopped, deadlocked or spinning event loop then falls silent and the
 //! supervisor replaces the worker, while a loop that is merely busy still
-//! reaches the timer between requests (a ping costs one datagram).
+//! reaches the timer between requests (a ping costs one datagram, on a
+//! socket made at start that never blocks: see
+//! [`shared::activation::Notifier`]).
 
 use std::time::Duration;
 
@@ -33,11 +35,16 @@ pub async fn ping(state: std::sync::Arc<AppState>) {
     let mut ticks = tokio::time::interval(period);
     // A late tick is sent once, not in a burst that would hide the stall.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Some(notifier) = &state.notifier else {
+        return;
+    };
     let mut failing = false;
     loop {
         ticks.tick().await;
-        match shared::activation::notify("WATCHDOG=1") {
-            Ok(_) => failing = false,
+        // Never blocks: a ping the supervisor has no room for is dropped
+        // (the next one follows in half an interval).
+        match notifier.send("WATCHDOG=1") {
+            Ok(()) => failing = false,
             Err(e) if !failing => {
                 failing = true;
                 tracing::warn!(error = %e, worker_id = state.settings.worker_id, "watchdog ping failed");
