@@ -2,7 +2,7 @@
 # Benchmarks on 127.0.0.1 only, with wrk; each mode rewrites its own section
 # of docs/benchmarks.md (the hand-written "## Notes" stay).
 #
-#   scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang]   (default: all, ~9 minutes)
+#   scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang|streams]   (default: all, ~11 minutes)
 #   BENCH_SECONDS=3 RUNS=1 scripts/bench.sh pipeline  # quick smoke run
 #
 # pipeline  POST /api/v1/chat/generate through `heartalk run` (release, live mode)
@@ -21,6 +21,9 @@
 #           (PM2: a 150 MB limit reached 270 MB).
 # metrics   fleet-wide /metrics scrape latency with 16 workers (target < 50 ms).
 # logs      throughput cost of request logging and the supervisor's CPU share.
+# streams   STREAMS (default 10,000) chat streams open at once (POST /api/v1/chat/stream,
+#           live mode, mock sending one SSE frame per second, cache off): KB per open
+#           stream, memory given back after, time to first byte, all completed?
 # hang      wrk 25 s at 50 connections on /health while one of 2 workers is
 #           SIGSTOPped for 15 s: with `watchdog = "2s"` and with the watchdog off
 #           (failed requests, worst latency, time to replacement).
@@ -30,8 +33,8 @@ cd "$(dirname "$0")/.."
 MODE=${1:-all}
 case $MODE in
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  all | pipeline | cache | reload | memory | metrics | logs | hang) ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang]" >&2; exit 64 ;;
+  all | pipeline | cache | reload | memory | metrics | logs | hang | streams) ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
 esac
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 RUNS=${RUNS:-4}
@@ -58,9 +61,9 @@ trap 'stop_all; rm -rf "$WORK"' EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_mock() { # latency_ms → MOCK_URL, MOCK_PORT
+start_mock() { # latency_ms [chunk_delay_ms] → MOCK_URL, MOCK_PORT
   MOCK_PORT=$(free_port)
-  "$BIN/mock-ark" "$MOCK_PORT" "$1" >"$WORK/mock.url" &
+  "$BIN/mock-ark" "$MOCK_PORT" "$1" "${2:-0}" >"$WORK/mock.url" &
   PIDS+=($!)
   for _ in $(seq 100); do [[ -s $WORK/mock.url ]] && break; sleep 0.05; done
   MOCK_URL=$(head -1 "$WORK/mock.url")
@@ -105,6 +108,7 @@ JWT_SECRET = "bench-secret"
 KEYWORDS_CONFIG = "$PWD/config/keywords.json"
 RATE_LIMIT_AI_MAX = "1000000000"
 RATE_LIMIT_USER_MAX = "1000000000"
+RATE_LIMIT_STREAM_MAX = "1000000000"
 LOG_LEVEL = "warn"
 CACHE_ENABLED = "${2:-false}"
 TOML
@@ -637,14 +641,74 @@ PY
   } | python3 "$REPORT" section "$OUT" hang
 }
 
+bench_streams() {
+  local n=${STREAMS:-10000} proto
+  echo "== streams: $n chat streams open at once, one SSE frame per second"
+  start_mock 0 1000
+  for proto in off prior-knowledge; do
+    start_heartalk "$(live_config "$MOCK_URL" | sed "s/^LOG_LEVEL = \"warn\"$/LOG_LEVEL = \"warn\"\nUPSTREAM_HTTP2 = \"$proto\"/")"
+    local sock=$WORK/ctl-$SVC_PORT.sock pids
+    sleep 2 # idle: let start-up allocations settle
+    pids=$("$BIN/heartalk" status --json --socket "$sock" |
+      python3 -c 'import json,sys; print(",".join(str(w["pid"]) for w in json.load(sys.stdin)["apps"][0]["workers"]))')
+    awk '{print $2 * 4096}' "/proc/$SUP_PID/statm" >"$WORK/sup-idle-$proto.txt"
+    "$BIN/stream-load" --addr "127.0.0.1:$SVC_PORT" --streams "$n" --token "$TOKEN" \
+      --body '{"messages":[{"role":"user","content":"你好"}]}' --ramp-secs 5 \
+      --pids "$pids" --after-secs 60 >"$WORK/streams-$proto.json"
+    awk '{print $2 * 4096}' "/proc/$SUP_PID/statm" >"$WORK/sup-after-$proto.txt"
+    kill -TERM "$SUP_PID"; wait "$SUP_PID" 2>/dev/null || true
+    PIDS=("${PIDS[@]/$SUP_PID}")
+  done
+  stop_all
+  {
+    header
+    python3 - "$WORK" <<'PY'
+import json, sys
+w = sys.argv[1]
+mb = lambda b: b / 2**20
+rows, notes = [], []
+for proto, label in (("off", "HTTP/1.1"), ("prior-knowledge", "HTTP/2 (h2c)")):
+    r = json.load(open(f"{w}/streams-{proto}.json"))
+    idle, peak, after = (sum(r[k]) for k in ("idle_rss", "peak_rss", "after_rss"))
+    per = (peak - idle) / max(r["peak_open"], 1) / 1024
+    back = r["back_after_secs"]
+    sup = (int(open(f"{w}/sup-idle-{proto}.txt").read()), int(open(f"{w}/sup-after-{proto}.txt").read()))
+    rows.append(
+        f"| {label} | {r['peak_open']} | {r['ok']} / {r['streams']} | {mb(idle):.0f} MB | {mb(peak):.0f} MB "
+        f"| **{per:.1f} KB** | {1048576 / per:,.0f} | {mb(after):.0f} MB ({'back after ' + format(back, '.0f') + ' s' if back is not None else 'not back in 60 s'}) "
+        f"| {r['ttfb_p50_ms']:.0f} / {r['ttfb_p99_ms']:.0f} ms | {mb(sup[0]):.0f} → {mb(sup[1]):.0f} MB |")
+    if r["errors"]:
+        notes.append(f"{label}: " + "; ".join(r["errors"][:3]))
+print(f"""
+## Open streams
+
+`POST /api/v1/chat/stream` (live mode; the mock Ark sends one SSE frame per second, ~10
+frames an answer), response cache off, 2 workers; `stream-load` opens the streams over 5 s,
+one per connection, and reads each to its end; RSS of both workers sampled every 200 ms;
+the upstream spoken over HTTP/1.1 (`UPSTREAM_HTTP2=off`: a connection per open stream) and
+over HTTP/2 (`prior-knowledge`, h2c to the mock: one connection per worker).
+
+| upstream | open at once | completed 200 | workers idle | at peak | per open stream | streams per GB | 60 s after the last ended | time to first byte p50 / p99 | supervisor |
+|---|---|---|---|---|---|---|---|---|---|""")
+print("\n".join(rows))
+print("""
+Per open stream = workers' RSS growth ÷ streams open at the peak (Node.js under PM2: ~83 KB;
+target ≤ 20 KB). "Back" = both workers under 1.5 × idle + 16 MB.""")
+if notes:
+    print("\nFailures: " + " | ".join(notes))
+PY
+  } | python3 "$REPORT" section "$OUT" streams
+}
+
 case $MODE in
   pipeline) bench_pipeline ;;
   hang) bench_hang ;;
+  streams) bench_streams ;;
   cache) bench_cache ;;
   reload) bench_reload ;;
   memory) bench_memory ;;
   metrics) bench_metrics ;;
   logs) bench_logs ;;
-  all) bench_pipeline; bench_cache; bench_reload; bench_memory; bench_metrics; bench_logs; bench_hang ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang]" >&2; exit 64 ;;
+  all) bench_pipeline; bench_cache; bench_reload; bench_memory; bench_metrics; bench_logs; bench_hang; bench_streams ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
 esac

@@ -24,12 +24,14 @@
 //! `stream_options.include_usage` — then `data: [DONE]\n\n`.
 //!
 //! **Records.** [`MockArk::requests`] returns every received request as
-//! `{"method", "path", "headers": {authorization, content-type, accept,
-//! x-request-id}, "body"}` (`body` is the parsed JSON, or a string if it did
-//! not parse); [`MockArk::bodies`] just the bodies. [`MockArk::cancelled`]
-//! counts calls whose client went away before the mock finished answering
-//! (a stream's body channel closed, or the handler dropped while waiting
-//! or hanging).
+//! `{"method", "path", "version", "headers": {authorization, content-type,
+//! accept, x-request-id}, "body"}` (`version` is `HTTP/1.1` or `HTTP/2.0`;
+//! `body` is the parsed JSON, or a string if it did not parse);
+//! [`MockArk::bodies`] just the bodies. [`MockArk::connections`] counts the
+//! TCP connections accepted (one HTTP/2 connection carries many calls).
+//! [`MockArk::cancelled`] counts calls whose client went away before the
+//! mock finished answering (a stream's body channel closed, or the handler
+//! dropped while waiting or hanging).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -235,6 +237,8 @@ struct State {
     requests: Vec<Value>,
     cancelled: usize,
     completed: usize,
+    /// TCP connections accepted since the start.
+    connections: usize,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -349,6 +353,11 @@ impl MockArk {
         lock(&self.state).completed
     }
 
+    /// TCP connections accepted since the start (not cleared by `reset`).
+    pub fn connections(&self) -> usize {
+        lock(&self.state).connections
+    }
+
     /// Forgets the records (requests, cancelled, completed) and the queue.
     pub fn reset(&self) {
         let mut s = lock(&self.state);
@@ -429,17 +438,23 @@ async fn serve(
         };
         let Ok((stream, _)) = conn else { continue };
         let _ = stream.set_nodelay(true);
+        lock(&state).connections += 1;
         let st = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, st.clone()));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // h2c with prior knowledge too; one HTTP/2 connection may carry
+            // every stream a worker has open (the streams benchmark).
+            builder.http2().max_concurrent_streams(MAX_H2_STREAMS);
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
 type Body = BoxBody<Bytes, Infallible>;
+
+/// Concurrent streams the mock allows on one HTTP/2 connection.
+pub const MAX_H2_STREAMS: u32 = 100_000;
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
@@ -473,6 +488,7 @@ impl Drop for CancelGuard {
 async fn handle(req: Request<Incoming>, state: Shared) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
     if method != "POST" || !path.ends_with("/chat/completions") {
         return Ok(full(
             StatusCode::NOT_FOUND,
@@ -499,7 +515,7 @@ async fn handle(req: Request<Incoming>, state: Shared) -> Result<Response<Body>,
         s.calls += 1;
         if !s.forget_requests {
             s.requests.push(
-                json!({"method": method, "path": path, "headers": headers, "body": body.clone()}),
+                json!({"method": method, "path": path, "version": version, "headers": headers, "body": body.clone()}),
             );
         }
         let b = s.queue.pop_front();

@@ -31,6 +31,7 @@
 //!   through the supervisor), [`fleet_state`] (how many slots of the
 //!   worker's app are not serving, for `/ready`).
 
+pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod breaker;

@@ -9,10 +9,21 @@ use tracing_subscriber::EnvFilter;
 /// mimalloc instead of glibc malloc: the request path allocates many small,
 /// short-lived buffers, and glibc's allocator was ~16 % of a worker's CPU
 /// under load (measured with perf; see docs/benchmarks.md).
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// With `--features dhat-heap`, every allocation goes through dhat instead,
+/// which records where live memory was allocated (for the streams
+/// breakdown in docs/benchmarks.md); never in a production build.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    // Writes dhat-heap.json when main returns (after the drain).
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     // Flushes what is still buffered when main returns.
     let _log_flush = init_tracing();
     match heartalk_worker::run() {

@@ -77,6 +77,7 @@ pub async fn serve(
     }
     // From the serving runtime: a stalled accept/serve loop stops the pings.
     tokio::spawn(crate::watchdog::ping(state.clone()));
+    tokio::spawn(crate::alloc::give_back(state.clone()));
 
     let reason = accept_loop(&listeners, &builder, &graceful, &state, &mut signals).await;
 

@@ -68,6 +68,8 @@ impl Services {
                 name: settings.provider.name.clone(),
                 max_retries: p.max_retries,
                 stream_usage: p.stream_usage,
+                http2: p.upstream_http2,
+                pool_idle: p.upstream_pool_idle,
             })?)
         };
         let router = Router::load(&settings.keywords_config);

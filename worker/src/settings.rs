@@ -206,6 +206,10 @@ pub struct PipelineSettings {
     pub work_timeout: Duration,
     pub max_retries: u32,
     pub stream_usage: bool,
+    /// `UPSTREAM_HTTP2`: how the provider client speaks HTTP/2.
+    pub upstream_http2: crate::provider::ark::UpstreamHttp2,
+    /// `UPSTREAM_POOL_IDLE_SECS`: how long an idle upstream connection is kept.
+    pub upstream_pool_idle: Duration,
     pub simulated_latency: Duration,
     pub simulated_tokens_per_sec: u32,
     pub simulated_reasoning: bool,
@@ -446,6 +450,10 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
         work_timeout: ms("BYTEPLUS_WORK_ASSISTANT_TIMEOUT", 60_000),
         max_retries: parse_int(get("UPSTREAM_MAX_RETRIES").as_deref(), 2),
         stream_usage: boolean("UPSTREAM_STREAM_USAGE", true),
+        upstream_http2: crate::provider::ark::UpstreamHttp2::parse(
+            get("UPSTREAM_HTTP2").as_deref(),
+        ),
+        upstream_pool_idle: Duration::from_secs(int("UPSTREAM_POOL_IDLE_SECS", 15)),
         simulated_latency: ms("SIMULATED_LATENCY_MS", 300),
         simulated_tokens_per_sec: parse_int(get("SIMULATED_TOKENS_PER_SEC").as_deref(), 40),
         simulated_reasoning: boolean("SIMULATED_REASONING", false),

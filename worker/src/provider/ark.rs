@@ -38,6 +38,41 @@ pub struct ArkConfig {
     pub max_retries: u32,
     /// `UPSTREAM_STREAM_USAGE`: ask streams for a final usage chunk.
     pub stream_usage: bool,
+    /// `UPSTREAM_HTTP2`: HTTP/2 by ALPN on `https` (default), also with
+    /// prior knowledge on `http`, or never.
+    pub http2: UpstreamHttp2,
+    /// `UPSTREAM_POOL_IDLE_SECS`: an idle pooled connection is closed after
+    /// this long (its buffers are what a finished burst of streams leaves).
+    pub pool_idle: Duration,
+}
+
+/// How the provider client uses HTTP/2 (`UPSTREAM_HTTP2`). Over HTTP/2 one
+/// connection carries many streams, so an open stream costs a stream's
+/// state instead of a connection's buffers (docs/benchmarks.md "Open
+/// streams").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamHttp2 {
+    /// `auto`: offered by ALPN on `https` URLs (what a TLS server such as
+    /// Ark chooses); HTTP/1.1 on plain `http`.
+    #[default]
+    Auto,
+    /// `prior-knowledge`: HTTP/2 without negotiation (h2c on `http`); for a
+    /// server known to speak it.
+    PriorKnowledge,
+    /// `off`: HTTP/1.1 only.
+    Off,
+}
+
+impl UpstreamHttp2 {
+    /// Reads the setting; anything unknown is `auto` (logged by the caller
+    /// through the settings report).
+    pub fn parse(value: Option<&str>) -> UpstreamHttp2 {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            Some("prior-knowledge" | "prior_knowledge" | "h2c") => UpstreamHttp2::PriorKnowledge,
+            Some("off" | "false" | "0" | "http1") => UpstreamHttp2::Off,
+            _ => UpstreamHttp2::Auto,
+        }
+    }
 }
 
 /// Why an [`ArkProvider`] could not be built.
@@ -102,9 +137,15 @@ impl ArkProvider {
             v.set_sensitive(true);
             Some(v)
         };
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder();
+        let builder = match cfg.http2 {
+            UpstreamHttp2::Auto => builder,
+            UpstreamHttp2::PriorKnowledge => builder.http2_prior_knowledge(),
+            UpstreamHttp2::Off => builder.http1_only(),
+        };
+        let client = builder
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(cfg.pool_idle)
             // Keep every connection a burst opened: with N requests in
             // flight per worker, a smaller idle cap closes connections after
             // each burst and the next burst pays for new ones (tail latency).
@@ -759,6 +800,8 @@ mod tests {
             name: "byteplus".into(),
             max_retries: retries,
             stream_usage: true,
+            http2: UpstreamHttp2::Auto,
+            pool_idle: Duration::from_secs(15),
         })
         .unwrap()
     }
@@ -803,7 +846,9 @@ mod tests {
                 api_key: "bad\nkey".into(),
                 name: "x".into(),
                 max_retries: 0,
-                stream_usage: false
+                stream_usage: false,
+                http2: UpstreamHttp2::Auto,
+                pool_idle: Duration::from_secs(15),
             })
             .is_err()
         );
