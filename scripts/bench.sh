@@ -90,6 +90,11 @@ start_heartalk() { # config-body → SVC_PORT, SUP_PID; logs in $WORK/heartalk.l
   exit 1
 }
 
+stop_heartalk() { # stops the supervisor started last (the mock keeps running)
+  kill -TERM "$SUP_PID"; wait "$SUP_PID" 2>/dev/null || true
+  PIDS=("${PIDS[@]/$SUP_PID}")
+}
+
 live_config() { # mock_url [cache: true|false (default false)]
   cat <<TOML
 [[apps]]
@@ -516,8 +521,7 @@ bench_logs() {
     after=$(awk '{print $14 + $15}' "/proc/$SUP_PID/stat")
     echo "$before $after $(getconf CLK_TCK)" >"$WORK/cpu-$level.txt"
     du -sb "$WORK/logs" | cut -f1 >"$WORK/bytes-$level.txt" 2>/dev/null || echo 0 >"$WORK/bytes-$level.txt"
-    kill -TERM "$SUP_PID"; wait "$SUP_PID" 2>/dev/null || true
-    PIDS=("${PIDS[@]/$SUP_PID}")
+    stop_heartalk
     rm -rf "$WORK/logs"
   done
   stop_all
@@ -597,8 +601,7 @@ TOML
     wait "$stopper"
     grep -E '"event":"(worker_hung|worker_ready)"' "$WORK/heartalk.log" >"$WORK/events-$watchdog.jsonl" || true
     echo "$victim" >"$WORK/victim-$watchdog.txt"
-    kill -TERM "$SUP_PID"; wait "$SUP_PID" 2>/dev/null || true
-    PIDS=("${PIDS[@]/$SUP_PID}")
+    stop_heartalk
   done
   stop_all
   {
@@ -656,8 +659,7 @@ bench_streams() {
       --body '{"messages":[{"role":"user","content":"你好"}]}' --ramp-secs 5 \
       --pids "$pids" --after-secs 60 >"$WORK/streams-$proto.json"
     awk '{print $2 * 4096}' "/proc/$SUP_PID/statm" >"$WORK/sup-after-$proto.txt"
-    kill -TERM "$SUP_PID"; wait "$SUP_PID" 2>/dev/null || true
-    PIDS=("${PIDS[@]/$SUP_PID}")
+    stop_heartalk
   done
   stop_all
   {
