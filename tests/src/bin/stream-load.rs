@@ -117,9 +117,6 @@ async fn one(addr: &str, request: &[u8]) -> Result<Duration, String> {
         if n == 0 {
             return Err("closed before the head".into());
         }
-        if head.is_empty() {
-            ttfb_mark(&mut None, t0);
-        }
         head.extend_from_slice(&buf[..n]);
         if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             ttfb = t0.elapsed();
@@ -156,8 +153,6 @@ async fn one(addr: &str, request: &[u8]) -> Result<Duration, String> {
         ))
     }
 }
-
-fn ttfb_mark(_: &mut Option<Duration>, _: Instant) {}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
