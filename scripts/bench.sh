@@ -92,7 +92,18 @@ start_heartalk() { # config-body → SVC_PORT, SUP_PID; logs in $WORK/heartalk.l
 
 stop_heartalk() { # stops the supervisor started last (the mock keeps running)
   kill -TERM "$SUP_PID"; wait "$SUP_PID" 2>/dev/null || true
-  PIDS=("${PIDS[@]/$SUP_PID}")
+  local p keep=()
+  for p in "${PIDS[@]}"; do [[ $p == "$SUP_PID" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+worker_pids() { # control-socket → the first app's worker pids, comma-separated, slot 0 first
+  "$BIN/heartalk" status --json --socket "$1" |
+    python3 -c 'import json,sys; print(",".join(str(w["pid"]) for w in json.load(sys.stdin)["apps"][0]["workers"]))'
+}
+
+rss_bytes() { # pid → its resident set in bytes
+  awk -v page="$(getconf PAGESIZE)" '{print $2 * page}' "/proc/$1/statm"
 }
 
 live_config() { # mock_url [cache: true|false (default false)]
@@ -581,8 +592,7 @@ TOML
     local sock=$WORK/ctl-$SVC_PORT.sock victim
     # Wait for the first pings, then pick slot 0's worker.
     sleep 1.5
-    victim=$("$BIN/heartalk" status --json --socket "$sock" |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["apps"][0]["workers"][0]["pid"])')
+    victim=$(worker_pids "$sock" | cut -d, -f1)
     (
       sleep 5
       date +%s.%N >"$WORK/stopped-$watchdog.txt"
@@ -652,13 +662,12 @@ bench_streams() {
     start_heartalk "$(live_config "$MOCK_URL" | sed "s/^LOG_LEVEL = \"warn\"$/LOG_LEVEL = \"warn\"\nUPSTREAM_HTTP2 = \"$proto\"/")"
     local sock=$WORK/ctl-$SVC_PORT.sock pids
     sleep 2 # idle: let start-up allocations settle
-    pids=$("$BIN/heartalk" status --json --socket "$sock" |
-      python3 -c 'import json,sys; print(",".join(str(w["pid"]) for w in json.load(sys.stdin)["apps"][0]["workers"]))')
-    awk '{print $2 * 4096}' "/proc/$SUP_PID/statm" >"$WORK/sup-idle-$proto.txt"
+    pids=$(worker_pids "$sock")
+    rss_bytes "$SUP_PID" >"$WORK/sup-idle-$proto.txt"
     "$BIN/stream-load" --addr "127.0.0.1:$SVC_PORT" --streams "$n" --token "$TOKEN" \
       --body '{"messages":[{"role":"user","content":"你好"}]}' --ramp-secs 5 \
       --pids "$pids" --after-secs 60 >"$WORK/streams-$proto.json"
-    awk '{print $2 * 4096}' "/proc/$SUP_PID/statm" >"$WORK/sup-after-$proto.txt"
+    rss_bytes "$SUP_PID" >"$WORK/sup-after-$proto.txt"
     stop_heartalk
   done
   stop_all

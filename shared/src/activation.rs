@@ -217,15 +217,20 @@ pub fn notify(state: &str) -> io::Result<bool> {
         return Ok(false);
     };
     let sock = UnixDatagram::unbound()?;
-    let bytes = path.as_encoded_bytes();
-    if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-        sock.send_to_addr(state.as_bytes(), &addr)?;
-    } else {
-        sock.send_to(state.as_bytes(), &path)?;
-    }
+    sock.send_to_addr(state.as_bytes(), &notify_addr(&path)?)?;
     Ok(true)
+}
+
+/// The address a `NOTIFY_SOCKET` value names: `@name` is in the abstract
+/// namespace, as in systemd; anything else is a path.
+fn notify_addr(value: &std::ffi::OsStr) -> io::Result<std::os::unix::net::SocketAddr> {
+    match value.as_encoded_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+        }
+        None => std::os::unix::net::SocketAddr::from_pathname(value),
+    }
 }
 
 /// A socket to `NOTIFY_SOCKET` made once and kept, for messages sent from
@@ -241,20 +246,17 @@ pub struct Notifier {
 impl Notifier {
     /// Connects to `NOTIFY_SOCKET`; `Ok(None)` when none is configured.
     pub fn from_env() -> io::Result<Option<Notifier>> {
-        let Some(path) = std::env::var_os(env::NOTIFY_SOCKET) else {
-            return Ok(None);
-        };
+        std::env::var_os(env::NOTIFY_SOCKET)
+            .map(|path| Notifier::connect(&path))
+            .transpose()
+    }
+
+    /// Connects, non-blocking, to the socket a `NOTIFY_SOCKET` value names.
+    pub fn connect(value: &std::ffi::OsStr) -> io::Result<Notifier> {
         let sock = UnixDatagram::unbound()?;
-        let bytes = path.as_encoded_bytes();
-        if let Some(name) = bytes.strip_prefix(b"@") {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            sock.connect_addr(&addr)?;
-        } else {
-            sock.connect(&path)?;
-        }
+        sock.connect_addr(&notify_addr(value)?)?;
         sock.set_nonblocking(true)?;
-        Ok(Some(Notifier { sock }))
+        Ok(Notifier { sock })
     }
 
     /// Sends one state string; never blocks (`WouldBlock` when the
@@ -301,10 +303,7 @@ mod tests {
         let name = format!("heartalk-test-notifier-{}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let rx = UnixDatagram::bind_addr(&addr).unwrap();
-        let sock = UnixDatagram::unbound().unwrap();
-        sock.connect_addr(&addr).unwrap();
-        sock.set_nonblocking(true).unwrap();
-        let n = Notifier { sock };
+        let n = Notifier::connect(std::ffi::OsStr::new(&format!("@{name}"))).unwrap();
         // Nobody reads: the queue fills, and the send fails instead of
         // blocking this thread.
         let mut sent = 0;

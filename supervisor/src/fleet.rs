@@ -7,7 +7,9 @@
 //! Slot states: `starting` (spawned, waiting for `READY=1` until
 //! `listen_timeout`) → `online` → (exit) → `waiting` (restart backoff) →
 //! `starting` ...; or `errored` once the restart policy gives up; or
-//! `stopping` → `stopped` during shutdown.
+//! `stopping` → `stopped` during shutdown. An `online` slot is *shown*
+//! `degraded` while its worker reports it cannot accept, and `hung` once
+//! its watchdog expired (see [`shown_state`]).
 //!
 //! Replacing a worker never leaves its slot without one: the replacement
 //! starts on the slot's (kept) socket, and only once it is READY does the
@@ -17,7 +19,9 @@
 //! generation keeps serving until every new worker is READY, then all old
 //! workers drain at once (the commit); if any new worker fails to start,
 //! the new ones are killed and the old generation carries on (rollback).
-//! A memory replacement does the same for one slot (its *successor*).
+//! A memory replacement does the same for one slot (its *successor*); a
+//! hung worker gets a successor too, but is SIGKILLed on its own deadline
+//! rather than drained.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -128,8 +132,9 @@ struct Worker {
     metrics_id: String,
     /// Its latest `WATCHDOG=1`; the first one arms its watchdog.
     last_ping: Option<Instant>,
-    /// When its watchdog expired (it is being replaced and killed).
-    hung_at: Option<Instant>,
+    /// Its watchdog expired: it had SIGABRT, a replacement is starting,
+    /// and it is SIGKILLed at `kill_at`.
+    hung: bool,
     /// It reported that it cannot accept connections (`X_HEARTALK_DEGRADED=1`).
     degraded: bool,
 }
@@ -154,14 +159,14 @@ impl Worker {
             kill_reason: None,
             killed: false,
             last_ping: None,
-            hung_at: None,
+            hung: false,
             degraded: false,
         }
     }
 
     /// Whether this worker counts as not serving (degraded or hung).
     fn not_serving(&self) -> bool {
-        self.degraded || self.hung_at.is_some()
+        self.degraded || self.hung
     }
 }
 
@@ -170,7 +175,7 @@ struct Slot {
     socket: Option<Arc<SlotSocket>>,
     state: SlotState,
     worker: Option<Worker>,
-    /// A memory replacement waiting for READY.
+    /// A replacement (memory or hung) waiting for READY.
     successor: Option<Worker>,
     restarts: u32,
     unstable: u32,
@@ -489,7 +494,7 @@ impl Fleet {
             .iter_mut()
             .flat_map(|a| a.slots.iter_mut())
             .filter_map(|s| s.worker.as_mut())
-            .filter(|w| w.hung_at.is_none())
+            .filter(|w| !w.hung)
         {
             if let Some(p) = w.last_ping.as_mut() {
                 *p = now;
@@ -651,16 +656,16 @@ impl Fleet {
     }
 
     /// How many current workers are not serving (degraded or hung), all
-    /// apps together; the fleet-state page has it per app
-    /// ([`Fleet::not_serving_by_word`]).
-    pub fn not_serving(&self) -> u64 {
+    /// apps together (for tests; the fleet-state page has it per app).
+    #[cfg(test)]
+    pub(crate) fn not_serving(&self) -> u64 {
         self.apps.iter().map(AppRun::not_serving).sum()
     }
 
     /// How many current workers of each app are not serving, by the app's
     /// word of the fleet-state page: what the app's workers' `/ready`
     /// reads there. Apps without a word are left out.
-    pub fn not_serving_by_word(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+    fn not_serving_by_word(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
         self.apps
             .iter()
             .filter_map(|a| Some((a.word?, a.not_serving())))
@@ -803,20 +808,15 @@ impl Fleet {
                 let app = &mut self.apps[a];
                 let slot = &mut app.slots[s];
                 slot.successor = None;
-                let hung = slot.worker.as_ref().is_some_and(|w| w.hung_at.is_some());
+                let (event, then) = replace_failed(slot);
                 tracing::warn!(
-                    event = if hung { "hung_replace_failed" } else { "memory_replace_failed" },
+                    event,
                     app = %app.config.name,
                     slot = slot.index,
                     pid = pid.as_raw(),
                     code,
                     signal = signal.as_deref(),
-                    "{}",
-                    if hung {
-                        "the replacement exited before it was ready; the hung worker is killed and the slot restarts"
-                    } else {
-                        "the replacement exited before it was ready; the old worker keeps serving"
-                    }
+                    "the replacement exited before it was ready; {then}"
                 );
             }
             Role::Next(a, s) => {
@@ -894,7 +894,7 @@ impl Fleet {
             slot.state = SlotState::Stopped;
             return;
         }
-        // A memory replacement already under way takes the slot over.
+        // A replacement (memory or hung) already under way takes the slot over.
         if let Some(successor) = slot.successor.take() {
             slot.last_exit = Some(exit);
             slot.restarts += 1;
@@ -1012,11 +1012,7 @@ impl Fleet {
                     let index = slot.index;
                     // Replaced for its memory (it drains on), or hung (its
                     // SIGKILL is already scheduled).
-                    let reason = if old.hung_at.is_some() {
-                        "hung"
-                    } else {
-                        "memory"
-                    };
+                    let reason = if old.hung { "hung" } else { "memory" };
                     self.count_restart(&name, reason);
                     // What `status` shows as the slot's last exit.
                     let app = &mut self.apps[a];
@@ -1025,11 +1021,7 @@ impl Fleet {
                         code: None,
                         signal: None,
                     });
-                    if old.hung_at.is_some() {
-                        self.retire_hung(old, &name, index, now);
-                    } else {
-                        self.drain(old, &name, index, "memory", kill_timeout, None, now);
-                    }
+                    self.drain(old, &name, index, "memory", kill_timeout, None, now);
                 }
             }
             Role::Next(a, s) => {
@@ -1102,7 +1094,7 @@ impl Fleet {
         };
         let was_degraded = w.degraded;
         note_liveness(w, msg, now);
-        if w.degraded != was_degraded && w.hung_at.is_none() {
+        if w.degraded != was_degraded && !w.hung {
             if w.degraded {
                 tracing::warn!(
                     event = "worker_degraded",
@@ -1110,7 +1102,7 @@ impl Fleet {
                     slot = slot.index,
                     pid = w.pid.as_raw(),
                     status = msg.status.as_deref(),
-                    "the worker cannot accept connections; /ready answers 503 fleet-wide"
+                    "the worker cannot accept connections; its app's /ready answers 503"
                 );
             } else {
                 tracing::info!(
@@ -1140,10 +1132,10 @@ impl Fleet {
         let Some(w) = slot.worker.as_mut() else {
             return;
         };
-        if w.hung_at.is_some() {
+        if w.hung {
             return;
         }
-        w.hung_at = Some(now);
+        w.hung = true;
         w.kill_reason = Some("hung");
         w.kill_at = Some(now + ABORT_GRACE);
         let silent_ms = w
@@ -1158,7 +1150,7 @@ impl Fleet {
             reason,
             silent_ms,
             watchdog_ms = watchdog.map(|d| d.as_millis() as u64),
-            "no watchdog ping in time: SIGABRT now, SIGKILL in {ABORT_GRACE:?}; a replacement starts on the slot's socket"
+            "worker hung: SIGABRT now, SIGKILL in {ABORT_GRACE:?}; a replacement starts on the slot's socket"
         );
         sys::signal(w.pid, Signal::SIGABRT);
         let name = app.config.name.clone();
@@ -1167,23 +1159,6 @@ impl Fleet {
         if !replacing {
             self.start_successor(a, s, now);
         }
-    }
-
-    /// A hung worker whose replacement became ready: tracked until it is
-    /// reaped, SIGKILLed at its deadline (no SIGTERM: it would not act on it).
-    fn retire_hung(&mut self, worker: Worker, app: &str, slot: usize, now: Instant) {
-        self.pids.insert(worker.pid, Role::Draining);
-        self.draining.push(Draining {
-            pid: worker.pid,
-            app: app.to_string(),
-            slot,
-            generation: worker.generation,
-            reason: "hung",
-            kill_at: worker.kill_at.unwrap_or(now),
-            killed: worker.killed,
-            metrics_id: None,
-            _socket: None,
-        });
     }
 
     /// SIGKILLs a worker nobody needs any more (a failed new generation, a
@@ -1198,8 +1173,7 @@ impl Fleet {
         now: Instant,
     ) {
         sys::signal_group(pid, Signal::SIGKILL);
-        self.pids.insert(pid, Role::Draining);
-        self.draining.push(Draining {
+        self.track(Draining {
             pid,
             app,
             slot,
@@ -1212,7 +1186,16 @@ impl Fleet {
         });
     }
 
-    /// SIGTERM `worker` and track it until it exits (SIGKILL at the deadline).
+    /// Follows a worker that left its slot until it is reaped.
+    fn track(&mut self, d: Draining) {
+        self.pids.insert(d.pid, Role::Draining);
+        self.draining.push(d);
+    }
+
+    /// SIGTERM `worker` and track it until it exits (SIGKILL at the
+    /// deadline). A hung worker is only tracked, under reason `hung`: it
+    /// already had SIGABRT and keeps its SIGKILL deadline (a SIGTERM would
+    /// not be acted on, nor its metrics answered).
     #[allow(clippy::too_many_arguments)]
     fn drain(
         &mut self,
@@ -1224,11 +1207,24 @@ impl Fleet {
         socket: Option<Arc<SlotSocket>>,
         now: Instant,
     ) {
+        if worker.hung {
+            self.track(Draining {
+                pid: worker.pid,
+                app: app.to_string(),
+                slot,
+                generation: worker.generation,
+                reason: "hung",
+                kill_at: worker.kill_at.unwrap_or(now),
+                killed: worker.killed,
+                metrics_id: None,
+                _socket: None,
+            });
+            return;
+        }
         tracing::info!(event = "worker_draining", app = %app, slot, pid = worker.pid.as_raw(), generation = worker.generation, reason);
         self.drains_started += 1;
         sys::signal(worker.pid, Signal::SIGTERM);
-        self.pids.insert(worker.pid, Role::Draining);
-        self.draining.push(Draining {
+        self.track(Draining {
             pid: worker.pid,
             app: app.to_string(),
             slot,
@@ -1405,20 +1401,15 @@ impl Fleet {
                     );
                 }
                 if let Some(w) = slot.worker.take() {
-                    if w.hung_at.is_some() {
-                        // Already SIGABRTed: its SIGKILL deadline stands.
-                        self.retire_hung(w, &app.config.name, slot.index, now);
-                    } else {
-                        self.drain(
-                            w,
-                            &app.config.name,
-                            slot.index,
-                            "reload",
-                            app.config.kill_timeout,
-                            retired,
-                            now,
-                        );
-                    }
+                    self.drain(
+                        w,
+                        &app.config.name,
+                        slot.index,
+                        "reload",
+                        app.config.kill_timeout,
+                        retired,
+                        now,
+                    );
                 }
             }
         }
@@ -1562,7 +1553,7 @@ impl Fleet {
             }
             if let Some(at) = w.kill_at {
                 if !w.killed && now >= at {
-                    if w.hung_at.is_some() {
+                    if w.hung {
                         tracing::warn!(event = "hung_kill", app = %name, slot = slot.index, pid = w.pid.as_raw(), "hung worker still running after SIGABRT; sending SIGKILL");
                     } else {
                         tracing::warn!(event = "kill_timeout", app = %name, slot = slot.index, pid = w.pid.as_raw(), "worker still running after kill_timeout; sending SIGKILL");
@@ -1575,7 +1566,7 @@ impl Fleet {
                 }
             }
             if slot.state == SlotState::Online
-                && w.hung_at.is_none()
+                && !w.hung
                 && !stopping
                 && crate::watchdog::expired(w.last_ping, app.config.watchdog, now)
             {
@@ -1585,12 +1576,8 @@ impl Fleet {
         }
         if let Some(succ) = slot.successor.as_ref() {
             if succ.ready_at.is_none() && now >= succ.ready_deadline {
-                let hung = slot.worker.as_ref().is_some_and(|w| w.hung_at.is_some());
-                if hung {
-                    tracing::warn!(event = "hung_replace_failed", app = %name, slot = slot.index, pid = succ.pid.as_raw(), "the replacement was not ready within listen_timeout; the slot restarts");
-                } else {
-                    tracing::warn!(event = "memory_replace_failed", app = %name, slot = slot.index, pid = succ.pid.as_raw(), "the replacement was not ready within listen_timeout; the old worker keeps serving");
-                }
+                let (event, then) = replace_failed(slot);
+                tracing::warn!(event, app = %name, slot = slot.index, pid = succ.pid.as_raw(), "the replacement was not ready within listen_timeout; {then}");
                 sys::signal_group(succ.pid, Signal::SIGKILL);
                 // Its exit (Role::Successor) clears the slot's successor.
             }
@@ -1643,7 +1630,7 @@ impl Fleet {
         }
     }
 
-    /// Starts a memory replacement for slot `s` of app `a`: it takes the
+    /// Starts a replacement (memory or hung) for slot `s` of app `a`: it takes the
     /// slot over once READY (see `on_notify`).
     fn start_successor(&mut self, a: usize, s: usize, now: Instant) {
         // The worker it replaces runs this generation's config (during a
@@ -1690,7 +1677,7 @@ impl Fleet {
                     .map(|w| w.ready_deadline);
                 let kill = w.filter(|w| !w.killed).and_then(|w| w.kill_at);
                 let watchdog = w
-                    .filter(|w| s.state == SlotState::Online && w.hung_at.is_none())
+                    .filter(|w| s.state == SlotState::Online && !w.hung)
                     .and_then(|w| crate::watchdog::deadline(w.last_ping, a.config.watchdog));
                 let succ = s
                     .successor
@@ -1847,16 +1834,30 @@ pub fn restart_reason(exit_reason: &str) -> &'static str {
 }
 
 /// Every reason `heartalk_worker_restarts_total` counts under.
-pub const RESTART_REASONS: [&str; 4] = ["crash", "memory", "reload", "hung"];
+const RESTART_REASONS: [&str; 4] = ["crash", "memory", "reload", "hung"];
 
 /// Every reason `heartalk_worker_hung_total` counts under: no ping in time,
 /// or the worker's own `WATCHDOG=trigger`.
-pub const HANG_REASONS: [&str; 2] = ["silent", "trigger"];
+const HANG_REASONS: [&str; 2] = ["silent", "trigger"];
 
 /// Time a hung worker gets between SIGABRT and SIGKILL: long enough to
 /// write a backtrace or a core dump, short enough that the connections it
 /// had accepted are reset soon rather than left hanging.
-pub const ABORT_GRACE: Duration = Duration::from_secs(2);
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// The event for a replacement of `slot`'s worker that failed to start, and
+/// what happens next: a hung worker is killed anyway (the slot restarts), a
+/// worker over its memory keeps serving.
+fn replace_failed(slot: &Slot) -> (&'static str, &'static str) {
+    if slot.worker.as_ref().is_some_and(|w| w.hung) {
+        (
+            "hung_replace_failed",
+            "the hung worker is killed and the slot restarts",
+        )
+    } else {
+        ("memory_replace_failed", "the old worker keeps serving")
+    }
+}
 
 /// Records a ping or a degraded/recovered report on `w`.
 fn note_liveness(w: &mut Worker, msg: &Message, now: Instant) {
@@ -1872,7 +1873,7 @@ fn note_liveness(w: &mut Worker, msg: &Message, now: Instant) {
 /// is hung or degraded shows that instead of `online`.
 fn shown_state(s: &Slot) -> SlotState {
     match (s.state, s.worker.as_ref()) {
-        (SlotState::Online, Some(w)) if w.hung_at.is_some() => SlotState::Hung,
+        (SlotState::Online, Some(w)) if w.hung => SlotState::Hung,
         (SlotState::Online, Some(w)) if w.degraded => SlotState::Degraded,
         (state, _) => state,
     }

@@ -24,13 +24,17 @@ struct Sleepers {
 
 const WATCHDOG: Duration = Duration::from_secs(2);
 
+/// `instances` sleepers with a 2 s watchdog.
+fn config(instances: u32) -> Config {
+    let text = format!(
+        "[[apps]]\nname = \"s\"\nscript = \"/bin/sleep\"\nargs = [\"60\"]\ninstances = {instances}\nlisten = \"127.0.0.1:0\"\nwatchdog = \"2s\"\n"
+    );
+    Config::parse(&text, Path::new("/tmp/ecosystem.toml"), &|_| None).unwrap()
+}
+
 impl Sleepers {
     fn start(instances: u32) -> Sleepers {
-        let text = format!(
-            "[[apps]]\nname = \"s\"\nscript = \"/bin/sleep\"\nargs = [\"60\"]\ninstances = {instances}\nlisten = \"127.0.0.1:0\"\nwatchdog = \"2s\"\n"
-        );
-        let config = Config::parse(&text, Path::new("/tmp/ecosystem.toml"), &|_| None).unwrap();
-        let mut fleet = Fleet::new(&config, "@heartalk-fleet-test".into(), 1).unwrap();
+        let mut fleet = Fleet::new(&config(instances), "@heartalk-fleet-test".into(), 1).unwrap();
         let t0 = Instant::now();
         fleet.start_all(t0);
         let mut s = Sleepers { fleet, t0 };
@@ -40,13 +44,12 @@ impl Sleepers {
         s
     }
 
-    fn config(&self) -> Config {
-        Config::parse(
-            "[[apps]]\nname = \"s\"\nscript = \"/bin/sleep\"\nargs = [\"60\"]\ninstances = 1\nlisten = \"127.0.0.1:0\"\nwatchdog = \"2s\"\n",
-            Path::new("/tmp/ecosystem.toml"),
-            &|_| None,
-        )
-        .unwrap()
+    /// The single worker of a one-slot fleet, SIGSTOPped (a SIGABRT then
+    /// stays pending, as for a worker stopped by an operator).
+    fn stopped_worker(&self) -> Pid {
+        let old = self.current()[0];
+        kill(old, Signal::SIGSTOP).unwrap();
+        old
     }
 
     fn say(&mut self, pid: Pid, text: &str, at: Instant) {
@@ -149,22 +152,14 @@ fn silence_past_the_watchdog_replaces_the_worker_and_aborts_it() {
     s.say(new, "READY=1", s.at(3.2));
     assert_eq!(s.state(0), SlotState::Online);
     assert_eq!(s.fleet.not_serving(), 0);
-    let counts = |v: &FleetView, name: &str| -> Vec<(&'static str, u64)> {
-        let list = if name == "hung" {
-            &v.hangs_by
-        } else {
-            &v.restarts_by
-        };
-        list.iter().map(|(_, r, n)| (*r, *n)).collect()
+    let has = |rows: &[(String, &'static str, u64)], reason: &str, n: u64| {
+        rows.iter().any(|(_, r, k)| *r == reason && *k == n)
     };
     let v = s.fleet.view();
-    assert!(counts(&v, "hung").contains(&("silent", 1)));
-    assert!(
-        counts(&v, "hung").contains(&("trigger", 0)),
-        "zero from the start"
-    );
-    assert!(counts(&v, "restarts").contains(&("hung", 1)));
-    assert!(counts(&v, "restarts").contains(&("crash", 0)));
+    assert!(has(&v.hangs_by, "silent", 1));
+    assert!(has(&v.hangs_by, "trigger", 0), "zero from the start");
+    assert!(has(&v.restarts_by, "hung", 1));
+    assert!(has(&v.restarts_by, "crash", 0));
     // The replacement is not watched until it pings.
     s.fleet.tick(s.at(60.0));
     assert_eq!(s.state(0), SlotState::Online);
@@ -173,9 +168,7 @@ fn silence_past_the_watchdog_replaces_the_worker_and_aborts_it() {
 #[test]
 fn a_replacement_ready_first_retires_the_hung_worker_with_its_kill_deadline() {
     let mut s = Sleepers::start(1);
-    let old = s.current()[0];
-    // Stopped: SIGABRT stays pending, as for a SIGSTOPped worker.
-    kill(old, Signal::SIGSTOP).unwrap();
+    let old = s.stopped_worker();
     s.say(old, "WATCHDOG=trigger", s.at(1.0));
     assert_eq!(s.state(0), SlotState::Hung);
     let new = s.successor(0).unwrap();
@@ -213,11 +206,9 @@ fn a_replacement_ready_first_retires_the_hung_worker_with_its_kill_deadline() {
 #[test]
 fn a_hang_during_a_reload_keeps_its_generation_and_its_kill_deadline() {
     let mut s = Sleepers::start(1);
-    let old = s.current()[0];
-    kill(old, Signal::SIGSTOP).unwrap();
+    let old = s.stopped_worker();
     s.say(old, "WATCHDOG=1", s.at(0.5));
-    let config = s.config();
-    s.fleet.reload(&config, s.at(1.0));
+    s.fleet.reload(&config(1), s.at(1.0));
     s.fleet.tick(s.at(2.5));
     assert_eq!(s.state(0), SlotState::Hung);
     let succ = s.fleet.apps[0].slots[0].successor.as_ref().unwrap();
@@ -246,8 +237,7 @@ fn a_hang_during_a_reload_keeps_its_generation_and_its_kill_deadline() {
 #[test]
 fn a_stop_keeps_a_hung_workers_earlier_kill_deadline() {
     let mut s = Sleepers::start(1);
-    let old = s.current()[0];
-    kill(old, Signal::SIGSTOP).unwrap();
+    let old = s.stopped_worker();
     s.say(old, "WATCHDOG=trigger", s.at(1.0));
     s.fleet.stop(false, s.at(1.5));
     let w = s.fleet.apps[0].slots[0].worker.as_ref().unwrap();

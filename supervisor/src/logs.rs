@@ -386,15 +386,10 @@ impl LogSink {
         }
     }
 
-    /// Lines dropped so far (queue full or disk failing).
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
     /// Dropped lines and whether writing fails now.
     pub fn stats(&self) -> LogStats {
         LogStats {
-            dropped: self.dropped(),
+            dropped: self.dropped.load(Ordering::Relaxed),
             failing: self.failing.load(Ordering::Relaxed),
         }
     }

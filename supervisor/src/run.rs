@@ -357,7 +357,6 @@ fn raise_fd_limit() {
     }
 }
 
-/// Hands each new worker's stdout and stderr to the log thread.
 /// How late the event loop may wake for a deadline before it counts as a
 /// stall of the supervisor itself (see [`crate::fleet::Fleet::pardon_silence`]).
 const STALL: Duration = Duration::from_secs(1);
@@ -372,6 +371,7 @@ fn on_notify(fleet: &mut Fleet, metrics: &Arc<FleetMetrics>, m: &crate::notify::
     fleet.on_notify(m, Instant::now());
 }
 
+/// Hands each new worker's stdout and stderr to the log thread.
 fn read_outputs(fleet: &mut Fleet, capture: Option<&mut Capture>) {
     let Some(capture) = capture else { return };
     for w in fleet.take_new_outputs() {

@@ -239,45 +239,30 @@ pub fn supervisor_families(
         out
     };
 
-    family(
+    by_app(
         &mut out,
+        &esc,
         "heartalk_worker_restarts_total",
-        "counter",
         "Worker restarts by reason (crash, memory, reload, hung)",
+        "reason",
+        &view.restarts_by,
     );
-    for (app, reason, n) in &view.restarts_by {
-        let _ = writeln!(
-            out,
-            "heartalk_worker_restarts_total{{app=\"{}\",reason=\"{reason}\"}} {n}",
-            esc(app)
-        );
-    }
-    family(
+    by_app(
         &mut out,
+        &esc,
         "heartalk_worker_hung_total",
-        "counter",
         "Workers found hung and replaced, by reason (silent: no watchdog ping in time; trigger: WATCHDOG=trigger)",
+        "reason",
+        &view.hangs_by,
     );
-    for (app, reason, n) in &view.hangs_by {
-        let _ = writeln!(
-            out,
-            "heartalk_worker_hung_total{{app=\"{}\",reason=\"{reason}\"}} {n}",
-            esc(app)
-        );
-    }
-    family(
+    by_app(
         &mut out,
+        &esc,
         "heartalk_reloads_total",
-        "counter",
         "Reloads by outcome (committed, rolled_back, refused)",
+        "outcome",
+        &view.reloads_by,
     );
-    for (app, outcome, n) in &view.reloads_by {
-        let _ = writeln!(
-            out,
-            "heartalk_reloads_total{{app=\"{}\",outcome=\"{outcome}\"}} {n}",
-            esc(app)
-        );
-    }
     let mut up = String::new();
     let mut state = String::new();
     let mut memory = String::new();
@@ -342,7 +327,7 @@ pub fn supervisor_families(
         &mut out,
         "heartalk_worker_up",
         "gauge",
-        "1 when the slot's worker is online",
+        "1 when the slot's worker is online and serving (0 while degraded or hung)",
     );
     out.push_str(&up);
     family(
@@ -406,6 +391,25 @@ pub fn supervisor_families(
         let _ = writeln!(out, "heartalk_supervisor_resident_memory_bytes {rss}");
     }
     out
+}
+
+/// A counter family with one series per (app, `label`) pair.
+fn by_app(
+    out: &mut String,
+    esc: &dyn Fn(&str) -> String,
+    name: &str,
+    help: &str,
+    label: &str,
+    rows: &[(String, &'static str, u64)],
+) {
+    family(out, name, "counter", help);
+    for (app, value, n) in rows {
+        let _ = writeln!(
+            out,
+            "{name}{{app=\"{}\",{label}=\"{value}\"}} {n}",
+            esc(app)
+        );
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -94,15 +94,7 @@ pub fn spawn(l: &Launch) -> io::Result<Pid> {
             v.to_string_lossy().into_owned(),
         )
     });
-    let (vars, fds) = environment(l, inherited);
-    // Values that are the child's own pid, written in by the child.
-    let mut pid_vars = Vec::with_capacity(2);
-    if !fds.is_empty() {
-        pid_vars.push(env::LISTEN_PID);
-    }
-    if l.app.watchdog.is_some() {
-        pid_vars.push(env::WATCHDOG_PID);
-    }
+    let (vars, fds, pid_vars) = environment(l, inherited);
     let mut spec = ExecSpec::new(l.program, &l.app.args, &vars, &l.app.cwd, fds, &pid_vars)?;
     if let Some((out, err)) = l.outputs {
         spec.redirect_output(out, err);
@@ -114,12 +106,12 @@ pub fn spawn(l: &Launch) -> io::Result<Pid> {
 /// descriptors it inherits. Each contract variable appears at most once,
 /// with our value: every name in `env::ALL` is dropped from `inherited`
 /// and from `[apps.env]` before ours are added. `LISTEN_PID` and
-/// `WATCHDOG_PID` are not here: [`ExecSpec`] adds them in the child, once
-/// its pid is known.
+/// `WATCHDOG_PID` are only named (the third list): [`ExecSpec`] writes
+/// their values in the child, once its pid is known.
 fn environment(
     l: &Launch,
     inherited: impl Iterator<Item = (String, String)>,
-) -> (Vec<(String, String)>, Vec<RawFd>) {
+) -> (Vec<(String, String)>, Vec<RawFd>, Vec<&'static str>) {
     let reserved = |k: &str| env::ALL.contains(&k);
     let mut vars: Vec<(String, String)> = inherited
         .filter(|(k, _)| !reserved(k) && !l.app.env.contains_key(k))
@@ -135,8 +127,11 @@ fn environment(
     vars.push((env::HEARTALK_WORKER_ID.into(), l.slot.to_string()));
     vars.push((env::HEARTALK_GENERATION.into(), l.generation.to_string()));
     vars.push((env::NOTIFY_SOCKET.into(), l.notify_socket.to_string()));
+    // Variables whose value is the child's own pid, written in by the child.
+    let mut pid_vars = Vec::with_capacity(2);
     if let Some(w) = l.app.watchdog {
         vars.push((env::WATCHDOG_USEC.into(), w.as_micros().to_string()));
+        pid_vars.push(env::WATCHDOG_PID);
     }
     vars.push((
         env::HEARTALK_METRICS_SOCKET.into(),
@@ -162,7 +157,10 @@ fn environment(
         vars.push((env::HEARTALK_FLEET_WORD.into(), word.to_string()));
         fds.push(fd);
     }
-    (vars, fds)
+    if !fds.is_empty() {
+        pid_vars.push(env::LISTEN_PID);
+    }
+    (vars, fds, pid_vars)
 }
 
 #[cfg(test)]
@@ -199,7 +197,7 @@ mod tests {
             .iter()
             .map(|k| (k.to_string(), "from-parent".to_string()))
             .chain([("PATH".to_string(), "/bin".to_string())]);
-        let (vars, fds) = environment(&launch, inherited);
+        let (vars, fds, _) = environment(&launch, inherited);
         assert_eq!(fds, [10, 11, 12]);
         let count = |name: &str| vars.iter().filter(|(k, _)| k == name).count();
         for name in env::ALL {

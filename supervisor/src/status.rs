@@ -54,13 +54,13 @@ pub fn build(
                             code: e.code,
                             signal: e.signal.clone(),
                         }),
-                        cpu_percent: cpu_now.map(|(pct, _)| (pct * 10.0).round() / 10.0),
+                        cpu_percent: cpu_now.map(|(pct, _)| tenths(pct)),
                         rss_bytes: w.and_then(|w| crate::memory::rss(w.pid)),
                         pss_bytes: w.and_then(|w| w.pss),
                         requests: w.and_then(|w| metrics.requests(&w.metrics_id)),
-                        watchdog_ping_age_secs: w.and_then(|w| w.last_ping).map(|p| {
-                            (now.saturating_duration_since(p).as_secs_f64() * 10.0).round() / 10.0
-                        }),
+                        watchdog_ping_age_secs: w
+                            .and_then(|w| w.last_ping)
+                            .map(|p| tenths(now.saturating_duration_since(p).as_secs_f64())),
                     }
                 })
                 .collect(),
@@ -83,6 +83,11 @@ pub fn build(
         },
         apps,
     }
+}
+
+/// `x` rounded to one decimal, as `status` reports figures.
+fn tenths(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// `1h 2m`, `3m 4s`, `5s`.

@@ -1,9 +1,9 @@
 //! The watchdog policy: when a worker that pings `WATCHDOG=1` has been
 //! silent too long. Pure functions over instants; the fleet acts on them.
 //!
-//! The watchdog is armed by the first ping, as systemd's is by the first
-//! `WATCHDOG=1` after start: a program that never pings (any plain sd_notify
-//! worker) is never judged hung. A worker pings at half the interval from
+//! Unlike systemd's watchdog (armed once start-up has completed), ours is
+//! armed by the first ping: a program that never pings (any plain
+//! sd_notify worker) is never judged hung. A worker pings at half the interval from
 //! its serving event loop, so one that is stopped, deadlocked or spinning
 //! on that loop falls silent, while one that is merely busy keeps pinging.
 

@@ -27,3 +27,36 @@ pub fn free_addr() -> std::net::SocketAddr {
 pub fn repo() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+/// Raises this process's soft open-file limit to its hard limit (children
+/// started afterwards inherit it) and returns the soft limit now in force.
+/// Panics if the limit cannot be read or set.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the local, initialised struct it is
+    // given a pointer to.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(got, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit only reads the local, initialised struct it is
+        // given a pointer to.
+        let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        assert_eq!(set, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    }
+    lim.rlim_cur
+}
+
+/// Resident memory of process `pid` in bytes, from `/proc/PID/statm` (its
+/// resident pages times the page size from `sysconf`); `None` once the
+/// process is gone.
+pub fn rss(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf takes no pointers; it only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).expect("sysconf(_SC_PAGESIZE)"))
+}

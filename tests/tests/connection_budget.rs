@@ -28,9 +28,15 @@ const IDLE: usize = 12_000;
 const SLOTS: u64 = 3;
 /// The open-file limit the starved worker is lowered to.
 const STARVED_NOFILE: u64 = 1024;
-/// Its budget then: the limit minus a reserve of max(64, a tenth) = 102
-/// (worker/src/budget.rs).
-const STARVED_BUDGET: f64 = 922.0;
+/// Its reserve: max(64, a tenth of the limit) = 102 (worker/src/budget.rs;
+/// `Ord::max` is not callable in a const).
+const STARVED_RESERVE: u64 = if STARVED_NOFILE / 10 > 64 {
+    STARVED_NOFILE / 10
+} else {
+    64
+};
+/// Its budget then: the limit minus the reserve, 922.
+const STARVED_BUDGET: f64 = (STARVED_NOFILE - STARVED_RESERVE) as f64;
 /// How long a fresh probe may wait for its answer: the healthy worker
 /// answers in milliseconds, the starved one's queue never does.
 const PROBE: Duration = Duration::from_millis(1500);
@@ -38,15 +44,6 @@ const PROBE: Duration = Duration::from_millis(1500);
 /// them at most (each lands on either slot, about evenly).
 const ENOUGH: usize = 6;
 const TRIES: usize = 60;
-
-/// Raises this process's soft open-file limit to its hard limit (the
-/// idle connections need as many descriptors here too); returns it.
-fn raise_own_nofile() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
-    getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0
-}
 
 /// `[slot].field` of the app under test (the first) in `heartalk status --json`.
 fn worker(status: &Value, slot: u64) -> Value {
@@ -93,7 +90,8 @@ fn starved_capacity() -> usize {
 
 #[test]
 fn a_worker_out_of_descriptors_stops_at_its_budget_reports_degraded_and_recovers() {
-    let nofile = raise_own_nofile();
+    // The idle connections need as many descriptors here too.
+    let nofile = heartalk_e2e::raise_nofile();
     assert!(
         nofile >= (IDLE as u64) + 1000,
         "this test needs a hard open-file limit of at least {} (ulimit -Hn is {nofile})",
@@ -262,7 +260,7 @@ fn a_worker_out_of_descriptors_stops_at_its_budget_reports_degraded_and_recovers
     assert_eq!(r.json()["status"], "ready");
 
     // The idle connections close: the starved worker accepts again,
-    // reports serving, and the whole fleet is ready.
+    // reports serving, and the whole app is ready.
     drop(idle);
     wait_for(
         "the starved worker's ai_worker_degraded = 0",

@@ -49,12 +49,14 @@ fn service(more: &[(&str, &str)]) -> Service {
     let first_byte = FIRST_BYTE.as_millis().to_string();
     let header = HEADER.as_millis().to_string();
     let keep_alive = KEEP_ALIVE.as_millis().to_string();
+    let body = format!("{}s", BODY.as_secs());
+    let send = format!("{}s", SEND.as_secs());
     let mut env = vec![
         ("FIRST_BYTE_TIMEOUT", first_byte.as_str()),
         ("HEADER_TIMEOUT", header.as_str()),
-        ("BODY_TIMEOUT", "3s"),
+        ("BODY_TIMEOUT", body.as_str()),
         ("KEEPALIVE_TIMEOUT", keep_alive.as_str()),
-        ("SEND_TIMEOUT", "2s"),
+        ("SEND_TIMEOUT", send.as_str()),
     ];
     env.extend_from_slice(more);
     Service::start(1, &env)
@@ -155,15 +157,6 @@ impl Drop for Trickle {
     }
 }
 
-/// A raw HTTP/1.1 response (head and body, `Content-Length` framed).
-fn parse(raw: &[u8]) -> Response {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head in {text:?}"));
-    Response::from_head(head, body.to_string()).expect("a status line")
-}
-
 /// Reads one `Content-Length` framed response from a keep-alive connection.
 fn read_response(r: &mut BufReader<impl Read>) -> Response {
     let mut head = String::new();
@@ -239,13 +232,17 @@ fn a_trickling_body_gets_a_408_at_the_body_deadline() {
     assert_closed_at(elapsed, BODY, "a body that never ends");
     assert!(sent >= 3, "the body kept trickling in ({sent} bytes)");
 
-    let r = parse(&got);
+    let r = parse_response(&got).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 408, "{r:?}");
     assert_eq!(r.header("connection"), Some("close"), "{r:?}");
     let b = r.json();
     assert_eq!(b["success"], false, "{b}");
     assert_eq!(b["code"], "REQUEST_TIMEOUT", "{b}");
-    assert_eq!(b["error"], "Request body not received within 3s", "{b}");
+    assert_eq!(
+        b["error"],
+        format!("Request body not received within {}s", BODY.as_secs()),
+        "{b}"
+    );
     assert!(b["requestId"].as_str().unwrap().starts_with("req_"), "{b}");
     assert_eq!(r.header("x-request-id"), b["requestId"].as_str());
     assert!(b["timestamp"].is_string(), "E1 has a timestamp: {b}");
@@ -596,5 +593,10 @@ fn unusable_values_are_logged_as_errors_and_the_defaults_used() {
         .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    assert_eq!(parse(&raw).status, 200);
+    assert_eq!(
+        parse_response(&raw)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .status,
+        200
+    );
 }

@@ -17,15 +17,16 @@ use serde_json::Value;
 /// The watchdog these tests run with.
 const WATCHDOG: Duration = Duration::from_secs(2);
 
-/// The slot of `pid` in `status --json`, with its state and ping age.
+/// The worker at index `slot` of the app's workers in `status --json`, with
+/// its pid, state and ping age.
 fn slot_of(status: &Value, slot: usize) -> Value {
     status["apps"][0]["workers"][slot].clone()
 }
 
-/// Waits until slot 0's worker has pinged its watchdog once.
-fn wait_first_ping(sup: &Supervisor) {
-    wait_for("a first ping", DEADLINE, || {
-        slot_of(&sup.status(), 0)["watchdog_ping_age_secs"]
+/// Waits until `slot`'s worker has pinged its watchdog once.
+fn wait_first_ping(sup: &Supervisor, slot: usize) {
+    wait_for(&format!("a first ping on slot {slot}"), DEADLINE, || {
+        slot_of(&sup.status(), slot)["watchdog_ping_age_secs"]
             .as_f64()
             .map(|_| ())
     });
@@ -55,12 +56,9 @@ fn a_stopped_worker_is_replaced_and_its_queued_connections_are_served() {
     let addr = sup.addr();
     let pids = sup.wait_ready(2);
     // Both workers ping: status shows a recent ping for each.
-    wait_for("both workers pinging", DEADLINE, || {
-        let s = sup.status();
-        (0..2)
-            .all(|i| slot_of(&s, i)["watchdog_ping_age_secs"].as_f64().is_some())
-            .then_some(())
-    });
+    for slot in 0..2 {
+        wait_first_ping(&sup, slot);
+    }
     let slot0 = slot_of(&sup.status(), 0);
     let stopped = slot0["pid"].as_i64().unwrap() as i32;
     assert!(pids.contains(&stopped));
@@ -139,12 +137,11 @@ fn a_worker_spinning_in_a_busy_loop_is_replaced() {
     let mut sup = Supervisor::start(&config);
     let addr = sup.addr();
     let pid = sup.wait_ready(1)[0];
-    wait_first_ping(&sup);
+    wait_first_ping(&sup, 0);
     let r = http_get(addr, "/spin", Duration::from_secs(5)).unwrap();
     assert_eq!(r.status, 200);
     let hung = sup.wait_event("worker_hung", |e| e["pid"] == pid);
     assert_eq!(hung["reason"], "silent");
-    // While hung, status says so (until the replacement takes over).
     let replacement = sup.wait_event("worker_ready", |e| e["pid"] != pid);
     let new_pid = replacement["pid"].as_i64().unwrap();
     let r = http_get(addr, "/", Duration::from_secs(5)).unwrap();
@@ -185,7 +182,7 @@ fn a_worker_at_full_cpu_from_load_keeps_pinging() {
     let mut sup = Supervisor::start(&config);
     let addr = sup.addr();
     let pid = sup.wait_ready(1)[0];
-    wait_first_ping(&sup);
+    wait_first_ping(&sup, 0);
     let load = Load::start(addr, 16, "/health");
     load.wait_more(2_000);
     // Three watchdog intervals at full load; the worker's own thread is busy.

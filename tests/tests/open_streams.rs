@@ -10,7 +10,8 @@
 //! (`UPSTREAM_POOL_IDLE_SECS=1` closes the pooled upstream connections; the
 //! worker returns freed pages to the system after open connections fall).
 //! Over HTTP/1.1 each open stream holds an upstream connection of its own;
-//! over HTTP/2 one connection per worker carries them all.
+//! over HTTP/2 a connection per worker carries them all (at most two per
+//! worker: a fresh one once the reference stream's has idled out).
 
 mod helper;
 
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use heartalk_e2e::mock_ark::{Behavior, MockArk};
+use heartalk_e2e::{raise_nofile, rss};
 use helper::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,39 +44,11 @@ fn answer() -> String {
     a.chars().take(100).collect()
 }
 
-/// Raises the soft open-file limit to the hard one: the test holds both
-/// ends of the streams (its clients, and the in-process mock's server
-/// side), and the workers inherit the limit.
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a local, initialised struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// Resident memory of `pid` in bytes, from `/proc/PID/statm`.
-fn rss(pid: i32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .unwrap_or_else(|e| panic!("worker {pid} gone: {e}"));
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("statm resident");
-    // SAFETY: sysconf only reads a constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    pages * page
-}
-
+/// The workers' resident memory, summed; panics if one is gone.
 fn rss_sum(pids: &[i32]) -> u64 {
-    pids.iter().map(|&p| rss(p)).sum()
+    pids.iter()
+        .map(|&p| rss(p as u32).unwrap_or_else(|| panic!("worker {p} gone")))
+        .sum()
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -295,15 +269,13 @@ fn frames(body: &[u8]) -> Vec<Value> {
     sse_json(std::str::from_utf8(body).expect("UTF-8 stream"))
 }
 
-/// What one protocol's run measured.
-struct Measured {
-    kb_per_stream: f64,
-    back_after: Duration,
-}
-
 /// The whole scenario on a fresh mock and service (`more` env on top);
-/// every check that does not depend on the upstream protocol.
-fn streams_scenario(ark: &MockArk, more: &[(&str, &str)]) -> Measured {
+/// every check that does not depend on the upstream protocol. Prints what
+/// it measured under `label` and returns the upstream connections the mock
+/// saw (the reference stream's included).
+fn streams_scenario(ark: &MockArk, label: &str, more: &[(&str, &str)]) -> usize {
+    // The test holds both ends of the streams (its clients, and the
+    // in-process mock's server side), and the workers inherit the limit.
     raise_nofile();
     let (svc, pids) = start(ark, more);
 
@@ -428,10 +400,13 @@ fn streams_scenario(ark: &MockArk, more: &[(&str, &str)]) -> Measured {
     for pid in &pids {
         assert!(alive(*pid), "worker {pid} survived the burst");
     }
-    Measured {
-        kb_per_stream: per_stream / 1024.0,
-        back_after: back,
-    }
+    let conns = ark.connections();
+    eprintln!(
+        "{label}: {conns} upstream connections for {STREAMS} streams (and the reference); {:.1} KB per stream, back after {:.1} s",
+        per_stream / 1024.0,
+        back.as_secs_f64()
+    );
+    conns
 }
 
 /// Upstream HTTP versions the mock saw, with how many calls each.
@@ -448,7 +423,7 @@ fn versions(ark: &MockArk) -> std::collections::BTreeMap<String, usize> {
 #[test]
 fn many_streams_over_http1_complete_byte_exact() {
     let ark = MockArk::start();
-    let m = streams_scenario(&ark, &[]);
+    let conns = streams_scenario(&ark, "HTTP/1.1", &[]);
     let seen = versions(&ark);
     assert_eq!(
         seen,
@@ -457,12 +432,6 @@ fn many_streams_over_http1_complete_byte_exact() {
     );
     // An HTTP/1.1 connection carries one request at a time: each open
     // stream needs its own.
-    let conns = ark.connections();
-    eprintln!(
-        "HTTP/1.1: {conns} upstream connections for {STREAMS} streams; {:.1} KB per stream, back after {:.1} s",
-        m.kb_per_stream,
-        m.back_after.as_secs_f64()
-    );
     assert!(
         conns >= 100,
         "{conns} upstream connections for {STREAMS} open streams"
@@ -472,7 +441,7 @@ fn many_streams_over_http1_complete_byte_exact() {
 #[test]
 fn many_streams_over_h2c_share_one_upstream_connection() {
     let ark = MockArk::start();
-    let m = streams_scenario(&ark, &[("UPSTREAM_HTTP2", "prior-knowledge")]);
+    let conns = streams_scenario(&ark, "h2c", &[("UPSTREAM_HTTP2", "prior-knowledge")]);
     let seen = versions(&ark);
     assert_eq!(
         seen,
@@ -481,12 +450,6 @@ fn many_streams_over_h2c_share_one_upstream_connection() {
     );
     // The reference stream's connection, and at most one more per worker
     // once the first has idled out: never a connection per stream.
-    let conns = ark.connections();
-    eprintln!(
-        "h2c: {conns} upstream connections for {STREAMS} streams (and the reference); {:.1} KB per stream, back after {:.1} s",
-        m.kb_per_stream,
-        m.back_after.as_secs_f64()
-    );
     assert!(
         conns <= 4,
         "{conns} upstream connections for {STREAMS} streams over HTTP/2 (at most 2 per worker)"

@@ -3,7 +3,10 @@
 //! would stay at its peak resident size. When the number of open
 //! connections has fallen well below the peak seen since the last
 //! collection, the serving runtime asks mimalloc to return what it can to
-//! the system (`mi_collect(true)`): a few milliseconds, only after a fall.
+//! the system (`mi_collect(true)`). After a fall it collects at every
+//! check (every 5 s) until `UPSTREAM_POOL_IDLE_SECS` + 15 s have passed, so
+//! the idle upstream connections the burst left in the pool, closed by the
+//! pool's own sweep meanwhile, are given back too.
 
 use std::time::Duration;
 
@@ -38,10 +41,8 @@ fn collect() {
     };
 }
 
-/// Watches the open-connection count for as long as the runtime runs.
-/// After a fall it keeps collecting at every check until the idle
-/// upstream connections the burst left in the pool have been closed too
-/// (`UPSTREAM_POOL_IDLE_SECS` and the pool's own sweep, plus a margin).
+/// Watches the open-connection count for as long as the runtime runs and
+/// collects as the module doc says.
 pub async fn give_back(state: std::sync::Arc<AppState>) {
     let follow_up = state.settings.pipeline.upstream_pool_idle + Duration::from_secs(15);
     let mut ticks = tokio::time::interval(CHECK_EVERY);

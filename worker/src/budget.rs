@@ -67,7 +67,8 @@ pub const RECOVER_AFTER: Duration = Duration::from_secs(2);
 
 /// The longest pause between two observations of "cannot accept" that
 /// still counts as one stretch. The loop looks at least every
-/// [`LIMIT_RECHECK`] while at its budget and every 100 ms while `accept`
+/// [`LIMIT_RECHECK`] while at its budget and every
+/// [`ACCEPT_BACKOFF`](crate::server::ACCEPT_BACKOFF) while `accept`
 /// fails, so a longer pause means it was accepting, or had nothing to
 /// accept, in between.
 pub const MAX_GAP: Duration = Duration::from_secs(2);
@@ -122,6 +123,17 @@ pub enum Change {
     Recovered,
 }
 
+/// A stretch of not accepting, as [`Starvation`] tracks it.
+#[derive(Debug, Clone, Copy)]
+struct Stretch {
+    /// When it started.
+    since: Instant,
+    /// Its cause, as the latest observation says.
+    cause: Cause,
+    /// The latest observation.
+    last: Instant,
+}
+
 /// The degraded policy, pure (the caller passes the time): degraded once
 /// the loop has been unable to accept for [`DEGRADED_AFTER`] — observed
 /// again and again, never more than [`MAX_GAP`] apart, with no accept in
@@ -130,8 +142,8 @@ pub enum Change {
 /// lets one queued connection in is not a recovery).
 #[derive(Debug, Default)]
 pub struct Starvation {
-    /// Start of the current stretch, its cause and the latest observation.
-    blocked: Option<(Instant, Cause, Instant)>,
+    /// The current stretch of not accepting.
+    blocked: Option<Stretch>,
     degraded: bool,
     /// While degraded: since when the loop has been able to accept,
     /// without a stall since.
@@ -142,10 +154,14 @@ impl Starvation {
     /// The loop cannot accept now, because of `cause`.
     pub fn blocked(&mut self, cause: Cause, now: Instant) -> Option<Change> {
         let since = match self.blocked {
-            Some((since, _, last)) if now.saturating_duration_since(last) <= MAX_GAP => since,
+            Some(s) if now.saturating_duration_since(s.last) <= MAX_GAP => s.since,
             _ => now,
         };
-        self.blocked = Some((since, cause, now));
+        self.blocked = Some(Stretch {
+            since,
+            cause,
+            last: now,
+        });
         // A stall interrupts a recovery: it starts over at the next accept.
         self.clear_since = None;
         if !self.degraded && now.saturating_duration_since(since) >= DEGRADED_AFTER {
@@ -163,7 +179,7 @@ impl Starvation {
     /// [`RECOVER_AFTER`] (here, or at a later [`Starvation::settle`]).
     pub fn unblocked(&mut self, cause: Option<Cause>, now: Instant) -> Option<Change> {
         match (self.blocked, cause) {
-            (Some((_, was, _)), Some(c)) if was != c => return None,
+            (Some(s), Some(c)) if s.cause != c => return None,
             (None, _) if !self.degraded => return None,
             _ => {}
         }
@@ -191,6 +207,7 @@ impl Starvation {
     }
 
     /// Whether a degraded worker is waiting out [`RECOVER_AFTER`].
+    #[cfg(test)]
     pub fn is_recovering(&self) -> bool {
         self.clear_since.is_some()
     }
@@ -208,7 +225,7 @@ impl Starvation {
     /// When the current stretch will make the worker degraded, if it lasts.
     pub fn deadline(&self) -> Option<Instant> {
         match self.blocked {
-            Some((since, _, _)) if !self.degraded => Some(since + DEGRADED_AFTER),
+            Some(s) if !self.degraded => Some(s.since + DEGRADED_AFTER),
             _ => None,
         }
     }
@@ -217,14 +234,17 @@ impl Starvation {
 /// The accept loop's side of the budget: keeps `max_connections` in step
 /// with the open-file limit, runs [`Starvation`], and announces its
 /// changes (state, gauge, log, sd_notify). Owned by the accept loop; the
-/// methods it calls for every connection are a field test or two.
+/// methods it calls for every connection ([`Watch::room`],
+/// [`Watch::accepting`]) are a field test or two, and [`Watch::at_budget`]
+/// (every wake-up at the budget) only records the counts: the reason text
+/// is built when a change is announced.
 pub struct Watch {
     state: Arc<AppState>,
     starvation: Starvation,
     /// Whether the loop is stopped at its budget (counts each stop once).
     at_budget: bool,
     /// Why the loop cannot accept, as the latest observation says.
-    reason: String,
+    reason: Reason,
     /// A degraded state the supervisor has not been told of yet (the
     /// datagram failed: e.g. no descriptor for its socket); retried.
     unsent: Option<bool>,
@@ -238,7 +258,7 @@ impl Watch {
             state,
             starvation: Starvation::default(),
             at_budget: false,
-            reason: String::new(),
+            reason: Reason::None,
             unsent: None,
             nofile: None,
         };
@@ -284,7 +304,7 @@ impl Watch {
                 "connection budget reached; not accepting"
             );
         }
-        self.reason = format!("connection budget reached ({open} open, max {max})");
+        self.reason = Reason::Budget { open, max };
         let change = self.starvation.blocked(Cause::Budget, now);
         self.apply(change);
     }
@@ -316,7 +336,7 @@ impl Watch {
             // Out of descriptors below the budget: the limit may have shrunk.
             self.refresh_limit();
         }
-        self.reason = format!("accept failing: {e}");
+        self.reason = Reason::AcceptFailing(e.to_string());
         let change = self.starvation.blocked(Cause::AcceptFailing, now);
         self.apply(change);
     }
@@ -379,6 +399,30 @@ impl Watch {
             Ok(()) => self.unsent = None,
             // Retried at the next tick (the supervisor's queue is full).
             Err(e) => tracing::debug!(error = %e, "telling the supervisor failed; will retry"),
+        }
+    }
+}
+
+/// Why the accept loop cannot accept, kept as facts; the text is built
+/// only where it is read (the degraded warning and datagram).
+#[derive(Debug)]
+enum Reason {
+    /// Nothing observed yet.
+    None,
+    /// `open` connections of a budget of `max`.
+    Budget { open: usize, max: usize },
+    /// `accept` failed with this error.
+    AcceptFailing(String),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::None => Ok(()),
+            Reason::Budget { open, max } => {
+                write!(f, "connection budget reached ({open} open, max {max})")
+            }
+            Reason::AcceptFailing(e) => write!(f, "accept failing: {e}"),
         }
     }
 }
@@ -527,8 +571,9 @@ mod tests {
     fn accept_failures_degrade_and_an_accept_recovers() {
         let t0 = Instant::now();
         let mut s = Starvation::default();
-        // EMFILE every 100 ms (the accept backoff).
-        for ms in (0..3000).step_by(100) {
+        // EMFILE at every accept backoff.
+        let backoff = crate::server::ACCEPT_BACKOFF.as_millis() as usize;
+        for ms in (0..3000).step_by(backoff) {
             assert_eq!(s.blocked(Cause::AcceptFailing, at(t0, ms)), None, "{ms}");
         }
         assert_eq!(

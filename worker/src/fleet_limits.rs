@@ -159,7 +159,7 @@ impl SharedTable {
     pub fn from_env() -> Option<SharedTable> {
         let fd = shared::shm::inherited(
             shared::activation::env::HEARTALK_LIMITS_FD,
-            TABLE_BYTES as u64,
+            shared::activation::LIMITS_TABLE_BYTES,
         )?;
         match fd.and_then(|fd| SharedTable::map(fd.as_fd())) {
             Ok(t) => Some(t),
@@ -173,7 +173,7 @@ impl SharedTable {
     /// Maps a table file of [`TABLE_BYTES`] read-write. The descriptor may
     /// be closed afterwards: the mapping keeps the memory alive on its own.
     pub fn map(fd: BorrowedFd<'_>) -> std::io::Result<SharedTable> {
-        let words = shared::shm::SharedWords::map(fd, TABLE_BYTES as u64)?;
+        let words = shared::shm::SharedWords::map(fd, shared::activation::LIMITS_TABLE_BYTES)?;
         Ok(SharedTable { words })
     }
 
@@ -234,7 +234,8 @@ mod tests {
 
     #[test]
     fn a_memfd_is_shared_between_two_mappings() {
-        let fd = shared::shm::create(c"heartalk-limits", TABLE_BYTES as u64).unwrap();
+        let fd = shared::shm::create(c"heartalk-limits", shared::activation::LIMITS_TABLE_BYTES)
+            .unwrap();
         let a = SharedTable::map(fd.as_fd()).unwrap();
         let b = SharedTable::map(fd.as_fd()).unwrap();
         drop(fd);

@@ -10,11 +10,12 @@
 //! - process: [`settings`] (environment, API.md §14), [`listener`]
 //!   (inherited or self-bound sockets), [`server`] (accept loop, drain),
 //!   [`watchdog`] (pings the supervisor's watchdog), [`budget`] (the
-//!   connection budget; reporting the worker degraded),
+//!   connection budget; reporting the worker degraded), [`alloc`] (memory
+//!   given back),
 //!   [`state`] (what connection tasks share), [`services`] (the long-lived
 //!   objects handlers use);
-//! - HTTP: [`conn_deadline`] (a connection's first-byte, head and
-//!   keep-alive deadlines), [`router`] (route table, order of checks),
+//! - HTTP: [`conn_deadline`] (a connection's first-byte, head, keep-alive
+//!   and send deadlines), [`router`] (route table, order of checks),
 //!   [`response`] (bodies, errors, common headers), [`cors`], [`auth`],
 //!   [`validate`], [`request_id`], [`clock`], [`proxy`] (client IP behind
 //!   proxies);
@@ -112,6 +113,12 @@ pub fn run() -> anyhow::Result<()> {
     // The supervisor's fleet-state page (what `/ready` answers for the
     // whole app), taken while the environment is read single-threaded.
     let fleet_state = fleet_state::FleetState::from_env();
+    // The socket to the supervisor, made once now so it still works when
+    // the process has run out of descriptors.
+    let notifier = shared::activation::Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot connect to NOTIFY_SOCKET; no watchdog pings or degraded reports");
+        None
+    });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,8 +141,11 @@ pub fn run() -> anyhow::Result<()> {
             // and limits; Redis being down never holds the start-up longer.
             link.wait_up(std::time::Duration::from_secs(1)).await;
         }
-        let state =
-            Arc::new(AppState::new(settings, started, services).with_fleet_state(fleet_state));
+        let state = Arc::new(
+            AppState::new(settings, started, services)
+                .with_fleet_state(fleet_state)
+                .with_notifier(notifier),
+        );
         tokio::spawn(probe_backend(state.clone()));
         match (
             &state.settings.metrics_socket,

@@ -188,6 +188,9 @@ struct Exchange {
     /// HTTP/1.x (streams then say `Connection: keep-alive`; HTTP/2 has no
     /// connection-specific headers).
     http1: bool,
+    /// When handling began, the head complete: `BODY_TIMEOUT` runs from
+    /// here.
+    started: Instant,
 }
 
 /// Serves one request. Never fails: every outcome is an HTTP response.
@@ -212,6 +215,7 @@ where
         accept_encoding: header_str(headers, "accept-encoding").map(str::to_owned),
         no_compression: headers.contains_key("x-no-compression"),
         http1: req.version() < http::Version::HTTP_2,
+        started,
     };
     let mut resp = dispatch(req, &state, peer, &mut ex).await;
     finish(&mut resp, &state, &ex).await;
@@ -287,12 +291,10 @@ where
     let rid = rid.as_str();
     let errors = ex.errors;
     let settings = &state.settings;
-    // `BODY_TIMEOUT` runs from here, when the head is complete: a total
-    // deadline for the whole body, however slowly it trickles in.
-    let body_deadline = BodyDeadline {
-        at: tokio::time::Instant::now() + settings.connection.body,
-        timeout: settings.connection.body,
-    };
+    // `BODY_TIMEOUT` runs from `started`, when the head was complete: a
+    // total deadline for the whole body, however slowly it trickles in.
+    let started = ex.started;
+    let body_limit = settings.connection.body;
 
     // (1) CORS; a preflight is answered here.
     match svc.cors.decide(header_str(req.headers(), "origin")) {
@@ -405,7 +407,7 @@ where
     let mut body = None;
     if endpoint == Endpoint::Completions && is_post {
         if let Some(r) = pending.take() {
-            body = Some(read_json(r, max_body, &body_deadline).await);
+            body = Some(read_json(r, max_body, started, body_limit).await);
         }
     }
     let streaming_completions =
@@ -444,7 +446,7 @@ where
     }
     // (6) The body, for POST: its errors.
     if let (true, Some(r)) = (is_post, pending.take()) {
-        body = Some(read_json(r, max_body, &body_deadline).await);
+        body = Some(read_json(r, max_body, started, body_limit).await);
     }
     let body = match body {
         Some(Ok(v)) => Some(v),
@@ -560,13 +562,6 @@ fn with_rid(resp: BodyError, errors: ErrorFormat, rid: &str) -> Response<Body> {
     }
 }
 
-/// When a request body must be complete: `timeout` (`BODY_TIMEOUT`) after
-/// the head.
-struct BodyDeadline {
-    at: tokio::time::Instant,
-    timeout: std::time::Duration,
-}
-
 /// 408 `REQUEST_TIMEOUT` for a body that did not arrive within
 /// `BODY_TIMEOUT`, in the request's error format, with `Connection:
 /// close`: the rest of the body may still be on its way, so HTTP/1 cannot
@@ -596,12 +591,14 @@ enum BodyError {
 
 /// §2 step 6: JSON content type, non-empty, at most `max` bytes, valid
 /// UTF-8 JSON. A declared `Content-Length` over the limit is refused
-/// before reading; a body not complete at `deadline` is
-/// [`BodyError::Timeout`], whatever the rate its bytes came at.
+/// before reading; a body not complete `timeout` (`BODY_TIMEOUT`) after
+/// `started` (the head complete) is [`BodyError::Timeout`], whatever the
+/// rate its bytes came at.
 async fn read_json<B>(
     req: Request<B>,
     max: usize,
-    deadline: &BodyDeadline,
+    started: Instant,
+    timeout: std::time::Duration,
 ) -> Result<Value, BodyError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -619,8 +616,9 @@ where
         return Err(BodyError::TooLarge(max));
     }
     let collect = Limited::new(req.into_body(), max).collect();
-    let Ok(collected) = tokio::time::timeout_at(deadline.at, collect).await else {
-        return Err(BodyError::Timeout(deadline.timeout));
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let Ok(collected) = tokio::time::timeout_at(deadline, collect).await else {
+        return Err(BodyError::Timeout(timeout));
     };
     let bytes = match collected {
         Ok(c) => c.to_bytes(),
@@ -777,6 +775,7 @@ mod tests {
             accept_encoding: None,
             no_compression: true,
             http1: true,
+            started: Instant::now(),
         };
         block_on(async {
             let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();

@@ -36,7 +36,7 @@ use crate::state::{AppState, Phase};
 /// How long to pause accepting after a resource error such as `EMFILE`:
 /// retrying at once would spin, and a short pause lets finishing
 /// connections free descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves on `listeners` until a stop signal, then drains. Returns `Ok`
 /// after a drain, clean or cut short by the grace deadline (which is
@@ -70,7 +70,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
 
     state.set_phase(Phase::Ready);
-    match shared::activation::notify("READY=1") {
+    match notify(&state, "READY=1") {
         Ok(true) => tracing::info!("ready; supervisor notified"),
         Ok(false) => tracing::info!("ready (standalone: no NOTIFY_SOCKET)"),
         Err(e) => tracing::warn!(error = %e, "ready, but notifying the supervisor failed"),
@@ -87,7 +87,7 @@ pub async fn serve(
     // than being refused.
     state.set_phase(Phase::Draining);
     drop(listeners);
-    if let Err(e) = shared::activation::notify("STOPPING=1") {
+    if let Err(e) = notify(&state, "STOPPING=1") {
         tracing::warn!(error = %e, "notifying the supervisor of STOPPING failed");
     }
     let grace = state.settings.shutdown_grace;
@@ -134,7 +134,7 @@ pub async fn serve(
         let _ = tokio::time::timeout(STREAM_FAREWELL, &mut drained).await;
     }
     if state.settings.metrics_socket.is_some() {
-        final_scrape().await;
+        final_scrape(&state).await;
     }
     Ok(())
 }
@@ -142,15 +142,28 @@ pub async fn serve(
 /// Under a supervisor: say the drain is over and wait (briefly) for its
 /// last scrape, so requests finished during the drain reach the fleet
 /// totals instead of leaving with the process.
-async fn final_scrape() {
+async fn final_scrape(state: &AppState) {
     let before = crate::telemetry::scrapes();
-    if let Err(e) = shared::activation::notify("STATUS=drained") {
+    if let Err(e) = notify(state, "STATUS=drained") {
         tracing::debug!(error = %e, "could not announce the end of the drain");
         return;
     }
     let deadline = tokio::time::Instant::now() + FINAL_SCRAPE_WAIT;
     while crate::telemetry::scrapes() == before && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends `message` to the supervisor over the socket kept since start
+/// ([`AppState::notifier`]), which works even without a free descriptor and
+/// never blocks (a full queue gives `WouldBlock` instead of waiting for
+/// room). Without that socket (standalone, or it could not be made at
+/// start) it falls back to a one-off send, `Ok(false)` when there is no
+/// `NOTIFY_SOCKET` at all.
+fn notify(state: &AppState, message: &str) -> io::Result<bool> {
+    match &state.notifier {
+        Some(notifier) => notifier.send(message).map(|()| true),
+        None => shared::activation::notify(message),
     }
 }
 
@@ -177,7 +190,8 @@ async fn wait_idle(state: &AppState) {
 /// slot's kernel queue rather than being accepted and failed; [`Watch`]
 /// reports the worker degraded when it cannot accept for too long (see
 /// [`crate::budget`]). Per connection this costs two atomic loads and a
-/// few flag tests.
+/// few flag tests; at the budget, each wake-up also reads the clock and
+/// updates [`crate::budget::Starvation`], without allocating.
 async fn accept_loop(
     listeners: &[TcpListener],
     builder: &auto::Builder<TokioExecutor>,

@@ -8,9 +8,10 @@
 //! set means false. A bad value therefore never stops a worker, which
 //! matters because a worker that fails to start is retried in a loop by the
 //! supervisor. The connection timeouts this project added
-//! ([`ConnectionTimeouts`]) are stricter only in what they report: zero or
-//! an unreadable value is listed in [`Settings::problems`], logged as an
-//! error at start, and the default is used.
+//! ([`ConnectionTimeouts`]) are stricter only in what they report: zero,
+//! more than a day, or an unreadable value is listed in
+//! [`Settings::problems`], logged as an error at start, and the default is
+//! used.
 //!
 //! The `.env` files of §14 are read too: `.env.<NODE_ENV>.local`,
 //! `.env.local`, `.env.<NODE_ENV>`, `.env` in the working directory, an
@@ -59,8 +60,10 @@ pub struct Settings {
     /// The deadlines of client connections (docs/api.md "Connection
     /// deadlines").
     pub connection: ConnectionTimeouts,
-    /// Settings that were set to a value that cannot be used, one line
-    /// each naming the variable, the value and the default used instead.
+    /// Connection timeouts ([`ConnectionTimeouts`]) that were set to a
+    /// value that cannot be used, one line each naming the variable, the
+    /// value and the default used instead (other settings fall back to
+    /// their defaults silently).
     /// Logged as errors at start ([`crate::run`]); the worker still starts,
     /// because one that refused would only be restarted in a loop.
     pub problems: Vec<String>,

@@ -2,13 +2,20 @@
 //! lifecycle phase (what `/ready` reports), a count of open connections
 //! (what a drain waits for and reports, and what the accept loop holds to
 //! its budget: see [`crate::budget`]), whether the worker is degraded
-//! (cannot accept), the supervisor's fleet-state page, and facts
-//! established once at start-up (whether the router config loaded).
+//! (cannot accept), the supervisor's fleet-state page, the socket to the
+//! supervisor, and facts established once at start-up (whether the router
+//! config loaded).
 //!
-//! It is held in an `Arc`. Its own fields are atomics and a `watch`
-//! channel (the drain deadline), so handlers never wait on a lock the
-//! accept loop could hold; the services it carries keep their own short,
-//! never-awaited locks.
+//! It is held in an `Arc`. Its own fields are atomics, a `Notify` (a
+//! connection closed at the budget), a `watch` channel (the drain
+//! deadline), the mapped fleet-state page and the notify socket, none
+//! behind a lock, so handlers never wait on a lock the accept loop could
+//! hold; the services it carries keep their own short, never-awaited
+//! locks.
+//!
+//! [`AppState::new`] reads no environment: the fleet-state page and the
+//! notify socket are made in [`crate::run`] and passed in with
+//! [`AppState::with_fleet_state`] and [`AppState::with_notifier`].
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -53,8 +60,9 @@ pub struct AppState {
     degraded: AtomicBool,
     /// The supervisor's fleet-state page (`None`: alone, or unavailable).
     fleet: Option<crate::fleet_state::FleetState>,
-    /// The kept, non-blocking socket to the supervisor for watchdog pings
-    /// and degraded reports (`None`: no `NOTIFY_SOCKET`).
+    /// The kept, non-blocking socket to the supervisor for readiness,
+    /// watchdog pings and degraded reports (`None`: no `NOTIFY_SOCKET`, or
+    /// it could not be reached).
     pub notifier: Option<shared::activation::Notifier>,
     /// Flips to true when the drain deadline passes: open SSE streams send
     /// their final error frame and end.
@@ -76,10 +84,7 @@ impl AppState {
             closed: tokio::sync::Notify::new(),
             degraded: AtomicBool::new(false),
             fleet: None,
-            notifier: shared::activation::Notifier::from_env().unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot connect to NOTIFY_SOCKET; no watchdog pings or degraded reports");
-                None
-            }),
+            notifier: None,
             shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -88,6 +93,12 @@ impl AppState {
     /// [`crate::fleet_state`]).
     pub fn with_fleet_state(mut self, fleet: Option<crate::fleet_state::FleetState>) -> Self {
         self.fleet = fleet;
+        self
+    }
+
+    /// Talks to the supervisor over this socket (see [`AppState::notifier`]).
+    pub fn with_notifier(mut self, notifier: Option<shared::activation::Notifier>) -> Self {
+        self.notifier = notifier;
         self
     }
 

@@ -21,9 +21,17 @@ pub fn period(interval: Duration) -> Duration {
 }
 
 /// Pings for as long as the runtime runs; returns at once when no watchdog
-/// is set (standalone, or `watchdog = "0"`).
+/// is set (standalone, or `watchdog = "0"`), or, with a warning, when one
+/// is set but there is no socket to the supervisor to ping over.
 pub async fn ping(state: std::sync::Arc<AppState>) {
     let Some(interval) = shared::activation::watchdog_interval() else {
+        return;
+    };
+    let Some(notifier) = &state.notifier else {
+        tracing::warn!(
+            worker_id = state.settings.worker_id,
+            "watchdog set but no notify socket; the supervisor will judge this worker hung"
+        );
         return;
     };
     let period = period(interval);
@@ -35,9 +43,6 @@ pub async fn ping(state: std::sync::Arc<AppState>) {
     let mut ticks = tokio::time::interval(period);
     // A late tick is sent once, not in a burst that would hide the stall.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let Some(notifier) = &state.notifier else {
-        return;
-    };
     let mut failing = false;
     loop {
         ticks.tick().await;

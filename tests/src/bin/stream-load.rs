@@ -7,10 +7,14 @@
 //! Usage: `stream-load --addr HOST:PORT --streams N --path PATH --body JSON
 //! [--token JWT] [--ramp-secs S] [--pids PID,PID…] [--after-secs S]`
 //!
-//! With `--pids`, the resident memory of those processes is sampled every
-//! 200 ms: before the first connection (idle), at the moment the most
-//! streams were open (peak), and for `--after-secs` after the last stream
-//! ended (when the sum fell under 1.5 × idle + 16 MiB, and the last value).
+//! A stream counts as open from the moment its connection is being made
+//! until its answer has been read to the end (or it failed).
+//!
+//! With `--pids`, the resident memory of those processes is read before the
+//! first connection (idle), sampled every 200 ms while streams run (kept at
+//! the moment the most streams were open: peak), and every 500 ms for
+//! `--after-secs` after the last stream ended (when the sum fell under
+//! 1.5 × idle + 16 MiB, and the last value).
 //! Prints one JSON object on stdout; progress goes to stderr.
 
 use std::sync::Arc;
@@ -71,26 +75,7 @@ fn args() -> Args {
 
 /// Resident memory of `pid` in bytes (0 if it is gone).
 fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
-/// Raises the soft open-file limit to the hard one: every stream is a
-/// descriptor.
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a local, initialised struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    heartalk_e2e::rss(pid).unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -164,7 +149,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     let a = args();
-    raise_nofile();
+    // Every stream is a descriptor.
+    heartalk_e2e::raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

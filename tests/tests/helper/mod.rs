@@ -344,7 +344,8 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+/// A raw HTTP/1.1 response, head and body (de-chunked if it is chunked).
+pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text
         .split_once("\r\n\r\n")

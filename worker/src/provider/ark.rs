@@ -64,8 +64,8 @@ pub enum UpstreamHttp2 {
 }
 
 impl UpstreamHttp2 {
-    /// Reads the setting; anything unknown is `auto` (logged by the caller
-    /// through the settings report).
+    /// Reads the setting; anything unknown silently becomes `auto` (it is
+    /// not reported).
     pub fn parse(value: Option<&str>) -> UpstreamHttp2 {
         match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
             Some("prior-knowledge" | "prior_knowledge" | "h2c") => UpstreamHttp2::PriorKnowledge,
