@@ -48,6 +48,7 @@ pub mod fleet_state;
 pub mod fnv;
 pub mod health;
 pub mod history;
+pub mod http1;
 pub mod listener;
 pub mod logs;
 pub mod openai;

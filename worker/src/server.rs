@@ -1,5 +1,6 @@
 //! The serving lifecycle: accept on every listener, serve each connection
-//! with hyper (HTTP/1.1 keep-alive or h2c with prior knowledge) under the
+//! (HTTP/1.1 keep-alive with [`crate::http1`], h2c with prior knowledge
+//! with hyper) under the
 //! connection deadlines of [`crate::conn_deadline`], tell the
 //! supervisor `READY=1`, and on SIGTERM/SIGINT drain: stop accepting, keep
 //! idle keep-alive connections for a short linger (answering with
@@ -21,17 +22,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::budget::Watch;
 use crate::conn_deadline::{Activity, DeadlineIo};
-use crate::router;
 use crate::state::{AppState, Phase};
+use crate::{http1, router};
 
 /// How long to pause accepting after a resource error such as `EMFILE`:
 /// retrying at once would spin, and a short pause lets finishing
@@ -56,18 +57,20 @@ pub async fn serve(
         .collect();
     tracing::info!(addresses = %addrs.join(" "), worker_id = state.settings.worker_id, "listening");
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No hyper header timer: the head deadline is `HEADER_TIMEOUT` in
-    // `conn_deadline`, for HTTP/1 and HTTP/2 alike. hyper's also starts
-    // whenever an HTTP/1 connection goes idle, so it would cut keep-alive
-    // connections at its own value whatever `KEEPALIVE_TIMEOUT` says.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(None);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 (h2c with prior knowledge) is hyper's; HTTP/1.1 is ours
+    // (`crate::http1`, for its per-connection memory). Neither has a
+    // header timer of its own: the head deadline is `HEADER_TIMEOUT` in
+    // `conn_deadline`, for both.
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    let h2 = Arc::new(h2);
     let graceful = GracefulShutdown::new();
+    let drain = http1::Drain::default();
+    let protocols = Protocols {
+        h2: &h2,
+        graceful: &graceful,
+        drain: &drain,
+    };
 
     state.set_phase(Phase::Ready);
     match notify(&state, "READY=1") {
@@ -79,7 +82,7 @@ pub async fn serve(
     tokio::spawn(crate::watchdog::ping(state.clone()));
     tokio::spawn(crate::alloc::give_back(state.clone()));
 
-    let reason = accept_loop(&listeners, &builder, &graceful, &state, &mut signals).await;
+    let reason = accept_loop(&listeners, &protocols, &state, &mut signals).await;
 
     // Drain. Closing our copies of the listening sockets stops accepting;
     // under the supervisor the sockets stay open in the parent (and in our
@@ -111,7 +114,11 @@ pub async fn serve(
     }
     // Idle keep-alive connections close now; HTTP/1 requests in flight
     // finish with `Connection: close`; HTTP/2 gets GOAWAY.
-    let drained = graceful.shutdown();
+    drain.start();
+    let drained = async {
+        graceful.shutdown().await;
+        drain.finished().await;
+    };
     tokio::pin!(drained);
     let mut cut_short = None;
     tokio::select! {
@@ -194,8 +201,7 @@ async fn wait_idle(state: &AppState) {
 /// updates [`crate::budget::Starvation`], without allocating.
 async fn accept_loop(
     listeners: &[TcpListener],
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    protocols: &Protocols<'_>,
     state: &Arc<AppState>,
     signals: &mut StopSignals,
 ) -> &'static str {
@@ -239,7 +245,7 @@ async fn accept_loop(
             None => watch.tick(),
             Some(Ok((stream, peer))) => {
                 watch.accepting();
-                spawn_connection(stream, peer, builder, graceful, state);
+                spawn_connection(stream, peer, protocols, state);
             }
             // The peer gave up between SYN and accept: nothing to do.
             Some(Err(e)) if is_per_connection(&e) => {
@@ -287,12 +293,21 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// Serves one connection on its own task, watched by `graceful`.
+/// What a connection task needs from the server: the HTTP/2 builder and
+/// graceful-shutdown watcher (for h2c clients, served by hyper) and the
+/// drain of the HTTP/1 connections (served by [`crate::http1`]).
+struct Protocols<'a> {
+    h2: &'a Arc<http2::Builder<TokioExecutor>>,
+    graceful: &'a GracefulShutdown,
+    drain: &'a http1::Drain,
+}
+
+/// Serves one connection on its own task: HTTP/1.1 with [`crate::http1`],
+/// or HTTP/2 with hyper when the client sends the h2c preface.
 fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    protocols: &Protocols<'_>,
     state: &Arc<AppState>,
 ) {
     // Responses are written whole; Nagle would only delay their last
@@ -301,32 +316,65 @@ fn spawn_connection(
         tracing::debug!(%peer, error = %e, "setting TCP_NODELAY failed");
     }
     // The connection's idle deadlines (first byte, head, keep-alive, and
-    // send: a client that stops reading) live in its IO; the service tells
+    // send: a client that stops reading) live in its IO; the server tells
     // it which requests are in flight, from the complete head until the
-    // response body has ended.
+    // response's last byte.
     let activity = Activity::new();
     let io = DeadlineIo::new(stream, activity.clone(), state.settings.connection.idle());
-    let svc_state = state.clone();
+    let guard = state.connection_opened();
+    let drain = protocols.drain.signal();
+    let state = state.clone();
+    // Only an h2c connection needs these; both are small (a pointer and a
+    // watch receiver), and taken now because the server's handles are not
+    // `'static`.
+    let h2 = protocols.h2.clone();
+    let watcher = protocols.graceful.watcher();
+    tokio::spawn(async move {
+        let served = {
+            let state = &state;
+            http1::serve(io, activity.clone(), drain, move |req| {
+                router::handle(req, state.clone(), peer)
+            })
+            .await
+        };
+        match served {
+            Ok(http1::Served::Done) => {}
+            Ok(http1::Served::Http2 { io, preface }) => {
+                // Boxed: the HTTP/2 connection's state is large and most
+                // connections never need it.
+                let io = http1::Rewind::new(preface, io);
+                Box::pin(serve_h2(io, &h2, watcher, activity, state.clone(), peer)).await;
+            }
+            // Resets and half-finished requests from clients are routine.
+            Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        }
+        drop(guard);
+    });
+}
+
+/// Serves an h2c connection with hyper, watched by the graceful shutdown.
+async fn serve_h2<S>(
+    io: S,
+    builder: &http2::Builder<TokioExecutor>,
+    watcher: Watcher,
+    activity: Arc<Activity>,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| {
-        let state = svc_state.clone();
+        let state = state.clone();
         let request = activity.request_started();
         async move {
             let resp = router::handle(req, state, peer).await;
             Ok::<_, Infallible>(resp.map(|body| request.track(body)))
         }
     });
-    let conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
-    let conn = graceful.watch(conn);
-    let guard = state.connection_opened();
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            // Resets and half-finished requests from clients are routine.
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
-        }
-        drop(guard);
-    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+    }
 }
 
 /// SIGTERM and SIGINT, either of which starts a drain.
