@@ -368,7 +368,8 @@ pub fn upstream_error(
 }
 
 /// Opens the upstream stream for a leader and publishes it to the flight:
-/// the entry at the end (deltas in order), or the error.
+/// the entry at the end (deltas in order, copied from the flight's log, so
+/// an open stream keeps one record of its answer, not two), or the error.
 fn stream_work(
     state: &AppState,
     flight: Arc<cache::Flight>,
@@ -380,17 +381,10 @@ fn stream_work(
         use futures_util::StreamExt;
         let mut upstream = provider.stream(request).await?;
         flight.start();
-        let mut deltas = Vec::new();
         while let Some(item) = upstream.next().await {
             match item? {
-                StreamEvent::Content(d) => {
-                    deltas.push(cache::Delta::Content(d.clone()));
-                    flight.push(cache::Delta::Content(d));
-                }
-                StreamEvent::Reasoning(d) => {
-                    deltas.push(cache::Delta::Reasoning(d.clone()));
-                    flight.push(cache::Delta::Reasoning(d));
-                }
+                StreamEvent::Content(d) => flight.push(cache::Delta::Content(d)),
+                StreamEvent::Reasoning(d) => flight.push(cache::Delta::Reasoning(d)),
                 StreamEvent::Done {
                     finish_reason,
                     usage,
@@ -398,7 +392,7 @@ fn stream_work(
                 } => {
                     count_tokens(usage.as_ref());
                     return Ok(cache::Entry::from_stream(
-                        deltas,
+                        flight.deltas(),
                         finish_reason,
                         usage,
                         model,
@@ -413,33 +407,64 @@ fn stream_work(
     }
 }
 
+/// An opened stream: its events and where they come from.
+pub struct Opened {
+    /// `X-Cache`: `HIT`, `MISS` or `COALESCED`.
+    pub x_cache: &'static str,
+    pub events: EventStream,
+    /// The events are this request's own upstream call (see
+    /// [`crate::stream::Meta::own_call`]).
+    pub own_call: bool,
+}
+
 /// A stream for `prepared` whose first upstream request is `first`: from
 /// the cache (replayed), a call in flight (from its start), or a new call.
 /// `Err` is a failure before the upstream answered 2xx: an ordinary JSON
 /// error for the caller.
+///
+/// With nothing to share or store ([`Begin::Alone`]: the cache off, or
+/// `no-store`) the stream is the upstream call itself, with no flight and
+/// no task between: that is what an open stream then holds while it
+/// waits. A panic while opening it is the error a flight's panic gives.
 pub async fn open_stream(
     state: &Arc<AppState>,
     prepared: &Prepared,
     first: CompletionRequest,
     policy: Policy,
-) -> Result<(&'static str, EventStream), UpstreamError> {
+) -> Result<Opened, UpstreamError> {
     let svc = &state.services;
+    let opened = |x_cache, events, own_call| Opened {
+        x_cache,
+        events,
+        own_call,
+    };
     match svc
         .cache
         .begin_with(|| cache_key(state, prepared, &first), policy)
         .await
     {
-        Begin::Hit(e) => Ok(("HIT", futures_util::stream::iter(e.replay()).boxed())),
+        Begin::Alone => {
+            let call = svc.provider.stream(first);
+            let events = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call))
+                .await
+                .unwrap_or_else(|_| Err(cache::panicked()))?;
+            Ok(opened("MISS", events, true))
+        }
+        Begin::Hit(e) => Ok(opened(
+            "HIT",
+            futures_util::stream::iter(e.replay()).boxed(),
+            false,
+        )),
         Begin::Join(mut s) => {
             s.started().await?;
-            Ok(("COALESCED", s.into_events()))
+            Ok(opened("COALESCED", s.into_events(), false))
         }
         Begin::Lead(flight, mut s, lead) => {
             let reasoning_key = prepared.plan.strategy.body_key();
             let work = stream_work(state, flight.clone(), first, reasoning_key);
             svc.cache.drive(flight, lead, work);
             s.started().await?;
-            Ok((s.leader_x_cache(), s.into_events()))
+            Ok(opened(s.leader_x_cache(), s.into_events(), false))
         }
     }
 }
@@ -471,33 +496,32 @@ pub async fn stream(
             telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
             upstream_error(&e, request_id, response::ErrorFormat::HearTalk)
         }
-        Ok((x_cache, events)) => {
+        Ok(opened) => {
             let meta = stream_meta(
                 &state,
                 &prepared,
                 started,
-                x_cache,
+                &opened,
                 estimate,
                 crate::stream::Format::HearTalk,
             );
-            crate::stream::respond(state.clone(), events, meta, http1)
+            crate::stream::respond(state.clone(), opened.events, meta, http1)
         }
     }
 }
 
-/// The frames' metadata for a prepared stream.
+/// The frames' metadata for a prepared, opened stream.
 pub fn stream_meta(
     state: &AppState,
     prepared: &Prepared,
     started: Instant,
-    x_cache: &'static str,
+    opened: &Opened,
     prompt_estimate: u64,
     format: crate::stream::Format,
 ) -> crate::stream::Meta {
     let plan = &prepared.plan;
     let show = plan.switches.show_reasoning;
     crate::stream::Meta {
-        provider: state.services.provider.name().to_string(),
         conversation_id: prepared.input.conversation_id.clone(),
         route: prepared.decision.route.clone(),
         strategy: plan.strategy,
@@ -506,7 +530,8 @@ pub fn stream_meta(
         heartbeat: state.settings.pipeline.sse_heartbeat,
         legacy: prepared.input.shape == Shape::Legacy,
         started,
-        x_cache,
+        x_cache: opened.x_cache,
+        own_call: opened.own_call,
         format,
     }
 }

@@ -136,15 +136,15 @@ pub async fn completions(
                 telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
                 crate::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi)
             }
-            Ok((x_cache, events)) => {
+            Ok(opened) => {
                 let format = Format::OpenAi(OpenAiStream {
                     id,
                     created,
                     model: prepared.plan.model.clone(),
                     include_usage: input.include_usage,
                 });
-                let meta = chat::stream_meta(state, &prepared, started, x_cache, estimate, format);
-                crate::stream::respond(state.clone(), events, meta, http1)
+                let meta = chat::stream_meta(state, &prepared, started, &opened, estimate, format);
+                crate::stream::respond(state.clone(), opened.events, meta, http1)
             }
         };
     }

@@ -2,37 +2,39 @@
 //! 15-second `: ping` heartbeat, exactly one final `complete` (or `error`)
 //! frame, and cancellation of the upstream call when the client leaves.
 //!
-//! A spawned task pumps upstream deltas into a bounded channel that backs
-//! the response body. It waits on three things at once: the next upstream
-//! event, the heartbeat timer, and the channel closing (hyper drops the
-//! body when the client disconnects). On the last, it drops the upstream
-//! stream at once, which aborts the upstream HTTP request — so a client
-//! that goes away stops costing tokens within milliseconds.
+//! The response body ([`SseBody`]) polls the upstream stream itself: there
+//! is no pump task and no channel between them. An open stream spends most
+//! of its life waiting for the next upstream chunk, and a worker holds
+//! thousands of them, so what one holds while it waits is what a streaming
+//! deployment is sized by (docs/benchmarks.md, "Where a stream's memory
+//! goes"). Each poll waits on three things at once: the drain deadline,
+//! the heartbeat timer, and the next upstream event. The server drops the
+//! body when the client disconnects, which drops the upstream stream at
+//! once and so aborts the upstream HTTP request — a client that goes away
+//! stops costing tokens within milliseconds.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use crate::provider::{EventStream, StreamEvent, Usage};
+use crate::provider::{EventStream, StreamEvent, UpstreamError, Usage};
 use crate::reasoning::Strategy;
 use crate::response::{Body, BoxError};
 use crate::state::AppState;
 use crate::telemetry;
 
-/// Frames buffered between the pump and the socket. Small: a slow client
-/// should slow the pump (and so the upstream read), not grow memory.
-const CHANNEL_FRAMES: usize = 16;
-
-/// What the frames need to say besides the deltas.
+/// What the frames need to say besides the deltas (the provider's name is
+/// read from the state, not copied into every stream).
 pub struct Meta {
-    pub provider: String,
     pub conversation_id: String,
     pub route: String,
     pub strategy: Strategy,
@@ -45,6 +47,11 @@ pub struct Meta {
     pub started: Instant,
     /// `X-Cache`: `HIT`, `MISS` or `COALESCED`.
     pub x_cache: &'static str,
+    /// The events are this request's own upstream call, with no flight
+    /// between (see [`crate::chat::open_stream`]): the stream counts the
+    /// call's tokens when its `Done` passes. Elsewhere the flight's call
+    /// counts them (once per call, not per listener or replay).
+    pub own_call: bool,
     pub format: Format,
 }
 
@@ -130,9 +137,16 @@ impl Format {
         }
     }
 
-    fn complete(&self, meta: &Meta, usage: &Value, finish_reason: &str, endpoint: &str) -> Bytes {
+    fn complete(
+        &self,
+        meta: &Meta,
+        provider: &str,
+        usage: &Value,
+        finish_reason: &str,
+        endpoint: &str,
+    ) -> Bytes {
         match self {
-            Format::HearTalk => complete_frame(meta, usage, finish_reason, endpoint),
+            Format::HearTalk => complete_frame(meta, provider, usage, finish_reason, endpoint),
             Format::OpenAi(o) => {
                 let mut out = o.chunk(json!({}), Some(finish_reason)).to_vec();
                 if o.include_usage {
@@ -170,13 +184,19 @@ pub fn error_frame(message: &str, code: &str) -> Bytes {
 }
 
 /// The one final frame of a successful stream.
-pub fn complete_frame(meta: &Meta, usage: &Value, finish_reason: &str, endpoint: &str) -> Bytes {
+pub fn complete_frame(
+    meta: &Meta,
+    provider: &str,
+    usage: &Value,
+    finish_reason: &str,
+    endpoint: &str,
+) -> Bytes {
     frame(&json!({
         "type": "complete",
         "done": true,
         "usage": usage,
         "finish_reason": finish_reason,
-        "provider": meta.provider,
+        "provider": provider,
         "metadata": {
             "conversation_id": meta.conversation_id,
             "endpoint": endpoint,
@@ -188,43 +208,31 @@ pub fn complete_frame(meta: &Meta, usage: &Value, finish_reason: &str, endpoint:
     }))
 }
 
-/// Usage from the upstream, or the §8 estimate marked `estimated:true`.
-pub fn final_usage(
-    upstream: Option<Usage>,
-    prompt_estimate: u64,
-    content: &str,
-    reasoning: &str,
-) -> Value {
+/// Usage from the upstream, or the §8 estimate marked `estimated:true`;
+/// `completion` is the estimate of the content plus that of the reasoning
+/// (each estimated on its own, see [`crate::tokens::Estimator`]).
+pub fn final_usage(upstream: Option<Usage>, prompt_estimate: u64, completion: u64) -> Value {
     match upstream {
         Some(u) => serde_json::to_value(u).unwrap_or_else(|_| json!({})),
-        None => {
-            let completion = crate::tokens::estimate(content) + crate::tokens::estimate(reasoning);
-            json!({
-                "prompt_tokens": prompt_estimate,
-                "completion_tokens": completion,
-                "total_tokens": prompt_estimate + completion,
-                "estimated": true,
-            })
-        }
+        None => json!({
+            "prompt_tokens": prompt_estimate,
+            "completion_tokens": completion,
+            "total_tokens": prompt_estimate + completion,
+            "estimated": true,
+        }),
     }
 }
 
-/// Starts the pump and returns the 200 `text/event-stream` response.
+/// The 200 `text/event-stream` response whose body is `upstream` turned
+/// into frames (see [`SseBody`]).
 pub fn respond(
     state: Arc<AppState>,
     upstream: EventStream,
     meta: Meta,
     http1: bool,
 ) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
     let x_cache = meta.x_cache;
-    tokio::spawn(pump(state, upstream, meta, tx));
-    let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
-    }));
-    let mut resp = Response::new(BodyExt::boxed(body));
+    let mut resp = Response::new(BodyExt::boxed(SseBody::new(state, upstream, meta)));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(
@@ -247,7 +255,7 @@ pub fn respond(
     resp
 }
 
-/// Why the pump stopped.
+/// Why a stream stopped.
 enum End {
     Completed,
     Failed,
@@ -256,122 +264,440 @@ enum End {
     Shutdown,
 }
 
-async fn pump(
+/// The response body of a stream: each poll for the next frame waits on
+/// the drain deadline, the heartbeat timer and the upstream, in that
+/// order, and answers with the first frame any of them makes.
+///
+/// The body *is* the stream: no task, no channel. An open stream waiting
+/// for its next upstream chunk holds this struct, two small timers and the
+/// upstream stream, nothing else (the [`crate::stream`] module doc says
+/// why that matters). Upstream reads follow the client's pace: the server
+/// asks for the next frame only when it has room to write it, so a slow
+/// client slows the upstream read instead of growing memory.
+///
+/// Dropped before its end (the client went away), it drops the upstream
+/// stream at once, which aborts the upstream request.
+pub struct SseBody {
+    /// Behind a mutex only because the boxed response body must be `Sync`
+    /// and the upstream stream is `Send` only. It is never locked:
+    /// `poll_frame` has `&mut self` and reaches it with `get_mut`.
+    pump: Mutex<Pump>,
+}
+
+/// The state of an open stream (see [`SseBody`]).
+struct Pump {
     state: Arc<AppState>,
-    mut upstream: EventStream,
+    /// `None` once the stream has ended (dropping it aborts the upstream
+    /// request).
+    upstream: Option<EventStream>,
     meta: Meta,
-    tx: mpsc::Sender<Bytes>,
-) {
-    let mut content = String::new();
-    let mut reasoning = String::new();
-    let heartbeat = meta.heartbeat.max(Duration::from_millis(100));
-    let mut shutdown = state.shutdown_signal();
-    // Measured from our last *output*, not the upstream's: hidden reasoning
-    // deltas arrive but write nothing, and proxies time out on silence.
-    let mut ping_at = tokio::time::Instant::now() + heartbeat;
-    if let Some(first) = meta.format.opening() {
-        if !send(&tx, first).await {
-            return;
+    /// A frame to send before anything is polled (the opening chunk).
+    queued: Option<Bytes>,
+    /// Fires after a heartbeat interval without output. Measured from our
+    /// last *output*, not the upstream's: hidden reasoning deltas arrive
+    /// but write nothing, and proxies time out on silence. Boxed because a
+    /// `Sleep` must stay pinned, and reset (not made anew) after each frame.
+    ping: Pin<Box<tokio::time::Sleep>>,
+    /// Resolves when the drain deadline passes. It owns the stream's
+    /// subscription to the deadline, so [`AppState::finish_streams`]
+    /// counts this stream until it ends. `None` once ended.
+    shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+    /// Estimated tokens of the content and reasoning so far, for a final
+    /// usage without the upstream's (§8); the text itself is not kept.
+    content: crate::tokens::Estimator,
+    reasoning: crate::tokens::Estimator,
+}
+
+impl SseBody {
+    fn new(state: Arc<AppState>, upstream: EventStream, mut meta: Meta) -> SseBody {
+        meta.heartbeat = meta.heartbeat.max(Duration::from_millis(100));
+        let mut rx = state.shutdown_signal();
+        let shutdown: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
+            // An error (the sender gone) cannot happen while this stream
+            // holds the state that owns the sender; it would mean the same.
+            let _ = rx.wait_for(|now| *now).await;
+        });
+        SseBody {
+            pump: Mutex::new(Pump {
+                state,
+                upstream: Some(upstream),
+                queued: meta.format.opening(),
+                ping: Box::pin(tokio::time::sleep(meta.heartbeat)),
+                meta,
+                shutdown: Some(shutdown),
+                content: crate::tokens::Estimator::default(),
+                reasoning: crate::tokens::Estimator::default(),
+            }),
         }
-    }
-    let end = loop {
-        let next = tokio::select! {
-            biased;
-            () = tx.closed() => break End::ClientGone,
-            _ = shutdown.wait_for(|now| *now) => break End::Shutdown,
-            () = tokio::time::sleep_until(ping_at) => Err(()),
-            item = upstream.next() => Ok(item),
-        };
-        let out = match next {
-            // No output for a heartbeat interval: keep proxies from timing out.
-            Err(()) => Bytes::from_static(PING),
-            Ok(None) => {
-                // The provider ends every good stream with Done; a bare end is an error.
-                let _ = send(
-                    &tx,
-                    meta.format.error(
-                        "Response processing error: stream ended unexpectedly",
-                        "AI_PROVIDER_ERROR",
-                    ),
-                )
-                .await;
-                break End::Failed;
-            }
-            Ok(Some(Err(e))) => {
-                tracing::warn!(error = %e, "upstream stream failed after it started");
-                let _ = send(&tx, meta.format.error(&e.to_string(), e.code())).await;
-                break End::Failed;
-            }
-            Ok(Some(Ok(StreamEvent::Content(delta)))) => {
-                content.push_str(&delta);
-                meta.format.content(&delta, &meta.provider)
-            }
-            Ok(Some(Ok(StreamEvent::Reasoning(delta)))) => {
-                reasoning.push_str(&delta);
-                if !meta.show_reasoning {
-                    continue;
-                }
-                meta.format.reasoning(&delta)
-            }
-            Ok(Some(Ok(StreamEvent::Done {
-                finish_reason,
-                usage,
-                model,
-            }))) => {
-                // Tokens are counted where the upstream call is made (once per
-                // call, not per coalesced listener or cache replay).
-                let usage_value = final_usage(usage, meta.prompt_estimate, &content, &reasoning);
-                let endpoint = model.as_deref().unwrap_or("unknown");
-                let fin = meta.format.complete(
-                    &meta,
-                    &usage_value,
-                    finish_reason.as_deref().unwrap_or("stop"),
-                    endpoint,
-                );
-                if send(&tx, fin).await {
-                    break End::Completed;
-                }
-                break End::ClientGone;
-            }
-        };
-        ping_at = tokio::time::Instant::now() + heartbeat;
-        if !send(&tx, out).await {
-            break End::ClientGone;
-        }
-    };
-    // Dropping the upstream stream here aborts the upstream request.
-    drop(upstream);
-    if matches!(end, End::Shutdown) {
-        let _ = send(&tx, meta.format.error(SHUTDOWN_MESSAGE, SHUTDOWN_CODE)).await;
-    }
-    if meta.x_cache == "MISS" {
-        telemetry::reasoning(meta.strategy.label(), meta.started.elapsed());
-    }
-    match end {
-        End::Completed => {
-            if meta.legacy {
-                state.services.history.invalidate(&meta.conversation_id);
-            }
-        }
-        End::ClientGone => {
-            tracing::info!(conversation_id = %meta.conversation_id, "client left mid-stream; upstream cancelled")
-        }
-        End::Failed | End::Shutdown => {}
     }
 }
 
-/// Sends one frame unless the client has gone; false when it has.
-async fn send(tx: &mpsc::Sender<Bytes>, frame: Bytes) -> bool {
-    tokio::select! {
-        biased;
-        () = tx.closed() => false,
-        r = tx.send(frame) => r.is_ok(),
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let pump = self
+            .get_mut()
+            .pump
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pump.poll_next(cx).map(|f| f.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+impl Pump {
+    /// The next frame; `None` after the last.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(first) = self.queued.take() {
+            return Poll::Ready(Some(first));
+        }
+        loop {
+            let Some(upstream) = self.upstream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(shutdown) = self.shutdown.as_mut() {
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    let frame = self.meta.format.error(SHUTDOWN_MESSAGE, SHUTDOWN_CODE);
+                    self.end(End::Shutdown);
+                    return Poll::Ready(Some(frame));
+                }
+            }
+            if self.ping.as_mut().poll(cx).is_ready() {
+                // No output for a heartbeat interval: keep proxies from timing out.
+                self.sent();
+                return Poll::Ready(Some(Bytes::from_static(PING)));
+            }
+            // A panic in the upstream stream ends this stream with an
+            // error frame, as a panic in a shared call ends its flight.
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                upstream.poll_next_unpin(cx)
+            }))
+            .unwrap_or_else(|_| Poll::Ready(Some(Err(crate::cache::panicked()))));
+            let Poll::Ready(item) = polled else {
+                return Poll::Pending;
+            };
+            // The provider ends every good stream with Done; a bare end is an error.
+            let item = item.unwrap_or_else(|| {
+                Err(UpstreamError::InvalidResponse(
+                    "stream ended unexpectedly".to_string(),
+                ))
+            });
+            let frame = match item {
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream stream failed after it started");
+                    let frame = self.meta.format.error(&e.to_string(), e.code());
+                    self.end(End::Failed);
+                    return Poll::Ready(Some(frame));
+                }
+                Ok(StreamEvent::Content(delta)) => {
+                    self.content.push(&delta);
+                    let provider = self.state.services.provider.name();
+                    self.meta.format.content(&delta, provider)
+                }
+                Ok(StreamEvent::Reasoning(delta)) => {
+                    self.reasoning.push(&delta);
+                    if !self.meta.show_reasoning {
+                        continue;
+                    }
+                    self.meta.format.reasoning(&delta)
+                }
+                Ok(StreamEvent::Done {
+                    finish_reason,
+                    usage,
+                    model,
+                }) => {
+                    if self.meta.own_call {
+                        // Counted once per upstream call: here only when this
+                        // stream is the call (no flight shares it).
+                        crate::chat::count_tokens(usage.as_ref());
+                    }
+                    let completion = self.content.total() + self.reasoning.total();
+                    let usage_value = final_usage(usage, self.meta.prompt_estimate, completion);
+                    let endpoint = model.as_deref().unwrap_or("unknown");
+                    let provider = self.state.services.provider.name();
+                    let frame = self.meta.format.complete(
+                        &self.meta,
+                        provider,
+                        &usage_value,
+                        finish_reason.as_deref().unwrap_or("stop"),
+                        endpoint,
+                    );
+                    self.end(End::Completed);
+                    return Poll::Ready(Some(frame));
+                }
+            };
+            self.sent();
+            return Poll::Ready(Some(frame));
+        }
+    }
+
+    /// A frame goes out now: the next ping is a heartbeat interval away.
+    fn sent(&mut self) {
+        let at = tokio::time::Instant::now() + self.meta.heartbeat;
+        self.ping.as_mut().reset(at);
+    }
+
+    /// The stream is over: the upstream request is dropped (aborted if
+    /// still open), the deadline subscription released, and the end
+    /// recorded. The frame that says how it ended, if any, is the caller's.
+    fn end(&mut self, end: End) {
+        self.upstream = None;
+        self.shutdown = None;
+        let meta = &self.meta;
+        if meta.x_cache == "MISS" {
+            telemetry::reasoning(meta.strategy.label(), meta.started.elapsed());
+        }
+        match end {
+            End::Completed => {
+                if meta.legacy {
+                    self.state
+                        .services
+                        .history
+                        .invalidate(&meta.conversation_id);
+                }
+            }
+            End::ClientGone => {
+                tracing::info!(conversation_id = %meta.conversation_id, "client left mid-stream; upstream cancelled")
+            }
+            End::Failed | End::Shutdown => {}
+        }
+    }
+}
+
+/// The server drops the body when the client goes away (or the connection
+/// fails): a stream not yet over ends here, and its upstream request with it.
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if self.upstream.is_some() {
+            self.end(End::ClientGone);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// A worker state on the defaults (the simulated provider).
+    fn state() -> Arc<AppState> {
+        let settings = crate::settings::Settings::from_lookup(|k| match k {
+            "KEYWORDS_CONFIG" => {
+                Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/keywords.json").into())
+            }
+            _ => None,
+        });
+        let services = crate::services::Services::new(&settings).unwrap();
+        Arc::new(AppState::new(settings, Instant::now(), services))
+    }
+
+    fn meta(heartbeat: Duration) -> Meta {
+        Meta {
+            conversation_id: "c1".into(),
+            route: "general".into(),
+            strategy: Strategy::Direct,
+            show_reasoning: false,
+            prompt_estimate: 5,
+            heartbeat,
+            legacy: false,
+            started: Instant::now(),
+            x_cache: "MISS",
+            own_call: true,
+            format: Format::HearTalk,
+        }
+    }
+
+    /// The next data frame of `body`, `None` at its end.
+    async fn next(body: &mut Body) -> Option<Bytes> {
+        let frame = body.frame().await?.expect("SSE bodies do not fail");
+        Some(frame.into_data().expect("a data frame"))
+    }
+
+    /// Sets its flag when dropped: the upstream stream is gone.
+    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// One content delta, then nothing, ever; `dropped` is set when the
+    /// stream is dropped.
+    fn pending_after_one(dropped: &Arc<std::sync::atomic::AtomicBool>) -> EventStream {
+        let guard = Dropped(dropped.clone());
+        futures_util::stream::iter([Ok(StreamEvent::Content("a".into()))])
+            .chain(futures_util::stream::pending())
+            .map(move |item| {
+                let _ = &guard;
+                item
+            })
+            .boxed()
+    }
+
+    #[test]
+    fn a_stream_is_its_frames_byte_exact_then_its_end() {
+        block_on(async {
+            let st = state();
+            let upstream = futures_util::stream::iter([
+                Ok(StreamEvent::Reasoning("hidden thought".into())),
+                Ok(StreamEvent::Content("你好".into())),
+                Ok(StreamEvent::Content(" world".into())),
+                Ok(StreamEvent::Done {
+                    finish_reason: None,
+                    usage: None,
+                    model: Some("ep-chat".into()),
+                }),
+            ])
+            .boxed();
+            let resp = respond(st, upstream, meta(Duration::from_secs(15)), true);
+            assert_eq!(resp.headers()["x-cache"], "MISS");
+            assert_eq!(resp.headers()[http::header::CONNECTION], "keep-alive");
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            // Hidden reasoning writes nothing but counts in the estimate:
+            // 2 ideographs (3) + "world" (1) + "hidden thought" (2).
+            assert_eq!(
+                std::str::from_utf8(&bytes).unwrap(),
+                concat!(
+                    "data: {\"type\":\"content\",\"content\":\"你好\",\"done\":false,\"provider\":\"simulated\"}\n\n",
+                    "data: {\"type\":\"content\",\"content\":\" world\",\"done\":false,\"provider\":\"simulated\"}\n\n",
+                    "data: {\"type\":\"complete\",\"done\":true,\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6,\"total_tokens\":11,\"estimated\":true},",
+                    "\"finish_reason\":\"stop\",\"provider\":\"simulated\",\"metadata\":{\"conversation_id\":\"c1\",",
+                    "\"endpoint\":\"ep-chat\",\"route\":\"general\",\"reasoning\":\"direct\",\"cached\":false}}\n\n",
+                )
+            );
+        });
+    }
+
+    #[test]
+    fn a_bare_end_or_a_panic_upstream_is_a_final_error_frame() {
+        block_on(async {
+            let st = state();
+            let bare = futures_util::stream::iter([Ok(StreamEvent::Content("a".into()))]).boxed();
+            let mut body =
+                respond(st.clone(), bare, meta(Duration::from_secs(15)), false).into_body();
+            assert!(next(&mut body).await.is_some());
+            assert_eq!(
+                next(&mut body).await,
+                Some(error_frame(
+                    "Response processing error: stream ended unexpectedly",
+                    "AI_PROVIDER_ERROR"
+                ))
+            );
+            assert_eq!(next(&mut body).await, None);
+            let explode = true;
+            let panics = futures_util::stream::poll_fn(move |_| {
+                if explode {
+                    panic!("boom");
+                }
+                Poll::Ready(None)
+            })
+            .boxed();
+            let mut body = respond(st, panics, meta(Duration::from_secs(15)), false).into_body();
+            assert_eq!(
+                next(&mut body).await,
+                Some(error_frame(
+                    "Response processing error: internal error while answering",
+                    "AI_PROVIDER_ERROR"
+                ))
+            );
+            assert_eq!(next(&mut body).await, None);
+        });
+    }
+
+    #[test]
+    fn dropping_the_body_drops_the_upstream_at_once() {
+        block_on(async {
+            let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let upstream = pending_after_one(&dropped);
+            let mut body =
+                respond(state(), upstream, meta(Duration::from_secs(15)), false).into_body();
+            assert!(next(&mut body).await.is_some());
+            assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+            // The client went away: the server drops the body.
+            drop(body);
+            assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        });
+    }
+
+    #[test]
+    fn silence_gets_pings_and_the_drain_deadline_a_final_error_frame() {
+        block_on(async {
+            let st = state();
+            let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let upstream = pending_after_one(&dropped);
+            let mut body = respond(
+                st.clone(),
+                upstream,
+                meta(Duration::from_millis(100)),
+                false,
+            )
+            .into_body();
+            assert!(next(&mut body).await.is_some());
+            let t0 = Instant::now();
+            assert_eq!(next(&mut body).await, Some(Bytes::from_static(PING)));
+            assert!(
+                t0.elapsed() >= Duration::from_millis(90),
+                "{:?}",
+                t0.elapsed()
+            );
+            let waiting = tokio::spawn(async move {
+                let frame = next(&mut body).await;
+                (frame, next(&mut body).await)
+            });
+            tokio::task::yield_now().await;
+            assert_eq!(st.finish_streams(), 1, "the open stream listens");
+            let (frame, end) = waiting.await.unwrap();
+            assert_eq!(frame, Some(error_frame(SHUTDOWN_MESSAGE, SHUTDOWN_CODE)));
+            assert_eq!(end, None);
+            assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+            assert_eq!(st.finish_streams(), 0, "an ended stream no longer listens");
+        });
+    }
+
+    #[test]
+    fn an_openai_stream_opens_with_the_role_chunk() {
+        block_on(async {
+            let mut m = meta(Duration::from_secs(15));
+            m.format = Format::OpenAi(OpenAiStream {
+                id: "chatcmpl-1".into(),
+                created: 7,
+                model: "ep-chat".into(),
+                include_usage: false,
+            });
+            let upstream = futures_util::stream::iter([Ok(StreamEvent::Done {
+                finish_reason: Some("length".into()),
+                usage: None,
+                model: None,
+            })])
+            .boxed();
+            let bytes = respond(state(), upstream, m, false)
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            let head = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"ep-chat\",\"choices\":[{\"index\":0,";
+            assert_eq!(
+                std::str::from_utf8(&bytes).unwrap(),
+                format!(
+                    "{head}\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"finish_reason\":null}}]}}\n\n\
+                     {head}\"delta\":{{}},\"finish_reason\":\"length\"}}]}}\n\ndata: [DONE]\n\n"
+                )
+            );
+        });
+    }
 
     #[test]
     fn frames_are_compact_json_lines() {
@@ -391,7 +717,7 @@ mod tests {
 
     #[test]
     fn usage_is_estimated_and_marked_without_upstream_usage() {
-        let u = final_usage(None, 10, "hello world", "");
+        let u = final_usage(None, 10, crate::tokens::estimate("hello world"));
         assert_eq!(
             u,
             json!({"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"estimated":true})
@@ -403,7 +729,7 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(
-            final_usage(Some(real), 10, "x", ""),
+            final_usage(Some(real), 10, 1),
             json!({"prompt_tokens":1,"completion_tokens":2,"total_tokens":3})
         );
     }

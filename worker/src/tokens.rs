@@ -12,21 +12,43 @@ fn is_cjk(c: char) -> bool {
 
 /// Estimated tokens of `text`.
 pub fn estimate(text: &str) -> u64 {
-    let mut cjk = 0u64;
-    let mut words = 0u64;
-    let mut in_word = false;
-    for c in text.chars() {
-        if is_cjk(c) {
-            cjk += 1;
-            in_word = false;
-        } else if c.is_whitespace() {
-            in_word = false;
-        } else if !in_word {
-            in_word = true;
-            words += 1;
+    let mut e = Estimator::default();
+    e.push(text);
+    e.total()
+}
+
+/// [`estimate`] of a text that arrives in pieces (a stream's deltas),
+/// without keeping the text: the estimate of everything pushed so far,
+/// equal to [`estimate`] of the pieces concatenated (a word split across
+/// two pieces counts once). An open stream holds this instead of its whole
+/// answer so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Estimator {
+    cjk: u64,
+    words: u64,
+    /// The last character pushed was part of a word.
+    in_word: bool,
+}
+
+impl Estimator {
+    pub fn push(&mut self, piece: &str) {
+        for c in piece.chars() {
+            if is_cjk(c) {
+                self.cjk += 1;
+                self.in_word = false;
+            } else if c.is_whitespace() {
+                self.in_word = false;
+            } else if !self.in_word {
+                self.in_word = true;
+                self.words += 1;
+            }
         }
     }
-    (cjk * 3).div_ceil(2) + words
+
+    /// Estimated tokens of everything pushed.
+    pub fn total(&self) -> u64 {
+        (self.cjk * 3).div_ceil(2) + self.words
+    }
 }
 
 /// Length in UTF-16 code units, as JavaScript's `.length` (API.md §1).
@@ -50,6 +72,21 @@ mod tests {
         assert_eq!(estimate("hello world"), 2);
         assert_eq!(estimate("分析React和Vue"), 5 + 2);
         assert_eq!(estimate("  a\tb\nc  "), 3);
+    }
+
+    #[test]
+    fn pieces_estimate_as_their_concatenation() {
+        let text = "分析 React和Vue  的区别, hello wor ld 😀你好";
+        let chars: Vec<(usize, char)> = text.char_indices().collect();
+        for &(i, _) in &chars {
+            for &(j, _) in chars.iter().filter(|(j, _)| *j >= i) {
+                let mut e = Estimator::default();
+                for piece in [&text[..i], &text[i..j], &text[j..]] {
+                    e.push(piece);
+                }
+                assert_eq!(e.total(), estimate(text), "split at {i},{j}");
+            }
+        }
     }
 
     #[test]

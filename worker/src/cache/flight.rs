@@ -102,6 +102,15 @@ impl Flight {
         self.update(|l| l.deltas.push(d));
     }
 
+    /// A copy of the deltas so far (the call's whole answer once it is
+    /// done): the log is the one record of them while the call runs.
+    pub fn deltas(&self) -> Vec<Delta> {
+        self.log
+            .lock()
+            .map(|l| l.deltas.clone())
+            .unwrap_or_default()
+    }
+
     /// The final outcome; later calls are ignored.
     pub fn finish(&self, outcome: Result<Arc<Entry>, UpstreamError>) {
         self.update(|l| {

@@ -8,10 +8,12 @@
 //! without a Redis round trip each), then Redis.
 //!
 //! [`ResponseCache::begin`] tells a request what it is: a hit, a follower of
-//! an identical call in flight, or the leader that must make the call.
-//! Leaders hand the call to [`ResponseCache::drive`], which runs it in its
-//! own task, publishes it through the [`flight::Flight`], stores complete
-//! successes, and drops the call when every listener has left.
+//! an identical call in flight, the leader that must make the call, or
+//! alone (the cache off, or `no-store`: nothing to share or store, so the
+//! request makes the call itself with no flight). Leaders hand the call to
+//! [`ResponseCache::drive`], which runs it in its own task, publishes it
+//! through the [`flight::Flight`], stores complete successes, and drops the
+//! call when every listener has left.
 
 pub mod cross;
 pub mod flight;
@@ -214,6 +216,11 @@ pub enum Begin {
     /// another process's call answers it, see [`Subscription::leader_x_cache`]):
     /// hand `Flight` to [`ResponseCache::drive`], and wait on the subscription.
     Lead(Arc<Flight>, Subscription, Lead),
+    /// Nothing to look up, share or store: the cache is off, or the request
+    /// said `no-store` (`X-Cache: MISS`). The request makes the call itself,
+    /// in its own task, with no flight: no one could join one, and nothing
+    /// would be stored from it.
+    Alone,
 }
 
 /// The leader's obligations, passed back to [`ResponseCache::drive`].
@@ -323,18 +330,21 @@ impl ResponseCache {
     }
 
     /// [`ResponseCache::begin`] with the key made only when it is needed:
-    /// with the cache off there is nothing to look up, so nothing to hash.
+    /// with the cache off, or for `no-store`, there is nothing to look up,
+    /// share or store, so nothing to hash.
     pub async fn begin_with(&self, key: impl FnOnce() -> Key, policy: Policy) -> Begin {
         if !self.enabled {
-            // Unregistered: its key is never read.
-            return private_lead(Key([0; 32]), false);
+            return Begin::Alone;
+        }
+        if !policy.lookup {
+            telemetry::cache_lookup("response", "miss");
+            if !policy.store {
+                return Begin::Alone;
+            }
+            return private_lead(key(), true);
         }
         let key = key();
         let private = |store: bool| private_lead(key, store);
-        if !policy.lookup {
-            telemetry::cache_lookup("response", "miss");
-            return private(policy.store);
-        }
         if let Some(h) = self.l1.get(&key) {
             telemetry::cache_lookup("response", "hit");
             return Begin::Hit(h.entry);
@@ -450,9 +460,9 @@ impl ResponseCache {
 
     /// A whole answer for `key()` with its `X-Cache` value: stored, from
     /// an identical call in flight, or from `work()` (made only when this
-    /// request leads). With the cache off (`CACHE_ENABLED=false`) the call
-    /// runs in the request's own task ([`uncached`]): no key to hash, no
-    /// flight, no task.
+    /// request leads). With the cache off (`CACHE_ENABLED=false`), or for a
+    /// `no-store` request, the call runs in the request's own task
+    /// ([`uncached`]): no key to hash, no flight, no task.
     pub async fn answer<W>(
         self: &Arc<Self>,
         key: impl FnOnce() -> Key,
@@ -462,10 +472,8 @@ impl ResponseCache {
     where
         W: std::future::Future<Output = Result<Entry, UpstreamError>> + Send + 'static,
     {
-        if !self.enabled {
-            return ("MISS", uncached(work()).await);
-        }
         match self.begin_with(key, policy).await {
+            Begin::Alone => ("MISS", uncached(work()).await),
             Begin::Hit(e) => ("HIT", Ok(e)),
             Begin::Join(mut s) => ("COALESCED", s.answer().await),
             Begin::Lead(flight, mut s, lead) => {
@@ -601,10 +609,11 @@ fn private_lead(key: Key, store: bool) -> Begin {
     )
 }
 
-/// A whole answer from `work`, with the cache off: the call runs in the
-/// request's own task, so a client that leaves cancels it by dropping it,
-/// as the last listener of a flight would. A panic in the call becomes the
-/// same error a flight gives its listeners, not a dropped connection.
+/// A whole answer from `work` for a [`Begin::Alone`] request: the call
+/// runs in the request's own task, so a client that leaves cancels it by
+/// dropping it, as the last listener of a flight would. A panic in the call
+/// becomes the same error a flight gives its listeners, not a dropped
+/// connection.
 async fn uncached<W>(work: W) -> Result<Arc<Entry>, UpstreamError>
 where
     W: std::future::Future<Output = Result<Entry, UpstreamError>>,
@@ -615,8 +624,9 @@ where
     }
 }
 
-/// What the listeners of a call that panicked get.
-fn panicked() -> UpstreamError {
+/// What the listeners of a call that panicked get (and a stream whose own
+/// call panicked, see [`crate::stream`]).
+pub fn panicked() -> UpstreamError {
     tracing::error!("the upstream call panicked; its listeners get an error");
     UpstreamError::InvalidResponse("internal error while answering".to_string())
 }

@@ -376,21 +376,26 @@ async fn open_stream(
 }
 
 /// Turns a 2xx SSE response into events. Every chunk must arrive within
-/// `idle` of the previous one. The response is owned by the stream, so
-/// dropping the stream aborts the upstream request.
+/// `idle` of the previous one. The response's body is owned by the stream,
+/// so dropping the stream aborts the upstream request.
+///
+/// Only the body is kept, not the whole response: an open stream would
+/// otherwise hold the upstream's response headers, URL and extensions for
+/// its whole life (about 1 KB), and nothing reads them after the status.
 fn event_stream(resp: reqwest::Response, idle: Duration) -> EventStream {
-    struct St {
-        resp: Option<reqwest::Response>,
+    /// `B` is the response's body as a stream of chunks.
+    struct St<B> {
+        body: Option<B>,
         parser: SseParser,
         state: StreamState,
         pending: VecDeque<Result<StreamEvent, UpstreamError>>,
         idle: Duration,
     }
 
-    impl St {
+    impl<B> St<B> {
         /// Ends the stream with `last` (nothing is read afterwards).
         fn end(&mut self, last: Result<StreamEvent, UpstreamError>) {
-            self.resp = None;
+            self.body = None;
             self.count_skipped();
             self.pending.push_back(last);
         }
@@ -407,13 +412,13 @@ fn event_stream(resp: reqwest::Response, idle: Duration) -> EventStream {
 
     /// A stream dropped before its end (the client left) still counts
     /// what it skipped.
-    impl Drop for St {
+    impl<B> Drop for St<B> {
         fn drop(&mut self) {
             self.count_skipped();
         }
     }
 
-    impl St {
+    impl<B> St<B> {
         fn items(&mut self, items: Vec<SseItem>) {
             for item in items {
                 match item {
@@ -430,7 +435,7 @@ fn event_stream(resp: reqwest::Response, idle: Duration) -> EventStream {
         fn eof(&mut self, err: Option<UpstreamError>) {
             let items = self.parser.finish();
             self.items(items);
-            if self.resp.is_none() {
+            if self.body.is_none() {
                 return; // `[DONE]` or an error was in the tail.
             }
             if self.state.finish_reason.is_some() {
@@ -445,7 +450,7 @@ fn event_stream(resp: reqwest::Response, idle: Duration) -> EventStream {
     }
 
     let st = St {
-        resp: Some(resp),
+        body: Some(resp.bytes_stream()),
         parser: SseParser::new(),
         state: StreamState::new(),
         pending: VecDeque::new(),
@@ -454,17 +459,23 @@ fn event_stream(resp: reqwest::Response, idle: Duration) -> EventStream {
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(ev) = st.pending.pop_front() {
+                if st.pending.is_empty() {
+                    // Its room for a few events is not kept for the
+                    // stream's life: the stream waits for its next chunk
+                    // far longer than it holds events.
+                    st.pending = VecDeque::new();
+                }
                 return Some((ev, st));
             }
-            let resp = st.resp.as_mut()?;
-            match tokio::time::timeout(st.idle, resp.chunk()).await {
+            let body = st.body.as_mut()?;
+            match tokio::time::timeout(st.idle, futures_util::StreamExt::next(body)).await {
                 Err(_) => st.end(Err(timeout_error(st.idle))),
-                Ok(Ok(Some(chunk))) => {
+                Ok(Some(Ok(chunk))) => {
                     let items = st.parser.push(&chunk);
                     st.items(items);
                 }
-                Ok(Ok(None)) => st.eof(None),
-                Ok(Err(e)) => {
+                Ok(None) => st.eof(None),
+                Ok(Some(Err(e))) => {
                     let err = map_reqwest(&e, "body", st.idle);
                     st.eof(Some(err));
                 }

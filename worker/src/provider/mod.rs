@@ -346,40 +346,66 @@ pub type EventStream = BoxStream<'static, Result<StreamEvent, UpstreamError>>;
 /// [`UpstreamError::Cancelled`] when it is dropped before either. The layers
 /// around a provider (metrics, circuit breakers) learn a stream's outcome
 /// through this one mechanism.
+///
+/// A plain struct rather than a `scan` combinator, which would keep a slot
+/// for one item (and its future) besides the outcome: each layer wraps every
+/// open stream for its whole life.
 pub fn on_end<F>(stream: EventStream, on_end: F) -> EventStream
 where
     F: FnOnce(Result<(), &UpstreamError>) + Send + 'static,
 {
-    use futures_util::StreamExt;
-    struct Guard<F: FnOnce(Result<(), &UpstreamError>)> {
-        outcome: Option<Result<(), UpstreamError>>,
-        on_end: Option<F>,
+    Box::pin(OnEnd {
+        inner: stream,
+        outcome: None,
+        on_end: Some(on_end),
+    })
+}
+
+/// See [`on_end`].
+struct OnEnd<F: FnOnce(Result<(), &UpstreamError>)> {
+    inner: EventStream,
+    outcome: Option<Result<(), UpstreamError>>,
+    on_end: Option<F>,
+}
+
+/// `F` is only ever moved out and called, never pinned.
+impl<F: FnOnce(Result<(), &UpstreamError>)> Unpin for OnEnd<F> {}
+
+impl<F: FnOnce(Result<(), &UpstreamError>)> futures_util::Stream for OnEnd<F> {
+    type Item = Result<StreamEvent, UpstreamError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let item = std::task::ready!(this.inner.as_mut().poll_next(cx));
+        match &item {
+            Some(Ok(StreamEvent::Done { .. })) => this.outcome = Some(Ok(())),
+            Some(Err(e)) => this.outcome = Some(Err(e.clone())),
+            _ => {}
+        }
+        std::task::Poll::Ready(item)
     }
-    impl<F: FnOnce(Result<(), &UpstreamError>)> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.on_end.take() {
-                match self.outcome.take() {
-                    Some(Ok(())) => f(Ok(())),
-                    Some(Err(e)) => f(Err(&e)),
-                    None => f(Err(&UpstreamError::Cancelled)),
-                }
+}
+
+impl<F: FnOnce(Result<(), &UpstreamError>)> Drop for OnEnd<F> {
+    fn drop(&mut self) {
+        // The wrapped stream goes first (aborting the upstream request, and
+        // reporting to the layers inside this one), then this layer reports.
+        // An empty stream is zero-sized: boxing it does not allocate.
+        drop(std::mem::replace(
+            &mut self.inner,
+            Box::pin(futures_util::stream::empty()),
+        ));
+        if let Some(f) = self.on_end.take() {
+            match self.outcome.take() {
+                Some(Ok(())) => f(Ok(())),
+                Some(Err(e)) => f(Err(&e)),
+                None => f(Err(&UpstreamError::Cancelled)),
             }
         }
     }
-    let guard = Guard {
-        outcome: None,
-        on_end: Some(on_end),
-    };
-    stream
-        .scan(guard, |g, item| {
-            match &item {
-                Ok(StreamEvent::Done { .. }) => g.outcome = Some(Ok(())),
-                Err(e) => g.outcome = Some(Err(e.clone())),
-                _ => {}
-            }
-            futures_util::future::ready(Some(item))
-        })
-        .boxed()
 }
 
 /// What the pipeline needs from a model provider.
