@@ -431,13 +431,21 @@ mod tests {
         let me = Pid::this();
         let started = Instant::now();
         let now = started + Duration::from_secs(1);
-        // Some CPU of our own first, so the total read cannot be zero.
-        let spin = Instant::now();
+        // Some CPU of our own first, so the total read cannot be zero: spin
+        // until the kernel has counted a tick (on a loaded machine 30 ms
+        // of wall time can be less than one tick of CPU).
+        let deadline = Instant::now() + Duration::from_secs(20);
         let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(30) {
-            x = std::hint::black_box(x.wrapping_add(1));
-        }
-        let (_, total) = cpu.sample(me, started, now).expect("this process");
+        let total = loop {
+            let spin = Instant::now();
+            while spin.elapsed() < Duration::from_millis(20) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            let (_, total) = cpu.sample(me, started, now).expect("this process");
+            if total > 0.0 || Instant::now() > deadline {
+                break total;
+            }
+        };
         assert!(total > 0.0, "{total}");
         assert_eq!(cpu.last.len(), 1);
         // Another pid's reading is kept when one is forgotten.
