@@ -28,7 +28,9 @@
 //! accept, x-request-id}, "body"}` (`version` is `HTTP/1.1` or `HTTP/2.0`;
 //! `body` is the parsed JSON, or a string if it did not parse);
 //! [`MockArk::bodies`] just the bodies. [`MockArk::connections`] counts the
-//! TCP connections accepted (one HTTP/2 connection carries many calls).
+//! TCP connections accepted (one HTTP/2 connection carries many calls);
+//! [`MockArk::start_tls`] serves over TLS with ALPN, and [`MockArk::alpn`]
+//! tells which protocol each connection agreed on.
 //! [`MockArk::cancelled`] counts calls whose client went away before the
 //! mock finished answering (a stream's body channel closed, or the handler
 //! dropped while waiting or hanging).
@@ -239,6 +241,9 @@ struct State {
     completed: usize,
     /// TCP connections accepted since the start.
     connections: usize,
+    /// Over TLS: the protocol each connection's handshake agreed on by ALPN
+    /// (`h2`, `http/1.1`, or `none`), in order.
+    alpn: Vec<String>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -252,6 +257,8 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
 /// every open connection.
 pub struct MockArk {
     addr: SocketAddr,
+    /// `https` when serving TLS ([`MockArk::start_tls`]).
+    scheme: &'static str,
     state: Shared,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -268,6 +275,18 @@ impl MockArk {
 
     /// Like [`MockArk::start`] on a given address (the benchmark's fixed port).
     pub fn start_on(addr: &str) -> MockArk {
+        Self::start_with(addr, None)
+    }
+
+    /// Like [`MockArk::start`], over TLS with the certificate chain and key
+    /// in these PEM files, offering `h2` and `http/1.1` by ALPN, as Ark's
+    /// endpoint does; [`MockArk::alpn`] tells what each client chose.
+    pub fn start_tls(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> MockArk {
+        Self::start_with("127.0.0.1:0", Some(tls_acceptor(cert_pem, key_pem)))
+    }
+
+    fn start_with(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> MockArk {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let std_listener = listen(addr);
         std_listener
             .set_nonblocking(true)
@@ -283,12 +302,13 @@ impl MockArk {
                     .enable_all()
                     .build()
                     .expect("mock ark runtime");
-                rt.block_on(serve(std_listener, st, rx));
+                rt.block_on(serve(std_listener, st, rx, tls));
                 // Dropping `rt` here cancels every connection task.
             })
             .expect("spawn mock ark thread");
         MockArk {
             addr,
+            scheme,
             state,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -299,9 +319,15 @@ impl MockArk {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT/api/v3`, the value for `BYTEPLUS_BASE_URL`.
+    /// `http://127.0.0.1:PORT/api/v3` (`https` over TLS), the value for
+    /// `BYTEPLUS_BASE_URL`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/api/v3", self.addr)
+        format!("{}://{}/api/v3", self.scheme, self.addr)
+    }
+
+    /// Over TLS: the protocol each accepted connection agreed on by ALPN.
+    pub fn alpn(&self) -> Vec<String> {
+        lock(&self.state).alpn.clone()
     }
 
     /// The behaviour of every following call (after the queued ones).
@@ -427,6 +453,7 @@ async fn serve(
     listener: std::net::TcpListener,
     state: Shared,
     mut shutdown: oneshot::Receiver<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
@@ -440,15 +467,59 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         lock(&state).connections += 1;
         let st = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, st.clone()));
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // h2c with prior knowledge too; one HTTP/2 connection may carry
-            // every stream a worker has open (the streams benchmark).
-            builder.http2().max_concurrent_streams(MAX_H2_STREAMS);
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            match tls {
+                None => serve_connection(stream, st).await,
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let agreed = stream.get_ref().1.alpn_protocol().map_or_else(
+                        || "none".to_string(),
+                        |p| String::from_utf8_lossy(p).into_owned(),
+                    );
+                    lock(&st).alpn.push(agreed);
+                    serve_connection(stream, st).await;
+                }
+            }
         });
     }
+}
+
+/// Serves one connection: HTTP/1.1, or HTTP/2 (h2c with prior knowledge,
+/// or `h2` agreed by ALPN over TLS).
+async fn serve_connection<S>(stream: S, st: Shared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(req, st.clone()));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // One HTTP/2 connection may carry every stream a worker has open (the
+    // streams benchmark).
+    builder.http2().max_concurrent_streams(MAX_H2_STREAMS);
+    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+}
+
+/// A TLS acceptor for the PEM chain and key, offering `h2` then `http/1.1`.
+fn tls_acceptor(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_pem)
+        .expect("mock ark certificate file")
+        .collect::<Result<_, _>>()
+        .expect("mock ark certificate");
+    let key = PrivateKeyDer::from_pem_file(key_pem).expect("mock ark key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("mock ark TLS config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 type Body = BoxBody<Bytes, Infallible>;
