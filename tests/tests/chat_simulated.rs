@@ -74,7 +74,7 @@ fn health_vectors() {
     assert_eq!(r.status, 200);
     let d = &r.json()["data"];
     assert_eq!(d["service"], "ai-service");
-    // Every component is healthy here (worker/src/health.rs): the router
+    // Every component is healthy here (worker/src/http/health.rs): the router
     // loaded its file, no REDIS_URL (cache), and the simulated provider is
     // `degraded` only in production, which NODE_ENV (unset) is not.
     assert_eq!(d["environment"], "development", "{d}");

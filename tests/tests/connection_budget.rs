@@ -28,7 +28,7 @@ const IDLE: usize = 12_000;
 const SLOTS: u64 = 3;
 /// The open-file limit the starved worker is lowered to.
 const STARVED_NOFILE: u64 = 1024;
-/// Its reserve: max(64, a tenth of the limit) = 102 (worker/src/budget.rs;
+/// Its reserve: max(64, a tenth of the limit) = 102 (worker/src/http/budget.rs;
 /// `Ord::max` is not callable in a const).
 const STARVED_RESERVE: u64 = if STARVED_NOFILE / 10 > 64 {
     STARVED_NOFILE / 10

@@ -6,71 +6,34 @@
 //! requests before exiting. [`run`] is the whole lifecycle; `main.rs` only
 //! sets up logging and maps its error to the exit code.
 //!
-//! Modules, one concept each:
-//! - process: [`settings`] (environment, API.md §14), [`listener`]
-//!   (inherited or self-bound sockets), [`server`] (accept loop, drain),
-//!   [`watchdog`] (pings the supervisor's watchdog), [`budget`] (the
-//!   connection budget; reporting the worker degraded), [`alloc`] (memory
-//!   given back),
-//!   [`state`] (what connection tasks share), [`services`] (the long-lived
-//!   objects handlers use);
-//! - HTTP: [`conn_deadline`] (a connection's first-byte, head, keep-alive
-//!   and send deadlines), [`router`] (route table, order of checks),
-//!   [`response`] (bodies, errors, common headers), [`cors`], [`auth`],
-//!   [`validate`], [`request_id`], [`clock`], [`proxy`] (client IP behind
-//!   proxies);
-//! - endpoints: [`health`], [`chat`] (generate and stream), [`stream`] (SSE
-//!   frames), [`openai`] (`/v1/*`), [`api`] (translation, catalogue);
-//! - pipeline: [`routing`] (keyword router), [`reasoning`] (CoT and SC),
-//!   [`history`] (backend context), [`tokens`] (estimates), [`provider`]
-//!   (Ark, simulated), [`breaker`] (circuit breakers, fallbacks),
-//!   [`upstream_health`] (the health window);
-//! - shared state: [`cache`] (response cache, coalescing), [`ratelimit`]
-//!   and [`fleet_limits`] (limits per process, machine, replicas),
-//!   [`redis_link`];
-//! - observability: [`telemetry`] (metrics), [`fleet_metrics`] (`/metrics`
-//!   through the supervisor), [`fleet_state`] (how many slots of the
-//!   worker's app are not serving, for `/ready`).
+//! The tree is the architecture; dependencies point one way, from the edge
+//! down:
+//! - [`http`]: the HTTP edge (sockets, accept loop and drain, the HTTP/1.1
+//!   driver, deadlines, the connection budget, route table, common headers,
+//!   CORS, request ids, client IP, health and fleet metrics);
+//! - [`pipeline`]: the chat pipeline and its endpoints (auth, validation,
+//!   keyword routing, history, reasoning, chat, SSE streams, `/v1/*`,
+//!   translation and catalogue, response bodies and errors);
+//! - infrastructure: [`provider`] (Ark, simulated; token estimates, the
+//!   upstream health window), [`cache`] (response cache, coalescing),
+//!   [`limits`] (rate limits, the fleet-wide table, circuit breakers),
+//!   [`runtime`] (clock, hashing, the Redis link, watchdog pings, the
+//!   fleet-state page, memory given back);
+//! - cross-cutting: [`settings`] (environment, API.md §14), [`telemetry`]
+//!   (metrics), [`logs`], and the wiring: [`services`] (the long-lived
+//!   objects handlers use) and [`state`] (what connection tasks share).
 
-pub mod alloc;
-pub mod api;
-pub mod auth;
-pub mod breaker;
-pub mod budget;
 pub mod cache;
-pub mod chat;
-pub mod clock;
-pub mod conn_deadline;
-pub mod cors;
-pub mod fleet_limits;
-pub mod fleet_metrics;
-pub mod fleet_state;
-pub mod fnv;
-pub mod health;
-pub mod history;
-pub mod http1;
-pub mod listener;
+pub mod http;
+pub mod limits;
 pub mod logs;
-pub mod openai;
+pub mod pipeline;
 pub mod provider;
-pub mod proxy;
-pub mod ratelimit;
-pub mod reasoning;
-pub mod redis_link;
-pub mod request_id;
-pub mod response;
-pub mod router;
-pub mod routing;
-pub mod server;
+pub mod runtime;
 pub mod services;
 pub mod settings;
 pub mod state;
-pub mod stream;
 pub mod telemetry;
-pub mod tokens;
-pub mod upstream_health;
-pub mod validate;
-pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,7 +56,7 @@ pub fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env();
     // Before the runtime exists: claiming the fds edits the environment,
     // which is only sound while the process has a single thread.
-    let sockets = listener::take_or_bind(&settings)?;
+    let sockets = http::listener::take_or_bind(&settings)?;
     tracing::info!(
         inherited = sockets.inherited,
         count = sockets.listeners.len(),
@@ -113,7 +76,7 @@ pub fn run() -> anyhow::Result<()> {
     telemetry::install();
     // The supervisor's fleet-state page (what `/ready` answers for the
     // whole app), taken while the environment is read single-threaded.
-    let fleet_state = fleet_state::FleetState::from_env();
+    let fleet_state = runtime::fleet_state::FleetState::from_env();
     // The socket to the supervisor, made once now so it still works when
     // the process has run out of descriptors.
     let notifier = shared::activation::Notifier::from_env().unwrap_or_else(|e| {
@@ -155,14 +118,17 @@ pub fn run() -> anyhow::Result<()> {
             // Under a supervisor: it scrapes us and serves the fleet's sum
             // (on its own admin address; N workers could not share one port).
             (Some(name), _) => {
-                tokio::spawn(server::serve_metrics_unix(name.clone(), state.clone()));
+                tokio::spawn(http::server::serve_metrics_unix(
+                    name.clone(),
+                    state.clone(),
+                ));
             }
             (None, Some(port)) => {
-                tokio::spawn(server::serve_metrics(port, state.clone()));
+                tokio::spawn(http::server::serve_metrics(port, state.clone()));
             }
             (None, None) => {}
         }
-        server::serve(sockets.listeners, state).await
+        http::server::serve(sockets.listeners, state).await
     })
 }
 

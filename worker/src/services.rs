@@ -11,21 +11,21 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
 
-use crate::breaker::{self, Breakers, Resilient};
 use crate::cache::ResponseCache;
-use crate::cors::{self, Cors};
-use crate::history::{HistoryClient, HistoryConfig};
+use crate::http::cors::{self, Cors};
+use crate::limits::breaker::{self, Breakers, Resilient};
+use crate::limits::ratelimit::Limiter;
+use crate::pipeline::history::{HistoryClient, HistoryConfig};
+use crate::pipeline::routing::{DecisionCache, Router};
 use crate::provider::ark::{ArkConfig, ArkProvider};
 use crate::provider::simulated::{SimulatedConfig, SimulatedProvider};
+use crate::provider::upstream_health::{self, UpstreamHealth};
 use crate::provider::{
     self, Completion, CompletionRequest, EndpointKind, EventStream, Provider, UpstreamError,
 };
-use crate::ratelimit::Limiter;
-use crate::redis_link::RedisLink;
-use crate::routing::{DecisionCache, Router};
+use crate::runtime::redis_link::RedisLink;
 use crate::settings::Settings;
 use crate::telemetry;
-use crate::upstream_health::{self, UpstreamHealth};
 
 /// Everything a handler needs besides the request.
 pub struct Services {
@@ -136,7 +136,10 @@ impl Services {
             router,
             decisions,
             history,
-            limiter: Limiter::new(crate::fleet_limits::SharedTable::from_env(), redis.clone()),
+            limiter: Limiter::new(
+                crate::limits::fleet_limits::SharedTable::from_env(),
+                redis.clone(),
+            ),
             cache,
             redis,
             breakers,

@@ -17,6 +17,7 @@
 //! `.env.local`, `.env.<NODE_ENV>`, `.env` in the working directory, an
 //! earlier file winning, the process environment beating them all.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ pub struct Settings {
     /// `MAX_CONNECTIONS`: the most client connections open at once, past
     /// which the worker stops accepting (`None`, the default, or 0: derive
     /// it from the open-file limit; a set value is capped to that too; see
-    /// [`crate::budget`]).
+    /// [`crate::http::budget`]).
     pub max_connections: Option<usize>,
     /// `KEYWORDS_CONFIG`: the router table.
     pub keywords_config: PathBuf,
@@ -105,16 +106,6 @@ impl ConnectionTimeouts {
         keep_alive: Duration::from_secs(75),
         send: Duration::from_secs(60),
     };
-
-    /// The idle deadlines, as the connection wrapper takes them.
-    pub fn idle(&self) -> crate::conn_deadline::IdleTimeouts {
-        crate::conn_deadline::IdleTimeouts {
-            first_byte: self.first_byte,
-            header: self.header,
-            keep_alive: self.keep_alive,
-            send: self.send,
-        }
-    }
 }
 
 /// The longest connection timeout accepted: a day (a larger value is a
@@ -210,7 +201,7 @@ pub struct PipelineSettings {
     pub max_retries: u32,
     pub stream_usage: bool,
     /// `UPSTREAM_HTTP2`: how the provider client speaks HTTP/2.
-    pub upstream_http2: crate::provider::ark::UpstreamHttp2,
+    pub upstream_http2: UpstreamHttp2,
     /// `UPSTREAM_POOL_IDLE_SECS`: how long an idle upstream connection is kept.
     pub upstream_pool_idle: Duration,
     pub simulated_latency: Duration,
@@ -237,8 +228,8 @@ pub struct PipelineSettings {
     pub circuit_open: Duration,
     /// `TRUSTED_PROXIES`: addresses/CIDRs whose `X-Forwarded-For` is
     /// believed (with `TRUST_PROXY=true`; empty = any peer, as before).
-    pub trusted_proxies: Vec<crate::proxy::Cidr>,
-    pub rate_limits: crate::ratelimit::Limits,
+    pub trusted_proxies: Vec<Cidr>,
+    pub rate_limits: RateLimits,
     /// `ALLOWED_ORIGINS`, or `None` for the built-in list.
     pub allowed_origins: Option<Vec<String>>,
     pub trust_proxy: bool,
@@ -251,7 +242,7 @@ pub struct PipelineSettings {
 ///
 /// Only the paths are read here: the files are opened, parsed and checked
 /// against the URL when the Redis link is built
-/// ([`crate::redis_link::RedisLink::new`]), which is where a bad value is
+/// ([`crate::runtime::redis_link::RedisLink::new`]), which is where a bad value is
 /// reported. Relative paths are relative to the worker's working directory
 /// (the app's `cwd`). An empty or blank value means unset.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -408,7 +399,7 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
                 .filter(|o| !o.is_empty())
                 .collect()
         });
-    let defaults = crate::ratelimit::Limits::default();
+    let defaults = RateLimits::default();
     PipelineSettings {
         jwt_secret: Secret(nonempty(
             "JWT_SECRET",
@@ -453,9 +444,7 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
         work_timeout: ms("BYTEPLUS_WORK_ASSISTANT_TIMEOUT", 60_000),
         max_retries: parse_int(get("UPSTREAM_MAX_RETRIES").as_deref(), 2),
         stream_usage: boolean("UPSTREAM_STREAM_USAGE", true),
-        upstream_http2: crate::provider::ark::UpstreamHttp2::parse(
-            get("UPSTREAM_HTTP2").as_deref(),
-        ),
+        upstream_http2: UpstreamHttp2::parse(get("UPSTREAM_HTTP2").as_deref()),
         upstream_pool_idle: Duration::from_secs(int("UPSTREAM_POOL_IDLE_SECS", 15)),
         simulated_latency: ms("SIMULATED_LATENCY_MS", 300),
         simulated_tokens_per_sec: parse_int(get("SIMULATED_TOKENS_PER_SEC").as_deref(), 40),
@@ -480,9 +469,9 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
         circuit_threshold: max("CIRCUIT_FAILURE_THRESHOLD", 5) as u32,
         circuit_open: Duration::from_secs(max("CIRCUIT_OPEN_SECS", 30)),
         trusted_proxies: get("TRUSTED_PROXIES")
-            .map(|v| crate::proxy::parse_list(&v))
+            .map(|v| parse_list(&v))
             .unwrap_or_default(),
-        rate_limits: crate::ratelimit::Limits {
+        rate_limits: RateLimits {
             admin_max: max("RATE_LIMIT_ADMIN_MAX", defaults.admin_max),
             stream_max: max("RATE_LIMIT_STREAM_MAX", defaults.stream_max),
             ai_max: max("RATE_LIMIT_AI_MAX", defaults.ai_max),
@@ -552,6 +541,145 @@ pub fn parse_bool(value: Option<&str>, default: bool) -> bool {
             .iter()
             .any(|t| v.eq_ignore_ascii_case(t)),
     }
+}
+
+/// Rate limits per bucket (`RATE_LIMIT_*`), read here and applied by
+/// [`crate::limits::ratelimit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    pub admin_max: u64,
+    pub stream_max: u64,
+    pub ai_max: u64,
+    pub user_max: u64,
+    pub global_max: u64,
+    /// `RATE_LIMIT_WINDOW` in seconds (minutes × 60).
+    pub global_window: u64,
+    /// `RATE_LIMIT_MESSAGE`.
+    pub global_message: String,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            admin_max: 100,
+            stream_max: 10,
+            ai_max: 30,
+            user_max: 60,
+            global_max: 100,
+            global_window: 15 * 60,
+            global_message: "Too many requests from this IP, please try again later.".into(),
+        }
+    }
+}
+
+/// How the provider client uses HTTP/2 (`UPSTREAM_HTTP2`). Over HTTP/2 one
+/// connection carries many streams, so an open stream costs a stream's
+/// state instead of a connection's buffers (docs/benchmarks.md "Open
+/// streams").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamHttp2 {
+    /// `auto`: offered by ALPN on `https` URLs (what a TLS server such as
+    /// Ark chooses); HTTP/1.1 on plain `http`.
+    #[default]
+    Auto,
+    /// `prior-knowledge`: HTTP/2 without negotiation (h2c on `http`); for a
+    /// server known to speak it.
+    PriorKnowledge,
+    /// `off`: HTTP/1.1 only.
+    Off,
+}
+
+impl UpstreamHttp2 {
+    /// Reads the setting; anything unknown silently becomes `auto` (it is
+    /// not reported).
+    pub fn parse(value: Option<&str>) -> UpstreamHttp2 {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            Some("prior-knowledge" | "prior_knowledge" | "h2c") => UpstreamHttp2::PriorKnowledge,
+            Some("off" | "false" | "0" | "http1") => UpstreamHttp2::Off,
+            _ => UpstreamHttp2::Auto,
+        }
+    }
+}
+
+/// An address block, e.g. `10.0.0.0/8` or `::1/128`: an entry of
+/// `TRUSTED_PROXIES`, which [`crate::http::proxy`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d`, `a.b.c.d/n`, `::1`, `fd00::/8`.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        // `::ffff:a.b.c.d/n` is the IPv4 block `a.b.c.d/(n-96)` (addresses
+        // are compared in their IPv4 form).
+        if let IpAddr::V6(v6) = addr {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return prefix.checked_sub(96).map(|p| Cidr {
+                    addr: IpAddr::V4(v4),
+                    prefix: p,
+                });
+            }
+        }
+        Some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack socket reports)
+/// compares as IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A comma-separated list; unparsable items are logged and skipped.
+pub fn parse_list(s: &str) -> Vec<Cidr> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let c = Cidr::parse(p);
+            if c.is_none() {
+                tracing::warn!(
+                    entry = p,
+                    "TRUSTED_PROXIES: not an address or CIDR; ignored"
+                );
+            }
+            c
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The state every connection task shares: the settings, the worker's
 //! lifecycle phase (what `/ready` reports), a count of open connections
 //! (what a drain waits for and reports, and what the accept loop holds to
-//! its budget: see [`crate::budget`]), whether the worker is degraded
+//! its budget: see [`crate::http::budget`]), whether the worker is degraded
 //! (cannot accept), the supervisor's fleet-state page, the socket to the
 //! supervisor, and facts established once at start-up (whether the router
 //! config loaded).
@@ -52,14 +52,14 @@ pub struct AppState {
     pub services: crate::services::Services,
     phase: AtomicU8,
     connections: AtomicUsize,
-    /// The connection budget in force (see [`crate::budget`]).
+    /// The connection budget in force (see [`crate::http::budget`]).
     max_connections: AtomicUsize,
     /// Wakes the accept loop, stopped at its budget, when a connection closes.
     closed: tokio::sync::Notify,
-    /// The worker cannot accept (see [`crate::budget::Starvation`]).
+    /// The worker cannot accept (see [`crate::http::budget::Starvation`]).
     degraded: AtomicBool,
     /// The supervisor's fleet-state page (`None`: alone, or unavailable).
-    fleet: Option<crate::fleet_state::FleetState>,
+    fleet: Option<crate::runtime::fleet_state::FleetState>,
     /// The kept, non-blocking socket to the supervisor for readiness,
     /// watchdog pings and degraded reports (`None`: no `NOTIFY_SOCKET`, or
     /// it could not be reached).
@@ -90,8 +90,11 @@ impl AppState {
     }
 
     /// Reads `/ready`'s app-wide answer from this page (see
-    /// [`crate::fleet_state`]).
-    pub fn with_fleet_state(mut self, fleet: Option<crate::fleet_state::FleetState>) -> Self {
+    /// [`crate::runtime::fleet_state`]).
+    pub fn with_fleet_state(
+        mut self,
+        fleet: Option<crate::runtime::fleet_state::FleetState>,
+    ) -> Self {
         self.fleet = fleet;
         self
     }
@@ -107,10 +110,10 @@ impl AppState {
     pub fn fleet_not_serving(&self) -> Option<u64> {
         self.fleet
             .as_ref()
-            .map(crate::fleet_state::FleetState::not_serving)
+            .map(crate::runtime::fleet_state::FleetState::not_serving)
     }
 
-    /// Whether this worker cannot accept connections (see [`crate::budget`]).
+    /// Whether this worker cannot accept connections (see [`crate::http::budget`]).
     pub fn degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
     }

@@ -229,7 +229,7 @@ pub fn connections_open(n: usize) {
     gauge!("ai_connections_open").set(n as f64);
 }
 
-/// The connection budget in force (see `budget.rs`).
+/// The connection budget in force (see [`crate::http::budget`]).
 pub fn connections_max(n: usize) {
     gauge!("ai_connections_max").set(n as f64);
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{Entry, Key};
-use crate::redis_link::RedisLink;
+use crate::runtime::redis_link::RedisLink;
 
 /// How long a claim lives without being renewed.
 const CLAIM_MS: u64 = 6000;

@@ -31,7 +31,7 @@ pub use flight::{Delta, Flight, Subscription};
 pub use key::{Key, KeyParts};
 
 use crate::provider::{StreamEvent, UpstreamError, Usage};
-use crate::redis_link::RedisLink;
+use crate::runtime::redis_link::RedisLink;
 use crate::telemetry;
 
 /// A complete, successful answer as stored.
@@ -625,7 +625,7 @@ where
 }
 
 /// What the listeners of a call that panicked get (and a stream whose own
-/// call panicked, see [`crate::stream`]).
+/// call panicked, see [`crate::pipeline::stream`]).
 pub fn panicked() -> UpstreamError {
     tracing::error!("the upstream call panicked; its listeners get an error");
     UpstreamError::InvalidResponse("internal error while answering".to_string())

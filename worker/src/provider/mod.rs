@@ -5,11 +5,15 @@
 //! Two implementations: [`ark`] speaks the OpenAI-compatible chat
 //! completions API (BytePlus ModelArk, or any compatible server), and
 //! [`simulated`] answers deterministically without a network, so the
-//! service runs and benchmarks with no API key.
+//! service runs and benchmarks with no API key. Beside them: [`sse`]
+//! (parsing an upstream's event stream), [`tokens`] (the token estimate and
+//! count) and [`upstream_health`] (the recent outcomes `/health` reports).
 
 pub mod ark;
 pub mod simulated;
 pub mod sse;
+pub mod tokens;
+pub mod upstream_health;
 
 use std::time::Duration;
 

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use super::{
     Completion, CompletionRequest, EventStream, Provider, StreamEvent, UpstreamError, Usage,
 };
-use crate::fnv::{OFFSET as FNV_OFFSET, fnv1a};
-use crate::tokens::estimate;
+use crate::provider::tokens::estimate;
+use crate::runtime::fnv::{OFFSET as FNV_OFFSET, fnv1a};
 
 /// Timing and shape of the simulated answers (API.md §14).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_wrapped_turn_is_quoted_by_its_question() {
-        let wrapped = crate::reasoning::cot_prompt("我最近工作压力很大", false);
+        let wrapped = crate::pipeline::reasoning::cot_prompt("我最近工作压力很大", false);
         let a = answer(&req(&wrapped, 0.7, 2000), false);
         assert!(a.0.starts_with("关于「我最近工作压力很大」"), "{}", a.0);
     }

@@ -68,7 +68,7 @@ pub const RECOVER_AFTER: Duration = Duration::from_secs(2);
 /// The longest pause between two observations of "cannot accept" that
 /// still counts as one stretch. The loop looks at least every
 /// [`LIMIT_RECHECK`] while at its budget and every
-/// [`ACCEPT_BACKOFF`](crate::server::ACCEPT_BACKOFF) while `accept`
+/// [`ACCEPT_BACKOFF`](crate::http::server::ACCEPT_BACKOFF) while `accept`
 /// fails, so a longer pause means it was accepting, or had nothing to
 /// accept, in between.
 pub const MAX_GAP: Duration = Duration::from_secs(2);
@@ -572,7 +572,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Starvation::default();
         // EMFILE at every accept backoff.
-        let backoff = crate::server::ACCEPT_BACKOFF.as_millis() as usize;
+        let backoff = crate::http::server::ACCEPT_BACKOFF.as_millis() as usize;
         for ms in (0..3000).step_by(backoff) {
             assert_eq!(s.blocked(Cause::AcceptFailing, at(t0, ms)), None, "{ms}");
         }

@@ -8,12 +8,12 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use crate::cache::Policy;
-use crate::clock;
+use crate::pipeline::response::{self, Body};
+use crate::pipeline::validate::TranslateInput;
+use crate::provider::tokens::js_len;
 use crate::provider::{CompletionRequest, EndpointKind};
-use crate::response::{self, Body};
+use crate::runtime::clock;
 use crate::state::AppState;
-use crate::tokens::js_len;
-use crate::validate::TranslateInput;
 
 /// `POST /api/v1/translate` after validation: one chat-endpoint call, no
 /// routing, temperature 0.3, top_p 0.9.
@@ -51,7 +51,7 @@ pub async fn translate(
             policy,
             || async move {
                 let c = provider.complete(request).await?;
-                crate::chat::count_tokens(c.usage.as_ref());
+                crate::provider::tokens::count(c.usage.as_ref());
                 Ok(crate::cache::Entry {
                     content: c.content,
                     finish_reason: c.finish_reason,
@@ -82,9 +82,11 @@ pub async fn translate(
                 .insert("x-cache", http::HeaderValue::from_static(x_cache));
             resp
         }
-        Err(e) => {
-            crate::chat::upstream_error(&e, request_id, crate::response::ErrorFormat::HearTalk)
-        }
+        Err(e) => crate::pipeline::chat::upstream_error(
+            &e,
+            request_id,
+            crate::pipeline::response::ErrorFormat::HearTalk,
+        ),
     }
 }
 

@@ -37,8 +37,8 @@ use tokio::sync::watch;
 
 use super::body::{BodyError, RequestBody, Slot};
 use super::codec::{self, BodyFraming, Chunk, ChunkedDecoder, Exchange, Framing, MAX_HEAD};
-use crate::conn_deadline::Activity;
-use crate::response::Body;
+use crate::http::conn_deadline::Activity;
+use crate::pipeline::response::Body;
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -106,7 +106,7 @@ impl DrainSignal {
 /// Serves HTTP/1.1 requests on `io` with `handle` until the connection
 /// ends. `activity` counts each request in flight from its complete head
 /// until its response's last byte has been handed to the socket (the
-/// connection deadlines of [`crate::conn_deadline`] read it).
+/// connection deadlines of [`crate::http::conn_deadline`] read it).
 pub async fn serve<S, H, F>(
     mut io: S,
     activity: Arc<Activity>,

@@ -20,13 +20,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::cache::Policy;
-use crate::chat;
+use crate::pipeline::chat;
+use crate::pipeline::response::{self, Body, ErrorFormat};
+use crate::pipeline::stream::{Format, OpenAiStream};
+use crate::pipeline::validate;
 use crate::provider::EndpointKind;
-use crate::response::{self, Body, ErrorFormat};
 use crate::state::AppState;
-use crate::stream::{Format, OpenAiStream};
 use crate::telemetry;
-use crate::validate;
 
 /// A validated completions request.
 #[derive(Debug)]
@@ -125,7 +125,7 @@ pub async fn completions(
     http1: bool,
 ) -> Response<Body> {
     let id = format!("chatcmpl-{request_id}");
-    let created = crate::clock::unix_secs();
+    let created = crate::runtime::clock::unix_secs();
     let prepared = chat::prepare(state, input.chat, input.stream).await;
     if input.stream {
         let started = Instant::now();
@@ -134,7 +134,7 @@ pub async fn completions(
         return match chat::open_stream(state, &prepared, first, policy).await {
             Err(e) => {
                 telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
-                crate::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi)
+                crate::pipeline::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi)
             }
             Ok(opened) => {
                 let format = Format::OpenAi(OpenAiStream {
@@ -144,14 +144,14 @@ pub async fn completions(
                     include_usage: input.include_usage,
                 });
                 let meta = chat::stream_meta(state, &prepared, started, &opened, estimate, format);
-                crate::stream::respond(state.clone(), opened.events, meta, http1)
+                crate::pipeline::stream::respond(state.clone(), opened.events, meta, http1)
             }
         };
     }
     let prepared = Arc::new(prepared);
     let (x_cache, outcome) = chat::answer(state, prepared.clone(), policy).await;
     match outcome {
-        Err(e) => crate::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi),
+        Err(e) => crate::pipeline::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi),
         Ok(entry) => {
             let body = Completion {
                 id: &id,
@@ -170,7 +170,7 @@ pub async fn completions(
                     },
                     finish_reason: entry.finish_reason.as_deref().unwrap_or("stop"),
                 }],
-                usage: crate::chat::UsageOrDefault(entry.usage.as_ref()),
+                usage: crate::pipeline::chat::UsageOrDefault(entry.usage.as_ref()),
             };
             let mut resp = response::json(StatusCode::OK, &body);
             resp.headers_mut()
@@ -190,7 +190,7 @@ struct Completion<'a> {
     created: u64,
     model: &'a str,
     choices: [Choice<'a>; 1],
-    usage: crate::chat::UsageOrDefault<'a>,
+    usage: crate::pipeline::chat::UsageOrDefault<'a>,
 }
 
 #[derive(Serialize)]
@@ -247,7 +247,7 @@ mod tests {
                 },
                 finish_reason: "stop",
             }],
-            usage: crate::chat::UsageOrDefault(None),
+            usage: crate::pipeline::chat::UsageOrDefault(None),
         };
         assert_eq!(
             serde_json::to_string(&body).unwrap(),

@@ -24,7 +24,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::fnv::{self, fnv1a};
+use crate::runtime::fnv::{self, fnv1a};
 
 /// Bytes of the table (what the supervisor allocates).
 pub const TABLE_BYTES: usize = shared::activation::LIMITS_TABLE_BYTES as usize;

@@ -12,10 +12,10 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
+use crate::provider::tokens::js_len;
 use crate::provider::{
     ChatMessage, Completion, CompletionRequest, EndpointKind, Provider, UpstreamError, Usage,
 };
-use crate::tokens::js_len;
 
 /// Default sampling temperature when the request sets none.
 pub const DEFAULT_TEMPERATURE: f64 = 0.7;

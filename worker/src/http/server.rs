@@ -1,7 +1,7 @@
 //! The serving lifecycle: accept on every listener, serve each connection
-//! (HTTP/1.1 keep-alive with [`crate::http1`], h2c with prior knowledge
+//! (HTTP/1.1 keep-alive with [`crate::http::http1`], h2c with prior knowledge
 //! with hyper) under the
-//! connection deadlines of [`crate::conn_deadline`], tell the
+//! connection deadlines of [`crate::http::conn_deadline`], tell the
 //! supervisor `READY=1`, and on SIGTERM/SIGINT drain: stop accepting, keep
 //! idle keep-alive connections for a short linger (answering with
 //! `Connection: close`), let in-flight requests finish within
@@ -29,10 +29,10 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::budget::Watch;
-use crate::conn_deadline::{Activity, DeadlineIo};
+use crate::http::budget::Watch;
+use crate::http::conn_deadline::{Activity, DeadlineIo};
+use crate::http::{http1, router};
 use crate::state::{AppState, Phase};
-use crate::{http1, router};
 
 /// How long to pause accepting after a resource error such as `EMFILE`:
 /// retrying at once would spin, and a short pause lets finishing
@@ -49,7 +49,7 @@ pub async fn serve(
     // Handlers go in first: a SIGTERM that arrives right after READY must
     // start a drain, not kill the process with the default action.
     let mut signals = StopSignals::new()?;
-    let listeners = crate::listener::into_tokio(listeners)?;
+    let listeners = crate::http::listener::into_tokio(listeners)?;
     let addrs: Vec<String> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -58,7 +58,7 @@ pub async fn serve(
     tracing::info!(addresses = %addrs.join(" "), worker_id = state.settings.worker_id, "listening");
 
     // HTTP/2 (h2c with prior knowledge) is hyper's; HTTP/1.1 is ours
-    // (`crate::http1`, for its per-connection memory). Neither has a
+    // (`crate::http::http1`, for its per-connection memory). Neither has a
     // header timer of its own: the head deadline is `HEADER_TIMEOUT` in
     // `conn_deadline`, for both.
     let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -79,8 +79,8 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "ready, but notifying the supervisor failed"),
     }
     // From the serving runtime: a stalled accept/serve loop stops the pings.
-    tokio::spawn(crate::watchdog::ping(state.clone()));
-    tokio::spawn(crate::alloc::give_back(state.clone()));
+    tokio::spawn(crate::runtime::watchdog::ping(state.clone()));
+    tokio::spawn(crate::runtime::alloc::give_back(state.clone()));
 
     let reason = accept_loop(&listeners, &protocols, &state, &mut signals).await;
 
@@ -196,9 +196,9 @@ async fn wait_idle(state: &AppState) {
 /// listeners until a connection closes, so new connections wait in the
 /// slot's kernel queue rather than being accepted and failed; [`Watch`]
 /// reports the worker degraded when it cannot accept for too long (see
-/// [`crate::budget`]). Per connection this costs two atomic loads and a
+/// [`crate::http::budget`]). Per connection this costs two atomic loads and a
 /// few flag tests; at the budget, each wake-up also reads the clock and
-/// updates [`crate::budget::Starvation`], without allocating.
+/// updates [`crate::http::budget::Starvation`], without allocating.
 async fn accept_loop(
     listeners: &[TcpListener],
     protocols: &Protocols<'_>,
@@ -208,7 +208,7 @@ async fn accept_loop(
     let mut next = 0usize;
     let mut watch = Watch::new(state.clone());
     // Re-reads the open-file limit and retries an unsent report.
-    let mut upkeep = tokio::time::interval(crate::budget::LIMIT_RECHECK);
+    let mut upkeep = tokio::time::interval(crate::http::budget::LIMIT_RECHECK);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     upkeep.reset();
     loop {
@@ -295,14 +295,14 @@ fn is_per_connection(e: &io::Error) -> bool {
 
 /// What a connection task needs from the server: the HTTP/2 builder and
 /// graceful-shutdown watcher (for h2c clients, served by hyper) and the
-/// drain of the HTTP/1 connections (served by [`crate::http1`]).
+/// drain of the HTTP/1 connections (served by [`crate::http::http1`]).
 struct Protocols<'a> {
     h2: &'a Arc<http2::Builder<TokioExecutor>>,
     graceful: &'a GracefulShutdown,
     drain: &'a http1::Drain,
 }
 
-/// Serves one connection on its own task: HTTP/1.1 with [`crate::http1`],
+/// Serves one connection on its own task: HTTP/1.1 with [`crate::http::http1`],
 /// or HTTP/2 with hyper when the client sends the h2c preface.
 fn spawn_connection(
     stream: TcpStream,
@@ -404,19 +404,20 @@ impl StopSignals {
 fn metrics_response(
     req: &http::Request<hyper::body::Incoming>,
     state: &AppState,
-) -> http::Response<crate::response::Body> {
+) -> http::Response<crate::pipeline::response::Body> {
     if req.uri().path() == "/metrics" {
         // Read now rather than counted on every open and close.
         crate::telemetry::connections_open(state.open_connections());
-        let mut r =
-            http::Response::new(crate::response::full(crate::telemetry::render_for_scrape()));
+        let mut r = http::Response::new(crate::pipeline::response::full(
+            crate::telemetry::render_for_scrape(),
+        ));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(crate::telemetry::CONTENT_TYPE),
         );
         r
     } else {
-        let mut r = http::Response::new(crate::response::full("not found\n"));
+        let mut r = http::Response::new(crate::pipeline::response::full("not found\n"));
         *r.status_mut() = http::StatusCode::NOT_FOUND;
         r
     }

@@ -17,14 +17,14 @@ use serde_json::{Value, json};
 use futures_util::StreamExt;
 
 use crate::cache::{self, Begin, Policy};
-use crate::history::Outcome;
+use crate::pipeline::history::Outcome;
+use crate::pipeline::reasoning::{self, Plan, Strategy, Switches};
+use crate::pipeline::response::{self, Body};
+use crate::pipeline::routing::{self, Decision};
+use crate::pipeline::validate::{ChatInput, Shape};
 use crate::provider::{ChatMessage, CompletionRequest, EventStream, StreamEvent, UpstreamError};
-use crate::reasoning::{self, Plan, Strategy, Switches};
-use crate::response::{self, Body};
-use crate::routing::{self, Decision};
 use crate::state::AppState;
 use crate::telemetry;
-use crate::validate::{ChatInput, Shape};
 
 /// Everything decided before the first upstream byte.
 pub struct Prepared {
@@ -185,7 +185,7 @@ fn generate_work(
         match result {
             Ok(answer) => {
                 telemetry::reasoning(answer.used.label(), started.elapsed());
-                count_tokens(answer.completion.usage.as_ref());
+                crate::provider::tokens::count(answer.completion.usage.as_ref());
                 let c = answer.completion;
                 Ok(cache::Entry {
                     content: c.content,
@@ -203,21 +203,6 @@ fn generate_work(
                 Err(e)
             }
         }
-    }
-}
-
-/// `ai_tokens_total` for one upstream answer.
-pub fn count_tokens(usage: Option<&crate::provider::Usage>) {
-    let Some(u) = usage else { return };
-    telemetry::tokens("prompt", u.prompt_tokens);
-    telemetry::tokens("completion", u.completion_tokens);
-    if let Some(r) = u
-        .extra
-        .get("completion_tokens_details")
-        .and_then(|d| d.get("reasoning_tokens"))
-        .and_then(Value::as_u64)
-    {
-        telemetry::tokens("reasoning", r);
     }
 }
 
@@ -390,7 +375,7 @@ fn stream_work(
                     usage,
                     model,
                 } => {
-                    count_tokens(usage.as_ref());
+                    crate::provider::tokens::count(usage.as_ref());
                     return Ok(cache::Entry::from_stream(
                         flight.deltas(),
                         finish_reason,
@@ -413,7 +398,7 @@ pub struct Opened {
     pub x_cache: &'static str,
     pub events: EventStream,
     /// The events are this request's own upstream call (see
-    /// [`crate::stream::Meta::own_call`]).
+    /// [`crate::pipeline::stream::Meta::own_call`]).
     pub own_call: bool,
 }
 
@@ -474,12 +459,12 @@ pub async fn open_stream(
 pub fn prompt_estimate(req: &CompletionRequest) -> u64 {
     req.messages
         .iter()
-        .map(|m| crate::tokens::estimate(&m.content))
+        .map(|m| crate::provider::tokens::estimate(&m.content))
         .sum()
 }
 
 /// `POST /api/v1/chat/stream` after validation: a JSON error until the
-/// upstream answers 2xx, then Server-Sent Events (see [`crate::stream`]).
+/// upstream answers 2xx, then Server-Sent Events (see [`crate::pipeline::stream`]).
 pub async fn stream(
     state: Arc<AppState>,
     input: ChatInput,
@@ -503,9 +488,9 @@ pub async fn stream(
                 started,
                 &opened,
                 estimate,
-                crate::stream::Format::HearTalk,
+                crate::pipeline::stream::Format::HearTalk,
             );
-            crate::stream::respond(state.clone(), opened.events, meta, http1)
+            crate::pipeline::stream::respond(state.clone(), opened.events, meta, http1)
         }
     }
 }
@@ -517,11 +502,11 @@ pub fn stream_meta(
     started: Instant,
     opened: &Opened,
     prompt_estimate: u64,
-    format: crate::stream::Format,
-) -> crate::stream::Meta {
+    format: crate::pipeline::stream::Format,
+) -> crate::pipeline::stream::Meta {
     let plan = &prepared.plan;
     let show = plan.switches.show_reasoning;
-    crate::stream::Meta {
+    crate::pipeline::stream::Meta {
         conversation_id: prepared.input.conversation_id.clone(),
         route: prepared.decision.route.clone(),
         strategy: plan.strategy,

@@ -1,5 +1,6 @@
 //! The token estimate of API.md §8, used wherever the upstream gives no
-//! usage (simulated provider, streams without usage) and for history trimming.
+//! usage (simulated provider, streams without usage) and for history trimming;
+//! and [`count`], which adds an answer's real usage to `ai_tokens_total`.
 //!
 //! `ceil(1.5 × CJK ideographs)` plus the whitespace-separated words left
 //! once those ideographs are replaced by spaces. Crude, but it is the
@@ -54,6 +55,21 @@ impl Estimator {
 /// Length in UTF-16 code units, as JavaScript's `.length` (API.md §1).
 pub fn js_len(text: &str) -> usize {
     text.encode_utf16().count()
+}
+
+/// `ai_tokens_total` for one upstream answer.
+pub fn count(usage: Option<&super::Usage>) {
+    let Some(u) = usage else { return };
+    crate::telemetry::tokens("prompt", u.prompt_tokens);
+    crate::telemetry::tokens("completion", u.completion_tokens);
+    if let Some(r) = u
+        .extra
+        .get("completion_tokens_details")
+        .and_then(|d| d.get("reasoning_tokens"))
+        .and_then(serde_json::Value::as_u64)
+    {
+        crate::telemetry::tokens("reasoning", r);
+    }
 }
 
 #[cfg(test)]

@@ -7,89 +7,12 @@
 //! the socket peer is one of them, and the client is the right-most entry
 //! that is not itself a trusted proxy: a client cannot pick its own
 //! rate-limit key by sending a forged header, because every hop it does not
-//! control appends to the right.
+//! control appends to the right. The blocks themselves ([`Cidr`]) are
+//! read with the settings.
 
 use std::net::IpAddr;
 
-/// An address block, e.g. `10.0.0.0/8` or `::1/128`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `a.b.c.d`, `a.b.c.d/n`, `::1`, `fd00::/8`.
-    pub fn parse(s: &str) -> Option<Cidr> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.trim().parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
-            None => max,
-        };
-        // `::ffff:a.b.c.d/n` is the IPv4 block `a.b.c.d/(n-96)` (addresses
-        // are compared in their IPv4 form).
-        if let IpAddr::V6(v6) = addr {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return prefix.checked_sub(96).map(|p| Cidr {
-                    addr: IpAddr::V4(v4),
-                    prefix: p,
-                });
-            }
-        }
-        Some(Cidr { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack socket reports)
-/// compares as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// A comma-separated list; unparsable items are logged and skipped.
-pub fn parse_list(s: &str) -> Vec<Cidr> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| {
-            let c = Cidr::parse(p);
-            if c.is_none() {
-                tracing::warn!(
-                    entry = p,
-                    "TRUSTED_PROXIES: not an address or CIDR; ignored"
-                );
-            }
-            c
-        })
-        .collect()
-}
+use crate::settings::{Cidr, canonical};
 
 /// The client address for rate limits and logs.
 pub fn client_ip(
@@ -128,6 +51,7 @@ pub fn client_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::parse_list;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

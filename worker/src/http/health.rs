@@ -13,11 +13,11 @@
 use http::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::clock;
-use crate::response::{self, Body};
+use crate::pipeline::response::{self, Body};
+use crate::provider::upstream_health;
+use crate::runtime::clock;
 use crate::settings::{ProviderSettings, ReasoningSettings};
 use crate::state::{AppState, Phase};
-use crate::upstream_health;
 
 /// A component's or the service's health, ordered from best to worst so
 /// the overall status is simply the maximum.
@@ -100,7 +100,7 @@ pub fn readiness(state: &AppState) -> Response<Body> {
 }
 
 /// What `/ready` answers, from the phase, whether this worker cannot
-/// accept connections (`degraded`, see [`crate::budget`]) and how many
+/// accept connections (`degraded`, see [`crate::http::budget`]) and how many
 /// slots of its app are not serving (`fleet_not_serving`, from its app's
 /// word of the supervisor's page; `None` when running alone):
 ///
@@ -220,7 +220,7 @@ pub struct ProviderHealth {
 /// (`degraded` while `REDIS_URL` is set and Redis does not answer); the
 /// reasoning switches; and the provider: simulated is `degraded` only in
 /// production (where it means a missing API key); live mode follows the
-/// recent upstream outcomes (see [`crate::upstream_health`]) and is
+/// recent upstream outcomes (see [`crate::provider::upstream_health`]) and is
 /// `degraded` while a circuit breaker is open.
 pub fn services(inputs: Inputs<'_>) -> Services {
     let router = if inputs.router_config_loaded {

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::response::{BoxError, full};
+use crate::pipeline::response::{BoxError, full};
 
 const WAIT: Duration = Duration::from_secs(10);
 

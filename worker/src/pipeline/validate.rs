@@ -10,8 +10,8 @@
 
 use serde_json::Value;
 
+use crate::provider::tokens::js_len;
 use crate::provider::{ChatMessage, EndpointKind};
-use crate::tokens::js_len;
 
 /// Longest accepted chat message, in UTF-16 units.
 pub const MAX_MESSAGE_LEN: usize = 10_000;

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::provider::EndpointKind;
-use crate::tokens::js_len;
+use crate::provider::tokens::js_len;
 
 pub use cache::{DecisionCache, cache_key};
 pub use config::{RouteDef, RouterConfig, RouterError};

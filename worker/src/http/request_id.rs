@@ -12,7 +12,7 @@
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::clock;
+use crate::runtime::clock;
 
 /// The longest incoming id that is reused.
 pub const MAX_LEN: usize = 64;

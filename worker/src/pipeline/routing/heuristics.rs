@@ -3,7 +3,7 @@
 //! emergency route used when the router itself fails (API.md §6). Both are
 //! hard-coded in the Node.js service, not read from `keywords.json`.
 
-use crate::tokens::js_len;
+use crate::provider::tokens::js_len;
 
 /// The 21 complexity indicators of API.md §7, matched as substrings of the
 /// lower-cased message.

@@ -26,9 +26,9 @@ use http_body_util::BodyExt;
 use hyper::body::Frame;
 use serde_json::{Value, json};
 
+use crate::pipeline::reasoning::Strategy;
+use crate::pipeline::response::{Body, BoxError, openai_error};
 use crate::provider::{EventStream, StreamEvent, UpstreamError, Usage};
-use crate::reasoning::Strategy;
-use crate::response::{Body, BoxError};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -48,7 +48,7 @@ pub struct Meta {
     /// `X-Cache`: `HIT`, `MISS` or `COALESCED`.
     pub x_cache: &'static str,
     /// The events are this request's own upstream call, with no flight
-    /// between (see [`crate::chat::open_stream`]): the stream counts the
+    /// between (see [`crate::pipeline::chat::open_stream`]): the stream counts the
     /// call's tokens when its `Done` passes. Elsewhere the flight's call
     /// counts them (once per call, not per listener or replay).
     pub own_call: bool,
@@ -93,11 +93,6 @@ impl OpenAiStream {
             "usage": usage,
         }))
     }
-}
-
-/// An OpenAI-shaped error object (`{"error":{message,type,param,code}}`).
-pub fn openai_error(message: &str, kind: &str, code: &str) -> Value {
-    json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
 }
 
 impl Format {
@@ -210,7 +205,7 @@ pub fn complete_frame(
 
 /// Usage from the upstream, or the §8 estimate marked `estimated:true`;
 /// `completion` is the estimate of the content plus that of the reasoning
-/// (each estimated on its own, see [`crate::tokens::Estimator`]).
+/// (each estimated on its own, see [`crate::provider::tokens::Estimator`]).
 pub fn final_usage(upstream: Option<Usage>, prompt_estimate: u64, completion: u64) -> Value {
     match upstream {
         Some(u) => serde_json::to_value(u).unwrap_or_else(|_| json!({})),
@@ -270,7 +265,7 @@ enum End {
 ///
 /// The body *is* the stream: no task, no channel. An open stream waiting
 /// for its next upstream chunk holds this struct, two small timers and the
-/// upstream stream, nothing else (the [`crate::stream`] module doc says
+/// upstream stream, nothing else (the [`crate::pipeline::stream`] module doc says
 /// why that matters). Upstream reads follow the client's pace: the server
 /// asks for the next frame only when it has room to write it, so a slow
 /// client slows the upstream read instead of growing memory.
@@ -304,8 +299,8 @@ struct Pump {
     shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
     /// Estimated tokens of the content and reasoning so far, for a final
     /// usage without the upstream's (§8); the text itself is not kept.
-    content: crate::tokens::Estimator,
-    reasoning: crate::tokens::Estimator,
+    content: crate::provider::tokens::Estimator,
+    reasoning: crate::provider::tokens::Estimator,
 }
 
 impl SseBody {
@@ -325,8 +320,8 @@ impl SseBody {
                 ping: Box::pin(tokio::time::sleep(meta.heartbeat)),
                 meta,
                 shutdown: Some(shutdown),
-                content: crate::tokens::Estimator::default(),
-                reasoning: crate::tokens::Estimator::default(),
+                content: crate::provider::tokens::Estimator::default(),
+                reasoning: crate::provider::tokens::Estimator::default(),
             }),
         }
     }
@@ -413,7 +408,7 @@ impl Pump {
                     if self.meta.own_call {
                         // Counted once per upstream call: here only when this
                         // stream is the call (no flight shares it).
-                        crate::chat::count_tokens(usage.as_ref());
+                        crate::provider::tokens::count(usage.as_ref());
                     }
                     let completion = self.content.total() + self.reasoning.total();
                     let usage_value = final_usage(usage, self.meta.prompt_estimate, completion);
@@ -717,7 +712,7 @@ mod tests {
 
     #[test]
     fn usage_is_estimated_and_marked_without_upstream_usage() {
-        let u = final_usage(None, 10, crate::tokens::estimate("hello world"));
+        let u = final_usage(None, 10, crate::provider::tokens::estimate("hello world"));
         assert_eq!(
             u,
             json!({"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"estimated":true})

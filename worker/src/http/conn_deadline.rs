@@ -83,6 +83,18 @@ pub struct IdleTimeouts {
     pub send: Duration,
 }
 
+impl crate::settings::ConnectionTimeouts {
+    /// The idle deadlines, as the connection wrapper takes them.
+    pub fn idle(&self) -> IdleTimeouts {
+        IdleTimeouts {
+            first_byte: self.first_byte,
+            header: self.header,
+            keep_alive: self.keep_alive,
+            send: self.send,
+        }
+    }
+}
+
 /// What a connection is waiting for, and so which deadline applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {

@@ -6,12 +6,14 @@
 //! [`Limiter`]'s: with `REDIS_URL`, an atomic script in Redis counts for
 //! every replica (fixed windows: `INCR` + `EXPIRE` on a key per window);
 //! otherwise — and whenever Redis is unreachable — the supervisor's
-//! shared-memory table ([`crate::fleet_limits`]) counts for every worker of
+//! shared-memory table ([`crate::limits::fleet_limits`]) counts for every worker of
 //! this machine; a worker running alone counts in-process.
 
 use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+use crate::settings::RateLimits;
 
 /// One of the Node.js service's buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,34 +48,6 @@ impl Bucket {
     }
 }
 
-/// Limits per bucket (`RATE_LIMIT_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub admin_max: u64,
-    pub stream_max: u64,
-    pub ai_max: u64,
-    pub user_max: u64,
-    pub global_max: u64,
-    /// `RATE_LIMIT_WINDOW` in seconds (minutes × 60).
-    pub global_window: u64,
-    /// `RATE_LIMIT_MESSAGE`.
-    pub global_message: String,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            admin_max: 100,
-            stream_max: 10,
-            ai_max: 30,
-            user_max: 60,
-            global_max: 100,
-            global_window: 15 * 60,
-            global_message: "Too many requests from this IP, please try again later.".into(),
-        }
-    }
-}
-
 /// The rule that applies to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -99,7 +73,7 @@ pub fn exempt(method: &http::Method, path: &str) -> bool {
 /// `streaming_completions` is true for `/v1/chat/completions` with
 /// `stream:true`.
 pub fn rule(
-    limits: &Limits,
+    limits: &RateLimits,
     path: &str,
     user: Option<&str>,
     ip: &str,
@@ -231,16 +205,16 @@ return n
 /// The rate-limit counter of one worker (see the module doc).
 pub struct Limiter {
     local: LocalCounter,
-    table: Option<crate::fleet_limits::SharedTable>,
-    redis: Option<std::sync::Arc<crate::redis_link::RedisLink>>,
+    table: Option<crate::limits::fleet_limits::SharedTable>,
+    redis: Option<std::sync::Arc<crate::runtime::redis_link::RedisLink>>,
     script: redis::Script,
     warned_full: std::sync::atomic::AtomicBool,
 }
 
 impl Limiter {
     pub fn new(
-        table: Option<crate::fleet_limits::SharedTable>,
-        redis: Option<std::sync::Arc<crate::redis_link::RedisLink>>,
+        table: Option<crate::limits::fleet_limits::SharedTable>,
+        redis: Option<std::sync::Arc<crate::runtime::redis_link::RedisLink>>,
     ) -> Limiter {
         Limiter {
             local: LocalCounter::default(),
@@ -279,7 +253,8 @@ impl Limiter {
 
     fn machine_hit(&self, key: &str, window_start: u64, window: u64) -> u64 {
         if let Some(t) = &self.table {
-            if let Some(n) = crate::fleet_limits::hit(t.words(), key, window_start, window) {
+            if let Some(n) = crate::limits::fleet_limits::hit(t.words(), key, window_start, window)
+            {
                 return n;
             }
             if !self
@@ -341,7 +316,7 @@ mod tests {
 
     #[test]
     fn buckets_match_in_table_order() {
-        let l = Limits::default();
+        let l = RateLimits::default();
         let r = |path: &str, user: Option<&str>| rule(&l, path, user, "1.2.3.4", false);
         assert_eq!(r("/api/v1/admin/users", Some("u")).bucket, Bucket::Admin);
         assert_eq!(r("/api/v1/admin/users", None).key, "admin:1.2.3.4");
@@ -391,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_eleventh_stream_request_is_refused_with_headers() {
-        let l = Limits::default();
+        let l = RateLimits::default();
         let c = LocalCounter::default();
         let rule = rule(&l, "/api/v1/chat/stream", Some("u"), "ip", false);
         let now = 1_700_000_010;
