@@ -1,8 +1,11 @@
 //! The fleet: every app's slots, the worker in each, and the rules that move
 //! them between states. All decisions happen here, driven by the event loop
 //! (`run.rs`): a child exited, a worker notified, a deadline passed, an
-//! operator asked to stop or reload. Nothing here blocks; the only I/O is
-//! forking workers, signalling them and reading their memory from /proc.
+//! operator asked to stop or reload. Nothing here blocks. Its effects on
+//! workers — forking, signalling, reading their memory — go through a
+//! [`Host`] (the real one is [`SysHost`]); the only other I/O is binding
+//! slot sockets and writing the fleet-state page. With a fake host the
+//! rules run on generated sequences of events (`fleet_props.rs`).
 //!
 //! Slot states: `starting` (spawned, waiting for `READY=1` until
 //! `listen_timeout`) → `online` → (exit) → `waiting` (restart backoff) →
@@ -34,13 +37,13 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use shared::config::{App, Config, Instances};
 
+use crate::host::{Host, SysHost};
 use crate::memory::{self, Verdict};
 use crate::notify::Message;
 use crate::reloads::{Finished, Ledger};
 use crate::restart::{Decision, Policy};
 use crate::sockets::{SlotSocket, bind_slots};
-use crate::spawn::{Launch, resolve_program, spawn};
-use crate::sys;
+use crate::spawn::{Launch, resolve_program};
 
 /// Why the fleet (or a new generation of it) could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -271,13 +274,30 @@ enum Mode {
     Stopping,
 }
 
-pub struct Fleet {
+/// How workers are launched: what every worker is handed besides its
+/// app, slot and generation.
+#[derive(Default)]
+struct LaunchSettings {
+    notify_socket: String,
+    /// Whether workers' stdout/stderr go through pipes to the log writer.
+    capture_output: bool,
+    /// Handed to workers for `/metrics` on the service port.
+    control_socket: Option<PathBuf>,
+    /// The shared rate-limit table every worker gets (`HEARTALK_LIMITS_FD`).
+    limits_fd: Option<std::os::fd::RawFd>,
+    /// The fleet-state page's descriptor (`HEARTALK_FLEET_FD`).
+    fleet_fd: Option<std::os::fd::RawFd>,
+}
+
+/// The fleet, acting through `H` (see [`Host`]).
+pub struct Fleet<H = SysHost> {
+    host: H,
     apps: Vec<AppRun>,
     rollout: Option<Rollout>,
     draining: Vec<Draining>,
     pids: HashMap<Pid, Role>,
     mode: Mode,
-    notify_socket: String,
+    launch: LaunchSettings,
     /// The newest generation number handed out.
     generation: u64,
     cpus: u32,
@@ -290,14 +310,8 @@ pub struct Fleet {
     spawn_seq: u64,
     /// Drains started so far (the event loop scrapes a worker as it starts draining).
     drains_started: u64,
-    /// Whether workers' stdout/stderr go through pipes to the log writer.
-    capture_output: bool,
     /// Output pipes of workers spawned since the event loop last looked.
     new_outputs: Vec<WorkerOutputs>,
-    /// Handed to workers for `/metrics` on the service port.
-    control_socket: Option<PathBuf>,
-    /// The shared rate-limit table every worker gets (`HEARTALK_LIMITS_FD`).
-    limits_fd: Option<std::os::fd::RawFd>,
     /// Restarts by (app, reason: crash | memory | reload).
     restarts_by: BTreeMap<(String, &'static str), u64>,
     /// Reloads by (app, outcome: committed | rolled_back | refused).
@@ -426,6 +440,34 @@ fn build_apps(config: &Config, cpus: u32, current: &[AppRun]) -> Result<Vec<AppR
     Ok(apps)
 }
 
+/// Starts a worker for `slot` of `app` through `host`, with its output
+/// pipes when output is captured.
+fn launch<H: Host>(
+    host: &mut H,
+    settings: &LaunchSettings,
+    app: &AppRun,
+    slot: &Slot,
+    generation: u64,
+    metrics_id: &str,
+) -> std::io::Result<(Pid, Option<Outputs>)> {
+    host.spawn(
+        Launch {
+            app: &app.config,
+            program: &app.program,
+            slot: slot.index,
+            generation,
+            socket: slot.socket.as_ref().map(|s| s.raw_fd()),
+            notify_socket: &settings.notify_socket,
+            metrics_socket: metrics_id,
+            control_socket: settings.control_socket.as_deref(),
+            limits_fd: settings.limits_fd,
+            fleet: settings.fleet_fd.zip(app.word),
+            outputs: None,
+        },
+        settings.capture_output,
+    )
+}
+
 fn exit_parts(status: WaitStatus) -> (Option<i32>, Option<String>) {
     match status {
         WaitStatus::Exited(_, code) => (Some(code), None),
@@ -437,13 +479,29 @@ fn exit_parts(status: WaitStatus) -> (Option<i32>, Option<String>) {
 impl Fleet {
     /// Resolves programs and binds every slot socket; starts nothing yet.
     pub fn new(config: &Config, notify_socket: String, cpus: u32) -> Result<Fleet, SetupError> {
+        Fleet::with_host(SysHost, config, notify_socket, cpus)
+    }
+}
+
+impl<H: Host> Fleet<H> {
+    /// [`Fleet::new`], acting through `host`.
+    pub fn with_host(
+        host: H,
+        config: &Config,
+        notify_socket: String,
+        cpus: u32,
+    ) -> Result<Fleet<H>, SetupError> {
         let mut fleet = Fleet {
+            host,
             apps: build_apps(config, cpus, &[])?,
             rollout: None,
             draining: Vec::new(),
             pids: HashMap::new(),
             mode: Mode::Running,
-            notify_socket,
+            launch: LaunchSettings {
+                notify_socket,
+                ..LaunchSettings::default()
+            },
             generation: 1,
             cpus,
             forced: false,
@@ -451,10 +509,7 @@ impl Fleet {
             reloads: Ledger::default(),
             spawn_seq: 0,
             drains_started: 0,
-            capture_output: false,
             new_outputs: Vec::new(),
-            control_socket: None,
-            limits_fd: None,
             restarts_by: BTreeMap::new(),
             reloads_by: BTreeMap::new(),
             pss: memory::PssCache::default(),
@@ -512,7 +567,7 @@ impl Fleet {
     /// Passes this shared-memory table to every worker launched from now
     /// on (the caller keeps it open for the fleet's life).
     pub fn set_limits_fd(&mut self, fd: Option<std::os::fd::RawFd>) {
-        self.limits_fd = fd;
+        self.launch.limits_fd = fd;
     }
 
     /// Passes this fleet-state page to every worker launched from now on
@@ -520,6 +575,7 @@ impl Fleet {
     /// serving up to date.
     pub fn set_fleet_state(&mut self, state: crate::fleet_state::FleetState) {
         state.publish(self.not_serving_by_word());
+        self.launch.fleet_fd = Some(state.fd());
         self.fleet_state = Some(state);
     }
 
@@ -533,7 +589,7 @@ impl Fleet {
     /// Tells workers where the control socket is (for `/metrics` on the
     /// service port); `None` keeps that path off.
     pub fn set_control_socket(&mut self, path: Option<&Path>) {
-        self.control_socket = path.map(Path::to_path_buf);
+        self.launch.control_socket = path.map(Path::to_path_buf);
     }
 
     fn next_metrics_id(&mut self) -> String {
@@ -588,7 +644,9 @@ impl Fleet {
         for app in &self.apps {
             for w in app.slots.iter().filter_map(|s| s.worker.as_ref()) {
                 self.pss
-                    .get(w.pid, now, app.config.memory_check_interval, memory::pss);
+                    .get(w.pid, now, app.config.memory_check_interval, |p| {
+                        self.host.pss(p)
+                    });
             }
         }
     }
@@ -671,54 +729,9 @@ impl Fleet {
             .filter_map(|a| Some((a.word?, a.not_serving())))
     }
 
-    /// Forks a worker for `slot` of `app`, with its output pipes when
-    /// output is captured.
-    fn launch(
-        &self,
-        app: &AppRun,
-        slot: &Slot,
-        generation: u64,
-        metrics_id: &str,
-    ) -> std::io::Result<(Pid, Option<Outputs>)> {
-        use std::os::fd::AsRawFd;
-        // Pipes for stdout and stderr; the write ends go to the child and
-        // are closed here when this returns, so EOF means the worker (and
-        // anything it started) has closed them.
-        let pipes = if self.capture_output {
-            let (out_r, out_w) = sys::pipe()?;
-            let (err_r, err_w) = sys::pipe()?;
-            Some(((out_r, out_w), (err_r, err_w)))
-        } else {
-            None
-        };
-        let pid = spawn(&Launch {
-            app: &app.config,
-            program: &app.program,
-            slot: slot.index,
-            generation,
-            socket: slot.socket.as_ref().map(|s| s.raw_fd()),
-            notify_socket: &self.notify_socket,
-            metrics_socket: metrics_id,
-            control_socket: self.control_socket.as_deref(),
-            limits_fd: self.limits_fd,
-            fleet: self
-                .fleet_state
-                .as_ref()
-                .zip(app.word)
-                .map(|(f, w)| (f.fd(), w)),
-            outputs: pipes
-                .as_ref()
-                .map(|((_, o), (_, e))| (o.as_raw_fd(), e.as_raw_fd())),
-        })?;
-        Ok((
-            pid,
-            pipes.map(|((stdout, _), (stderr, _))| Outputs { stdout, stderr }),
-        ))
-    }
-
     /// Capture worker stdout/stderr through pipes (the log writer reads them).
     pub fn set_capture_output(&mut self, on: bool) {
-        self.capture_output = on;
+        self.launch.capture_output = on;
     }
 
     /// New workers' output pipes since the last call.
@@ -749,7 +762,9 @@ impl Fleet {
     fn start_slot(&mut self, a: usize, s: usize, now: Instant) {
         let generation = self.generation;
         let metrics_id = self.next_metrics_id();
-        let result = self.launch(
+        let result = launch(
+            &mut self.host,
+            &self.launch,
             &self.apps[a],
             &self.apps[a].slots[s],
             generation,
@@ -826,7 +841,7 @@ impl Fleet {
                     .map(|r| r.apps[a].config.name.clone())
                     .unwrap_or_default();
                 tracing::info!(event = "worker_exited", app = %name, slot = s, pid = pid.as_raw(), reason = "reload_failed", code, signal = signal.as_deref());
-                self.rollback(format!("new worker of app `{name}` slot {s} exited before it was ready (code {code:?}, signal {signal:?})"));
+                self.rollback(format!("new worker of app `{name}` slot {s} exited before it was ready (code {code:?}, signal {signal:?})"), now);
             }
             Role::Draining => {
                 if let Some(i) = self.draining.iter().position(|d| d.pid == pid) {
@@ -996,7 +1011,9 @@ impl Fleet {
             Role::Successor(a, s) => {
                 let app = &mut self.apps[a];
                 let slot = &mut app.slots[s];
-                let Some(mut successor) = slot.successor.take() else {
+                // One already killed for missing listen_timeout is dying:
+                // its late READY does not retire the worker it replaced.
+                let Some(mut successor) = slot.successor.take_if(|w| !w.failed_start) else {
                     return;
                 };
                 successor.ready_at = Some(now);
@@ -1152,7 +1169,7 @@ impl Fleet {
             watchdog_ms = watchdog.map(|d| d.as_millis() as u64),
             "worker hung: SIGABRT now, SIGKILL in {ABORT_GRACE:?}; a replacement starts on the slot's socket"
         );
-        sys::signal(w.pid, Signal::SIGABRT);
+        self.host.signal(w.pid, Signal::SIGABRT);
         let name = app.config.name.clone();
         let replacing = slot.successor.is_some();
         *self.hangs_by.entry((name, reason)).or_default() += 1;
@@ -1172,7 +1189,7 @@ impl Fleet {
         reason: &'static str,
         now: Instant,
     ) {
-        sys::signal_group(pid, Signal::SIGKILL);
+        self.host.signal_group(pid, Signal::SIGKILL);
         self.track(Draining {
             pid,
             app,
@@ -1223,7 +1240,7 @@ impl Fleet {
         }
         tracing::info!(event = "worker_draining", app = %app, slot, pid = worker.pid.as_raw(), generation = worker.generation, reason);
         self.drains_started += 1;
-        sys::signal(worker.pid, Signal::SIGTERM);
+        self.host.signal(worker.pid, Signal::SIGTERM);
         self.track(Draining {
             pid: worker.pid,
             app: app.to_string(),
@@ -1330,7 +1347,14 @@ impl Fleet {
             }
             r.pending.remove(i);
             let metrics_id = self.next_metrics_id();
-            match self.launch(app, &app.slots[s], r.generation, &metrics_id) {
+            match launch(
+                &mut self.host,
+                &self.launch,
+                app,
+                &app.slots[s],
+                r.generation,
+                &metrics_id,
+            ) {
                 Ok((pid, outputs)) => {
                     let name = app.config.name.clone();
                     tracing::info!(event = "worker_spawned", app = %app.config.name, slot = s, pid = pid.as_raw(), generation = r.generation);
@@ -1357,7 +1381,7 @@ impl Fleet {
                 .all(|s| s.state == SlotState::Online);
         self.rollout = Some(r);
         if let Some(reason) = failure {
-            self.rollback(reason);
+            self.rollback(reason, now);
         } else if done {
             self.commit(now);
         }
@@ -1432,9 +1456,8 @@ impl Fleet {
     }
 
     /// A new worker failed: kill the next generation, keep the current one.
-    fn rollback(&mut self, reason: String) {
+    fn rollback(&mut self, reason: String, now: Instant) {
         let Some(r) = self.rollout.take() else { return };
-        let now = Instant::now();
         for app in &r.apps {
             for slot in &app.slots {
                 if let Some(w) = &slot.worker {
@@ -1517,7 +1540,7 @@ impl Fleet {
             })
         });
         if let Some(reason) = late {
-            self.rollback(reason);
+            self.rollback(reason, now);
         }
         for d in &mut self.draining {
             if !d.killed && now >= d.kill_at {
@@ -1526,7 +1549,7 @@ impl Fleet {
                 if self.mode == Mode::Stopping {
                     self.forced = true;
                 }
-                sys::signal_group(d.pid, Signal::SIGKILL);
+                self.host.signal_group(d.pid, Signal::SIGKILL);
             }
         }
     }
@@ -1549,7 +1572,7 @@ impl Fleet {
                     "worker did not send READY=1 in time; killing it"
                 );
                 w.failed_start = true;
-                sys::signal_group(w.pid, Signal::SIGKILL);
+                self.host.signal_group(w.pid, Signal::SIGKILL);
             }
             if let Some(at) = w.kill_at {
                 if !w.killed && now >= at {
@@ -1562,7 +1585,7 @@ impl Fleet {
                     if stopping {
                         self.forced = true;
                     }
-                    sys::signal_group(w.pid, Signal::SIGKILL);
+                    self.host.signal_group(w.pid, Signal::SIGKILL);
                 }
             }
             if slot.state == SlotState::Online
@@ -1574,12 +1597,18 @@ impl Fleet {
                 return;
             }
         }
-        if let Some(succ) = slot.successor.as_ref() {
-            if succ.ready_at.is_none() && now >= succ.ready_deadline {
-                let (event, then) = replace_failed(slot);
+        let late = slot
+            .successor
+            .as_ref()
+            .is_some_and(|w| w.ready_at.is_none() && !w.failed_start && now >= w.ready_deadline);
+        if late {
+            let (event, then) = replace_failed(slot);
+            if let Some(succ) = slot.successor.as_mut() {
                 tracing::warn!(event, app = %name, slot = slot.index, pid = succ.pid.as_raw(), "the replacement was not ready within listen_timeout; {then}");
-                sys::signal_group(succ.pid, Signal::SIGKILL);
-                // Its exit (Role::Successor) clears the slot's successor.
+                // Killed once; its exit (Role::Successor) clears the slot's
+                // successor, and its deadline no longer wakes the loop.
+                succ.failed_start = true;
+                self.host.signal_group(succ.pid, Signal::SIGKILL);
             }
         }
         let due = slot.restart_at.is_some_and(|at| now >= at);
@@ -1603,7 +1632,7 @@ impl Fleet {
         let Some(w) = slot.worker.as_mut() else {
             return;
         };
-        let Some(rss) = memory::rss(w.pid) else {
+        let Some(rss) = self.host.rss(w.pid) else {
             return;
         };
         let interval = app.config.memory_check_interval;
@@ -1611,7 +1640,7 @@ impl Fleet {
             .limits
             .soft
             .filter(|soft| rss > *soft)
-            .and_then(|_| self.pss.get(w.pid, now, interval, memory::pss));
+            .and_then(|_| self.pss.get(w.pid, now, interval, |p| self.host.pss(p)));
         match memory::judge(&app.limits, rss, pss, &mut slot.strikes) {
             Verdict::Fine => {}
             Verdict::Strike(n) => {
@@ -1621,7 +1650,7 @@ impl Fleet {
                 tracing::warn!(event = "memory_kill", app = %app.config.name, slot = slot.index, pid = w.pid.as_raw(), rss, limit = app.limits.hard, "over max_memory_hard: SIGKILL");
                 w.kill_reason = Some("memory");
                 w.killed = true;
-                sys::signal_group(w.pid, Signal::SIGKILL);
+                self.host.signal_group(w.pid, Signal::SIGKILL);
             }
             Verdict::Replace => {
                 tracing::warn!(event = "memory_replace", app = %app.config.name, slot = slot.index, pid = w.pid.as_raw(), rss, pss, limit = app.limits.soft, "over max_memory: starting a replacement");
@@ -1640,7 +1669,9 @@ impl Fleet {
             .as_ref()
             .map_or(self.generation, |w| w.generation);
         let metrics_id = self.next_metrics_id();
-        let launched = self.launch(
+        let launched = launch(
+            &mut self.host,
+            &self.launch,
             &self.apps[a],
             &self.apps[a].slots[s],
             generation,
@@ -1668,8 +1699,11 @@ impl Fleet {
 
     /// The earliest instant at which [`Fleet::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
+        // No memory check runs during a stop: its deadline, left in the
+        // past, would wake the loop at once, again and again.
+        let stopping = self.mode == Mode::Stopping;
         let current = self.apps.iter().flat_map(|a| {
-            let monitored = a.monitored();
+            let monitored = a.monitored() && !stopping;
             a.slots.iter().flat_map(move |s| {
                 let w = s.worker.as_ref();
                 let ready = w
@@ -1682,7 +1716,7 @@ impl Fleet {
                 let succ = s
                     .successor
                     .as_ref()
-                    .filter(|w| w.ready_at.is_none())
+                    .filter(|w| w.ready_at.is_none() && !w.failed_start)
                     .map(|w| w.ready_deadline);
                 let mem = s.next_memory_check.filter(|_| monitored);
                 [ready, kill, succ, s.restart_at, mem, watchdog]
@@ -1735,7 +1769,7 @@ impl Fleet {
             d._socket = None;
             if fast && !d.killed {
                 d.killed = true;
-                sys::signal_group(d.pid, Signal::SIGKILL);
+                self.host.signal_group(d.pid, Signal::SIGKILL);
             }
         }
         let successors: Vec<(Worker, String, usize)> = self
@@ -1765,14 +1799,14 @@ impl Fleet {
                         slot.state = SlotState::Stopping;
                         w.killed = true;
                         w.kill_at.get_or_insert(now);
-                        sys::signal_group(w.pid, Signal::SIGKILL);
+                        self.host.signal_group(w.pid, Signal::SIGKILL);
                     }
                     Some(w) if first || w.kill_at.is_none() => {
                         slot.state = SlotState::Stopping;
                         // A hung worker keeps its (earlier) SIGKILL deadline.
                         let deadline = now + app.config.kill_timeout;
                         w.kill_at = Some(w.kill_at.map_or(deadline, |k| k.min(deadline)));
-                        sys::signal(w.pid, Signal::SIGTERM);
+                        self.host.signal(w.pid, Signal::SIGTERM);
                     }
                     Some(_) => {}
                 }
@@ -1893,3 +1927,7 @@ fn log_ready(app: &str, slot: usize, w: &Worker, now: Instant) {
 #[cfg(test)]
 #[path = "fleet_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "fleet_props.rs"]
+mod props;

@@ -1,7 +1,8 @@
 //! The `heartalk` supervisor: PM2's job (prefork, restart, reload, logs,
 //! status) done as a container's PID 1.
 //!
-//! Module map: [`run`] is the event loop; [`fleet`] holds every decision;
+//! Module map: [`run`] is the event loop; [`fleet`] holds every decision
+//! and acts on workers through a [`host`] (forks, signals, /proc reads);
 //! [`spawn`], [`sockets`], [`notify`] and [`signals`] are its I/O edges;
 //! [`restart`], [`memory`], [`watchdog`] and [`cpus`] are policies and
 //! readings;
@@ -23,6 +24,7 @@ pub mod exit;
 pub mod fleet;
 pub mod fleet_state;
 pub mod health;
+pub mod host;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
