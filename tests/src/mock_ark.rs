@@ -502,7 +502,10 @@ where
 }
 
 /// A TLS acceptor for the PEM chain and key, offering `h2` then `http/1.1`.
-fn tls_acceptor(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+fn tls_acceptor(
+    cert_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+) -> tokio_rustls::TlsAcceptor {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls;

@@ -97,12 +97,14 @@ fn a_growing_worker_is_replaced_gracefully_under_load() {
 
 #[test]
 fn crossing_the_hard_limit_kills_at_once() {
-    let extra =
-        "max_memory = \"32M\"\nmax_memory_hard = \"64M\"\nmemory_check_interval = \"100ms\"";
+    // Soft strikes that cannot add up: on a loaded machine the balloon can
+    // sit between the limits for two checks while its pages are touched,
+    // and a soft replacement would then stop the checks before the kill.
+    let extra = "max_memory = \"32M\"\nmax_memory_hard = \"64M\"\nmemory_check_interval = \"100ms\"\nmemory_strikes = 100";
     let mut sup = Supervisor::start(&test_worker_config(1, "serve", extra));
     let addr = sup.addr();
     let first = sup.wait_ready(1)[0];
-    // 100 MB at once: well past the hard limit before a soft strike can count twice.
+    // 100 MB at once: past the hard limit.
     let _ = http_get(addr, "/balloon?mb=100", DEADLINE);
     let kill = sup.wait_event("memory_kill", |e| e["pid"] == first);
     assert!(kill["rss"].as_u64().unwrap() > 64 << 20);

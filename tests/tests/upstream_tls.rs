@@ -67,7 +67,10 @@ fn prior_knowledge_over_tls_carries_a_cold_burst_on_one_connection() {
     let ca = files.ca_cert.display().to_string();
     let svc = live_service(
         &ark.base_url(),
-        &[("SSL_CERT_FILE", &ca), ("UPSTREAM_HTTP2", "prior-knowledge")],
+        &[
+            ("SSL_CERT_FILE", &ca),
+            ("UPSTREAM_HTTP2", "prior-knowledge"),
+        ],
     );
     assert_eq!(concurrent_calls(&svc, "cold"), vec![200; CALLS]);
     assert_eq!(ark.alpn(), ["h2"], "one TLS connection, h2 by ALPN");
@@ -85,7 +88,10 @@ fn upstream_http2_off_agrees_on_http_1_1() {
     );
     assert_eq!(concurrent_calls(&svc, "cold"), vec![200; CALLS]);
     let alpn = ark.alpn();
-    assert!(alpn.len() > 1, "concurrent HTTP/1.1 calls need connections: {alpn:?}");
+    assert!(
+        alpn.len() > 1,
+        "concurrent HTTP/1.1 calls need connections: {alpn:?}"
+    );
     assert!(alpn.iter().all(|p| p == "http/1.1"), "{alpn:?}");
 }
 
