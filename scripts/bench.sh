@@ -680,13 +680,14 @@ mb = lambda b: b / 2**20
 rows, notes = [], []
 for proto, label in (("off", "HTTP/1.1"), ("prior-knowledge", "HTTP/2 (h2c)")):
     r = json.load(open(f"{w}/streams-{proto}.json"))
-    idle, peak, after = (sum(r[k]) for k in ("idle_rss", "peak_rss", "after_rss"))
+    idle, peak = (sum(r[k]) for k in ("idle_rss", "peak_rss"))
     per = (peak - idle) / max(r["peak_open"], 1) / 1024
     back = r["back_after_secs"]
     sup = (int(open(f"{w}/sup-idle-{proto}.txt").read()), int(open(f"{w}/sup-after-{proto}.txt").read()))
+    each = lambda k: " + ".join(f"{mb(x):.0f}" for x in r[k]) + " MB"
     rows.append(
-        f"| {label} | {r['peak_open']} | {r['ok']} / {r['streams']} | {mb(idle):.0f} MB | {mb(peak):.0f} MB "
-        f"| **{per:.1f} KB** | {1048576 / per:,.0f} | {mb(after):.0f} MB ({'back after ' + format(back, '.0f') + ' s' if back is not None else 'not back in 60 s'}) "
+        f"| {label} | {r['peak_open']} | {r['ok']} / {r['streams']} | {each('idle_rss')} | {each('peak_rss')} "
+        f"| **{per:.1f} KB** | {1048576 / per:,.0f} | {each('after_rss')} ({'back after ' + format(back, '.0f') + ' s' if back is not None else 'not back in 60 s'}) "
         f"| {r['ttfb_p50_ms']:.0f} / {r['ttfb_p99_ms']:.0f} ms | {mb(sup[0]):.0f} → {mb(sup[1]):.0f} MB |")
     if r["errors"]:
         notes.append(f"{label}: " + "; ".join(r["errors"][:3]))
@@ -703,8 +704,9 @@ over HTTP/2 (`prior-knowledge`, h2c to the mock: one connection per worker).
 |---|---|---|---|---|---|---|---|---|---|""")
 print("\n".join(rows))
 print("""
-Per open stream = workers' RSS growth ÷ streams open at the peak (Node.js under PM2: ~83 KB;
-target ≤ 20 KB). "Back" = both workers under 1.5 × idle + 16 MB.""")
+RSS per worker (worker 1 + worker 2). Per open stream = both workers' RSS growth ÷ streams
+open at the peak (Node.js under PM2: ~83 KB; target ≤ 20 KB). "Back" = both workers under
+1.5 × idle + 16 MB.""")
 if notes:
     print("\nFailures: " + " | ".join(notes))
 PY
