@@ -30,9 +30,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const STREAMS: usize = 500;
 /// The mock's delay between SSE frames.
 const FRAME_DELAY: Duration = Duration::from_millis(200);
-/// Bound on the workers' RSS growth per open stream (~95 KB over HTTP/1.1
-/// when written; generous, it only has to catch a leak or a blow-up).
-const MAX_BYTES_PER_STREAM: f64 = 250.0 * 1024.0;
+/// Bound on the workers' RSS growth per open stream. At this scale, in a
+/// debug build, fixed costs (allocator arenas, the first upstream
+/// connections) dominate: 50 KB over h2c and 67 KB over HTTP/1.1 when
+/// written (7.3 and 36.5 KB at 10,000 streams, release); before [streams]
+/// it was ~95 KB at scale. The bound catches a leak or a blow-up, and
+/// leaves ~2× room for allocator noise; the per-stream target itself is
+/// checked by `scripts/bench.sh streams`, not here.
+const MAX_BYTES_PER_STREAM: f64 = 120.0 * 1024.0;
 /// How long the workers get to come back near their idle RSS.
 const GIVE_BACK_DEADLINE: Duration = Duration::from_secs(40);
 
