@@ -247,7 +247,7 @@ impl Policy {
 
 /// The HTTP/2 connection preface, which an h2c client with prior knowledge
 /// sends first (the same test hyper's version detection makes).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the first bytes of a connection say about its protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

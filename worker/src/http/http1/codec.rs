@@ -5,7 +5,7 @@
 //! with the server underneath: lowercase header names, a `date` header,
 //! `content-length` for bodies of known size, `transfer-encoding: chunked`
 //! otherwise (close-delimited for HTTP/1.0), no body for `HEAD`, 1xx, 204
-//! and 304, and the same statuses for heads it refuses (400, 414, 431).
+//! and 304, and the same statuses for heads it refuses (400, 431).
 
 use std::time::SystemTime;
 
@@ -63,8 +63,6 @@ pub enum Framing {
 pub enum HeadError {
     #[error("request head larger than {MAX_HEAD} bytes or more than {MAX_HEADERS} headers")]
     TooLarge,
-    #[error("request target too long")]
-    UriTooLong,
     #[error("malformed request head: {0}")]
     Malformed(&'static str),
 }
@@ -74,7 +72,6 @@ impl HeadError {
     pub fn status(self) -> StatusCode {
         match self {
             HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            HeadError::UriTooLong => StatusCode::URI_TOO_LONG,
             HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -103,9 +100,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         return Err(HeadError::TooLarge);
     }
     let path = req.path.unwrap_or("/");
-    if path.len() >= usize::from(u16::MAX) {
-        return Err(HeadError::UriTooLong);
-    }
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Malformed("method"))?;
     let uri = Uri::try_from(path).map_err(|_| HeadError::Malformed("request target"))?;

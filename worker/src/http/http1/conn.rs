@@ -37,11 +37,8 @@ use tokio::sync::watch;
 
 use super::body::{BodyError, RequestBody, Slot};
 use super::codec::{self, BodyFraming, Chunk, ChunkedDecoder, Exchange, Framing, MAX_HEAD};
-use crate::http::conn_deadline::Activity;
+use crate::http::conn_deadline::{Activity, Sniff};
 use crate::pipeline::response::Body;
-
-/// The HTTP/2 connection preface.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The most bytes taken from the socket in one read (through the stack).
 const READ_CHUNK: usize = 8192;
@@ -124,14 +121,16 @@ where
         // (1) The next request head.
         let head = loop {
             if first {
-                let n = buf.len().min(H2_PREFACE.len());
-                if buf[..n] != H2_PREFACE[..n] {
-                    first = false;
-                } else if n == H2_PREFACE.len() {
-                    return Ok(Served::Http2 {
-                        io,
-                        preface: buf.freeze(),
-                    });
+                // The same test the deadline wrapper makes (`Sniff`).
+                match Sniff::Undecided(0).feed(&buf) {
+                    Sniff::Http2 => {
+                        return Ok(Served::Http2 {
+                            io,
+                            preface: buf.freeze(),
+                        });
+                    }
+                    Sniff::Http1 => first = false,
+                    Sniff::Undecided(_) => {}
                 }
             }
             if !first && !buf.is_empty() {

@@ -287,7 +287,9 @@ async fn the_h2c_preface_hands_the_connection_over_with_its_bytes() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     c.write_all(b"\r\nSM\r\n\r\n\0\0").await.unwrap();
     match task.await.unwrap().unwrap() {
-        Served::Http2 { preface, .. } => assert!(preface.starts_with(H2_PREFACE)),
+        Served::Http2 { preface, .. } => {
+            assert!(preface.starts_with(crate::http::conn_deadline::H2_PREFACE))
+        }
         Served::Done => panic!("not handed over"),
     }
 }
