@@ -176,6 +176,7 @@ mod tests {
     #[test]
     fn a_degraded_worker_counts_in_its_own_apps_word_only() {
         use crate::fleet::Fleet;
+        use crate::host::{Driver, SysHost};
         use std::time::{Duration, Instant};
         // Two apps of sleepers standing in for workers: `a` with two
         // slots, `b` with one.
@@ -191,14 +192,16 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let mut fleet = Fleet::new(&config, "@heartalk-fleet-state-test".into(), 1).unwrap();
+        let mut driver = Driver::new(SysHost, "@heartalk-fleet-state-test".into());
+        let first = driver.prepare(&config, 1, None).unwrap();
+        let mut fleet = Fleet::new(first, "@heartalk-fleet-state-test/metrics".into());
         let state = FleetState::create().unwrap();
         let fd = state.reader.try_clone().unwrap();
         let page = ReadOnlyWords::map(fd.as_fd(), FLEET_STATE_BYTES).unwrap();
         drop(fd);
-        fleet.set_fleet_state(state);
+        driver.set_fleet_state(state);
         let t0 = Instant::now();
-        fleet.start_all(t0);
+        driver.apply(&mut fleet, t0, Fleet::start_all);
         let pids: Vec<Vec<nix::unistd::Pid>> = fleet
             .view()
             .apps
@@ -210,9 +213,10 @@ mod tests {
                     .collect()
             })
             .collect();
-        let say = |fleet: &mut Fleet, pid, text: &str, secs| {
+        let mut say = |fleet: &mut Fleet, pid, text: &str, secs| {
             let msg = crate::notify::parse(pid, text.as_bytes());
-            fleet.on_notify(&msg, t0 + Duration::from_secs(secs));
+            let at = t0 + Duration::from_secs(secs);
+            driver.apply(fleet, at, |f| f.on_notify(&msg, at));
         };
         for &pid in pids.iter().flatten() {
             say(&mut fleet, pid, "READY=1", 0);

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::{self, Ask, ControlError, ControlSocket};
 use crate::exit::Exit;
 use crate::fleet::{Fleet, SetupError};
+use crate::host::{Driver, SysHost};
 use crate::logs::{self, Capture, LogSink};
 use crate::notify::NotifySocket;
 use crate::reloads::Waiters;
@@ -70,8 +71,9 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
         }
     };
 
-    let mut fleet = match Fleet::new(&config, notify.env_value.clone(), cpus) {
-        Ok(f) => f,
+    let mut driver = Driver::new(SysHost, notify.env_value.clone());
+    let mut fleet = match driver.prepare(&config, cpus, None) {
+        Ok(first) => Fleet::new(first, format!("@heartalk/{}/metrics", std::process::id())),
         Err(e @ SetupError::Program(_)) => {
             tracing::error!(event = "setup_failed", error = %e);
             return Ok(Exit::Usage);
@@ -93,17 +95,17 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                 None
             }
         };
-    fleet.set_limits_fd(limits.as_ref().map(std::os::fd::AsRawFd::as_raw_fd));
+    driver.set_limits_fd(limits.as_ref().map(std::os::fd::AsRawFd::as_raw_fd));
     // The fleet-state page: how many slots of each app are not serving,
     // read by every worker's `/ready` (its own app's word). Without it each worker answers for itself only,
     // so a failure is logged, not fatal.
     match crate::fleet_state::FleetState::create() {
-        Ok(state) => fleet.set_fleet_state(state),
+        Ok(state) => driver.set_fleet_state(state),
         Err(e) => {
             tracing::warn!(event = "fleet_state_unavailable", error = %e, "workers' /ready answers for themselves only")
         }
     }
-    fleet.set_control_socket(
+    driver.set_control_socket(
         config
             .supervisor
             .service_metrics
@@ -121,7 +123,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
         },
         None => None,
     };
-    fleet.set_capture_output(capture.is_some());
+    driver.set_capture_output(capture.is_some());
 
     let (ask_tx, mut asks) = mpsc::channel::<Ask>(64);
     let control_task = tokio::spawn({
@@ -156,9 +158,9 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
     // its request number.
     let mut pending_reloads: Waiters<oneshot::Sender<Body>> = Waiters::default();
 
-    fleet.start_all(Instant::now());
+    driver.apply(&mut fleet, Instant::now(), Fleet::start_all);
     let mut drains_seen = fleet.drains_started();
-    read_outputs(&mut fleet, capture.as_mut());
+    read_outputs(&mut driver, capture.as_mut());
 
     let exit = loop {
         let deadline = fleet.next_deadline();
@@ -175,12 +177,16 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                         for (pid, status) in sys::reap() {
                             // Its CPU reading ends with it, scraped or not.
                             cpu.forget(pid);
-                            fleet.on_exit(pid, status, now);
+                            driver.forget(pid);
+                            driver.apply(&mut fleet, now, |f| f.on_exit(pid, status, now));
                         }
                     }
-                    Some(Intent::Stop) if fleet.is_stopping() => fleet.stop(true, now),
-                    Some(Intent::Stop) => fleet.stop(false, now),
-                    Some(Intent::FastStop) => fleet.stop(true, now),
+                    Some(Intent::Stop) => {
+                        // A second one while stopping: stop fast.
+                        let fast = fleet.is_stopping();
+                        driver.apply(&mut fleet, now, |f| f.stop(fast, now));
+                    }
+                    Some(Intent::FastStop) => driver.apply(&mut fleet, now, |f| f.stop(true, now)),
                     Some(Intent::Reload) => {
                         fleet.request_reload("signal");
                     }
@@ -194,7 +200,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             }
             msg = notify.recv() => {
                 match msg {
-                    Ok(m) => on_notify(&mut fleet, &metrics, &m),
+                    Ok(m) => on_notify(&mut fleet, &mut driver, &metrics, &m),
                     Err(e) => tracing::warn!(event = "notify_error", error = %e),
                 }
             }
@@ -202,13 +208,11 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                 let now = Instant::now();
                 match ask.command {
                     Command::Status => {
-                        fleet.refresh_pss(now);
-                        let report = status::build(&fleet.view(), &me, &metrics, &mut cpu, now);
+                        let report = status::build(&driver.view(&fleet, now), &me, &metrics, &mut cpu, now);
                         let _ = ask.reply.send(Body::Status(report));
                     }
                     Command::Metrics => {
-                        fleet.refresh_pss(now);
-                        let view = fleet.view();
+                        let view = driver.view(&fleet, now);
                         let extra = scrape::supervisor_families(&view, &mut cpu, now, sink.as_ref().map(LogSink::stats));
                         let targets = scrape::targets(&view);
                         let metrics = metrics.clone();
@@ -229,7 +233,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                         let _ = ask.reply.send(Body::Stopping);
                         if !fleet.is_stopping() {
                             tracing::info!(event = "stop_requested", via = "control socket");
-                            fleet.stop(false, now);
+                            driver.apply(&mut fleet, now, |f| f.stop(false, now));
                         }
                     }
                 }
@@ -244,7 +248,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
         // Pings that queued up while the loop was busy count before any
         // worker's silence is judged.
         while let Some(m) = notify.try_recv() {
-            on_notify(&mut fleet, &metrics, &m);
+            on_notify(&mut fleet, &mut driver, &metrics, &m);
         }
         let now = Instant::now();
         if let Some(late) = deadline.and_then(|d| now.checked_duration_since(d)) {
@@ -254,12 +258,12 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                 fleet.pardon_silence(now, late);
             }
         }
-        fleet.tick(now);
+        driver.apply(&mut fleet, now, |f| f.tick(now));
         if fleet.reload_due() {
             // Before `read_outputs`, so the new workers' pipes are read at once.
-            reload(&mut fleet, &config.path, Instant::now());
+            reload(&mut fleet, &mut driver, &config.path, cpus);
         }
-        read_outputs(&mut fleet, capture.as_mut());
+        read_outputs(&mut driver, capture.as_mut());
         if fleet.drains_started() != drains_seen {
             // Catch what a worker counted before it began draining (it keeps
             // serving its metrics until it exits).
@@ -362,19 +366,25 @@ fn raise_fd_limit() {
 const STALL: Duration = Duration::from_secs(1);
 
 /// A worker's sd_notify message.
-fn on_notify(fleet: &mut Fleet, metrics: &Arc<FleetMetrics>, m: &crate::notify::Message) {
+fn on_notify(
+    fleet: &mut Fleet,
+    driver: &mut Driver,
+    metrics: &Arc<FleetMetrics>,
+    m: &crate::notify::Message,
+) {
     if m.status.as_deref() == Some("drained") {
         // A draining worker is done and waits for its last scrape: take
         // it, then it exits.
         scrape_in_background(fleet, metrics);
     }
-    fleet.on_notify(m, Instant::now());
+    let now = Instant::now();
+    driver.apply(fleet, now, |f| f.on_notify(m, now));
 }
 
 /// Hands each new worker's stdout and stderr to the log thread.
-fn read_outputs(fleet: &mut Fleet, capture: Option<&mut Capture>) {
+fn read_outputs(driver: &mut Driver, capture: Option<&mut Capture>) {
     let Some(capture) = capture else { return };
-    for w in fleet.take_new_outputs() {
+    for w in driver.take_new_outputs() {
         for (fd, stream) in [(w.outputs.stdout, "stdout"), (w.outputs.stderr, "stderr")] {
             let source = logs::Source {
                 app: w.app.clone(),
@@ -425,9 +435,18 @@ fn stopping() -> Body {
 /// generation keeps serving. The config is read only now, when the reload
 /// starts, so a request queued behind a rollout gets the file as it is
 /// when its own reload runs.
-fn reload(fleet: &mut Fleet, path: &std::path::Path, now: Instant) {
+fn reload(fleet: &mut Fleet, driver: &mut Driver, path: &std::path::Path, cpus: u32) {
     match Config::load(path) {
-        Ok(config) => fleet.reload(&config, now),
+        Ok(config) => match driver.prepare(&config, cpus, Some(fleet)) {
+            Ok(next) => {
+                let now = Instant::now();
+                driver.apply(fleet, now, |f| f.reload(next, now));
+            }
+            Err(e) => {
+                tracing::error!(event = "reload_refused", error = %e, "the new generation cannot be set up; keeping the running one");
+                fleet.record_refused(e.to_string());
+            }
+        },
         Err(e) => {
             let errors: Vec<String> = match &e {
                 shared::config::LoadError::Invalid(list) => {

@@ -18,6 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 const BACKLOG: i32 = 4096;
 
 /// A bound, listening slot socket.
+#[derive(Debug)]
 pub struct SlotSocket {
     socket: Socket,
     pub addr: SocketAddr,

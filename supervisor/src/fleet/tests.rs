@@ -13,12 +13,14 @@ use nix::unistd::Pid;
 use shared::config::Config;
 
 use super::*;
+use crate::host::Driver;
 use crate::notify::parse;
 
 /// A fleet of `instances` sleepers with a 2 s watchdog, started, every
 /// worker READY at `t0`.
 struct Sleepers {
     fleet: Fleet,
+    driver: Driver,
     t0: Instant,
 }
 
@@ -34,10 +36,12 @@ fn config(instances: u32) -> Config {
 
 impl Sleepers {
     fn start(instances: u32) -> Sleepers {
-        let mut fleet = Fleet::new(&config(instances), "@heartalk-fleet-test".into(), 1).unwrap();
+        let mut driver = Driver::new(crate::host::SysHost, "@heartalk-fleet-test".into());
+        let first = driver.prepare(&config(instances), 1, None).unwrap();
+        let mut fleet = Fleet::new(first, "@heartalk-fleet-test/metrics".into());
         let t0 = Instant::now();
-        fleet.start_all(t0);
-        let mut s = Sleepers { fleet, t0 };
+        driver.apply(&mut fleet, t0, Fleet::start_all);
+        let mut s = Sleepers { fleet, driver, t0 };
         for pid in s.current() {
             s.say(pid, "READY=1", t0);
         }
@@ -53,7 +57,23 @@ impl Sleepers {
     }
 
     fn say(&mut self, pid: Pid, text: &str, at: Instant) {
-        self.fleet.on_notify(&parse(pid, text.as_bytes()), at);
+        let msg = parse(pid, text.as_bytes());
+        self.driver
+            .apply(&mut self.fleet, at, |f| f.on_notify(&msg, at));
+    }
+
+    fn tick(&mut self, at: Instant) {
+        self.driver.apply(&mut self.fleet, at, |f| f.tick(at));
+    }
+
+    fn reload(&mut self, config: &Config, at: Instant) {
+        let next = self.driver.prepare(config, 1, Some(&self.fleet)).unwrap();
+        self.driver
+            .apply(&mut self.fleet, at, |f| f.reload(next, at));
+    }
+
+    fn stop(&mut self, fast: bool, at: Instant) {
+        self.driver.apply(&mut self.fleet, at, |f| f.stop(fast, at));
     }
 
     /// The current worker of every slot.
@@ -91,7 +111,8 @@ impl Sleepers {
                     std::thread::sleep(Duration::from_millis(5))
                 }
                 Ok(status) => {
-                    self.fleet.on_exit(pid, status, at);
+                    self.driver
+                        .apply(&mut self.fleet, at, |f| f.on_exit(pid, status, at));
                     return status;
                 }
                 Err(e) => panic!("waitpid {pid}: {e}"),
@@ -112,7 +133,7 @@ impl Drop for Sleepers {
 #[test]
 fn a_worker_that_never_pinged_is_never_hung() {
     let mut s = Sleepers::start(1);
-    s.fleet.tick(s.at(3600.0));
+    s.tick(s.at(3600.0));
     assert_eq!(s.state(0), SlotState::Online);
     assert!(s.successor(0).is_none());
     assert_eq!(s.fleet.next_deadline(), None, "nothing to wake up for");
@@ -124,9 +145,9 @@ fn silence_past_the_watchdog_replaces_the_worker_and_aborts_it() {
     let old = s.current()[0];
     s.say(old, "WATCHDOG=1", s.at(1.0));
     assert_eq!(s.fleet.next_deadline(), Some(s.at(1.0) + WATCHDOG));
-    s.fleet.tick(s.at(2.9));
+    s.tick(s.at(2.9));
     assert_eq!(s.state(0), SlotState::Online, "still within the interval");
-    s.fleet.tick(s.at(3.0));
+    s.tick(s.at(3.0));
     assert_eq!(s.state(0), SlotState::Hung);
     assert_eq!(s.fleet.not_serving(), 1);
     let new = s.successor(0).expect("a replacement starts at once");
@@ -161,7 +182,7 @@ fn silence_past_the_watchdog_replaces_the_worker_and_aborts_it() {
     assert!(has(&v.restarts_by, "hung", 1));
     assert!(has(&v.restarts_by, "crash", 0));
     // The replacement is not watched until it pings.
-    s.fleet.tick(s.at(60.0));
+    s.tick(s.at(60.0));
     assert_eq!(s.state(0), SlotState::Online);
 }
 
@@ -178,7 +199,7 @@ fn a_replacement_ready_first_retires_the_hung_worker_with_its_kill_deadline() {
     // The hung one is SIGKILLed at its deadline (ABORT_GRACE), not after
     // a kill_timeout drain.
     assert_eq!(s.fleet.next_deadline(), Some(s.at(1.0) + ABORT_GRACE));
-    s.fleet.tick(s.at(1.0) + ABORT_GRACE);
+    s.tick(s.at(1.0) + ABORT_GRACE);
     assert!(s.fleet.draining.iter().any(|d| d.pid == old && d.killed));
     // SIGKILL wakes the stopped process; the kernel may report the
     // SIGABRT that was pending since, but it dies now either way.
@@ -208,8 +229,8 @@ fn a_hang_during_a_reload_keeps_its_generation_and_its_kill_deadline() {
     let mut s = Sleepers::start(1);
     let old = s.stopped_worker();
     s.say(old, "WATCHDOG=1", s.at(0.5));
-    s.fleet.reload(&config(1), s.at(1.0));
-    s.fleet.tick(s.at(2.5));
+    s.reload(&config(1), s.at(1.0));
+    s.tick(s.at(2.5));
     assert_eq!(s.state(0), SlotState::Hung);
     let succ = s.fleet.apps[0].slots[0].successor.as_ref().unwrap();
     assert_eq!(
@@ -239,7 +260,7 @@ fn a_stop_keeps_a_hung_workers_earlier_kill_deadline() {
     let mut s = Sleepers::start(1);
     let old = s.stopped_worker();
     s.say(old, "WATCHDOG=trigger", s.at(1.0));
-    s.fleet.stop(false, s.at(1.5));
+    s.stop(false, s.at(1.5));
     let w = s.fleet.apps[0].slots[0].worker.as_ref().unwrap();
     assert_eq!(w.kill_at, Some(s.at(1.0) + ABORT_GRACE));
 }
@@ -253,11 +274,11 @@ fn a_supervisor_stall_pardons_the_workers_silence() {
     }
     // The loop wakes 30 s late: nobody is judged for the supervisor's pause.
     s.fleet.pardon_silence(s.at(31.0), Duration::from_secs(29));
-    s.fleet.tick(s.at(31.0));
+    s.tick(s.at(31.0));
     assert_eq!(s.state(0), SlotState::Online);
     assert_eq!(s.state(1), SlotState::Online);
     // ...but a worker that stays silent from then on is.
-    s.fleet.tick(s.at(33.0));
+    s.tick(s.at(33.0));
     assert_eq!(s.state(0), SlotState::Hung);
 }
 

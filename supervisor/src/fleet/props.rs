@@ -27,7 +27,9 @@ use proptest::prelude::*;
 use shared::config::Config;
 
 use super::*;
+use crate::host::{Driver, Host, Outputs};
 use crate::notify::parse;
+use crate::spawn::Launch;
 
 /// Cases per property: enough to reach the rare orders (a crash during a
 /// rollout's commit, a memory replacement racing a reload), few enough
@@ -237,7 +239,8 @@ fn shape() -> impl Strategy<Value = Shape> {
 
 /// A fleet on a fake host, driven as the event loop drives it.
 struct Sim {
-    fleet: Fleet<FakeHost>,
+    fleet: Fleet,
+    driver: Driver<FakeHost>,
     now: Instant,
     shape: Shape,
     config: Config,
@@ -250,12 +253,14 @@ struct Sim {
 impl Sim {
     fn start(shape: Shape) -> Sim {
         let config = config(&shape);
-        let mut fleet =
-            Fleet::with_host(FakeHost::default(), &config, "@heartalk-props".into(), 2).unwrap();
+        let mut driver = Driver::new(FakeHost::default(), "@heartalk-props".into());
+        let first = driver.prepare(&config, 2, None).unwrap();
+        let mut fleet = Fleet::new(first, "@heartalk-props/metrics".into());
         let now = Instant::now();
-        fleet.start_all(now);
+        driver.apply(&mut fleet, now, Fleet::start_all);
         let mut sim = Sim {
             fleet,
+            driver,
             now,
             shape,
             config,
@@ -267,17 +272,22 @@ impl Sim {
     }
 
     fn pick(&self, k: usize) -> Option<Pid> {
-        let live = &self.fleet.host.live;
+        let live = &self.driver.host.live;
         (!live.is_empty()).then(|| *live.iter().nth(k % live.len()).unwrap())
     }
 
     fn say(&mut self, pid: Pid, text: &str) {
-        self.fleet.on_notify(&parse(pid, text.as_bytes()), self.now);
+        let now = self.now;
+        let msg = parse(pid, text.as_bytes());
+        self.driver
+            .apply(&mut self.fleet, now, |f| f.on_notify(&msg, now));
     }
 
     fn exit(&mut self, pid: Pid, status: WaitStatus) {
-        self.fleet.host.live.remove(&pid);
-        self.fleet.on_exit(pid, status, self.now);
+        self.driver.host.live.remove(&pid);
+        let now = self.now;
+        self.driver
+            .apply(&mut self.fleet, now, |f| f.on_exit(pid, status, now));
     }
 
     /// What the event loop does after every wake: tick, start a due
@@ -300,11 +310,17 @@ impl Sim {
     }
 
     fn turn(&mut self) {
-        self.fleet.tick(self.now);
+        let now = self.now;
+        self.driver.apply(&mut self.fleet, now, |f| f.tick(now));
         if self.fleet.reload_due() {
-            self.fleet.reload(&self.config, self.now);
+            let next = self
+                .driver
+                .prepare(&self.config, 2, Some(&self.fleet))
+                .unwrap();
+            self.driver
+                .apply(&mut self.fleet, now, |f| f.reload(next, now));
         }
-        assert!(self.fleet.take_new_outputs().is_empty());
+        assert!(self.driver.take_new_outputs().is_empty());
         for f in self.fleet.take_finished_reloads() {
             self.outcomes.push(f.outcome.outcome);
         }
@@ -334,7 +350,7 @@ impl Sim {
                 }
             }
             Event::CrashNewest => {
-                let newest = self.fleet.host.live.iter().next_back().copied();
+                let newest = self.driver.host.live.iter().next_back().copied();
                 if let Some(pid) = newest {
                     self.exit(pid, WaitStatus::Exited(pid, 1));
                 }
@@ -352,10 +368,10 @@ impl Sim {
             Event::Memory { pick, level } => {
                 if let Some(pid) = self.pick(pick) {
                     let rss = [SOFT / 2, SOFT + 1, HARD + 1][level as usize];
-                    self.fleet.host.memory.insert(pid, rss);
+                    self.driver.host.memory.insert(pid, rss);
                 }
             }
-            Event::FailNextSpawn => self.fleet.host.fail_next_spawn = true,
+            Event::FailNextSpawn => self.driver.host.fail_next_spawn = true,
             Event::Advance { ms } => return self.advance(Duration::from_millis(ms)),
             Event::Reload { a, surge } => {
                 self.shape.a = a;
@@ -364,8 +380,9 @@ impl Sim {
                 self.fleet.request_reload("signal");
             }
             Event::Stop { fast } => {
-                let fast = fast || self.fleet.is_stopping();
-                self.fleet.stop(fast, self.now);
+                let (fast, now) = (fast || self.fleet.is_stopping(), self.now);
+                self.driver
+                    .apply(&mut self.fleet, now, |f| f.stop(fast, now));
             }
         }
         self.settle_step();
@@ -410,19 +427,21 @@ impl Sim {
     /// SIGKILL. The stop must still finish, every worker reaped.
     fn finish(&mut self) {
         if !self.fleet.is_stopping() {
-            self.fleet.stop(false, self.now);
+            let now = self.now;
+            self.driver
+                .apply(&mut self.fleet, now, |f| f.stop(false, now));
             self.settle_step();
         }
         for _ in 0..20 {
             if self.fleet.is_stopped() {
-                assert!(self.fleet.host.live.is_empty());
+                assert!(self.driver.host.live.is_empty());
                 return;
             }
             let dying: Vec<Pid> = self
-                .fleet
+                .driver
                 .host
                 .live
-                .intersection(&self.fleet.host.killed)
+                .intersection(&self.driver.host.killed)
                 .copied()
                 .collect();
             for pid in dying {
@@ -433,14 +452,20 @@ impl Sim {
         }
         panic!(
             "the stop never finished: live {:?}, tracked {:?}",
-            self.fleet.host.live, self.fleet.pids
+            self.driver.host.live, self.fleet.pids
         );
     }
 
     /// The invariants that hold after every step.
     fn check(&self) {
         let f = &self.fleet;
-        let host = &f.host;
+        let host = &self.driver.host;
+        // The driver answered every spawn the fleet ordered.
+        assert!(
+            f.spawning.is_empty(),
+            "unanswered spawns: {}",
+            f.spawning.len()
+        );
         // No signal ever goes to a pid already reaped (or never spawned):
         // it could be someone else's by now.
         assert!(
@@ -650,10 +675,10 @@ proptest! {
             sim.say(pid, "READY=1");
             sim.settle_step();
         }
-        let old = sim.fleet.host.live.clone();
+        let old = sim.driver.host.live.clone();
         let before = sim.slots();
-        let sent = sim.fleet.host.signals.len();
-        let spawned = sim.fleet.host.spawned.len();
+        let sent = sim.driver.host.signals.len();
+        let spawned = sim.driver.host.spawned.len();
         sim.apply(&Event::Reload { a: new_a, surge });
         for ev in &events {
             if sim.fleet.rollout.is_none() {
@@ -670,7 +695,7 @@ proptest! {
                     sim.exit(pid, WaitStatus::Exited(pid, 1));
                     sim.settle_step();
                 }
-                RolloutEvent::FailNextSpawn => sim.fleet.host.fail_next_spawn = true,
+                RolloutEvent::FailNextSpawn => sim.driver.host.fail_next_spawn = true,
                 RolloutEvent::Advance { ms } => sim.advance(Duration::from_millis(ms)),
                 _ => {}
             }
@@ -678,7 +703,7 @@ proptest! {
         // Past every new worker's listen_timeout, the rollout is over.
         sim.advance(Duration::from_millis(2500));
         prop_assert!(sim.fleet.rollout.is_none());
-        let signals = &sim.fleet.host.signals[sent..];
+        let signals = &sim.driver.host.signals[sent..];
         match sim.outcomes.last().copied() {
             Some("rolled_back") => {
                 prop_assert!(
@@ -686,9 +711,9 @@ proptest! {
                     "a rollback signalled the old generation: {:?}", signals
                 );
                 prop_assert_eq!(sim.slots(), before);
-                for (pid, ..) in &sim.fleet.host.spawned[spawned..] {
-                    let reaped = !sim.fleet.host.live.contains(pid);
-                    let killed = sim.fleet.host.killed.contains(pid)
+                for (pid, ..) in &sim.driver.host.spawned[spawned..] {
+                    let reaped = !sim.driver.host.live.contains(pid);
+                    let killed = sim.driver.host.killed.contains(pid)
                         && sim.fleet.draining.iter().any(|d| d.pid == *pid && d.killed);
                     prop_assert!(reaped || killed, "new worker {} left running", pid);
                 }
@@ -747,7 +772,7 @@ fn a_late_replacement_is_killed_once_and_does_not_spin() {
     sim.apply(&Event::Ping { pick: 1 });
     sim.apply(&Event::Advance { ms: 4000 });
     let kills = sim
-        .fleet
+        .driver
         .host
         .signals
         .iter()
@@ -777,7 +802,7 @@ fn a_killed_replacement_s_late_ready_does_not_take_the_slot() {
         sim.say(pid, "READY=1");
         sim.settle_step();
     }
-    sim.fleet.host.memory.insert(old, SOFT + 1);
+    sim.driver.host.memory.insert(old, SOFT + 1);
     // Two strikes, one check interval apart: a replacement starts.
     sim.apply(&Event::Advance { ms: 2000 });
     assert_eq!(
@@ -786,14 +811,14 @@ fn a_killed_replacement_s_late_ready_does_not_take_the_slot() {
     );
     // It misses listen_timeout and is killed, then its READY arrives.
     sim.apply(&Event::Advance { ms: 2000 });
-    assert!(sim.fleet.host.killed.contains(&replacement));
+    assert!(sim.driver.host.killed.contains(&replacement));
     sim.say(replacement, "READY=1");
     sim.settle_step();
     assert_eq!(
         sim.fleet.apps[0].slots[0].worker.as_ref().map(|w| w.pid),
         Some(old)
     );
-    assert!(!sim.fleet.host.signals.contains(&(old, Signal::SIGTERM)));
+    assert!(!sim.driver.host.signals.contains(&(old, Signal::SIGTERM)));
     sim.exit(
         replacement,
         WaitStatus::Signaled(replacement, Signal::SIGKILL, false),
@@ -801,4 +826,78 @@ fn a_killed_replacement_s_late_ready_does_not_take_the_slot() {
     sim.settle_step();
     assert_eq!(sim.fleet.apps[0].slots[0].state, SlotState::Online);
     sim.finish();
+}
+
+/// The machine on its own, without a driver: events go in, actions come
+/// out, and nothing happens until the answers are fed back.
+#[test]
+fn the_fleet_returns_actions_and_performs_none() {
+    let shape = Shape {
+        a: 2,
+        b: 1,
+        surge: 1,
+        memory: false,
+        watchdog: false,
+        max_restarts: 3,
+    };
+    let mut host = FakeHost::default();
+    let first = prepare(&mut host, &config(&shape), 2, None).unwrap();
+    let mut fleet = Fleet::new(first, "@heartalk-props/metrics".into());
+    let t0 = Instant::now();
+    let orders: Vec<SpawnOrder> = fleet
+        .start_all()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Spawn(o) => Some(o),
+            _ => None,
+        })
+        .collect();
+    let slots: Vec<(String, usize)> = orders
+        .iter()
+        .map(|o| (o.app.name.clone(), o.slot))
+        .collect();
+    assert_eq!(slots, [("a".into(), 0), ("a".into(), 1), ("b".into(), 0)]);
+    // Ordered, not started: the slots wait for the answers.
+    assert!(fleet.worker_pids().is_empty());
+    assert!(
+        fleet.view().apps[0]
+            .slots
+            .iter()
+            .all(|s| s.worker.is_none())
+    );
+    // The first spawn worked, the second failed, the third is answered
+    // after a stop began: that worker is killed, not adopted.
+    let pid = Pid::from_raw(4242);
+    assert!(fleet.spawned(orders[0].id, Ok(pid), t0).is_empty());
+    assert_eq!(fleet.worker_pids(), [pid]);
+    let _ = fleet.spawned(orders[1].id, Err("no such file".into()), t0);
+    let restart = fleet.next_deadline().expect("a restart is scheduled");
+    assert_eq!(fleet.view().apps[0].slots[1].state, SlotState::Waiting);
+    let stop = fleet.stop(false, t0);
+    let late = Pid::from_raw(4243);
+    let answer: Vec<Action> = fleet.spawned(orders[2].id, Ok(late), t0).0;
+    assert!(
+        matches!(answer.as_slice(), [Action::SignalGroup { pid, sig: Signal::SIGKILL }] if *pid == late),
+        "{answer:?}"
+    );
+    // The stop asked the one running worker to finish and let go of
+    // every slot socket; no restart comes.
+    let stop = stop.0;
+    assert!(
+        stop.iter()
+            .any(|a| matches!(a, Action::Signal { pid: p, sig: Signal::SIGTERM } if *p == pid))
+    );
+    assert_eq!(
+        stop.iter()
+            .filter(|a| matches!(a, Action::CloseSocket(_)))
+            .count(),
+        3
+    );
+    assert!(
+        fleet
+            .tick(restart)
+            .0
+            .iter()
+            .all(|a| !matches!(a, Action::Spawn(_)))
+    );
 }
