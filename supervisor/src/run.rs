@@ -30,6 +30,7 @@ use crate::notify::NotifySocket;
 use crate::reloads::Waiters;
 use crate::scrape::{self, CpuSampler, FleetMetrics};
 use crate::signals::{Intent, Signals};
+use crate::systemd::ServiceManager;
 use crate::{cpus, sockets, status, sys};
 
 /// Runs the fleet until it is stopped; returns the exit code to use.
@@ -158,6 +159,13 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
     // its request number.
     let mut pending_reloads: Waiters<oneshot::Sender<Body>> = Waiters::default();
 
+    // systemd, when it runs us as a Type=notify service (see `systemd.rs`).
+    let manager = ServiceManager::from_env();
+    let mut manager_ping =
+        tokio::time::interval(manager.ping_period().unwrap_or(Duration::from_secs(3600)));
+    manager_ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut told_reloading, mut told_stopping) = (false, false);
+
     driver.apply(&mut fleet, Instant::now(), Fleet::start_all);
     let mut drains_seen = fleet.drains_started();
     read_outputs(&mut driver, capture.as_mut());
@@ -243,6 +251,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                 // that dies without warning loses little from the totals.
                 scrape_in_background(&fleet, &metrics);
             }
+            _ = manager_ping.tick() => manager.ping(),
             _ = sleep => {}
         }
         // Pings that queued up while the loop was busy count before any
@@ -260,6 +269,10 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
         }
         driver.apply(&mut fleet, now, |f| f.tick(now));
         if fleet.reload_due() {
+            if !told_reloading {
+                manager.reloading();
+                told_reloading = true;
+            }
             // Before `read_outputs`, so the new workers' pipes are read at once.
             reload(&mut fleet, &mut driver, &config.path, cpus);
         }
@@ -272,8 +285,16 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
         }
         answer_reloads(&mut fleet, &mut pending_reloads);
         if fleet.take_first_ready() {
-            // We may ourselves be a Type=notify systemd service.
-            let _ = shared::activation::notify("READY=1");
+            manager.ready(&serving(&fleet));
+        }
+        if told_reloading && !fleet.is_reloading() && !fleet.reload_due() {
+            // Over, whatever the outcome: a generation serves either way.
+            manager.ready(&serving(&fleet));
+            told_reloading = false;
+        }
+        if fleet.is_stopping() && !told_stopping {
+            manager.stopping();
+            told_stopping = true;
         }
         if fleet.is_stopped() {
             let exit = if fleet.was_forced() {
@@ -379,6 +400,21 @@ fn on_notify(
     }
     let now = Instant::now();
     driver.apply(fleet, now, |f| f.on_notify(m, now));
+}
+
+/// The `STATUS=` line for the service manager.
+fn serving(fleet: &Fleet) -> String {
+    let view = fleet.view();
+    let online = view
+        .apps
+        .iter()
+        .flat_map(|a| &a.slots)
+        .filter(|s| s.state == crate::fleet::SlotState::Online)
+        .count();
+    format!(
+        "serving: {online} workers online, generation {}",
+        view.generation
+    )
 }
 
 /// Hands each new worker's stdout and stderr to the log thread.

@@ -43,6 +43,11 @@ impl Fleet {
         Some(seq)
     }
 
+    /// Whether a rollout runs.
+    pub fn is_reloading(&self) -> bool {
+        self.rollout.is_some()
+    }
+
     /// Whether a requested reload should start now: some request is not
     /// yet answered and no rollout runs. The caller prepares the next
     /// generation and calls [`Fleet::reload`] or, for a bad file or a

@@ -1,0 +1,151 @@
+//! The command line's definition: every verb, flag and default, in one
+//! place, so that argument parsing, `--help`, the shell completions and the
+//! man page cannot disagree — the last two are generated from it
+//! (`heartalk completions SHELL`, `heartalk man`). `main.rs` parses with it
+//! and dispatches.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
+
+/// Process supervisor for the HearTalk AI service (replaces PM2).
+#[derive(Parser)]
+#[command(name = "heartalk", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the workers in the foreground until SIGTERM/SIGINT.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every error with its line, exit 64 if any.
+    Check {
+        /// Config file.
+        #[arg(default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
+        file: PathBuf,
+    },
+    /// Show every worker of the running fleet.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the stable JSON schema (docs/operations.md) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the config with zero downtime; waits for the outcome
+    /// (exit 0 committed, 1 refused or rolled back).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop the fleet gracefully and wait until the supervisor has exited.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Probe the service's health endpoint (the container HEALTHCHECK):
+    /// exit 0 on HTTP 200 (healthy or degraded), 1 otherwise.
+    Health {
+        /// URL to GET [default: http://127.0.0.1:$PORT/api/v1/health, port 8001
+        /// when PORT is unset].
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this long (connect, request and answer together).
+        #[arg(long, default_value = "5s", value_parser = shared::config::units::parse_duration)]
+        timeout: Duration,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish or
+    /// powershell), e.g. `heartalk completions bash > /etc/bash_completion.d/heartalk`.
+    Completions {
+        /// The shell to complete for.
+        shell: Shell,
+    },
+    /// Print the man page heartalk(1) (roff), or write every page
+    /// (heartalk.1 and heartalk-VERB.1 for each verb) into a directory,
+    /// e.g. `heartalk man --dir /usr/local/share/man/man1`.
+    Man {
+        /// Write every page into this directory instead of printing heartalk(1).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Which supervisor a verb talks to.
+#[derive(clap::Args)]
+pub struct Target {
+    /// Config file of the running supervisor (locates its control socket).
+    #[arg(short, long, default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
+    pub config: PathBuf,
+    /// The control socket itself (overrides the config's).
+    #[arg(long, env = "HEARTALK_SOCKET")]
+    pub socket: Option<PathBuf>,
+}
+
+/// The CLI as clap sees it (for generators and tests).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn completions(shell: Shell, out: &mut dyn Write) {
+    clap_complete::generate(shell, &mut command(), "heartalk", out);
+}
+
+/// Writes the man page `heartalk(1)`: the verbs listed, each pointing at
+/// its own page `heartalk-VERB(1)` (see [`man_pages`]).
+pub fn man(out: &mut dyn Write) -> std::io::Result<()> {
+    let page = clap_mangen::Man::new(command());
+    page.render(out)?;
+    page_tail(out)
+}
+
+/// Every man page: `heartalk.1` and one `heartalk-VERB.1` per verb, as
+/// (file name, roff text) — what `heartalk man --dir` writes, the way git
+/// ships `git-commit(1)`.
+pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut main = Vec::new();
+    man(&mut main)?;
+    let mut pages = vec![("heartalk.1".to_string(), main)];
+    let mut cmd = command();
+    // Built, it has the `help` verb too, which heartalk(1) lists.
+    cmd.build();
+    for sub in cmd.get_subcommands() {
+        let name = format!("heartalk-{}", sub.get_name());
+        let sub = sub
+            .clone()
+            .display_name(name.clone())
+            .bin_name(format!("heartalk {}", sub.get_name()));
+        let mut text = Vec::new();
+        clap_mangen::Man::new(sub)
+            .title(name.clone())
+            .render(&mut text)?;
+        pages.push((format!("{name}.1"), text));
+    }
+    Ok(pages)
+}
+
+fn page_tail(out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        ".SH \"EXIT STATUS\"\n.TP\n0\nSuccess; for \\fBrun\\fR, every worker stopped cleanly.\n.TP\n1\n\
+         A stop had to SIGKILL a worker; a reload refused or rolled back; an unhealthy probe.\n\
+         .TP\n3\nNo supervisor answers on the control socket.\n.TP\n64\n\
+         Bad usage or an invalid config file (every error printed with its line).\n.TP\n69\n\
+         Every slot is errored: the workers keep crashing.\n.TP\n71\n\
+         Setting up failed (a socket bind, a missing program).\n.TP\n75\n\
+         Another supervisor already runs with this control socket."
+    )?;
+    writeln!(
+        out,
+        ".SH FILES\n.TP\necosystem.toml\nThe config file (\\fB--config\\fR, \\fBHEARTALK_CONFIG\\fR)."
+    )
+}
