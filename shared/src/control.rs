@@ -39,6 +39,13 @@ pub enum Command {
     Stop,
     /// Fleet-wide Prometheus text (what `GET /metrics` serves).
     Metrics,
+    /// Replace every worker (of `app`, or of every app) with a fresh one
+    /// running the same config, with zero downtime; answered when every
+    /// slot has had its turn ([`RestartResult`]).
+    Restart {
+        #[serde(default)]
+        app: Option<String>,
+    },
 }
 
 /// The supervisor's answer.
@@ -56,6 +63,7 @@ pub enum Body {
     Reload(ReloadResult),
     Stopping,
     Metrics { text: String },
+    Restart(RestartResult),
     Error { code: ErrorCode, message: String },
 }
 
@@ -70,6 +78,24 @@ pub enum ErrorCode {
     Stopping,
     /// Something failed inside the supervisor.
     Internal,
+    /// The command cannot be done now or as asked (an unknown app, a
+    /// reload or restart already running); the message says which.
+    Refused,
+}
+
+/// How a `heartalk restart` ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartResult {
+    /// The apps it covered.
+    pub apps: Vec<String>,
+    /// Workers replaced by a fresh one that became READY.
+    pub replaced: u32,
+    /// Slots not serving when their turn came (they restart anyway).
+    pub skipped: u32,
+    /// Replacements that failed (the old worker kept serving), why.
+    pub failed: Vec<String>,
+    /// `done`, or `stopped` when a stop cut it short.
+    pub outcome: String,
 }
 
 /// `heartalk status --json`.

@@ -47,6 +47,15 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Replace every worker (of APP, or of every app) with a fresh process
+    /// running the same config — zero downtime, nothing re-read; waits for
+    /// the outcome (exit 0 every worker replaced, 1 some replacement failed).
+    Restart {
+        /// Only this app's workers.
+        app: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Stop the fleet gracefully and wait until the supervisor has exited.
     Stop {
         #[command(flatten)]

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Command::Status { target, json } => verb(&target, |path| status(path, json)),
         Command::Reload { target } => verb(&target, reload),
         Command::Stop { target } => verb(&target, stop),
+        Command::Restart { app, target } => verb(&target, |path| restart(path, app)),
         Command::Completions { shell } => {
             heartalk::cli::completions(shell, &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -138,6 +139,44 @@ fn reload(path: &Path) -> Result<Exit, ClientError> {
                 r.generation,
                 r.reason.as_deref().unwrap_or("no reason given")
             );
+            Ok(Exit::Forced)
+        }
+        other => unexpected(other),
+    }
+}
+
+fn restart(path: &Path, app: Option<String>) -> Result<Exit, ClientError> {
+    // Every replacement waits for its READY: allow for slow starts.
+    match ask(
+        path,
+        control::Command::Restart { app },
+        Duration::from_secs(600),
+    )? {
+        Body::Restart(r) => {
+            let apps = r.apps.join(", ");
+            let skipped = match r.skipped {
+                0 => String::new(),
+                n => format!(" ({n} not serving, skipped: they restart anyway)"),
+            };
+            if r.outcome != "done" {
+                eprintln!(
+                    "heartalk: restart {}: {} replaced{skipped}",
+                    r.outcome, r.replaced
+                );
+                return Ok(Exit::Forced);
+            }
+            if r.failed.is_empty() {
+                println!("restarted {apps}: {} workers replaced{skipped}", r.replaced);
+                return Ok(Exit::Clean);
+            }
+            eprintln!(
+                "heartalk: restart of {apps}: {} replaced, {} failed (the old workers keep serving){skipped}",
+                r.replaced,
+                r.failed.len()
+            );
+            for why in &r.failed {
+                eprintln!("  {why}");
+            }
             Ok(Exit::Forced)
         }
         other => unexpected(other),

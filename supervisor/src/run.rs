@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shared::config::Config;
-use shared::control::{Body, Command, ErrorCode, ReloadResult};
+use shared::control::{Body, Command, ErrorCode, ReloadResult, RestartResult};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{self, Ask, ControlError, ControlSocket};
 use crate::exit::Exit;
-use crate::fleet::{Fleet, SetupError};
+use crate::fleet::{Fleet, RestartRefused, SetupError};
 use crate::host::{Driver, SysHost};
 use crate::logs::{self, Capture, LogSink};
 use crate::notify::NotifySocket;
@@ -158,6 +158,8 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
     // `heartalk reload` callers, each waiting for the reload that covers
     // its request number.
     let mut pending_reloads: Waiters<oneshot::Sender<Body>> = Waiters::default();
+    // `heartalk restart` callers, by restart number.
+    let mut pending_restarts: Vec<(u64, oneshot::Sender<Body>)> = Vec::new();
 
     // systemd, when it runs us as a Type=notify service (see `systemd.rs`).
     let manager = ServiceManager::from_env();
@@ -237,6 +239,21 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                             let _ = ask.reply.send(stopping());
                         }
                     },
+                    Command::Restart { app } => match fleet.restart(app.as_deref()) {
+                        Ok((seq, actions)) => {
+                            driver.perform(&mut fleet, actions, now);
+                            pending_restarts.push((seq, ask.reply));
+                        }
+                        Err(RestartRefused::Stopping) => {
+                            let _ = ask.reply.send(stopping());
+                        }
+                        Err(e) => {
+                            let _ = ask.reply.send(Body::Error {
+                                code: ErrorCode::Refused,
+                                message: e.to_string(),
+                            });
+                        }
+                    },
                     Command::Stop => {
                         let _ = ask.reply.send(Body::Stopping);
                         if !fleet.is_stopping() {
@@ -284,6 +301,18 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             scrape_in_background(&fleet, &metrics);
         }
         answer_reloads(&mut fleet, &mut pending_reloads);
+        for done in fleet.take_finished_restarts() {
+            if let Some(i) = pending_restarts.iter().position(|(s, _)| *s == done.seq) {
+                let (_, reply) = pending_restarts.swap_remove(i);
+                let _ = reply.send(Body::Restart(RestartResult {
+                    apps: done.apps,
+                    replaced: done.replaced,
+                    skipped: done.skipped,
+                    failed: done.failed,
+                    outcome: done.outcome.to_string(),
+                }));
+            }
+        }
         if fleet.take_first_ready() {
             manager.ready(&serving(&fleet));
         }
@@ -349,7 +378,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                         Body::Status(status::build(&fleet.view(), &me, &metrics, &mut cpu, now))
                     }
                     Command::Stop => Body::Stopping,
-                    Command::Reload | Command::Metrics => stopping(),
+                    Command::Reload | Command::Metrics | Command::Restart { .. } => stopping(),
                 };
                 let _ = ask.reply.send(body);
             }

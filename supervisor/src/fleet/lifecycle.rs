@@ -11,8 +11,8 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::{
-    ABORT_GRACE, Action, Actions, AppRun, Draining, ExitInfo, Fleet, Mode, Pending, Role, Slot,
-    SlotState, SpawnOrder, Worker, log_ready, replace_failed, restart_reason,
+    ABORT_GRACE, Action, Actions, AppRun, Draining, ExitInfo, Fleet, Mode, Pending, Replace, Role,
+    Slot, SlotState, SpawnOrder, Worker, log_ready, replace_failed, restart_reason,
 };
 use crate::memory::{self, Verdict};
 use crate::restart::Decision;
@@ -171,7 +171,13 @@ impl Fleet {
                     self.count_restart(&p.app, "crash");
                 }
             }
-            Role::Successor(a, s) => self.apps[a].slots[s].successor_spawning = None,
+            Role::Successor(a, s) => {
+                let slot = &mut self.apps[a].slots[s];
+                slot.successor_spawning = None;
+                if slot.replacing == Replace::Restart {
+                    self.restart_settled(Err(format!("slot {s}: cannot start a worker: {error}")));
+                }
+            }
             Role::Next(a, s) => {
                 if let Some(r) = self.rollout.as_mut() {
                     r.apps[a].slots[s].spawning = None;
@@ -216,13 +222,14 @@ impl Fleet {
         slot.state = SlotState::Online;
         slot.next_memory_check = Some(now + app.config.memory_check_interval);
         slot.restarts += 1;
+        let why = slot.replacing;
         if let Some(old) = slot.worker.replace(successor) {
             let kill_timeout = app.config.kill_timeout;
             let name = app.config.name.clone();
             let index = slot.index;
-            // Replaced for its memory (it drains on), or hung (its
-            // SIGKILL is already scheduled).
-            let reason = if old.hung { "hung" } else { "memory" };
+            // Replaced for its memory or by `heartalk restart` (it drains
+            // on), or hung (its SIGKILL is already scheduled).
+            let reason = if old.hung { "hung" } else { why.reason() };
             self.count_restart(&name, reason);
             // What `status` shows as the slot's last exit.
             self.apps[a].slots[s].last_exit = Some(ExitInfo {
@@ -230,7 +237,15 @@ impl Fleet {
                 code: None,
                 signal: None,
             });
-            self.drain(old, &name, index, "memory", kill_timeout, None, now);
+            let drain = if why == Replace::Restart {
+                "restart"
+            } else {
+                "memory"
+            };
+            self.drain(old, &name, index, drain, kill_timeout, None, now);
+        }
+        if why == Replace::Restart {
+            self.restart_settled(Ok(()));
         }
     }
 
@@ -293,7 +308,12 @@ impl Fleet {
             };
             self.pids.insert(successor.pid, Role::Current(a, s));
             slot.worker = Some(successor);
+            let why = slot.replacing;
             self.count_restart(&name, restart_reason(reason));
+            if why == Replace::Restart {
+                // The slot has its fresh worker, if sooner than planned.
+                self.restart_settled(Ok(()));
+            }
             return;
         }
         if self.after_exit(a, s, exit, uptime, now) {
@@ -390,7 +410,7 @@ impl Fleet {
         });
         *self.hangs_by.entry((name, reason)).or_default() += 1;
         if !replacing {
-            self.start_successor(a, s);
+            self.start_successor(a, s, Replace::Hung);
         }
     }
 
@@ -607,14 +627,14 @@ impl Fleet {
             }
             Verdict::Replace => {
                 tracing::warn!(event = "memory_replace", app = %app.config.name, slot = slot.index, pid = w.pid.as_raw(), rss, pss, limit = app.limits.soft, "over max_memory: starting a replacement");
-                self.start_successor(a, s);
+                self.start_successor(a, s, Replace::Memory);
             }
         }
     }
 
-    /// Starts a replacement (memory or hung) for slot `s` of app `a`: it takes the
-    /// slot over once READY (see [`Fleet::successor_ready`]).
-    fn start_successor(&mut self, a: usize, s: usize) {
+    /// Starts a replacement (memory, hung or restart) for slot `s` of app
+    /// `a`: it takes the slot over once READY (see [`Fleet::successor_ready`]).
+    pub(super) fn start_successor(&mut self, a: usize, s: usize, why: Replace) {
         // The worker it replaces runs this generation's config (during a
         // reload `self.generation` already names the next one).
         let generation = self.apps[a].slots[s]
@@ -622,7 +642,9 @@ impl Fleet {
             .as_ref()
             .map_or(self.generation, |w| w.generation);
         let id = self.order_spawn(Role::Successor(a, s), generation);
-        self.apps[a].slots[s].successor_spawning = Some(id);
+        let slot = &mut self.apps[a].slots[s];
+        slot.successor_spawning = Some(id);
+        slot.replacing = why;
     }
 
     /// Begins a graceful stop (SIGTERM, SIGKILL after `kill_timeout`) or a
@@ -639,6 +661,7 @@ impl Fleet {
         if let Some(r) = self.rollout.take() {
             self.discard_generation(r, "stopped", now);
         }
+        self.end_rolling("stopped");
         let mut kills = Vec::new();
         let mut closes = Vec::new();
         for d in &mut self.draining {

@@ -37,6 +37,7 @@
 
 mod action;
 mod lifecycle;
+mod rolling;
 mod rollout;
 pub mod setup;
 mod view;
@@ -53,6 +54,7 @@ use nix::unistd::Pid;
 use shared::config::App;
 
 pub use action::{Action, Actions, SpawnOrder};
+pub use rolling::{RestartOutcome, RestartRefused};
 pub use setup::{Generation, prepare};
 pub use view::{AppView, FleetView, SlotView, WorkerView};
 
@@ -202,6 +204,8 @@ struct Slot {
     spawning: Option<u64>,
     /// The same for its successor.
     successor_spawning: Option<u64>,
+    /// Why its latest successor was started.
+    replacing: Replace,
     restarts: u32,
     unstable: u32,
     restart_at: Option<Instant>,
@@ -220,6 +224,7 @@ impl Slot {
             successor: None,
             spawning: None,
             successor_spawning: None,
+            replacing: Replace::Memory,
             restarts: 0,
             unstable: 0,
             restart_at: None,
@@ -298,6 +303,28 @@ enum Mode {
     Stopping,
 }
 
+/// Why a slot's worker is being replaced by a successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// Over `max_memory`: the old worker drains once the new one is READY.
+    Memory,
+    /// Its watchdog expired: the old one is SIGKILLed on its own deadline.
+    Hung,
+    /// `heartalk restart`: a fresh process, same config (see `rolling.rs`).
+    Restart,
+}
+
+impl Replace {
+    /// The restart reason it counts under (`heartalk_worker_restarts_total`).
+    fn reason(self) -> &'static str {
+        match self {
+            Replace::Memory => "memory",
+            Replace::Hung => "hung",
+            Replace::Restart => "restart",
+        }
+    }
+}
+
 /// A spawn the fleet ordered and the driver has not answered yet.
 struct Pending {
     role: Role,
@@ -340,6 +367,12 @@ pub struct Fleet {
     out: Vec<Action>,
     /// The not-serving counts last published (see [`Action::Publish`]).
     published: Vec<(usize, u64)>,
+    /// The rolling restart in progress (`heartalk restart`), if any.
+    rolling: Option<rolling::Rolling>,
+    /// Restarts asked for so far (numbers them), and those finished since
+    /// the event loop last looked.
+    restart_seq: u64,
+    rolled: Vec<RestartOutcome>,
 }
 
 impl Fleet {
@@ -365,6 +398,9 @@ impl Fleet {
             hangs_by: BTreeMap::new(),
             out: Vec::new(),
             published: Vec::new(),
+            rolling: None,
+            restart_seq: 0,
+            rolled: Vec::new(),
         };
         fleet.zero_counters();
         fleet
@@ -488,6 +524,7 @@ impl Fleet {
                 let app = &mut self.apps[a];
                 let slot = &mut app.slots[s];
                 slot.successor = None;
+                let why = slot.replacing;
                 let (event, then) = replace_failed(slot);
                 tracing::warn!(
                     event,
@@ -498,6 +535,12 @@ impl Fleet {
                     signal = signal.as_deref(),
                     "the replacement exited before it was ready; {then}"
                 );
+                if why == Replace::Restart {
+                    let failure = format!(
+                        "slot {s}: the new worker exited before it was ready (code {code:?}, signal {signal:?})"
+                    );
+                    self.restart_settled(Err(failure));
+                }
             }
             Role::Next(a, s) => {
                 let name = self
@@ -753,12 +796,13 @@ pub fn restart_reason(exit_reason: &str) -> &'static str {
         "memory" => "memory",
         "reload" => "reload",
         "hung" => "hung",
+        "restart" => "restart",
         _ => "crash",
     }
 }
 
 /// Every reason `heartalk_worker_restarts_total` counts under.
-const RESTART_REASONS: [&str; 4] = ["crash", "memory", "reload", "hung"];
+const RESTART_REASONS: [&str; 5] = ["crash", "memory", "reload", "hung", "restart"];
 
 /// Every reason `heartalk_worker_hung_total` counts under: no ping in time,
 /// or the worker's own `WATCHDOG=trigger`.

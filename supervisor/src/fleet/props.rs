@@ -182,6 +182,10 @@ enum Event {
     Stop {
         fast: bool,
     },
+    /// `heartalk restart`: every app (0), or `a` (1) or `b` (2).
+    Restart {
+        which: u8,
+    },
 }
 
 /// Events, and where in them a stop comes (if any): drawn apart so that
@@ -215,6 +219,7 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|ms| Event::Advance { ms }),
         2 => (1..4u32, 1..3u32).prop_map(|(a, surge)| Event::Reload { a, surge }),
         1 => Just(Event::CrashNewest),
+        1 => (0..3u8).prop_map(|which| Event::Restart { which }),
     ]
 }
 
@@ -248,6 +253,10 @@ struct Sim {
     outcomes: Vec<&'static str>,
     /// Every slot errored while running: the supervisor would exit.
     gave_up: bool,
+    /// Restarts under way: their number and how many slots they cover.
+    restarts: Vec<(u64, u32)>,
+    /// Outcomes of finished restarts.
+    restarted: Vec<RestartOutcome>,
 }
 
 impl Sim {
@@ -266,6 +275,8 @@ impl Sim {
             config,
             outcomes: Vec::new(),
             gave_up: false,
+            restarts: Vec::new(),
+            restarted: Vec::new(),
         };
         sim.settle_step();
         sim
@@ -324,6 +335,20 @@ impl Sim {
         for f in self.fleet.take_finished_reloads() {
             self.outcomes.push(f.outcome.outcome);
         }
+        for done in self.fleet.take_finished_restarts() {
+            let i = self
+                .restarts
+                .iter()
+                .position(|(seq, _)| *seq == done.seq)
+                .expect("a restart that was started");
+            let (_, slots) = self.restarts.swap_remove(i);
+            if done.outcome == "done" {
+                // Every slot had its turn: replaced, skipped or failed.
+                let settled = done.replaced + done.skipped + done.failed.len() as u32;
+                assert_eq!(settled, slots, "{done:?}");
+            }
+            self.restarted.push(done);
+        }
         self.fleet.take_first_ready();
         if !self.fleet.is_stopping() && self.fleet.all_errored() {
             self.gave_up = true;
@@ -379,6 +404,26 @@ impl Sim {
                 self.config = config(&self.shape);
                 self.fleet.request_reload("signal");
             }
+            Event::Restart { which } => {
+                let app = [None, Some("a"), Some("b")][which as usize];
+                let slots = self
+                    .fleet
+                    .apps
+                    .iter()
+                    .filter(|a| app.is_none_or(|n| a.config.name == n))
+                    .map(|a| a.slots.len() as u32)
+                    .sum();
+                let busy = self.fleet.is_reloading() || self.fleet.is_restarting();
+                match self.fleet.restart(app) {
+                    Ok((seq, actions)) => {
+                        assert!(!busy && !self.fleet.is_stopping());
+                        self.restarts.push((seq, slots));
+                        let now = self.now;
+                        self.driver.perform(&mut self.fleet, actions, now);
+                    }
+                    Err(e) => assert!(busy || self.fleet.is_stopping(), "refused: {e}"),
+                }
+            }
             Event::Stop { fast } => {
                 let (fast, now) = (fast || self.fleet.is_stopping(), self.now);
                 self.driver
@@ -404,6 +449,14 @@ impl Sim {
             .collect();
         pids.sort();
         pids
+    }
+
+    /// Every worker not yet ready sends READY, one after another.
+    fn ready_all(&mut self) {
+        while let Some(&pid) = self.unready().first() {
+            self.say(pid, "READY=1");
+            self.settle_step();
+        }
     }
 
     fn tell(&mut self, pick: usize, text: &str) {
@@ -531,6 +584,20 @@ impl Sim {
                     );
                 }
             }
+        }
+
+        // A restart replaces at most `max_surge` workers of an app at a
+        // time, and never runs beside a rollout.
+        if f.rolling.is_some() {
+            assert!(f.rollout.is_none(), "a restart beside a rollout");
+        }
+        for (a, app) in f.apps.iter().enumerate() {
+            assert!(
+                f.restarting_in(a) <= app.config.max_surge as usize,
+                "{} restart successors of {}",
+                f.restarting_in(a),
+                app.config.name
+            );
         }
 
         // A rollout starts at most `max_surge` workers of an app at a time:
@@ -671,10 +738,7 @@ proptest! {
             watchdog: false,
             max_restarts: 3,
         });
-        while let Some(&pid) = sim.unready().first() {
-            sim.say(pid, "READY=1");
-            sim.settle_step();
-        }
+        sim.ready_all();
         let old = sim.driver.host.live.clone();
         let before = sim.slots();
         let sent = sim.driver.host.signals.len();
@@ -798,10 +862,7 @@ fn a_killed_replacement_s_late_ready_does_not_take_the_slot() {
         max_restarts: 3,
     });
     let (old, replacement) = (Pid::from_raw(100_001), Pid::from_raw(100_003));
-    while let Some(&pid) = sim.unready().first() {
-        sim.say(pid, "READY=1");
-        sim.settle_step();
-    }
+    sim.ready_all();
     sim.driver.host.memory.insert(old, SOFT + 1);
     // Two strikes, one check interval apart: a replacement starts.
     sim.apply(&Event::Advance { ms: 2000 });
@@ -900,4 +961,71 @@ fn the_fleet_returns_actions_and_performs_none() {
             .iter()
             .all(|a| !matches!(a, Action::Spawn(_)))
     );
+}
+
+/// `heartalk restart` on a quiet fleet: app `a`'s three workers are
+/// replaced at most `max_surge` (2) at a time, each old one drained once
+/// its successor is READY; `b` is not touched; one successor that dies
+/// before READY leaves its old worker serving and is reported.
+#[test]
+fn a_rolling_restart_replaces_each_worker_and_reports_a_failure() {
+    let mut sim = Sim::start(Shape {
+        a: 3,
+        b: 1,
+        surge: 2,
+        memory: false,
+        watchdog: false,
+        max_restarts: 3,
+    });
+    sim.ready_all();
+    let before = sim.slots();
+    sim.apply(&Event::Restart { which: 1 });
+    assert!(sim.fleet.is_restarting());
+    // Two successors of `a`, none of `b`.
+    let first = sim.unready();
+    assert_eq!(first.len(), 2, "max_surge at a time");
+    sim.say(first[0], "READY=1");
+    sim.settle_step();
+    // The first took its slot; the third slot's successor starts.
+    let second = sim.unready();
+    assert_eq!(second.len(), 2);
+    let failing = second[0];
+    sim.exit(failing, WaitStatus::Exited(failing, 1));
+    sim.settle_step();
+    let last = sim.unready();
+    assert_eq!(last.len(), 1);
+    sim.say(last[0], "READY=1");
+    sim.settle_step();
+    assert!(!sim.fleet.is_restarting());
+    let done = sim.restarted.last().expect("finished").clone();
+    assert_eq!(
+        (done.replaced, done.skipped, done.failed.len()),
+        (2, 0, 1),
+        "{done:?}"
+    );
+    assert_eq!(done.apps, ["a"]);
+    let after = sim.slots();
+    // Two of `a`'s slots have new workers, one kept its old one; `b` as was.
+    let changed: Vec<bool> = before.iter().zip(&after).map(|(x, y)| x.2 != y.2).collect();
+    assert_eq!(changed.iter().filter(|c| **c).count(), 2);
+    assert_eq!(before[3], after[3]);
+    for (old, new) in before.iter().zip(&after) {
+        if old.2 != new.2 {
+            let pid = old.2.unwrap();
+            assert!(
+                sim.driver.host.signals.contains(&(pid, Signal::SIGTERM)),
+                "{pid} drained"
+            );
+        }
+    }
+    let restarts = sim.fleet.view().restarts_by;
+    assert!(
+        restarts.contains(&("a".into(), "restart", 2)),
+        "{restarts:?}"
+    );
+    // A second restart can run now; a reload waits for it.
+    sim.apply(&Event::Restart { which: 0 });
+    sim.fleet.request_reload("signal");
+    assert!(!sim.fleet.reload_due(), "a reload waits for the restart");
+    sim.finish();
 }

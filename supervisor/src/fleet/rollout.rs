@@ -53,8 +53,12 @@ impl Fleet {
     /// generation and calls [`Fleet::reload`] or, for a bad file or a
     /// failed setup, [`Fleet::record_refused`] (either answers every
     /// request so far).
+    /// A reload waits for a rolling restart to finish.
     pub fn reload_due(&self) -> bool {
-        self.rollout.is_none() && self.mode == Mode::Running && self.reloads.outstanding()
+        self.rollout.is_none()
+            && self.rolling.is_none()
+            && self.mode == Mode::Running
+            && self.reloads.outstanding()
     }
 
     /// Begins a reload to `next`, answering every request accepted so far:
