@@ -27,7 +27,7 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 
 use crate::pipeline::reasoning::Strategy;
-use crate::pipeline::response::{Body, BoxError, openai_error};
+use crate::pipeline::response::{Body, BoxError, ErrorFormat, openai_error};
 use crate::provider::{EventStream, StreamEvent, UpstreamError, Usage};
 use crate::state::AppState;
 use crate::telemetry;
@@ -96,6 +96,16 @@ impl OpenAiStream {
 }
 
 impl Format {
+    /// The error format of a request whose stream did not open (its
+    /// upstream failed before answering 2xx): a JSON error in the API's
+    /// own shape.
+    pub fn error_format(&self) -> ErrorFormat {
+        match self {
+            Format::HearTalk => ErrorFormat::HearTalk,
+            Format::OpenAi(_) => ErrorFormat::OpenAi,
+        }
+    }
+
     /// Frames sent before any delta.
     fn opening(&self) -> Option<Bytes> {
         match self {
