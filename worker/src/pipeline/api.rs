@@ -35,32 +35,30 @@ pub async fn translate(
         timeout,
     };
     // Translations are cacheable (§5.5, §9) under their own kind.
-    let key = crate::cache::key::key(&crate::cache::KeyParts::for_request(
-        "translate",
-        svc.provider.name(),
-        &request,
-        "direct",
-        0,
-        false,
-    ));
+    let key = |request: &CompletionRequest| {
+        crate::cache::key::key(&crate::cache::KeyParts::for_request(
+            "translate",
+            svc.provider.name(),
+            request,
+            "direct",
+            0,
+            false,
+        ))
+    };
     let provider = svc.provider.clone();
     let (x_cache, outcome) = svc
         .cache
-        .answer(
-            move || key,
-            policy,
-            || async move {
-                let c = provider.complete(request).await?;
-                crate::provider::tokens::count(c.usage.as_ref());
-                Ok(crate::cache::Entry {
-                    content: c.content,
-                    finish_reason: c.finish_reason,
-                    usage: c.usage,
-                    model: c.model,
-                    ..crate::cache::Entry::default()
-                })
-            },
-        )
+        .answer(request, key, policy, |request| async move {
+            let c = provider.complete(request).await?;
+            crate::provider::tokens::count(c.usage.as_ref());
+            Ok(crate::cache::Entry {
+                content: c.content,
+                finish_reason: c.finish_reason,
+                usage: c.usage,
+                model: c.model,
+                ..crate::cache::Entry::default()
+            })
+        })
         .await;
     match outcome {
         Ok(entry) => {

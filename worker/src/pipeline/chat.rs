@@ -44,14 +44,8 @@ impl Prepared {
     /// The first (for SC: sample 0's) upstream request of the plan: the
     /// latest user turn wrapped for the strategy, in its context.
     pub fn first_request(&self) -> CompletionRequest {
-        let plan = &self.plan;
-        let turn = reasoning::wrap(
-            plan.strategy,
-            0,
-            &self.input.message,
-            plan.switches.show_reasoning,
-        );
-        plan.request(self.build(turn), plan.base_temperature())
+        self.plan
+            .first_request(&self.input.message, |turn| self.build(turn))
     }
 
     /// The upstream message list for a given (wrapped) user turn.
@@ -171,10 +165,13 @@ pub fn cache_key(state: &AppState, prepared: &Prepared, first: &CompletionReques
 }
 
 /// Runs the whole (non-streamed) pipeline for a leader: the entry to share
-/// and store. Counts reasoning time and tokens once per upstream answer.
+/// and store. `first` is the plan's first upstream request, the one the
+/// cache key was made from; the call sends it as it is. Counts reasoning
+/// time and tokens once per upstream answer.
 fn generate_work(
     state: &AppState,
     prepared: Arc<Prepared>,
+    first: CompletionRequest,
 ) -> impl std::future::Future<Output = Result<cache::Entry, UpstreamError>> + Send + 'static {
     let provider = state.services.provider.clone();
     async move {
@@ -184,6 +181,7 @@ fn generate_work(
             provider.as_ref(),
             &prepared.plan,
             &prepared.input.message,
+            first,
             &build,
         )
         .await;
@@ -213,18 +211,23 @@ fn generate_work(
 
 /// A whole answer for `prepared`: from the cache, a call in flight, or a
 /// new call. Returns the `X-Cache` value with it.
+///
+/// The first upstream request is built once, here: the cache key is read
+/// from it, and on a miss the call sends it.
 pub async fn answer(
     state: &Arc<AppState>,
     prepared: Arc<Prepared>,
     policy: Policy,
 ) -> (&'static str, Result<Arc<cache::Entry>, UpstreamError>) {
+    let first = prepared.first_request();
     state
         .services
         .cache
         .answer(
-            || cache_key(state, &prepared, &prepared.first_request()),
+            first,
+            |first| cache_key(state, &prepared, first),
             policy,
-            || generate_work(state, prepared.clone()),
+            |first| generate_work(state, prepared.clone(), first),
         )
         .await
 }
