@@ -28,7 +28,7 @@ pub async fn translate(
     let request = CompletionRequest {
         endpoint: EndpointKind::Chat,
         model,
-        messages: translation_messages(&input.text, &input.target_language),
+        messages: translation_messages(&input.text, &input.target_language).into(),
         temperature: 0.3,
         max_tokens: (2 * js_len(&input.text)).clamp(500, 8192) as u32,
         top_p: 0.9,

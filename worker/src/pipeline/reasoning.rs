@@ -181,7 +181,7 @@ impl Plan {
         CompletionRequest {
             endpoint: self.endpoint,
             model: self.model.clone(),
-            messages,
+            messages: messages.into(),
             temperature,
             max_tokens: self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             top_p: 1.0,
