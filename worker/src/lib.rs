@@ -9,7 +9,7 @@
 //! The tree is the architecture; dependencies point one way, from the edge
 //! down:
 //! - [`http`]: the HTTP edge (sockets, accept loop and drain, the HTTP/1.1
-//!   driver, deadlines, the connection budget, route table, common headers,
+//!   driver, deadlines, the connection budget, the endpoints table, common headers,
 //!   CORS, request ids, client IP, health and fleet metrics);
 //! - [`pipeline`]: the chat pipeline and its endpoints (auth, validation,
 //!   keyword routing, history, reasoning, chat, SSE streams, `/v1/*`,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -261,17 +262,27 @@ thread_local! {
 }
 
 /// Runs `record` on the handles kept under `key`, looking them up (with
-/// `make`) the first time this thread records that label set.
-fn with_handle<K: Eq + Hash, V>(
+/// `make`) the first time this thread records that label set. The key is
+/// borrowed (`str` for a `String` key), so a label set already seen costs
+/// no allocation; it is copied into the map only the first time.
+fn with_handle<K, Q, V>(
     handles: &'static LocalKey<Handles<K, V>>,
-    key: K,
-    make: impl FnOnce(&K) -> V,
+    key: &Q,
+    make: impl FnOnce(&Q) -> V,
     record: impl FnOnce(&V),
-) {
+) where
+    K: Eq + Hash + Borrow<Q>,
+    Q: Eq + Hash + ToOwned<Owned = K> + ?Sized,
+{
     handles.with(|h| {
         let mut h = h.borrow_mut();
-        let v = h.entry(key).or_insert_with_key(|k| make(k));
-        record(v);
+        if let Some(v) = h.get(key) {
+            record(v);
+            return;
+        }
+        let v = make(key);
+        record(&v);
+        h.insert(key.to_owned(), v);
     });
 }
 
@@ -279,7 +290,7 @@ pub fn http_request(method: &str, route: &'static str, status: u16, elapsed: Dur
     let method = method_label(method);
     with_handle(
         &HTTP,
-        (method, route, status),
+        &(method, route, status),
         |&(method, route, status)| {
             (
                 counter!("http_requests_total", "method" => method, "route" => route, "status" => status.to_string()),
@@ -309,16 +320,12 @@ pub fn method_label(method: &str) -> &'static str {
 }
 
 pub fn route_decision(route: &str) {
-    ROUTES.with(|h| {
-        let mut h = h.borrow_mut();
-        if let Some(c) = h.get(route) {
-            c.increment(1);
-            return;
-        }
-        let c = counter!("ai_route_decisions_total", "route" => route.to_string());
-        c.increment(1);
-        h.insert(route.to_string(), c);
-    });
+    with_handle(
+        &ROUTES,
+        route,
+        |route| counter!("ai_route_decisions_total", "route" => route.to_string()),
+        |c| c.increment(1),
+    );
 }
 
 /// (hits, lookups) per cache since start, for `ai_cache_hit_rate`.
@@ -345,7 +352,7 @@ pub fn cache_lookup(cache: &'static str, result: &'static str) {
     let t = total.fetch_add(1, Relaxed) + 1;
     with_handle(
         &CACHE,
-        (cache, result),
+        &(cache, result),
         |&(cache, result)| {
             (
                 counter!("ai_cache_requests_total", "cache" => cache, "result" => result),
@@ -373,7 +380,7 @@ pub fn hit_rate(cache: &str) -> f64 {
 pub fn reasoning(strategy: &'static str, elapsed: Duration) {
     with_handle(
         &REASONING,
-        strategy,
+        &strategy,
         |&strategy| histogram!("ai_reasoning_duration_seconds", "strategy" => strategy),
         |h| h.record(elapsed.as_secs_f64()),
     );
@@ -404,7 +411,7 @@ pub fn tokens(kind: &'static str, n: u64) {
     if n > 0 {
         with_handle(
             &TOKENS,
-            kind,
+            &kind,
             |&kind| counter!("ai_tokens_total", "kind" => kind),
             |c| c.increment(n),
         );

@@ -458,26 +458,29 @@ impl ResponseCache {
         }
     }
 
-    /// A whole answer for `key()` with its `X-Cache` value: stored, from
-    /// an identical call in flight, or from `work()` (made only when this
-    /// request leads). With the cache off (`CACHE_ENABLED=false`), or for a
-    /// `no-store` request, the call runs in the request's own task
-    /// ([`uncached`]): no key to hash, no flight, no task.
-    pub async fn answer<W>(
+    /// A whole answer for `request` with its `X-Cache` value: stored, from
+    /// an identical call in flight, or from `work(request)` (made only when
+    /// this request leads). The key is read from the request (`key`), so a
+    /// request is built once for its key and its call. With the cache off
+    /// (`CACHE_ENABLED=false`), or for a `no-store` request, the call runs
+    /// in the request's own task ([`uncached`]): no key to hash, no
+    /// flight, no task.
+    pub async fn answer<R, W>(
         self: &Arc<Self>,
-        key: impl FnOnce() -> Key,
+        request: R,
+        key: impl FnOnce(&R) -> Key,
         policy: Policy,
-        work: impl FnOnce() -> W,
+        work: impl FnOnce(R) -> W,
     ) -> (&'static str, Result<Arc<Entry>, UpstreamError>)
     where
         W: std::future::Future<Output = Result<Entry, UpstreamError>> + Send + 'static,
     {
-        match self.begin_with(key, policy).await {
-            Begin::Alone => ("MISS", uncached(work()).await),
+        match self.begin_with(|| key(&request), policy).await {
+            Begin::Alone => ("MISS", uncached(work(request)).await),
             Begin::Hit(e) => ("HIT", Ok(e)),
             Begin::Join(mut s) => ("COALESCED", s.answer().await),
             Begin::Lead(flight, mut s, lead) => {
-                self.drive(flight, lead, work());
+                self.drive(flight, lead, work(request));
                 let answer = s.answer().await;
                 (s.leader_x_cache(), answer)
             }

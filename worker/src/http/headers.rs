@@ -56,7 +56,7 @@ pub fn finish(resp: &mut Response<Body>, path: &str, request_id: &str, worker_id
         headers.insert(X_REQUEST_ID, v);
     }
     add_security_headers(headers);
-    if path.starts_with("/api/") && !headers.contains_key(CACHE_CONTROL) {
+    if crate::http::endpoints::under_api(path) && !headers.contains_key(CACHE_CONTROL) {
         headers.insert(
             CACHE_CONTROL,
             HeaderValue::from_static("no-store, no-cache, must-revalidate, private"),

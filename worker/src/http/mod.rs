@@ -3,8 +3,9 @@
 //! It owns the listening sockets ([`listener`]), the accept loop and the
 //! drain ([`server`]), the worker's own HTTP/1.1 driver ([`http1`]; h2c
 //! stays with hyper), a connection's deadlines ([`conn_deadline`]) and the
-//! connection budget ([`budget`]), the route table and the order of
-//! checks ([`router`]), what every response gets on its way out
+//! connection budget ([`budget`]), the endpoints table ([`endpoints`]:
+//! each endpoint's path, method and properties), the order of checks
+//! ([`router`]), what every response gets on its way out
 //! ([`headers`]), CORS ([`cors`]), request ids ([`request_id`]), the client
 //! address behind proxies ([`proxy`]), and the endpoints that are about the
 //! process rather than the chat: [`health`] and the supervisor's
@@ -16,6 +17,7 @@
 pub mod budget;
 pub mod conn_deadline;
 pub mod cors;
+pub mod endpoints;
 pub mod fleet_metrics;
 pub mod headers;
 pub mod health;

@@ -1,14 +1,15 @@
-//! Request dispatch: the route table and the order of checks every request
-//! goes through (API.md §2): CORS → production User-Agent filter → route
-//! match (404/405, no token needed) → authentication → rate limit → body
-//! (content type, size, JSON) → validation → handler. Then [`finish`] adds
-//! the common, CORS, security and rate-limit headers, compresses large JSON
-//! bodies, records metrics and writes the access log line.
+//! Request dispatch: the order of checks every request goes through
+//! (API.md §2): CORS → production User-Agent filter → route match against
+//! the endpoints table (404/405, no token needed) → authentication → rate
+//! limit → body (content type, size, JSON) → validation → handler. Then
+//! [`finish`] adds the common, CORS, security and rate-limit headers,
+//! compresses large JSON bodies, records metrics and writes the access log
+//! line.
 //!
-//! Routes are one static table of (method, exact path, endpoint) rows, so a
+//! Routes are the rows of the endpoints table ([`crate::http::endpoints`]:
+//! each endpoint's method, exact path, access and rate-limit class), so a
 //! new endpoint is one row plus one `match` arm in [`dispatch`], and the
 //! `Allow` header of a 405 is derived from the same rows and cannot drift.
-//! Paths match exactly, with no trailing-slash normalisation (§1).
 //!
 //! The error format of a request ([`ErrorFormat`]: HearTalk's E1/E2, or
 //! OpenAI's under `/v1/`) is decided once, from its path, before any check
@@ -26,6 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::http::cors::Decision as CorsDecision;
+use crate::http::endpoints::{Access, Endpoint, Match, error_format, lookup_with, route_label};
 use crate::http::request_id;
 use crate::http::{headers, health};
 use crate::limits::ratelimit::{self, Verdict};
@@ -36,142 +38,6 @@ use crate::pipeline::{api, chat};
 use crate::runtime::clock;
 use crate::state::AppState;
 use crate::telemetry;
-
-/// What a matched route runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Index,
-    Health,
-    Ready,
-    ApiHealth,
-    ApiMetrics,
-    Generate,
-    Stream,
-    Translate,
-    Languages,
-    Detect,
-    Providers,
-    Models,
-    InternalTest,
-    /// Fleet-wide Prometheus text, under a supervisor.
-    Metrics,
-    /// OpenAI-compatible chat completions (§5.4).
-    Completions,
-    /// OpenAI-compatible model list.
-    OpenAiModels,
-}
-
-/// Who may call an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Public,
-    /// A valid user JWT.
-    User,
-    /// A `Bearer ` header must be present, not verified (except in development).
-    BearerPresent,
-    /// `X-API-Key` plus a service JWT.
-    Internal,
-}
-
-impl Endpoint {
-    fn access(self) -> Access {
-        match self {
-            Endpoint::Index
-            | Endpoint::Health
-            | Endpoint::Ready
-            | Endpoint::ApiHealth
-            | Endpoint::Metrics => Access::Public,
-            Endpoint::Providers | Endpoint::Models => Access::BearerPresent,
-            Endpoint::InternalTest => Access::Internal,
-            _ => Access::User,
-        }
-    }
-}
-
-/// The route table, in the order `Allow` lists methods.
-static ROUTES: &[(Method, &str, Endpoint)] = &[
-    (Method::GET, "/", Endpoint::Index),
-    (Method::GET, "/health", Endpoint::Health),
-    (Method::GET, "/ready", Endpoint::Ready),
-    (Method::GET, "/api/v1/health", Endpoint::ApiHealth),
-    (Method::GET, "/api/v1/metrics", Endpoint::ApiMetrics),
-    (Method::POST, "/api/v1/chat/generate", Endpoint::Generate),
-    (Method::POST, "/api/v1/chat/stream", Endpoint::Stream),
-    (Method::POST, "/api/v1/translate", Endpoint::Translate),
-    (
-        Method::GET,
-        "/api/v1/translate/languages",
-        Endpoint::Languages,
-    ),
-    (Method::POST, "/api/v1/translate/detect", Endpoint::Detect),
-    (Method::GET, "/api/v1/providers", Endpoint::Providers),
-    (Method::GET, "/api/v1/models", Endpoint::Models),
-    (Method::GET, "/internal/api/v1/test", Endpoint::InternalTest),
-    (Method::GET, "/metrics", Endpoint::Metrics),
-    (Method::POST, "/v1/chat/completions", Endpoint::Completions),
-    (Method::GET, "/v1/models", Endpoint::OpenAiModels),
-];
-
-/// The outcome of matching a request line against [`ROUTES`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Match {
-    Found(Endpoint),
-    /// The path exists for other methods; the value is the `Allow` list.
-    MethodNotAllowed(String),
-    NotFound,
-}
-
-/// Matches a method and exact path.
-/// `HEAD` is served wherever `GET` is (as Express does; hyper sends no
-/// body for it), and listed in `Allow` with it.
-pub fn lookup(method: &Method, path: &str) -> Match {
-    lookup_with(method, path, true)
-}
-
-/// [`lookup`], where `/metrics` exists only when `fleet_metrics` is set:
-/// under a supervisor that serves the fleet-wide numbers. A worker alone
-/// has no fleet, so there the path is an unknown route like any other.
-pub fn lookup_with(method: &Method, path: &str, fleet_metrics: bool) -> Match {
-    let mut allowed: Vec<&str> = Vec::new();
-    for (m, p, endpoint) in ROUTES {
-        if *p != path || (*endpoint == Endpoint::Metrics && !fleet_metrics) {
-            continue;
-        }
-        if m == method || (*m == Method::GET && method == Method::HEAD) {
-            return Match::Found(*endpoint);
-        }
-        if !allowed.contains(&m.as_str()) {
-            allowed.push(m.as_str());
-        }
-        if *m == Method::GET && !allowed.contains(&"HEAD") {
-            allowed.push("HEAD");
-        }
-    }
-    if allowed.is_empty() {
-        Match::NotFound
-    } else {
-        Match::MethodNotAllowed(allowed.join(", "))
-    }
-}
-
-/// The error format of a path: OpenAI's for everything under `/v1/` (the
-/// OpenAI-compatible API, §5.4), matched or not, so an SDK reads even a 404
-/// or a CORS refusal; HearTalk's elsewhere.
-pub fn error_format(path: &str) -> ErrorFormat {
-    if path.starts_with("/v1/") {
-        ErrorFormat::OpenAi
-    } else {
-        ErrorFormat::HearTalk
-    }
-}
-
-/// The metric label of a path: the matched template, or `unmatched`.
-fn route_label(path: &str) -> &'static str {
-    ROUTES
-        .iter()
-        .find(|(_, p, _)| *p == path)
-        .map_or("unmatched", |(_, p, _)| p)
-}
 
 /// Facts about one request that `finish` needs after the handler ran.
 struct Exchange {
@@ -362,7 +228,7 @@ where
         .map(HeaderValue::as_bytes);
     let mut user: Option<auth::AuthUser> = None;
     let mut service_claims: Option<Value> = None;
-    match endpoint.access() {
+    match endpoint.route().access {
         Access::Public => {}
         Access::User => match auth::verify_user(authorization, secret, now) {
             Ok(u) => user = Some(u),
@@ -391,8 +257,8 @@ where
         }
     }
     let policy = crate::cache::Policy::from_header(header_str(req.headers(), "cache-control"));
-    let limited = !ratelimit::exempt(req.method(), &ex.path);
-    let ip = if limited {
+    let limit_class = crate::http::endpoints::limited(req.method(), endpoint);
+    let ip = if limit_class.is_some() {
         client_ip(req.headers(), peer, settings)
     } else {
         String::new()
@@ -415,10 +281,10 @@ where
     // (5) Rate limit (401s above were not counted), in the window of now:
     // after any body read, which may have taken a while.
     let now = clock::unix_secs();
-    if limited {
+    if let Some(class) = limit_class {
         let rule = ratelimit::rule(
             &settings.pipeline.rate_limits,
-            &ex.path,
+            class,
             user.as_ref().map(|u| u.user_id.as_str()),
             &ip,
             streaming_completions,

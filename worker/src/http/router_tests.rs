@@ -4,6 +4,7 @@
 //! `/ready` and health bodies.
 
 use super::*;
+use crate::http::endpoints::lookup;
 use crate::settings::Settings;
 use crate::state::Phase;
 

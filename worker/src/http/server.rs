@@ -405,7 +405,7 @@ fn metrics_response(
     req: &http::Request<hyper::body::Incoming>,
     state: &AppState,
 ) -> http::Response<crate::pipeline::response::Body> {
-    if req.uri().path() == "/metrics" {
+    if req.uri().path() == crate::http::endpoints::METRICS_PATH {
         // Read now rather than counted on every open and close.
         crate::telemetry::connections_open(state.open_connections());
         let mut r = http::Response::new(crate::pipeline::response::full(

@@ -349,11 +349,10 @@ where
     Fut: std::future::Future<Output = Result<T, UpstreamError>>,
 {
     let kind = req.endpoint;
-    let second = breakers.fallback(kind).map(|(model, _)| {
-        let mut r = req.clone();
-        r.model = model.clone();
-        r
-    });
+    // The fallback's request shares the primary's messages (no copy).
+    let second = breakers
+        .fallback(kind)
+        .map(|(model, _)| req.for_model(model.clone()));
     let primary = Pick {
         kind,
         fallback: false,

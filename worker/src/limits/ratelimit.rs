@@ -60,68 +60,74 @@ pub struct Rule {
     pub message: String,
 }
 
-/// Paths and methods that are never limited.
-pub fn exempt(method: &http::Method, path: &str) -> bool {
-    method == http::Method::OPTIONS
-        || matches!(
-            path,
-            "/" | "/health" | "/ready" | "/metrics" | "/api/v1/health" | "/favicon.ico"
-        )
+/// Which of §4's rows an endpoint's path falls in. The Node.js service
+/// chose the row by substrings of the lower-cased path, first match wins:
+/// `/admin/`, then `/stream` (or `/v1/chat/completions` with `stream:true`),
+/// then `/api/v1/chat/`, `/api/v1/translate/` or `/v1/chat/completions`,
+/// then any authenticated user outside `/internal/`, else the global row.
+/// Here each endpoint states its row once, in the endpoints table
+/// (`crate::http::endpoints`), so no path is matched here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathClass {
+    /// Under `/admin/`.
+    Admin,
+    /// A streaming path.
+    Stream,
+    /// `/v1/chat/completions`: a stream's row with `stream:true`, else
+    /// the AI API's.
+    Completions,
+    /// The AI API (chat, translation).
+    AiApi,
+    /// Under `/internal/`: the global row, even with a user.
+    Internal,
+    /// Anything else: the user's row with a user, else the global one.
+    Other,
 }
 
-/// §4: the first matching row, by substring of the lower-cased path.
+/// §4: the rule of a request to a path of `class`.
 /// `streaming_completions` is true for `/v1/chat/completions` with
 /// `stream:true`.
 pub fn rule(
     limits: &RateLimits,
-    path: &str,
+    class: PathClass,
     user: Option<&str>,
     ip: &str,
     streaming_completions: bool,
 ) -> Rule {
-    let p = path.to_ascii_lowercase();
     let who = user.unwrap_or(ip);
-    let completions = p == "/v1/chat/completions";
-    let (bucket, max, window, key, message) = if p.contains("/admin/") {
-        (
+    let (bucket, max, window, key, message) = match class {
+        PathClass::Admin => (
             Bucket::Admin,
             limits.admin_max,
             900,
             format!("admin:{who}"),
             "Too many admin API requests, please try again later.",
-        )
-    } else if p.contains("/stream") || (completions && streaming_completions) {
-        (
-            Bucket::Stream,
-            limits.stream_max,
-            60,
-            format!("stream:{who}"),
-            "Too many streaming requests, please try again later.",
-        )
-    } else if p.contains("/api/v1/chat/") || p.contains("/api/v1/translate/") || completions {
-        (
+        ),
+        PathClass::Completions if streaming_completions => stream_row(limits, who),
+        PathClass::Stream => stream_row(limits, who),
+        PathClass::AiApi | PathClass::Completions => (
             Bucket::AiApi,
             limits.ai_max,
             60,
             format!("ai_api:{who}"),
             "Too many AI API requests, please try again later.",
-        )
-    } else if let (Some(u), false) = (user, p.starts_with("/internal/")) {
-        (
+        ),
+        PathClass::Other if user.is_some() => (
             Bucket::User,
             limits.user_max,
             60,
-            format!("user:{u}"),
+            format!("user:{who}"),
             "Too many requests from this user, please try again later.",
-        )
-    } else {
-        return Rule {
-            bucket: Bucket::Global,
-            max: limits.global_max,
-            window: limits.global_window,
-            key: ip.to_string(),
-            message: limits.global_message.clone(),
-        };
+        ),
+        PathClass::Other | PathClass::Internal => {
+            return Rule {
+                bucket: Bucket::Global,
+                max: limits.global_max,
+                window: limits.global_window,
+                key: ip.to_string(),
+                message: limits.global_message.clone(),
+            };
+        }
     };
     Rule {
         bucket,
@@ -130,6 +136,17 @@ pub fn rule(
         key,
         message: message.to_string(),
     }
+}
+
+/// The streaming row of §4.
+fn stream_row(limits: &RateLimits, who: &str) -> (Bucket, u64, u64, String, &'static str) {
+    (
+        Bucket::Stream,
+        limits.stream_max,
+        60,
+        format!("stream:{who}"),
+        "Too many streaming requests, please try again later.",
+    )
 }
 
 /// The verdict for one request, with what the headers need.
@@ -314,61 +331,41 @@ impl LocalCounter {
 mod tests {
     use super::*;
 
+    /// The rows of §4 by class; which class each path is in (the table's
+    /// substring order, case, trailing slashes) is tested with the
+    /// endpoints table, against the Node.js service's path matching.
     #[test]
-    fn buckets_match_in_table_order() {
+    fn buckets_follow_the_class_and_the_user() {
         let l = RateLimits::default();
-        let r = |path: &str, user: Option<&str>| rule(&l, path, user, "1.2.3.4", false);
-        assert_eq!(r("/api/v1/admin/users", Some("u")).bucket, Bucket::Admin);
-        assert_eq!(r("/api/v1/admin/users", None).key, "admin:1.2.3.4");
-        assert_eq!(r("/api/v1/chat/stream", Some("u")).bucket, Bucket::Stream);
-        assert_eq!(r("/api/v1/chat/stream", Some("u")).key, "stream:u");
-        assert_eq!(r("/API/V1/CHAT/GENERATE", Some("u")).bucket, Bucket::AiApi);
+        let r = |class: PathClass, user: Option<&str>| rule(&l, class, user, "1.2.3.4", false);
+        assert_eq!(r(PathClass::Admin, Some("u")).bucket, Bucket::Admin);
+        assert_eq!(r(PathClass::Admin, None).key, "admin:1.2.3.4");
+        assert_eq!(r(PathClass::Stream, Some("u")).bucket, Bucket::Stream);
+        assert_eq!(r(PathClass::Stream, Some("u")).key, "stream:u");
+        assert_eq!(r(PathClass::AiApi, Some("u")).bucket, Bucket::AiApi);
+        assert_eq!(r(PathClass::AiApi, Some("u")).key, "ai_api:u");
+        assert_eq!(r(PathClass::Other, Some("u")).bucket, Bucket::User);
+        assert_eq!(r(PathClass::Other, Some("u")).key, "user:u");
+        assert_eq!(r(PathClass::Internal, Some("svc")).bucket, Bucket::Global);
+        assert_eq!(r(PathClass::Other, None).key, "1.2.3.4");
+        assert_eq!(r(PathClass::Completions, Some("u")).bucket, Bucket::AiApi);
         assert_eq!(
-            r("/api/v1/translate/detect", Some("u")).bucket,
-            Bucket::AiApi
-        );
-        assert_eq!(
-            r("/api/v1/translate", Some("u")).bucket,
-            Bucket::User,
-            "no trailing slash"
-        );
-        assert_eq!(r("/api/v1/metrics", Some("u")).key, "user:u");
-        assert_eq!(
-            r("/internal/api/v1/test", Some("svc")).bucket,
-            Bucket::Global
-        );
-        assert_eq!(r("/api/v1/providers", None).key, "1.2.3.4");
-        assert_eq!(r("/v1/chat/completions", Some("u")).bucket, Bucket::AiApi);
-        assert_eq!(
-            rule(&l, "/v1/chat/completions", Some("u"), "ip", true).bucket,
+            rule(&l, PathClass::Completions, Some("u"), "ip", true).bucket,
             Bucket::Stream
         );
-        let g = r("/api/v1/providers", None);
+        assert_eq!(
+            rule(&l, PathClass::Completions, Some("u"), "ip", true).key,
+            "stream:u"
+        );
+        let g = r(PathClass::Other, None);
         assert_eq!((g.max, g.window), (100, 900));
-    }
-
-    #[test]
-    fn exemptions() {
-        use http::Method;
-        for p in [
-            "/",
-            "/health",
-            "/ready",
-            "/metrics",
-            "/api/v1/health",
-            "/favicon.ico",
-        ] {
-            assert!(exempt(&Method::GET, p), "{p}");
-        }
-        assert!(exempt(&Method::OPTIONS, "/api/v1/chat/generate"));
-        assert!(!exempt(&Method::POST, "/api/v1/chat/generate"));
     }
 
     #[test]
     fn the_eleventh_stream_request_is_refused_with_headers() {
         let l = RateLimits::default();
         let c = LocalCounter::default();
-        let rule = rule(&l, "/api/v1/chat/stream", Some("u"), "ip", false);
+        let rule = rule(&l, PathClass::Stream, Some("u"), "ip", false);
         let now = 1_700_000_010;
         let start = window_start(now, rule.window);
         let verdicts: Vec<Verdict> = (0..11)

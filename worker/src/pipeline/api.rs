@@ -28,39 +28,37 @@ pub async fn translate(
     let request = CompletionRequest {
         endpoint: EndpointKind::Chat,
         model,
-        messages: translation_messages(&input.text, &input.target_language),
+        messages: translation_messages(&input.text, &input.target_language).into(),
         temperature: 0.3,
         max_tokens: (2 * js_len(&input.text)).clamp(500, 8192) as u32,
         top_p: 0.9,
         timeout,
     };
     // Translations are cacheable (§5.5, §9) under their own kind.
-    let key = crate::cache::key::key(&crate::cache::KeyParts::for_request(
-        "translate",
-        svc.provider.name(),
-        &request,
-        "direct",
-        0,
-        false,
-    ));
+    let key = |request: &CompletionRequest| {
+        crate::cache::key::key(&crate::cache::KeyParts::for_request(
+            "translate",
+            svc.provider.name(),
+            request,
+            "direct",
+            0,
+            false,
+        ))
+    };
     let provider = svc.provider.clone();
     let (x_cache, outcome) = svc
         .cache
-        .answer(
-            move || key,
-            policy,
-            || async move {
-                let c = provider.complete(request).await?;
-                crate::provider::tokens::count(c.usage.as_ref());
-                Ok(crate::cache::Entry {
-                    content: c.content,
-                    finish_reason: c.finish_reason,
-                    usage: c.usage,
-                    model: c.model,
-                    ..crate::cache::Entry::default()
-                })
-            },
-        )
+        .answer(request, key, policy, |request| async move {
+            let c = provider.complete(request).await?;
+            crate::provider::tokens::count(c.usage.as_ref());
+            Ok(crate::cache::Entry {
+                content: c.content,
+                finish_reason: c.finish_reason,
+                usage: c.usage,
+                model: c.model,
+                ..crate::cache::Entry::default()
+            })
+        })
         .await;
     match outcome {
         Ok(entry) => {

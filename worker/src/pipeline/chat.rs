@@ -6,6 +6,10 @@
 //! caller): history or client messages, one routing decision on the raw
 //! latest user message, the strategy, and the upstream message list with
 //! the latest user turn replaced by its wrapped form (sent once, §13 d).
+//!
+//! The OpenAI-compatible API (`crate::pipeline::openai`) runs on the same
+//! two paths: [`answer`] for a whole answer and [`stream_prepared`] for a
+//! stream, which differs between the APIs only in its frame format.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +25,7 @@ use crate::pipeline::history::Outcome;
 use crate::pipeline::reasoning::{self, Plan, Strategy, Switches};
 use crate::pipeline::response::{self, Body};
 use crate::pipeline::routing::{self, Decision};
+use crate::pipeline::stream::Format;
 use crate::pipeline::validate::{ChatInput, Shape};
 use crate::provider::{ChatMessage, CompletionRequest, EventStream, StreamEvent, UpstreamError};
 use crate::state::AppState;
@@ -39,14 +44,8 @@ impl Prepared {
     /// The first (for SC: sample 0's) upstream request of the plan: the
     /// latest user turn wrapped for the strategy, in its context.
     pub fn first_request(&self) -> CompletionRequest {
-        let plan = &self.plan;
-        let turn = reasoning::wrap(
-            plan.strategy,
-            0,
-            &self.input.message,
-            plan.switches.show_reasoning,
-        );
-        plan.request(self.build(turn), plan.base_temperature())
+        self.plan
+            .first_request(&self.input.message, |turn| self.build(turn))
     }
 
     /// The upstream message list for a given (wrapped) user turn.
@@ -166,10 +165,13 @@ pub fn cache_key(state: &AppState, prepared: &Prepared, first: &CompletionReques
 }
 
 /// Runs the whole (non-streamed) pipeline for a leader: the entry to share
-/// and store. Counts reasoning time and tokens once per upstream answer.
+/// and store. `first` is the plan's first upstream request, the one the
+/// cache key was made from; the call sends it as it is. Counts reasoning
+/// time and tokens once per upstream answer.
 fn generate_work(
     state: &AppState,
     prepared: Arc<Prepared>,
+    first: CompletionRequest,
 ) -> impl std::future::Future<Output = Result<cache::Entry, UpstreamError>> + Send + 'static {
     let provider = state.services.provider.clone();
     async move {
@@ -179,6 +181,7 @@ fn generate_work(
             provider.as_ref(),
             &prepared.plan,
             &prepared.input.message,
+            first,
             &build,
         )
         .await;
@@ -208,18 +211,23 @@ fn generate_work(
 
 /// A whole answer for `prepared`: from the cache, a call in flight, or a
 /// new call. Returns the `X-Cache` value with it.
+///
+/// The first upstream request is built once, here: the cache key is read
+/// from it, and on a miss the call sends it.
 pub async fn answer(
     state: &Arc<AppState>,
     prepared: Arc<Prepared>,
     policy: Policy,
 ) -> (&'static str, Result<Arc<cache::Entry>, UpstreamError>) {
+    let first = prepared.first_request();
     state
         .services
         .cache
         .answer(
-            || cache_key(state, &prepared, &prepared.first_request()),
+            first,
+            |first| cache_key(state, &prepared, first),
             policy,
-            || generate_work(state, prepared.clone()),
+            |first| generate_work(state, prepared.clone(), first),
         )
         .await
 }
@@ -456,7 +464,7 @@ pub async fn open_stream(
 
 /// The estimated prompt tokens of a request (§8), for a stream whose
 /// upstream reports no usage.
-pub fn prompt_estimate(req: &CompletionRequest) -> u64 {
+fn prompt_estimate(req: &CompletionRequest) -> u64 {
     req.messages
         .iter()
         .map(|m| crate::provider::tokens::estimate(&m.content))
@@ -473,36 +481,57 @@ pub async fn stream(
     policy: Policy,
 ) -> Response<Body> {
     let prepared = prepare(&state, input, true).await;
+    stream_prepared(
+        &state,
+        &prepared,
+        Format::HearTalk,
+        request_id,
+        http1,
+        policy,
+    )
+    .await
+}
+
+/// The one streaming path of both APIs (`/api/v1/chat/stream`, and
+/// `/v1/chat/completions` with `stream:true`): the first upstream request
+/// built once (for the cache key, the prompt estimate and the call), the
+/// stream opened from the cache, a flight or a call ([`open_stream`]), and
+/// answered in `format`. The two APIs differ only in `format`, which also
+/// decides the shape of an error before the stream opened.
+///
+/// A failed open still records the strategy's reasoning time, so failures
+/// are not missing from `ai_reasoning_duration_seconds`.
+pub async fn stream_prepared(
+    state: &Arc<AppState>,
+    prepared: &Prepared,
+    format: Format,
+    request_id: &str,
+    http1: bool,
+    policy: Policy,
+) -> Response<Body> {
     let started = Instant::now();
     let first = prepared.first_request();
     let estimate = prompt_estimate(&first);
-    match open_stream(&state, &prepared, first, policy).await {
+    match open_stream(state, prepared, first, policy).await {
         Err(e) => {
             telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
-            upstream_error(&e, request_id, response::ErrorFormat::HearTalk)
+            upstream_error(&e, request_id, format.error_format())
         }
         Ok(opened) => {
-            let meta = stream_meta(
-                &state,
-                &prepared,
-                started,
-                &opened,
-                estimate,
-                crate::pipeline::stream::Format::HearTalk,
-            );
+            let meta = stream_meta(state, prepared, started, &opened, estimate, format);
             crate::pipeline::stream::respond(state.clone(), opened.events, meta, http1)
         }
     }
 }
 
 /// The frames' metadata for a prepared, opened stream.
-pub fn stream_meta(
+fn stream_meta(
     state: &AppState,
     prepared: &Prepared,
     started: Instant,
     opened: &Opened,
     prompt_estimate: u64,
-    format: crate::pipeline::stream::Format,
+    format: Format,
 ) -> crate::pipeline::stream::Meta {
     let plan = &prepared.plan;
     let show = plan.switches.show_reasoning;

@@ -13,7 +13,6 @@
 //! refusals, and [`completions`] answers upstream failures with it.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderValue, Response, StatusCode};
 use serde::Serialize;
@@ -26,7 +25,6 @@ use crate::pipeline::stream::{Format, OpenAiStream};
 use crate::pipeline::validate;
 use crate::provider::EndpointKind;
 use crate::state::AppState;
-use crate::telemetry;
 
 /// A validated completions request.
 #[derive(Debug)]
@@ -112,11 +110,10 @@ pub fn endpoint_for_model(
     }
 }
 
-/// `POST /v1/chat/completions` after validation. A stream is a JSON error
-/// until the upstream answers 2xx (then `chat.completion.chunk` events);
-/// as on `/api/v1/chat/stream`, a failed open still records the
-/// strategy's reasoning time, so failures are not missing from
-/// `ai_reasoning_duration_seconds`.
+/// `POST /v1/chat/completions` after validation. A stream takes the one
+/// streaming path of both APIs ([`chat::stream_prepared`]) in OpenAI's
+/// frame format: a JSON error until the upstream answers 2xx, then
+/// `chat.completion.chunk` events.
 pub async fn completions(
     state: &Arc<AppState>,
     input: CompletionsInput,
@@ -128,25 +125,13 @@ pub async fn completions(
     let created = crate::runtime::clock::unix_secs();
     let prepared = chat::prepare(state, input.chat, input.stream).await;
     if input.stream {
-        let started = Instant::now();
-        let first = prepared.first_request();
-        let estimate = chat::prompt_estimate(&first);
-        return match chat::open_stream(state, &prepared, first, policy).await {
-            Err(e) => {
-                telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
-                crate::pipeline::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi)
-            }
-            Ok(opened) => {
-                let format = Format::OpenAi(OpenAiStream {
-                    id,
-                    created,
-                    model: prepared.plan.model.clone(),
-                    include_usage: input.include_usage,
-                });
-                let meta = chat::stream_meta(state, &prepared, started, &opened, estimate, format);
-                crate::pipeline::stream::respond(state.clone(), opened.events, meta, http1)
-            }
-        };
+        let format = Format::OpenAi(OpenAiStream {
+            id,
+            created,
+            model: prepared.plan.model.clone(),
+            include_usage: input.include_usage,
+        });
+        return chat::stream_prepared(state, &prepared, format, request_id, http1, policy).await;
     }
     let prepared = Arc::new(prepared);
     let (x_cache, outcome) = chat::answer(state, prepared.clone(), policy).await;

@@ -163,13 +163,25 @@ impl Plan {
         self.temperature.unwrap_or(DEFAULT_TEMPERATURE)
     }
 
+    /// The plan's first upstream request (for SC: sample 0's messages, at
+    /// the base temperature, as the cache key reads it): `message` wrapped
+    /// for the strategy and put in its context by `build`.
+    pub fn first_request(
+        &self,
+        message: &str,
+        build: impl FnOnce(String) -> Vec<ChatMessage>,
+    ) -> CompletionRequest {
+        let turn = wrap(self.strategy, 0, message, self.switches.show_reasoning);
+        self.request(build(turn), self.base_temperature())
+    }
+
     /// One upstream call of this plan with `messages`: the defaults of
     /// §7 (temperature 0.7, max_tokens 2000) unless the request set them.
     pub fn request(&self, messages: Vec<ChatMessage>, temperature: f64) -> CompletionRequest {
         CompletionRequest {
             endpoint: self.endpoint,
             model: self.model.clone(),
-            messages,
+            messages: messages.into(),
             temperature,
             max_tokens: self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             top_p: 1.0,
@@ -198,13 +210,17 @@ pub fn wrap(strategy: Strategy, i: usize, message: &str, show: bool) -> String {
     }
 }
 
-/// Runs `plan` against `provider`. `build` turns the (wrapped) user turn
-/// into the full upstream message list (history or client messages around
-/// it), so every sample carries the same context.
+/// Runs `plan` against `provider`. `first` is the plan's first upstream
+/// request ([`Plan::first_request`]), built by the caller, which has made
+/// the cache key from it: it is sent as it is (for SC as sample 0, at
+/// sample 0's temperature), not built again. `build` turns a (wrapped)
+/// user turn into the full upstream message list (history or client
+/// messages around it), so every other sample carries the same context.
 pub async fn run(
     provider: &dyn Provider,
     plan: &Plan,
     message: &str,
+    first: CompletionRequest,
     build: &(dyn Fn(String) -> Vec<ChatMessage> + Sync),
 ) -> Result<Answer, UpstreamError> {
     let show = plan.switches.show_reasoning;
@@ -212,12 +228,7 @@ pub async fn run(
     let base_temperature = plan.base_temperature();
     match plan.strategy {
         Strategy::ChainOfThought | Strategy::Direct => {
-            let mut c = provider
-                .complete(request(
-                    wrap(plan.strategy, 0, message, show),
-                    base_temperature,
-                ))
-                .await?;
+            let mut c = provider.complete(first).await?;
             if !show {
                 c.reasoning_content = None;
             }
@@ -230,11 +241,18 @@ pub async fn run(
         }
         Strategy::SelfConsistency => {
             let n = sample_count(&plan.switches) as usize;
+            // Sample 0's messages are `first`'s (its turn is `sc_prompt(0, …)`).
+            let mut first = Some(first);
             let calls = (0..n).map(|i| {
-                provider.complete(request(
-                    sc_prompt(i, message, show),
-                    sc_temperature(i, plan.temperature),
-                ))
+                let temperature = sc_temperature(i, plan.temperature);
+                let req = match first.take() {
+                    Some(mut r) => {
+                        r.temperature = temperature;
+                        r
+                    }
+                    None => request(sc_prompt(i, message, show), temperature),
+                };
+                provider.complete(req)
             });
             let samples = join_all(calls).await;
             let mut usage = Usage::default();
@@ -482,16 +500,16 @@ mod tests {
             ]),
             seen: Mutex::new(Vec::new()),
         };
-        let a = run(
-            &p,
-            &plan(Strategy::SelfConsistency, false),
-            "帮我制定一个工作计划",
-            &build,
-        )
-        .await
-        .unwrap();
+        let pl = plan(Strategy::SelfConsistency, false);
+        let msg = "帮我制定一个工作计划";
+        let first = pl.first_request(msg, build);
+        let a = run(&p, &pl, msg, first.clone(), &build).await.unwrap();
         let seen = p.seen.lock().unwrap();
         assert_eq!(seen.len(), 3);
+        assert_eq!(
+            seen[0], first,
+            "sample 0 is the request the key was made from"
+        );
         let temps: Vec<f64> = seen.iter().map(|r| r.temperature).collect();
         assert_eq!(temps, [0.7, 0.8, 0.9]);
         for (i, r) in seen.iter().enumerate() {
@@ -525,10 +543,12 @@ mod tests {
             ]),
             seen: Mutex::new(Vec::new()),
         };
+        let pl = plan(Strategy::SelfConsistency, true);
         let a = run(
             &p,
-            &plan(Strategy::SelfConsistency, true),
+            &pl,
             "raw message",
+            pl.first_request("raw message", build),
             &build,
         )
         .await
@@ -560,7 +580,8 @@ mod tests {
             ]),
             seen: Mutex::new(Vec::new()),
         };
-        let e = run(&p, &plan(Strategy::SelfConsistency, false), "m", &build)
+        let pl = plan(Strategy::SelfConsistency, false);
+        let e = run(&p, &pl, "m", pl.first_request("m", build), &build)
             .await
             .unwrap_err();
         assert_eq!(e, UpstreamError::Timeout { ms: 9 });
@@ -575,7 +596,9 @@ mod tests {
         let mut pl = plan(Strategy::ChainOfThought, false);
         pl.temperature = Some(0.3);
         pl.max_tokens = Some(77);
-        let a = run(&p, &pl, "你好", &build).await.unwrap();
+        let a = run(&p, &pl, "你好", pl.first_request("你好", build), &build)
+            .await
+            .unwrap();
         let seen = p.seen.lock().unwrap();
         assert_eq!(seen[0].messages[1].content, cot_prompt("你好", false));
         assert_eq!((seen[0].temperature, seen[0].max_tokens), (0.3, 77));

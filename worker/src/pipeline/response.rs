@@ -190,9 +190,33 @@ fn openai(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     )
 }
 
-/// An OpenAI-shaped error object (`{"error":{message,type,param,code}}`).
-pub fn openai_error(message: &str, kind: &str, code: &str) -> serde_json::Value {
-    serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+/// An OpenAI-shaped error object (`{"error":{message,type,param,code}}`),
+/// serialised as it stands (no JSON tree), keys in OpenAI's order.
+pub fn openai_error<'a>(message: &'a str, kind: &'a str, code: &'a str) -> OpenAiError<'a> {
+    OpenAiError {
+        error: OpenAiErrorFields {
+            message,
+            kind,
+            param: None,
+            code,
+        },
+    }
+}
+
+/// See [`openai_error`].
+#[derive(Serialize)]
+pub struct OpenAiError<'a> {
+    error: OpenAiErrorFields<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiErrorFields<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    /// Always `null`: no error here is about one parameter.
+    param: Option<&'a str>,
+    code: &'a str,
 }
 
 #[cfg(test)]

@@ -24,10 +24,10 @@ use futures_util::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::pipeline::reasoning::Strategy;
-use crate::pipeline::response::{Body, BoxError, openai_error};
+use crate::pipeline::response::{Body, BoxError, ErrorFormat, openai_error};
 use crate::provider::{EventStream, StreamEvent, UpstreamError, Usage};
 use crate::state::AppState;
 use crate::telemetry;
@@ -72,49 +72,116 @@ pub struct OpenAiStream {
     pub include_usage: bool,
 }
 
+/// One `chat.completion.chunk` (API.md §5.4), fields in OpenAI's order.
+/// `C` is the `choices` array: one [`Choice`] for a delta or the finish,
+/// none (`[]`) for the usage chunk, which alone carries `usage`.
+#[derive(Serialize)]
+struct Chunk<'a, C> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: C,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a FinalUsage>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    /// `null` until the last chunk.
+    finish_reason: Option<&'a str>,
+}
+
+/// A chunk's `delta`: only the keys given, in this order (`{}` on the
+/// finishing chunk).
+#[derive(Default, Serialize)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+}
+
 impl OpenAiStream {
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Bytes {
-        frame(&json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }))
+    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&str>) -> Bytes {
+        let choice = Choice {
+            index: 0,
+            delta,
+            finish_reason,
+        };
+        self.frame([choice], None)
     }
 
-    fn usage(&self, usage: &Value) -> Bytes {
-        frame(&json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage,
-        }))
+    fn usage(&self, usage: &FinalUsage) -> Bytes {
+        self.frame([(); 0], Some(usage))
+    }
+
+    /// A chunk of this stream with `choices` (and `usage`).
+    fn frame<C: Serialize>(&self, choices: C, usage: Option<&FinalUsage>) -> Bytes {
+        frame(&Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage,
+        })
     }
 }
 
 impl Format {
+    /// The error format of a request whose stream did not open (its
+    /// upstream failed before answering 2xx): a JSON error in the API's
+    /// own shape.
+    pub fn error_format(&self) -> ErrorFormat {
+        match self {
+            Format::HearTalk => ErrorFormat::HearTalk,
+            Format::OpenAi(_) => ErrorFormat::OpenAi,
+        }
+    }
+
     /// Frames sent before any delta.
     fn opening(&self) -> Option<Bytes> {
         match self {
             Format::HearTalk => None,
-            Format::OpenAi(o) => Some(o.chunk(json!({"role": "assistant", "content": ""}), None)),
+            Format::OpenAi(o) => Some(o.chunk(
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                    ..Delta::default()
+                },
+                None,
+            )),
         }
     }
 
     fn content(&self, delta: &str, provider: &str) -> Bytes {
         match self {
             Format::HearTalk => content_frame(delta, provider),
-            Format::OpenAi(o) => o.chunk(json!({"content": delta}), None),
+            Format::OpenAi(o) => o.chunk(
+                Delta {
+                    content: Some(delta),
+                    ..Delta::default()
+                },
+                None,
+            ),
         }
     }
 
     fn reasoning(&self, delta: &str) -> Bytes {
         match self {
             Format::HearTalk => reasoning_frame(delta),
-            Format::OpenAi(o) => o.chunk(json!({"reasoning_content": delta}), None),
+            Format::OpenAi(o) => o.chunk(
+                Delta {
+                    reasoning_content: Some(delta),
+                    ..Delta::default()
+                },
+                None,
+            ),
         }
     }
 
@@ -136,14 +203,14 @@ impl Format {
         &self,
         meta: &Meta,
         provider: &str,
-        usage: &Value,
+        usage: &FinalUsage,
         finish_reason: &str,
         endpoint: &str,
     ) -> Bytes {
         match self {
             Format::HearTalk => complete_frame(meta, provider, usage, finish_reason, endpoint),
             Format::OpenAi(o) => {
-                let mut out = o.chunk(json!({}), Some(finish_reason)).to_vec();
+                let mut out = o.chunk(Delta::default(), Some(finish_reason)).to_vec();
                 if o.include_usage {
                     out.extend_from_slice(&o.usage(usage));
                 }
@@ -154,9 +221,22 @@ impl Format {
     }
 }
 
-/// `data: <compact JSON>\n\n`.
-pub fn frame(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
+/// `data: <compact JSON>\n\n`: `v` serialised straight into the frame's
+/// one buffer, with no `serde_json::Value` tree between (this runs for
+/// every delta). The buffer is the frame's own, not one kept by the
+/// stream: an open stream waits far longer than it writes, and a kept
+/// buffer would be held by every waiting stream.
+pub fn frame<T: Serialize + ?Sized>(v: &T) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"data: ");
+    // Writing into a `Vec` cannot fail, and every frame is plain data
+    // (strings, numbers, maps with string keys), which always serialises.
+    if serde_json::to_writer(&mut out, v).is_err() {
+        out.truncate(b"data: ".len());
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 pub const PING: &[u8] = b": ping\n\n";
@@ -166,55 +246,145 @@ pub const PING: &[u8] = b": ping\n\n";
 pub const SHUTDOWN_MESSAGE: &str = "Service restarting; please retry";
 pub const SHUTDOWN_CODE: &str = "SERVICE_UNAVAILABLE";
 
+// HearTalk's frames (API.md §5.3), each its own struct: the keys in the
+// contract's order, `type` first.
+
 pub fn content_frame(delta: &str, provider: &str) -> Bytes {
-    frame(&json!({"type": "content", "content": delta, "done": false, "provider": provider}))
+    #[derive(Serialize)]
+    struct Content<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        content: &'a str,
+        done: bool,
+        provider: &'a str,
+    }
+    frame(&Content {
+        kind: "content",
+        content: delta,
+        done: false,
+        provider,
+    })
 }
 
 pub fn reasoning_frame(delta: &str) -> Bytes {
-    frame(&json!({"type": "reasoning", "reasoning": delta, "done": false}))
+    #[derive(Serialize)]
+    struct Reasoning<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        reasoning: &'a str,
+        done: bool,
+    }
+    frame(&Reasoning {
+        kind: "reasoning",
+        reasoning: delta,
+        done: false,
+    })
 }
 
 pub fn error_frame(message: &str, code: &str) -> Bytes {
-    frame(&json!({"type": "error", "error": message, "code": code, "done": true}))
+    #[derive(Serialize)]
+    struct Error<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        error: &'a str,
+        code: &'a str,
+        done: bool,
+    }
+    frame(&Error {
+        kind: "error",
+        error: message,
+        code,
+        done: true,
+    })
+}
+
+/// The `complete` frame, keys in the order of §5.3.
+#[derive(Serialize)]
+struct Complete<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    done: bool,
+    usage: &'a FinalUsage,
+    finish_reason: &'a str,
+    provider: &'a str,
+    metadata: CompleteMetadata<'a>,
+}
+
+#[derive(Serialize)]
+struct CompleteMetadata<'a> {
+    conversation_id: &'a str,
+    endpoint: &'a str,
+    route: &'a str,
+    reasoning: &'static str,
+    /// A replay from the cache.
+    cached: bool,
 }
 
 /// The one final frame of a successful stream.
 pub fn complete_frame(
     meta: &Meta,
     provider: &str,
-    usage: &Value,
+    usage: &FinalUsage,
     finish_reason: &str,
     endpoint: &str,
 ) -> Bytes {
-    frame(&json!({
-        "type": "complete",
-        "done": true,
-        "usage": usage,
-        "finish_reason": finish_reason,
-        "provider": provider,
-        "metadata": {
-            "conversation_id": meta.conversation_id,
-            "endpoint": endpoint,
-            "route": meta.route,
-            "reasoning": meta.strategy.label(),
-            // A replay from the cache.
-            "cached": meta.x_cache == "HIT",
-        }
-    }))
+    frame(&Complete {
+        kind: "complete",
+        done: true,
+        usage,
+        finish_reason,
+        provider,
+        metadata: CompleteMetadata {
+            conversation_id: &meta.conversation_id,
+            endpoint,
+            route: &meta.route,
+            reasoning: meta.strategy.label(),
+            cached: meta.x_cache == "HIT",
+        },
+    })
 }
 
-/// Usage from the upstream, or the §8 estimate marked `estimated:true`;
-/// `completion` is the estimate of the content plus that of the reasoning
-/// (each estimated on its own, see [`crate::provider::tokens::Estimator`]).
-pub fn final_usage(upstream: Option<Usage>, prompt_estimate: u64, completion: u64) -> Value {
-    match upstream {
-        Some(u) => serde_json::to_value(u).unwrap_or_else(|_| json!({})),
-        None => json!({
-            "prompt_tokens": prompt_estimate,
-            "completion_tokens": completion,
-            "total_tokens": prompt_estimate + completion,
-            "estimated": true,
-        }),
+/// A stream's final usage: the upstream's, or the §8 estimate, which is
+/// marked `estimated:true`. Serialised as it stands (no JSON tree).
+pub enum FinalUsage {
+    Upstream(Usage),
+    Estimated { prompt: u64, completion: u64 },
+}
+
+impl FinalUsage {
+    /// The upstream's usage, else the estimate; `completion` is the
+    /// estimate of the content plus that of the reasoning (each estimated
+    /// on its own, see [`crate::provider::tokens::Estimator`]).
+    pub fn new(upstream: Option<Usage>, prompt_estimate: u64, completion: u64) -> FinalUsage {
+        match upstream {
+            Some(u) => FinalUsage::Upstream(u),
+            None => FinalUsage::Estimated {
+                prompt: prompt_estimate,
+                completion,
+            },
+        }
+    }
+}
+
+impl Serialize for FinalUsage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Estimate {
+            prompt_tokens: u64,
+            completion_tokens: u64,
+            total_tokens: u64,
+            estimated: bool,
+        }
+        match self {
+            FinalUsage::Upstream(u) => u.serialize(s),
+            FinalUsage::Estimated { prompt, completion } => Estimate {
+                prompt_tokens: *prompt,
+                completion_tokens: *completion,
+                total_tokens: prompt + completion,
+                estimated: true,
+            }
+            .serialize(s),
+        }
     }
 }
 
@@ -411,13 +581,13 @@ impl Pump {
                         crate::provider::tokens::count(usage.as_ref());
                     }
                     let completion = self.content.total() + self.reasoning.total();
-                    let usage_value = final_usage(usage, self.meta.prompt_estimate, completion);
+                    let usage = FinalUsage::new(usage, self.meta.prompt_estimate, completion);
                     let endpoint = model.as_deref().unwrap_or("unknown");
                     let provider = self.state.services.provider.name();
                     let frame = self.meta.format.complete(
                         &self.meta,
                         provider,
-                        &usage_value,
+                        &usage,
                         finish_reason.as_deref().unwrap_or("stop"),
                         endpoint,
                     );
@@ -476,6 +646,7 @@ impl Drop for Pump {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     fn block_on<F: Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
@@ -511,6 +682,11 @@ mod tests {
             own_call: true,
             format: Format::HearTalk,
         }
+    }
+
+    /// The final usage as the frames write it, read back as a JSON value.
+    fn final_usage(upstream: Option<Usage>, prompt_estimate: u64, completion: u64) -> Value {
+        serde_json::to_value(FinalUsage::new(upstream, prompt_estimate, completion)).unwrap()
     }
 
     /// The next data frame of `body`, `None` at its end.
@@ -692,6 +868,117 @@ mod tests {
                 )
             );
         });
+    }
+
+    /// The frames written from structs are byte for byte the frames the
+    /// JSON trees (`json!`, keys in insertion order) made, for every frame
+    /// type and for text that needs escaping.
+    #[test]
+    fn frames_match_the_json_trees_they_replace() {
+        let tree = |v: Value| Bytes::from(format!("data: {v}\n\n"));
+        let openai = Format::OpenAi(OpenAiStream {
+            id: "chatcmpl-\"x\"".into(),
+            created: 1_700_000_000,
+            model: "ep-\u{1}chat".into(),
+            include_usage: true,
+        });
+        let Format::OpenAi(o) = &openai else {
+            unreachable!()
+        };
+        let chunk = |delta: Value, finish: Option<&str>| {
+            tree(json!({
+                "id": o.id,
+                "object": "chat.completion.chunk",
+                "created": o.created,
+                "model": o.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }))
+        };
+        let upstream: Usage = serde_json::from_str(
+            r#"{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8,"prompt_tokens_details":{"cached_tokens":2},"note":1.5}"#,
+        )
+        .unwrap();
+        let mut m = meta(Duration::from_secs(15));
+        m.conversation_id = "c\n\"1\"".into();
+        m.x_cache = "HIT";
+        for text in [
+            "",
+            "你好 world",
+            "quote \" back \\ nl \n tab \t ctl \u{7} </script>",
+            "😀",
+        ] {
+            assert_eq!(
+                openai.content(text, "p"),
+                chunk(json!({"content": text}), None)
+            );
+            assert_eq!(
+                openai.reasoning(text),
+                chunk(json!({"reasoning_content": text}), None)
+            );
+            assert_eq!(
+                content_frame(text, "byte\"plus"),
+                tree(
+                    json!({"type": "content", "content": text, "done": false, "provider": "byte\"plus"})
+                )
+            );
+            assert_eq!(
+                reasoning_frame(text),
+                tree(json!({"type": "reasoning", "reasoning": text, "done": false}))
+            );
+            assert_eq!(
+                error_frame(text, "CODE"),
+                tree(json!({"type": "error", "error": text, "code": "CODE", "done": true}))
+            );
+            assert_eq!(
+                openai.error(text, "UPSTREAM_RATE_LIMITED"),
+                tree(
+                    json!({"error": {"message": text, "type": "rate_limit_error", "param": null, "code": "UPSTREAM_RATE_LIMITED"}})
+                )
+            );
+        }
+        assert_eq!(
+            openai.opening().unwrap(),
+            chunk(json!({"role": "assistant", "content": ""}), None)
+        );
+        for usage in [
+            FinalUsage::new(Some(upstream.clone()), 9, 9),
+            FinalUsage::new(None, 10, 2),
+        ] {
+            let usage_tree = serde_json::to_value(&usage).unwrap();
+            let mut want = chunk(json!({}), Some("length")).to_vec();
+            want.extend_from_slice(&tree(json!({
+                "id": o.id,
+                "object": "chat.completion.chunk",
+                "created": o.created,
+                "model": o.model,
+                "choices": [],
+                "usage": usage_tree,
+            })));
+            want.extend_from_slice(b"data: [DONE]\n\n");
+            assert_eq!(openai.complete(&m, "p", &usage, "length", "ep"), want);
+            assert_eq!(
+                complete_frame(&m, "simulated", &usage, "stop", "ep-\"chat"),
+                tree(json!({
+                    "type": "complete",
+                    "done": true,
+                    "usage": usage_tree,
+                    "finish_reason": "stop",
+                    "provider": "simulated",
+                    "metadata": {
+                        "conversation_id": m.conversation_id,
+                        "endpoint": "ep-\"chat",
+                        "route": m.route,
+                        "reasoning": m.strategy.label(),
+                        "cached": true,
+                    }
+                }))
+            );
+        }
+        // The upstream's usage is written as the tree it was read into.
+        assert_eq!(
+            serde_json::to_value(FinalUsage::new(Some(upstream), 0, 0)).unwrap(),
+            json!({"prompt_tokens":5,"completion_tokens":3,"total_tokens":8,"prompt_tokens_details":{"cached_tokens":2},"note":1.5})
+        );
     }
 
     #[test]

@@ -654,32 +654,71 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
     }
 }
 
-/// Extracts the result of a 2xx JSON body (§10.1 "Result").
+/// What §10.1 reads from a 2xx body, whichever way it was read: the first
+/// choice (when it is an object), `usage` and `model`. Strings are as
+/// sent (empty ones included); [`Read::completion`] interprets them.
+struct Read {
+    choice: Option<ReadChoice>,
+    usage: Option<Usage>,
+    model: Option<String>,
+}
+
+struct ReadChoice {
+    content: Option<String>,
+    reasoning_content: Option<String>,
+    text: Option<String>,
+    finish_reason: Option<String>,
+}
+
+impl Read {
+    /// The one interpretation of an answer (§10.1 "Result"): a first
+    /// choice is required, the message's content (else the legacy `text`)
+    /// must be non-empty, and every other empty string counts as absent.
+    fn completion(self) -> Result<Completion, UpstreamError> {
+        let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let choice = self.choice.ok_or_else(|| {
+            UpstreamError::InvalidResponse("Invalid response format: no valid choices found".into())
+        })?;
+        Ok(Completion {
+            content: non_empty(choice.content)
+                .or_else(|| non_empty(choice.text))
+                .ok_or(UpstreamError::Empty)?,
+            reasoning_content: non_empty(choice.reasoning_content),
+            finish_reason: non_empty(choice.finish_reason),
+            usage: self.usage,
+            model: non_empty(self.model),
+        })
+    }
+}
+
+/// Extracts the result of a 2xx JSON body (§10.1 "Result"): read typed in
+/// one pass when the body has the common shape, else from its JSON tree
+/// ([`parse_completion_value`]); both readings feed [`Read::completion`].
 pub fn parse_completion(body: &[u8]) -> Result<Completion, UpstreamError> {
     let Ok(Obj(wire)) = serde_json::from_slice::<Obj<WireCompletion>>(body) else {
         return parse_completion_value(body);
     };
-    let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let choice = wire
         .choices
         .and_then(|c| c.into_iter().next())
-        .map(|Obj(c)| c)
-        .ok_or_else(|| {
-            UpstreamError::InvalidResponse("Invalid response format: no valid choices found".into())
-        })?;
-    let (content, reasoning_content) = match choice.message {
-        Some(Obj(m)) => (non_empty(m.content), non_empty(m.reasoning_content)),
-        None => (None, None),
-    };
-    Ok(Completion {
-        content: content
-            .or_else(|| non_empty(choice.text))
-            .ok_or(UpstreamError::Empty)?,
-        reasoning_content,
-        finish_reason: non_empty(choice.finish_reason),
+        .map(|Obj(c)| {
+            let (content, reasoning_content) = match c.message {
+                Some(Obj(m)) => (m.content, m.reasoning_content),
+                None => (None, None),
+            };
+            ReadChoice {
+                content,
+                reasoning_content,
+                text: c.text,
+                finish_reason: c.finish_reason,
+            }
+        });
+    Read {
+        choice,
         usage: wire.usage,
-        model: non_empty(wire.model),
-    })
+        model: wire.model,
+    }
+    .completion()
 }
 
 /// [`parse_completion`] for bodies off the common shape: every field read
@@ -688,33 +727,30 @@ fn parse_completion_value(body: &[u8]) -> Result<Completion, UpstreamError> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         UpstreamError::InvalidResponse(format!("Invalid response format: malformed JSON ({e})"))
     })?;
+    let string = |v: Option<&serde_json::Value>| v.and_then(|s| s.as_str()).map(str::to_string);
     let choice = v
         .get("choices")
         .and_then(|c| c.as_array())
         .and_then(|c| c.first())
         .filter(|c| c.is_object())
-        .ok_or_else(|| {
-            UpstreamError::InvalidResponse("Invalid response format: no valid choices found".into())
-        })?;
-    let str_at = |v: Option<&serde_json::Value>| {
-        v.and_then(|s| s.as_str())
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
-    let message = choice.get("message");
-    let content = str_at(message.and_then(|m| m.get("content")))
-        .or_else(|| str_at(choice.get("text")))
-        .ok_or(UpstreamError::Empty)?;
-    Ok(Completion {
-        content,
-        reasoning_content: str_at(message.and_then(|m| m.get("reasoning_content"))),
-        finish_reason: str_at(choice.get("finish_reason")),
+        .map(|c| {
+            let message = c.get("message");
+            ReadChoice {
+                content: string(message.and_then(|m| m.get("content"))),
+                reasoning_content: string(message.and_then(|m| m.get("reasoning_content"))),
+                text: string(c.get("text")),
+                finish_reason: string(c.get("finish_reason")),
+            }
+        });
+    Read {
+        choice,
         usage: v
             .get("usage")
             .filter(|u| u.is_object())
             .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok()),
-        model: str_at(v.get("model")),
-    })
+        model: string(v.get("model")),
+    }
+    .completion()
 }
 
 /// Maps a transport error. `phase` names where it happened ("request"

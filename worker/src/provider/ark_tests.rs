@@ -18,7 +18,8 @@ fn req(timeout_ms: u64) -> CompletionRequest {
         messages: vec![
             ChatMessage::new("system", "be nice"),
             ChatMessage::new("user", "你好"),
-        ],
+        ]
+        .into(),
         temperature: 0.7,
         max_tokens: 2000,
         top_p: 1.0,

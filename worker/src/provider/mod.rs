@@ -15,6 +15,7 @@ pub mod sse;
 pub mod tokens;
 pub mod upstream_health;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -63,7 +64,9 @@ pub struct CompletionRequest {
     pub endpoint: EndpointKind,
     /// The endpoint id / model name sent as `model`.
     pub model: String,
-    pub messages: Vec<ChatMessage>,
+    /// Shared, never copied: a fallback call sends the same messages to
+    /// another endpoint ([`CompletionRequest::for_model`]).
+    pub messages: Arc<[ChatMessage]>,
     pub temperature: f64,
     pub max_tokens: u32,
     /// 1 unless stated (translation uses 0.9).
@@ -71,6 +74,18 @@ pub struct CompletionRequest {
     /// Per-attempt timeout: the whole response for JSON calls; connect,
     /// first byte and every idle gap for streams.
     pub timeout: Duration,
+}
+
+impl CompletionRequest {
+    /// This request for another `model` (a route's fallback endpoint): the
+    /// messages shared with this one, the parameters copied.
+    pub fn for_model(&self, model: String) -> CompletionRequest {
+        CompletionRequest {
+            model,
+            messages: Arc::clone(&self.messages),
+            ..*self
+        }
+    }
 }
 
 /// Token accounting as the upstream reported it. Extra fields the upstream
@@ -470,6 +485,28 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Usage>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_fallback_request_shares_the_messages() {
+        let req = CompletionRequest {
+            endpoint: EndpointKind::Chat,
+            model: "ep-chat".into(),
+            messages: vec![ChatMessage::new("user", "你好")].into(),
+            temperature: 0.3,
+            max_tokens: 7,
+            top_p: 0.9,
+            timeout: Duration::from_secs(2),
+        };
+        let other = req.for_model("ep-fallback".into());
+        assert!(Arc::ptr_eq(&req.messages, &other.messages));
+        assert_eq!(
+            other,
+            CompletionRequest {
+                model: "ep-fallback".into(),
+                ..req.clone()
+            }
+        );
     }
 
     #[test]

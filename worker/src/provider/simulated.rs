@@ -61,7 +61,7 @@ const CHUNK_CHARS: usize = 2;
 /// The stable hash of everything the answer may depend on.
 fn request_hash(req: &CompletionRequest) -> u64 {
     let mut h = fnv1a(req.endpoint.label().as_bytes(), FNV_OFFSET);
-    for m in &req.messages {
+    for m in req.messages.iter() {
         h = fnv1a(&[0x1e], h);
         h = fnv1a(m.role.as_bytes(), h);
         h = fnv1a(&[0x1f], h);
@@ -255,7 +255,8 @@ mod tests {
             messages: vec![
                 ChatMessage::new("system", "你是助手"),
                 ChatMessage::new("user", user),
-            ],
+            ]
+            .into(),
             temperature,
             max_tokens,
             top_p: 1.0,
