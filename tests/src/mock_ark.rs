@@ -602,6 +602,7 @@ async fn handle(req: Request<Incoming>, state: Shared) -> Result<Response<Body>,
         armed: true,
     };
     if !behavior.latency.is_zero() {
+        // The slow upstream a test asked for: behaviour, not a wait.
         tokio::time::sleep(behavior.latency).await;
     }
     let resp = match &behavior.outcome {
@@ -783,6 +784,7 @@ fn stream_response(frames: Vec<String>, b: Behavior, state: Shared) -> Response<
         let mut ok = true;
         'frames: for (i, frame) in frames.into_iter().enumerate() {
             if i > 0 && !b.chunk_delay.is_zero() {
+                // Pacing the frames as a test asked: behaviour, not a wait.
                 tokio::select! {
                     _ = tokio::time::sleep(b.chunk_delay) => {}
                     _ = tx.closed() => { ok = false; break 'frames; }

@@ -253,6 +253,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Response<Full<B
         s.latency
     };
     if !latency.is_zero() {
+        // The slow backend a test asked for: behaviour, not a wait.
         tokio::time::sleep(latency).await;
     }
     let path = req.uri().path();

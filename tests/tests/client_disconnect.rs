@@ -3,8 +3,6 @@
 
 mod helper;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use heartalk_e2e::mock_ark::{Behavior, MockArk};
@@ -23,27 +21,7 @@ fn disconnect_mid_stream_aborts_the_upstream_within_a_second() {
     let svc = live_service(&ark.base_url(), &[]);
 
     let body = json!({"messages":[{"role":"user","content":"你好"}]}).to_string();
-    let mut s = TcpStream::connect(svc.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST /api/v1/chat/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        user_token(),
-        body.len()
-    )
-    .unwrap();
-    // Read until the first content frame has arrived.
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("\"type\":\"content\"") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "stream ended early: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
+    let (s, got) = stream_until_content(svc.addr, &user_token(), &body);
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
     assert_eq!(ark.cancelled(), 0);
 

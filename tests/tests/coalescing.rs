@@ -5,7 +5,7 @@
 
 mod helper;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -62,13 +62,13 @@ fn stream_followers_get_the_stream_from_its_start() {
     let addr = svc.addr;
     let token = user_token();
     let body = json!({"messages":[{"role":"user","content":"一起听"}]});
-    let leader = {
-        let (token, body) = (token.clone(), body.clone());
-        std::thread::spawn(move || post_json(addr, "/api/v1/chat/stream", Some(&token), &body))
-    };
-    // Join once the stream is under way, so the follower must replay.
-    assert!(ark.wait_for_calls(1, Duration::from_secs(10)));
-    std::thread::sleep(Duration::from_millis(200));
+    // Join once the stream is under way (the leader has had a content
+    // frame), so the follower must replay.
+    let (mut s, mut raw) = stream_until_content(addr, &token, &body.to_string());
+    let leader = std::thread::spawn(move || {
+        s.read_to_end(&mut raw).expect("the leader's stream");
+        parse_response(&raw).expect("the leader's answer")
+    });
     let follower = post_json(addr, "/api/v1/chat/stream", Some(&token), &body);
     let leader = leader.join().unwrap();
     assert_eq!(ark.calls(), 1);
@@ -109,7 +109,10 @@ fn the_shared_call_survives_its_first_client_leaving() {
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         std::thread::spawn(move || post_json(addr, "/api/v1/chat/generate", Some(&token), &body))
     };
-    std::thread::sleep(Duration::from_millis(100));
+    // The first client leaves once the follower has joined its call.
+    wait_for("the follower to join the call", DEADLINE, || {
+        (metric(addr, "ai_cache_requests_total", "result=\"coalesced\"")? >= 1.0).then_some(())
+    });
     drop(quitter);
     let r = follower.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.body);

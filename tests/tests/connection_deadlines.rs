@@ -127,6 +127,7 @@ impl Trickle {
         let thread = std::thread::spawn(move || {
             let mut sent = 0;
             while !flag.load(Ordering::Relaxed) {
+                // Pacing: the slow trickle is the load under test.
                 std::thread::sleep(TRICKLE_EVERY);
                 if s.write_all(chunk).is_err() {
                     break;
@@ -439,6 +440,7 @@ struct SlowSteady(TcpStream);
 
 impl Read for SlowSteady {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Pacing: the slow reader is the load under test.
         std::thread::sleep(Duration::from_millis(10));
         self.0.read(buf)
     }
@@ -549,6 +551,7 @@ fn an_idle_http2_connection_is_closed_at_the_keep_alive_deadline_despite_pings()
     // A PING three quarters of the way: frames on an idle HTTP/2
     // connection are not requests and do not keep it open. (Had it reset
     // the deadline, the close would come KEEP_ALIVE after the PING.)
+    // The idle time is the behaviour under test, not a wait for an event.
     let ping_at = KEEP_ALIVE * 3 / 4;
     std::thread::sleep(ping_at);
     let _ = s.write_all(&frame(PING, 0, 0, &[7; 8]));
@@ -588,6 +591,7 @@ fn unusable_values_are_logged_as_errors_and_the_defaults_used() {
     // longer than the test's other deadlines is still served.
     let mut s = connect(&svc);
     s.set_read_timeout(Some(DEADLINE)).unwrap();
+    // The silence is the behaviour under test, not a wait for an event.
     std::thread::sleep(FIRST_BYTE + Duration::from_millis(500));
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();

@@ -14,10 +14,13 @@ fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     let addr = sup.addr();
     let pids = sup.wait_ready(2);
 
-    let slow = std::thread::spawn(move || http_get(addr, "/slow?ms=3000", Duration::from_secs(30)));
-    // The request is in flight once a worker has accepted it; give the
-    // connection a moment to be accepted (it is queued in the kernel anyway).
-    std::thread::sleep(Duration::from_millis(300));
+    let conn = send_get(addr, "/slow?ms=3000", Duration::from_secs(30)).unwrap();
+    // The request is in flight once a worker has accepted its connection
+    // (one still in the kernel's backlog would be left there by the stop).
+    wait_for("a worker to accept the slow request", DEADLINE, || {
+        accepted(&conn).then_some(())
+    });
+    let slow = std::thread::spawn(move || read_answer(conn));
     let stop_at = Instant::now();
     sup.signal(Signal::SIGTERM);
 

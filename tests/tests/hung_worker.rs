@@ -167,6 +167,7 @@ fn a_worker_that_never_pings_is_not_watched() {
     while Instant::now() < until {
         let r = http_get(addr, "/", Duration::from_secs(5)).unwrap();
         assert_eq!(r.json()["pid"], pid);
+        // Pacing the requests through the silence under test.
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(sup.events("worker_hung").is_empty());
@@ -190,6 +191,7 @@ fn a_worker_at_full_cpu_from_load_keeps_pinging() {
     let mut busiest = 0.0f64;
     let mut oldest_ping = 0.0f64;
     while start.elapsed() < Duration::from_secs(9) {
+        // Sampling period over the 9 s under test, not a wait for an event.
         std::thread::sleep(Duration::from_millis(500));
         let slot = slot_of(&sup.status(), 0);
         busiest = busiest.max(slot["cpu_percent"].as_f64().unwrap_or(0.0));

@@ -237,6 +237,7 @@ fn burst(addr: SocketAddr, n: usize, pids: &[i32]) -> Burst {
                 if now > 0 {
                     peak_rss = peak_rss.max(rss_sum(&pids));
                 }
+                // The sampling period of the measurement, not a wait.
                 std::thread::sleep(Duration::from_millis(50));
             }
             (peak_open, peak_at, peak_rss)

@@ -23,6 +23,23 @@ fn wait_for_an_entry_in(redis: &RedisServer) {
     });
 }
 
+/// (SETs, commands of any kind) that Redis has refused for want of memory.
+fn refusals(redis: &RedisServer) -> (usize, usize) {
+    let stat = |section: &str, line: &str, field: &str| -> usize {
+        redis
+            .cli(&["INFO", section])
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|fields| fields.split(',').find_map(|f| f.strip_prefix(field)))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        stat("commandstats", "cmdstat_set:", "rejected_calls="),
+        stat("errorstats", "errorstat_OOM:", "count="),
+    )
+}
+
 #[test]
 fn cached_by_one_supervisor_hit_on_another_and_redis_outages_degrade_only() {
     let mut redis = RedisServer::start();
@@ -107,9 +124,27 @@ fn a_full_redis_fails_commands_not_the_link() {
         // The answer's background SET is refused within a few ms; right
         // after it, the link must still be up (a refused command is not an
         // outage; before the fix it marked the link down until the next
-        // probe, up to a second later). Absence of a state cannot be
-        // polled for, hence the short fixed wait.
-        std::thread::sleep(Duration::from_millis(150));
+        // probe, up to a second later). Each answer makes two SETs, its
+        // flight's claim and then its store: once Redis has refused both
+        // and the worker has logged each refusal, the link is checked.
+        wait_until(
+            "the answer's SET to be refused and handled",
+            DEADLINE,
+            || {
+                let (sets, all) = refusals(&redis);
+                let handled = svc
+                    .log()
+                    .matches("Redis command failed; falling back")
+                    .count();
+                if sets >= 2 * (i + 1) && handled >= all {
+                    return Ok(());
+                }
+                Err(format!(
+                    "{sets} SETs refused; {handled} of {all} refusals logged as failed commands; cache {}",
+                    svc.cache_health()
+                ))
+            },
+        );
         assert_eq!(svc.cache_health()["status"], "healthy");
     }
     assert_eq!(svc.redis_up(), Some(1.0));

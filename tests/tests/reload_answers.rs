@@ -7,7 +7,7 @@
 mod helper;
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use helper::*;
 use nix::sys::signal::Signal;
@@ -28,18 +28,10 @@ fn spawn_reload(sup: &Supervisor) -> Child {
 /// Waits up to `timeout` for a CLI process; one still running then is
 /// killed and reaped, and the test fails (the CLI itself would wait 600 s).
 fn finish(mut child: Child, what: &str, timeout: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("reload output");
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: `heartalk reload` got no answer within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if wait_or_kill(&mut child, timeout).is_none() {
+        panic!("{what}: `heartalk reload` got no answer within {timeout:?}");
     }
+    child.wait_with_output().expect("reload output")
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -86,7 +86,10 @@ fn a_long_request_in_flight_completes_and_the_new_config_applies() {
             &json!({"messages":[{"role":"user","content":"你好"}]}),
         )
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // In flight once a worker is handling it: its route is decided.
+    wait_for("the chat request in flight", DEADLINE, || {
+        (sample_sum(&scrape(addr)?, "ai_route_decisions_total", "") >= 1.0).then_some(())
+    });
     std::fs::write(sup.config_path(), config("2.0.0", "")).unwrap();
     sup.signal(Signal::SIGHUP);
     sup.wait_event("reload_committed", |_| true);

@@ -7,7 +7,7 @@
 
 mod helper;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use heartalk_e2e::mock_ark::{Behavior, MockArk};
 use helper::*;
@@ -55,6 +55,8 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_probe() {
         let r = svc.generate(&format!("失败 {i}"));
         assert_eq!(r.status, 502, "{}", r.body);
     }
+    // The third failure opened the breaker before it was answered.
+    let opened = Instant::now();
     assert_eq!(ark.calls(), 3);
     // Open: fast failures, no upstream calls.
     for i in 0..3 {
@@ -73,7 +75,9 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_probe() {
 
     // The endpoint recovers; after the open period one probe closes it.
     ark.set(Behavior::success());
-    std::thread::sleep(Duration::from_millis(2100));
+    // The open period is the behaviour under test, not a synchronisation:
+    // wait it out, counted from the opening.
+    std::thread::sleep((opened + Duration::from_secs(2)).saturating_duration_since(Instant::now()));
     let r = svc.generate("恢复了吗");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ark.calls(), 4);

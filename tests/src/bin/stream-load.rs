@@ -185,6 +185,7 @@ async fn run(a: Args) {
         let (addr, request) = (a.addr.clone(), request.clone());
         let (counts, ttfbs, errors) = (counts.clone(), ttfbs.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
+            // Pacing: the ramp spreads the streams' starts.
             tokio::time::sleep_until(tokio::time::Instant::from_std(start + delay)).await;
             counts.open.fetch_add(1, Ordering::Relaxed);
             let r = one(&addr, &request).await;
@@ -227,6 +228,7 @@ async fn run(a: Args) {
         if done == a.streams {
             break;
         }
+        // The sampling period of the measurement.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for t in tasks {
@@ -244,6 +246,7 @@ async fn run(a: Args) {
         if back_after.is_none() && (after.iter().sum::<u64>() as f64) < target {
             back_after = Some(ended.elapsed().as_secs_f64());
         }
+        // The sampling period of the measurement (for `a.after` in all).
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut t = ttfbs.lock().await.clone();

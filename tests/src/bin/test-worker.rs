@@ -90,6 +90,7 @@ fn main() {
         std::thread::spawn(move || {
             for n in 0u64.. {
                 println!("tick {slot_id} {n}");
+                // Pacing the output as asked (`tick=MS`).
                 std::thread::sleep(Duration::from_millis(ms));
             }
         });
@@ -117,6 +118,7 @@ fn main() {
         std::thread::spawn(move || {
             loop {
                 hoard(1 << 20);
+                // Pacing the growth as asked (`grow=`).
                 std::thread::sleep(every);
             }
         });
@@ -161,6 +163,7 @@ fn main() {
         }));
     }
     if let Some(ms) = mode.strip_prefix("slow-ready=") {
+        // The slow start asked for (`slow-ready=MS`).
         std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(500)));
     }
     if mode != "no-ready" {
@@ -172,6 +175,7 @@ fn main() {
                 loop {
                     spin_if_asked();
                     let _ = shared::activation::notify("WATCHDOG=1");
+                    // The ping period, as the real worker's.
                     std::thread::sleep(interval / 2);
                 }
             });
@@ -191,6 +195,8 @@ fn main() {
     for a in acceptors {
         let _ = a.join();
     }
+    // The drain: poll until the requests in flight are done (the
+    // supervisor's kill_timeout is the deadline).
     while inflight.load(Ordering::SeqCst) > 0 {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -219,6 +225,7 @@ fn handle(mut conn: TcpStream, slot: &str, leak_kb: usize) {
     let head = String::from_utf8_lossy(&buf);
     let path = head.split_whitespace().nth(1).unwrap_or("/");
     if let Some(ms) = path.strip_prefix("/slow?ms=") {
+        // The slow answer asked for.
         std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(1000)));
     }
     if let Some(mb) = path.strip_prefix("/balloon?mb=") {

@@ -39,14 +39,22 @@ pub fn test_worker() -> PathBuf {
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    wait_until(what, timeout, || f().ok_or_else(String::new))
+}
+
+/// Like [`wait_for`], but `f` says what is still wrong (`Err`), and the
+/// panic after `timeout` says it too (its last answer).
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
     let start = Instant::now();
     loop {
-        if let Some(v) = f() {
-            return v;
-        }
+        let wrong = match f() {
+            Ok(v) => return v,
+            Err(wrong) => wrong,
+        };
         assert!(
             start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}{}{wrong}",
+            if wrong.is_empty() { "" } else { ": " }
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -332,6 +340,12 @@ impl Response {
 
 /// One request on a fresh connection (`Connection: close`).
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Response> {
+    read_answer(send_get(addr, path, timeout)?)
+}
+
+/// The first half of [`http_get`]: sends the request on a fresh connection
+/// and returns the connection, for [`read_answer`].
+pub fn send_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -339,6 +353,11 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
+    Ok(s)
+}
+
+/// The second half of [`http_get`]: the whole answer, read to the end.
+pub fn read_answer(mut s: TcpStream) -> std::io::Result<Response> {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse_response(&raw)
@@ -428,6 +447,57 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// Whether the server has accepted the connection of `client` (a local
+/// TCP connection): in `/proc/net/tcp`, the server's end of a connection
+/// still in the listen backlog has no socket inode yet.
+pub fn accepted(client: &TcpStream) -> bool {
+    let (ours, theirs) = (
+        client.local_addr().expect("local address").port(),
+        client.peer_addr().expect("peer address").port(),
+    );
+    let port = |addr: &str| {
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .any(|table| {
+            table.lines().skip(1).any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // sl, local, remote, st, queues, timer, retransmits, uid,
+                // timeout, inode
+                f.len() > 9 && port(f[1]) == Some(theirs) && port(f[2]) == Some(ours) && f[9] != "0"
+            })
+        })
+}
+
+/// Sends `POST /api/v1/chat/stream` with `body` as `token`'s user and
+/// reads until the first content frame has arrived: the stream is under
+/// way. Returns the connection (`Connection: close`) and what was read.
+pub fn stream_until_content(addr: SocketAddr, token: &str, body: &str) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "POST /api/v1/chat/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the stream request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"type\":\"content\"") {
+        let n = s.read(&mut buf).expect("read the stream");
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    (s, got)
 }
 
 /// Whether `pid` exists and is not a zombie.
