@@ -46,6 +46,10 @@ pub enum Command {
         #[serde(default)]
         app: Option<String>,
     },
+    /// Change `app`'s worker count live: `instances` is a count, `max`, or
+    /// `file` (back to the config's); answered once the slots are added or
+    /// removed ([`ScaleResult`]), before new workers are ready.
+    Scale { app: String, instances: String },
 }
 
 /// The supervisor's answer.
@@ -64,6 +68,7 @@ pub enum Body {
     Stopping,
     Metrics { text: String },
     Restart(RestartResult),
+    Scale(ScaleResult),
     Error { code: ErrorCode, message: String },
 }
 
@@ -81,6 +86,19 @@ pub enum ErrorCode {
     /// The command cannot be done now or as asked (an unknown app, a
     /// reload or restart already running); the message says which.
     Refused,
+}
+
+/// What a `heartalk scale` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleResult {
+    pub app: String,
+    /// Slots before and after.
+    pub from: usize,
+    pub to: usize,
+    /// The override now in force (`None`: the file's `instances`).
+    pub scaled: Option<String>,
+    /// The file's `instances`.
+    pub instances: String,
 }
 
 /// How a `heartalk restart` ended.
@@ -141,6 +159,12 @@ pub struct ReloadResult {
 pub struct AppStatus {
     pub name: String,
     pub listen: String,
+    /// The file's `instances` (`4` or `max`).
+    #[serde(default)]
+    pub instances: String,
+    /// `heartalk scale`'s count while it overrides the file's.
+    #[serde(default)]
+    pub scaled: Option<String>,
     pub workers: Vec<WorkerStatus>,
 }
 

@@ -195,6 +195,14 @@ impl<H: Host> Driver<H> {
         crate::fleet::prepare(&mut self.host, config, cpus, current)
     }
 
+    /// Binds `count` more slot sockets on `addr` (for a scale-up).
+    pub fn bind(&mut self, addr: SocketAddr, count: usize) -> io::Result<Vec<SlotSocket>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        self.host.bind(addr, count)
+    }
+
     /// Hands one event to the fleet and performs what it decides; `now` is
     /// the event's time, which the answers carry too.
     pub fn apply(

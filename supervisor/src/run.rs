@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shared::config::Config;
-use shared::control::{Body, Command, ErrorCode, ReloadResult, RestartResult};
+use shared::control::{Body, Command, ErrorCode, ReloadResult, RestartResult, ScaleResult};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{self, Ask, ControlError, ControlSocket};
 use crate::exit::Exit;
-use crate::fleet::{Fleet, RestartRefused, SetupError};
+use crate::fleet::{Fleet, RestartRefused, ScaleRefused, SetupError};
 use crate::host::{Driver, SysHost};
 use crate::logs::{self, Capture, LogSink};
 use crate::notify::NotifySocket;
@@ -254,6 +254,10 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                             });
                         }
                     },
+                    Command::Scale { app, instances } => {
+                        let answer = scale(&mut fleet, &mut driver, &app, &instances, cpus, now);
+                        let _ = ask.reply.send(answer);
+                    }
                     Command::Stop => {
                         let _ = ask.reply.send(Body::Stopping);
                         if !fleet.is_stopping() {
@@ -378,7 +382,10 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                         Body::Status(status::build(&fleet.view(), &me, &metrics, &mut cpu, now))
                     }
                     Command::Stop => Body::Stopping,
-                    Command::Reload | Command::Metrics | Command::Restart { .. } => stopping(),
+                    Command::Reload
+                    | Command::Metrics
+                    | Command::Restart { .. }
+                    | Command::Scale { .. } => stopping(),
                 };
                 let _ = ask.reply.send(body);
             }
@@ -429,6 +436,47 @@ fn on_notify(
     }
     let now = Instant::now();
     driver.apply(fleet, now, |f| f.on_notify(m, now));
+}
+
+/// `heartalk scale APP N|max|file`: new sockets bound here, then the fleet
+/// adds or drains slots (see `fleet/scale.rs`).
+fn scale(
+    fleet: &mut Fleet,
+    driver: &mut Driver,
+    app: &str,
+    instances: &str,
+    cpus: u32,
+    now: Instant,
+) -> Body {
+    let refused = |message: String| Body::Error {
+        code: ErrorCode::Refused,
+        message,
+    };
+    let want = match crate::fleet::setup::parse_instances(instances) {
+        Ok(w) => w,
+        Err(e) => return refused(e),
+    };
+    let plan = match fleet.plan_scale(app, want, cpus) {
+        Ok(p) => p,
+        Err(ScaleRefused::Stopping) => return stopping(),
+        Err(e) => return refused(e.to_string()),
+    };
+    let sockets = match driver.bind(plan.addr, plan.bind) {
+        Ok(s) => s,
+        Err(e) => return refused(format!("cannot listen on {}: {e}", plan.addr)),
+    };
+    let from = fleet.view().apps.iter().find(|a| a.name == app).map_or(0, |a| a.slots.len());
+    let to = plan.target;
+    driver.apply(fleet, now, |f| f.scale(plan, sockets, now));
+    let view = fleet.view();
+    let shown = view.apps.iter().find(|a| a.name == app);
+    Body::Scale(ScaleResult {
+        app: app.to_string(),
+        from,
+        to,
+        scaled: shown.and_then(|a| a.scaled.clone()),
+        instances: shown.map(|a| a.instances_file.clone()).unwrap_or_default(),
+    })
 }
 
 /// The `STATUS=` line for the service manager.

@@ -34,6 +34,8 @@ pub fn build(
         .map(|app| AppStatus {
             name: app.name.clone(),
             listen: app.listen.to_string(),
+            instances: app.instances_file.clone(),
+            scaled: app.scaled.clone(),
             workers: app
                 .slots
                 .iter()
@@ -147,6 +149,15 @@ pub fn render_table(s: &Status) -> String {
         migrate
     );
     let _ = writeln!(out, "config {}", sup.config);
+    for app in &s.apps {
+        if let Some(n) = &app.scaled {
+            let _ = writeln!(
+                out,
+                "app {} scaled to {n} by `heartalk scale` (file: {}; `heartalk scale {} file` resets)",
+                app.name, app.instances, app.name
+            );
+        }
+    }
     let header = [
         "app",
         "slot",
@@ -267,12 +278,15 @@ mod tests {
             apps: vec![AppStatus {
                 name: "heartalk".into(),
                 listen: "0.0.0.0:8001".into(),
+                instances: "2".into(),
+                scaled: Some("4".into()),
                 workers: vec![w(0, Some(100), "online"), w(1, None, "waiting")],
             }],
         };
         let t = render_table(&s);
         assert!(t.starts_with("heartalk 0.1.0 · pid 7 (PID 1)"), "{t}");
         assert!(t.contains("generation 2 committed"));
+        assert!(t.contains("app heartalk scaled to 4 by `heartalk scale` (file: 2;"), "{t}");
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 5, "{t}");
         assert!(

@@ -108,13 +108,20 @@ impl Fleet {
     /// Whether spawn `id` is still what `role`'s slot waits for.
     fn awaited(&self, id: u64, role: Role, generation: u64) -> bool {
         let running = self.mode == Mode::Running;
+        // The slot may be gone (scaled down) since the order.
+        fn slot(apps: &[AppRun], a: usize, s: usize) -> Option<&Slot> {
+            apps.get(a).and_then(|x| x.slots.get(s))
+        }
         match role {
-            Role::Current(a, s) => running && self.apps[a].slots[s].spawning == Some(id),
+            Role::Current(a, s) => {
+                running && slot(&self.apps, a, s).is_some_and(|x| x.spawning == Some(id))
+            }
             Role::Successor(a, s) => {
-                running && self.apps[a].slots[s].successor_spawning == Some(id)
+                running && slot(&self.apps, a, s).is_some_and(|x| x.successor_spawning == Some(id))
             }
             Role::Next(a, s) => self.rollout.as_ref().is_some_and(|r| {
-                r.generation == generation && r.apps[a].slots[s].spawning == Some(id)
+                r.generation == generation
+                    && slot(&r.apps, a, s).is_some_and(|x| x.spawning == Some(id))
             }),
             Role::Draining => false,
         }

@@ -38,6 +38,7 @@
 mod action;
 mod lifecycle;
 mod rolling;
+mod scale;
 mod rollout;
 pub mod setup;
 mod view;
@@ -51,10 +52,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use shared::config::App;
+use shared::config::{App, Instances};
 
 pub use action::{Action, Actions, SpawnOrder};
 pub use rolling::{RestartOutcome, RestartRefused};
+pub use scale::{ScalePlan, ScaleRefused};
 pub use setup::{Generation, prepare};
 pub use view::{AppView, FleetView, SlotView, WorkerView};
 
@@ -244,6 +246,9 @@ struct AppRun {
     /// Its word of the fleet-state page (`HEARTALK_FLEET_WORD`; `None`
     /// past the page's 512): see `crate::fleet_state::assign_words`.
     word: Option<usize>,
+    /// `heartalk scale`'s count, which overrides the file's `instances`
+    /// until reset (kept across reloads; see `scale.rs`).
+    scaled: Option<Instances>,
 }
 
 impl AppRun {

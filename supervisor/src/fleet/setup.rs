@@ -47,13 +47,15 @@ pub fn prepare<H: Host>(
     );
     for (app, word) in config.apps.iter().zip(words) {
         let program = host.resolve(app).map_err(SetupError::Program)?;
-        let count = match app.instances {
-            Instances::Count(n) => n.get() as usize,
-            Instances::Max => cpus as usize,
-        };
         let old = current
             .iter()
             .find(|a| a.config.name == app.name && a.config.listen == app.listen);
+        // `heartalk scale` outlives a reload (the operator resets it).
+        let scaled = old.and_then(|a| a.scaled);
+        if let Some(n) = scaled {
+            tracing::info!(event = "scale_kept", app = %app.name, scaled = %instances_text(n), file = %instances_text(app.instances), "`heartalk scale APP file` goes back to the file's instances");
+        }
+        let count = slot_count(scaled.unwrap_or(app.instances), cpus);
         let reusable: Vec<Arc<SlotSocket>> = old
             .map(|a| a.slots.iter().filter_map(|s| s.socket.clone()).collect())
             .unwrap_or_default();
@@ -96,7 +98,37 @@ pub fn prepare<H: Host>(
                 .map(|(i, s)| Slot::new(i, s))
                 .collect(),
             word,
+            scaled,
         });
     }
     Ok(Generation { apps })
+}
+
+/// How many slots `instances` means on `cpus` usable CPUs.
+pub(super) fn slot_count(instances: Instances, cpus: u32) -> usize {
+    match instances {
+        Instances::Count(n) => n.get() as usize,
+        Instances::Max => cpus as usize,
+    }
+}
+
+/// What `heartalk scale` was asked for: a count, `max`, or `file` (the
+/// config's `instances`, as `None`).
+pub fn parse_instances(text: &str) -> Result<Option<Instances>, String> {
+    match text.trim() {
+        "file" => Ok(None),
+        "max" => Ok(Some(Instances::Max)),
+        n => n
+            .parse::<std::num::NonZeroU32>()
+            .map(|n| Some(Instances::Count(n)))
+            .map_err(|_| format!("`{n}` is not a worker count (1 or more), `max` or `file`")),
+    }
+}
+
+/// `instances` as the config file spells it: `4` or `max`.
+pub fn instances_text(instances: Instances) -> String {
+    match instances {
+        Instances::Count(n) => n.to_string(),
+        Instances::Max => "max".into(),
+    }
 }

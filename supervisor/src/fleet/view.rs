@@ -28,6 +28,10 @@ pub struct AppView {
     pub listen: std::net::SocketAddr,
     /// How old a PSS reading may be (the app's `memory_check_interval`).
     pub pss_max_age: Duration,
+    /// The file's `instances` (`4` or `max`).
+    pub instances_file: String,
+    /// `heartalk scale`'s count while it overrides the file's.
+    pub scaled: Option<String>,
     pub slots: Vec<SlotView>,
 }
 
@@ -66,6 +70,8 @@ impl Fleet {
                     .find_map(|s| s.socket.as_ref().map(|x| x.addr))
                     .unwrap_or(a.config.listen),
                 pss_max_age: a.config.memory_check_interval,
+                instances_file: super::setup::instances_text(a.config.instances),
+                scaled: a.scaled.map(super::setup::instances_text),
                 slots: a
                     .slots
                     .iter()
