@@ -56,6 +56,20 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Change APP's worker count live: new slots get a socket and a
+    /// worker, removed ones drain. The count holds across reloads until
+    /// `heartalk scale APP file`; a new supervisor starts with the file's.
+    /// Waits until every slot serves (exit 0) or one gives up (exit 1).
+    Scale {
+        /// The app.
+        app: String,
+        /// A worker count, `max` (one per usable CPU) or `file` (back to
+        /// the config's `instances`).
+        #[arg(value_parser = parse_scale)]
+        instances: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Stop the fleet gracefully and wait until the supervisor has exited.
     Stop {
         #[command(flatten)]
@@ -97,6 +111,15 @@ pub struct Target {
     /// The control socket itself (overrides the config's).
     #[arg(long, env = "HEARTALK_SOCKET")]
     pub socket: Option<PathBuf>,
+}
+
+/// Checks a `heartalk scale` count before it is sent.
+fn parse_scale(text: &str) -> Result<String, String> {
+    match text {
+        "max" | "file" => Ok(text.to_string()),
+        n if n.parse::<u32>().is_ok_and(|n| n > 0) => Ok(text.to_string()),
+        _ => Err("a worker count (1 or more), `max` or `file`".into()),
+    }
 }
 
 /// The CLI as clap sees it (for generators and tests).

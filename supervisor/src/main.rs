@@ -44,6 +44,11 @@ fn main() -> ExitCode {
         Command::Reload { target } => verb(&target, reload),
         Command::Stop { target } => verb(&target, stop),
         Command::Restart { app, target } => verb(&target, |path| restart(path, app)),
+        Command::Scale {
+            app,
+            instances,
+            target,
+        } => verb(&target, |path| scale(path, app, instances)),
         Command::Completions { shell } => {
             heartalk::cli::completions(shell, &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -180,6 +185,58 @@ fn restart(path: &Path, app: Option<String>) -> Result<Exit, ClientError> {
             Ok(Exit::Forced)
         }
         other => unexpected(other),
+    }
+}
+
+fn scale(path: &Path, app: String, instances: String) -> Result<Exit, ClientError> {
+    let r = match ask(
+        path,
+        control::Command::Scale { app, instances },
+        Duration::from_secs(10),
+    )? {
+        Body::Scale(r) => r,
+        other => return unexpected(other),
+    };
+    let held = match &r.scaled {
+        Some(n) => format!("scaled to {n}; the file says {}", r.instances),
+        None => format!("the file's instances ({})", r.instances),
+    };
+    println!("{}: {} -> {} workers ({held})", r.app, r.from, r.to);
+    // New workers start now: wait until every slot serves, as `reload` does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let status = match ask(path, control::Command::Status, Duration::from_secs(10))? {
+            Body::Status(s) => s,
+            other => return unexpected(other),
+        };
+        let Some(app) = status.apps.iter().find(|a| a.name == r.app) else {
+            eprintln!("heartalk: app {} is gone (a reload removed it)", r.app);
+            return Ok(Exit::Forced);
+        };
+        if app.workers.iter().any(|w| w.state == "errored") {
+            eprintln!(
+                "heartalk: a slot of {} gave up (errored): see `heartalk status`",
+                r.app
+            );
+            return Ok(Exit::Forced);
+        }
+        let serving = app
+            .workers
+            .iter()
+            .filter(|w| matches!(w.state.as_str(), "online" | "degraded"))
+            .count();
+        if app.workers.len() == r.to && serving == r.to {
+            println!("{}: {serving} workers serving", r.app);
+            return Ok(Exit::Clean);
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "heartalk: {} of {} workers serving after 10 minutes",
+                serving, r.to
+            );
+            return Ok(Exit::Forced);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -24,7 +24,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use proptest::prelude::*;
-use shared::config::Config;
+use shared::config::{Config, Instances};
 
 use super::*;
 use crate::host::{Driver, Host, Outputs};
@@ -186,6 +186,12 @@ enum Event {
     Restart {
         which: u8,
     },
+    /// `heartalk scale`: app `a` (0) or `b` (1) to `n` workers, or back to
+    /// the file's count (`n` 0).
+    Scale {
+        which: u8,
+        n: u32,
+    },
 }
 
 /// Events, and where in them a stop comes (if any): drawn apart so that
@@ -220,6 +226,7 @@ fn event() -> impl Strategy<Value = Event> {
         2 => (1..4u32, 1..3u32).prop_map(|(a, surge)| Event::Reload { a, surge }),
         1 => Just(Event::CrashNewest),
         1 => (0..3u8).prop_map(|which| Event::Restart { which }),
+        1 => (0..2u8, 0..4u32).prop_map(|(which, n)| Event::Scale { which, n }),
     ]
 }
 
@@ -424,6 +431,29 @@ impl Sim {
                     Err(e) => assert!(busy || self.fleet.is_stopping(), "refused: {e}"),
                 }
             }
+            Event::Scale { which, n } => {
+                let app = ["a", "b"][which as usize];
+                let want = std::num::NonZeroU32::new(n).map(Instances::Count);
+                let busy = self.fleet.is_reloading() || self.fleet.is_restarting();
+                match self.fleet.plan_scale(app, want, 2) {
+                    Ok(plan) => {
+                        assert!(!busy && !self.fleet.is_stopping());
+                        let target = plan.target;
+                        let sockets = self.driver.bind(plan.addr, plan.bind).unwrap();
+                        let now = self.now;
+                        self.driver
+                            .apply(&mut self.fleet, now, |f| f.scale(plan, sockets, now));
+                        let a = self
+                            .fleet
+                            .apps
+                            .iter()
+                            .find(|x| x.config.name == app)
+                            .unwrap();
+                        assert_eq!(a.slots.len(), target);
+                    }
+                    Err(e) => assert!(busy || self.fleet.is_stopping(), "refused: {e}"),
+                }
+            }
             Event::Stop { fast } => {
                 let (fast, now) = (fast || self.fleet.is_stopping(), self.now);
                 self.driver
@@ -562,7 +592,8 @@ impl Sim {
         // A slot has a serving or starting worker unless it waits for its
         // restart (which is scheduled), gave up, or the fleet stops.
         for app in &f.apps {
-            for slot in &app.slots {
+            for (s, slot) in app.slots.iter().enumerate() {
+                assert_eq!(slot.index, s, "a slot's number is its place");
                 let has = slot.worker.is_some();
                 let ok = match (f.mode, slot.state) {
                     (_, SlotState::Starting | SlotState::Online) => has,

@@ -747,6 +747,23 @@ impl Supervisor {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// Waits until the workers that exited with `reason` are exactly `pids`.
+    pub fn wait_exited(&self, reason: &str, pids: &std::collections::HashSet<i64>) {
+        wait_for(
+            &format!("workers {pids:?} exited ({reason})"),
+            DEADLINE,
+            || {
+                let exited: std::collections::HashSet<i64> = self
+                    .events("worker_exited")
+                    .iter()
+                    .filter(|e| e["reason"] == reason)
+                    .filter_map(|e| e["pid"].as_i64())
+                    .collect();
+                (&exited == pids).then_some(())
+            },
+        );
+    }
+
     /// Every event so far, in order, with these names.
     pub fn timeline(&self, names: &[&str]) -> Vec<Value> {
         self.events
@@ -915,6 +932,18 @@ impl Load {
         wait_for("more traffic", DEADLINE, || {
             (self.served() >= target).then_some(())
         });
+    }
+
+    /// Stops the clients and fails the test if any request failed.
+    pub fn finish_clean(self) {
+        let served = self.served();
+        let errors = self.finish();
+        assert!(
+            errors.is_empty(),
+            "{} failed of {served}: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
     }
 
     /// Stops the clients; returns every failure they saw.
