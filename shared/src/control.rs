@@ -50,6 +50,9 @@ pub enum Command {
     /// `file` (back to the config's); answered once the slots are added or
     /// removed ([`ScaleResult`]), before new workers are ready.
     Scale { app: String, instances: String },
+    /// One app in full ([`Description`]): its effective config (secrets
+    /// masked), slots, restarts by reason, recent exits, last reload.
+    Describe { app: String },
 }
 
 /// The supervisor's answer.
@@ -69,6 +72,7 @@ pub enum Body {
     Metrics { text: String },
     Restart(RestartResult),
     Scale(ScaleResult),
+    Describe(Box<Description>),
     Error { code: ErrorCode, message: String },
 }
 
@@ -86,6 +90,47 @@ pub enum ErrorCode {
     /// The command cannot be done now or as asked (an unknown app, a
     /// reload or restart already running); the message says which.
     Refused,
+}
+
+/// `heartalk describe APP`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    pub app: String,
+    /// The program the workers run, resolved, and its arguments.
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: String,
+    pub listen: String,
+    /// The file's `instances`, and `heartalk scale`'s count if it overrides it.
+    pub instances: String,
+    pub scaled: Option<String>,
+    /// Every other setting of the app, as the config file spells it
+    /// (`kill_timeout: "35s"`, `max_memory: "256MiB"` ...), in file order.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// The app's `[apps.env]`, values of secrets masked (`********`);
+    /// workers also inherit the supervisor's environment, not shown.
+    pub env: std::collections::BTreeMap<String, String>,
+    pub workers: Vec<WorkerStatus>,
+    /// Restarts so far, by reason (`crash`, `memory`, `reload`, `hung`, `restart`).
+    pub restarts: std::collections::BTreeMap<String, u64>,
+    /// Watchdog expiries so far, by reason (`silent`, `trigger`).
+    pub hangs: std::collections::BTreeMap<String, u64>,
+    /// The latest worker exits, newest first.
+    pub recent_exits: Vec<ExitRecord>,
+    pub last_reload: Option<ReloadResult>,
+}
+
+/// A worker's end, in `describe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// How long ago it happened.
+    pub ago_secs: f64,
+    pub slot: usize,
+    pub pid: u32,
+    pub generation: u64,
+    pub reason: String,
+    pub code: Option<i32>,
+    pub signal: Option<String>,
 }
 
 /// What a `heartalk scale` did.

@@ -70,6 +70,18 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// One app in full: its effective config (secrets in its environment
+    /// masked), every slot, restarts by reason, the latest exits and why,
+    /// the last reload's outcome.
+    Describe {
+        /// The app.
+        app: String,
+        /// Print the JSON (docs/operations.md) instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Stop the fleet gracefully and wait until the supervisor has exited.
     Stop {
         #[command(flatten)]

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod cpus;
+pub mod describe;
 pub mod exit;
 pub mod fleet;
 pub mod fleet_state;

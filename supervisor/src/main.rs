@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         Command::Reload { target } => verb(&target, reload),
         Command::Stop { target } => verb(&target, stop),
         Command::Restart { app, target } => verb(&target, |path| restart(path, app)),
+        Command::Describe { app, json, target } => verb(&target, |path| describe(path, app, json)),
         Command::Scale {
             app,
             instances,
@@ -237,6 +238,24 @@ fn scale(path: &Path, app: String, instances: String) -> Result<Exit, ClientErro
             return Ok(Exit::Forced);
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn describe(path: &Path, app: String, json: bool) -> Result<Exit, ClientError> {
+    match ask(
+        path,
+        control::Command::Describe { app },
+        Duration::from_secs(10),
+    )? {
+        Body::Describe(d) if json => {
+            println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+            Ok(Exit::Clean)
+        }
+        Body::Describe(d) => {
+            print!("{}", heartalk::describe::render(&d));
+            Ok(Exit::Clean)
+        }
+        other => unexpected(other),
     }
 }
 

@@ -254,6 +254,18 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                             });
                         }
                     },
+                    Command::Describe { app } => {
+                        let view = driver.view(&fleet, now);
+                        let report = status::build(&view, &me, &metrics, &mut cpu, now);
+                        let answer = match crate::describe::build(&view, &report, &app, now) {
+                            Some(d) => Body::Describe(Box::new(d)),
+                            None => Body::Error {
+                                code: ErrorCode::Refused,
+                                message: format!("no app named `{app}`"),
+                            },
+                        };
+                        let _ = ask.reply.send(answer);
+                    }
                     Command::Scale { app, instances } => {
                         let answer = scale(&mut fleet, &mut driver, &app, &instances, cpus, now);
                         let _ = ask.reply.send(answer);
@@ -385,7 +397,8 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                     Command::Reload
                     | Command::Metrics
                     | Command::Restart { .. }
-                    | Command::Scale { .. } => stopping(),
+                    | Command::Scale { .. }
+                    | Command::Describe { .. } => stopping(),
                 };
                 let _ = ask.reply.send(body);
             }

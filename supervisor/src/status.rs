@@ -291,17 +291,17 @@ mod tests {
             "{t}"
         );
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 5, "{t}");
+        assert_eq!(lines.len(), 6, "{t}");
         assert!(
-            lines[3].contains("100")
-                && lines[3].contains("online")
-                && lines[3].contains("crash (SIGKILL)")
+            lines[4].contains("100")
+                && lines[4].contains("online")
+                && lines[4].contains("crash (SIGKILL)")
         );
         assert!(
-            lines[3].contains("10.0 MB") && lines[3].contains("42") && lines[3].contains("1.2%")
+            lines[4].contains("10.0 MB") && lines[4].contains("42") && lines[4].contains("1.2%")
         );
-        assert!(lines[2].contains("ping"), "{t}");
-        assert!(lines[3].contains("2.5s ago"), "{t}");
-        assert!(lines[4].contains("waiting") && lines[4].contains(" - "));
+        assert!(lines[3].contains("ping"), "{t}");
+        assert!(lines[4].contains("2.5s ago"), "{t}");
+        assert!(lines[5].contains("waiting") && lines[5].contains(" - "));
     }
 }

@@ -270,17 +270,7 @@ impl Fleet {
         let Some(worker) = slot.worker.take() else {
             return;
         };
-        let reason = if worker.failed_start {
-            "listen_timeout"
-        } else if let Some(r) = worker.kill_reason {
-            r
-        } else if stopping || worker.kill_at.is_some() {
-            "stopped"
-        } else if code == Some(0) {
-            "exit"
-        } else {
-            "crash"
-        };
+        let reason = worker.end_reason(stopping, code);
         let uptime = now.saturating_duration_since(worker.spawned_at);
         tracing::info!(
             event = "worker_exited",

@@ -188,6 +188,22 @@ impl Worker {
         }
     }
 
+    /// Why its process ended (see [`ExitInfo::reason`]), given its exit
+    /// `code` and whether the fleet is stopping.
+    fn end_reason(&self, stopping: bool, code: Option<i32>) -> &'static str {
+        if self.failed_start {
+            "listen_timeout"
+        } else if let Some(r) = self.kill_reason {
+            r
+        } else if stopping || self.kill_at.is_some() {
+            "stopped"
+        } else if code == Some(0) {
+            "exit"
+        } else {
+            "crash"
+        }
+    }
+
     /// Whether this worker counts as not serving (degraded or hung).
     fn not_serving(&self) -> bool {
         self.degraded || self.hung
@@ -378,7 +394,24 @@ pub struct Fleet {
     /// the event loop last looked.
     restart_seq: u64,
     rolled: Vec<RestartOutcome>,
+    /// Each app's latest worker exits, newest last (for `describe`).
+    history: BTreeMap<String, VecDeque<ExitRecord>>,
 }
+
+/// One worker's end, as `heartalk describe` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExitRecord {
+    pub at: Instant,
+    pub slot: usize,
+    pub pid: Pid,
+    pub generation: u64,
+    pub reason: &'static str,
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+}
+
+/// How many exits per app `describe` keeps.
+const HISTORY: usize = 20;
 
 impl Fleet {
     /// A fleet of `first`'s apps, nothing started yet ([`Fleet::start_all`]).
@@ -406,6 +439,7 @@ impl Fleet {
             rolling: None,
             restart_seq: 0,
             rolled: Vec::new(),
+            history: BTreeMap::new(),
         };
         fleet.zero_counters();
         fleet
@@ -478,6 +512,15 @@ impl Fleet {
         )
     }
 
+    /// Keeps a worker's end in its app's history.
+    fn remember(&mut self, app: &str, record: ExitRecord) {
+        let ring = self.history.entry(app.to_string()).or_default();
+        if ring.len() == HISTORY {
+            ring.pop_front();
+        }
+        ring.push_back(record);
+    }
+
     fn count_restart(&mut self, app: &str, reason: &'static str) {
         *self
             .restarts_by
@@ -523,6 +566,18 @@ impl Fleet {
             return;
         };
         let (code, signal) = exit_parts(status);
+        if let Some((app, slot, generation, reason)) = self.whose(pid, role, code) {
+            let record = ExitRecord {
+                at: now,
+                slot,
+                pid,
+                generation,
+                reason,
+                code,
+                signal: signal.clone(),
+            };
+            self.remember(&app, record);
+        }
         match role {
             Role::Current(a, s) => self.current_exited(a, s, code, signal, now),
             Role::Successor(a, s) => {
@@ -574,6 +629,39 @@ impl Fleet {
                         self.act(Action::CloseSocket(socket));
                     }
                 }
+            }
+        }
+    }
+
+    /// Whose exit `pid`'s is (app, slot, generation) and why it ended, for
+    /// the history; called before the exit is handled.
+    fn whose(
+        &self,
+        pid: Pid,
+        role: Role,
+        code: Option<i32>,
+    ) -> Option<(String, usize, u64, &'static str)> {
+        let stopping = self.mode == Mode::Stopping;
+        match role {
+            Role::Current(a, s) => {
+                let app = &self.apps[a];
+                let w = app.slots[s].worker.as_ref()?;
+                let reason = w.end_reason(stopping, code);
+                Some((app.config.name.clone(), s, w.generation, reason))
+            }
+            Role::Successor(a, s) => {
+                let app = &self.apps[a];
+                let w = app.slots[s].successor.as_ref()?;
+                Some((app.config.name.clone(), s, w.generation, "replace_failed"))
+            }
+            Role::Next(a, s) => {
+                let app = &self.rollout.as_ref()?.apps[a];
+                let w = app.slots[s].worker.as_ref()?;
+                Some((app.config.name.clone(), s, w.generation, "reload_failed"))
+            }
+            Role::Draining => {
+                let d = self.draining.iter().find(|d| d.pid == pid)?;
+                Some((d.app.clone(), d.slot, d.generation, d.reason))
             }
         }
     }

@@ -5,7 +5,12 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::{ExitInfo, Fleet, Mode, ReloadOutcome, Slot, SlotState};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use shared::config::App;
+
+use super::{ExitInfo, ExitRecord, Fleet, Mode, ReloadOutcome, Slot, SlotState};
 
 /// A read-only picture of the fleet, for `status` and `/metrics`.
 pub struct FleetView {
@@ -32,6 +37,11 @@ pub struct AppView {
     pub instances_file: String,
     /// `heartalk scale`'s count while it overrides the file's.
     pub scaled: Option<String>,
+    /// Its effective config and the program it runs (for `describe`).
+    pub config: Arc<App>,
+    pub program: Arc<PathBuf>,
+    /// Its latest worker exits, oldest first.
+    pub exits: Vec<ExitRecord>,
     pub slots: Vec<SlotView>,
 }
 
@@ -72,6 +82,13 @@ impl Fleet {
                 pss_max_age: a.config.memory_check_interval,
                 instances_file: super::setup::instances_text(a.config.instances),
                 scaled: a.scaled.map(super::setup::instances_text),
+                config: a.config.clone(),
+                program: a.program.clone(),
+                exits: self
+                    .history
+                    .get(&a.config.name)
+                    .map(|h| h.iter().cloned().collect())
+                    .unwrap_or_default(),
                 slots: a
                     .slots
                     .iter()

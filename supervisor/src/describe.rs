@@ -1,0 +1,290 @@
+//! `heartalk describe APP`: one app in full — PM2's `pm2 describe`. The
+//! effective config (what the running generation was started with, and
+//! `heartalk scale`'s count if one holds), its environment with the
+//! values of secrets masked, every slot as `status` shows it, restarts and
+//! watchdog expiries by reason, the latest worker exits with their reasons,
+//! and the last reload's outcome. Built from the fleet's picture between
+//! events; the masking and the rendering are pure functions.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use shared::control::{Description, ExitRecord, Status};
+
+use crate::fleet::FleetView;
+use crate::status::{bytes, duration};
+
+/// What a masked value reads as: the same for every secret, so its length
+/// is not told either.
+pub const MASK: &str = "********";
+
+/// Words in an environment variable's name that make its value a secret.
+const SECRET_WORDS: [&str; 8] = [
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "TOKEN",
+    "KEY",
+    "CREDENTIAL",
+    "PRIVATE",
+    "AUTH",
+];
+
+/// `value` as `describe` may show it: masked whole when `name` looks like a
+/// secret's (`JWT_SECRET`, `BYTEPLUS_API_KEY`, `REDIS_PASSWORD` ...), with
+/// only the password masked when it is a URL that carries one
+/// (`redis://:pw@host` → `redis://:********@host`), else as it is.
+pub fn mask(name: &str, value: &str) -> String {
+    let upper = name.to_ascii_uppercase();
+    if !value.is_empty() && SECRET_WORDS.iter().any(|w| upper.contains(w)) {
+        return MASK.to_string();
+    }
+    mask_url_password(value)
+}
+
+/// Masks the password of a `scheme://user:password@host...` URL.
+fn mask_url_password(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_string();
+    };
+    // The authority ends at the first `/`, `?` or `#`; its userinfo at its last `@`.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..end].rfind('@') else {
+        return value.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, password)) if !password.is_empty() => {
+            format!("{scheme}://{user}:{MASK}{}", &rest[at..])
+        }
+        _ => value.to_string(),
+    }
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// The description of `app`, or `None` if the fleet has no such app.
+/// `status` is the fleet's status report (its rows are reused for the
+/// app's slots).
+pub fn build(view: &FleetView, status: &Status, app: &str, now: Instant) -> Option<Description> {
+    let a = view.apps.iter().find(|a| a.name == app)?;
+    let c = &a.config;
+    let mut settings = Map::new();
+    let mut set = |k: &str, v: Value| {
+        settings.insert(k.to_string(), v);
+    };
+    set("max_surge", c.max_surge.into());
+    set("listen_timeout", human(c.listen_timeout).into());
+    set("kill_timeout", human(c.kill_timeout).into());
+    set("min_uptime", human(c.min_uptime).into());
+    set("max_restarts", c.max_restarts.into());
+    set("restart_delay", human(c.restart_delay).into());
+    set("restart_delay_max", human(c.restart_delay_max).into());
+    set("max_memory", c.max_memory.map(bytes).into());
+    set("max_memory_hard", c.max_memory_hard.map(bytes).into());
+    set("memory_strikes", c.memory_strikes.into());
+    set(
+        "memory_check_interval",
+        human(c.memory_check_interval).into(),
+    );
+    set("watchdog", c.watchdog.map(human).into());
+    let by_app = |rows: &[(String, &'static str, u64)]| -> BTreeMap<String, u64> {
+        rows.iter()
+            .filter(|(name, ..)| name == app)
+            .map(|(_, reason, n)| (reason.to_string(), *n))
+            .collect()
+    };
+    let workers = status
+        .apps
+        .iter()
+        .find(|s| s.name == app)
+        .map(|s| s.workers.clone())
+        .unwrap_or_default();
+    Some(Description {
+        app: app.to_string(),
+        program: a.program.display().to_string(),
+        args: c.args.clone(),
+        cwd: c.cwd.display().to_string(),
+        listen: a.listen.to_string(),
+        instances: a.instances_file.clone(),
+        scaled: a.scaled.clone(),
+        settings,
+        env: c.env.iter().map(|(k, v)| (k.clone(), mask(k, v))).collect(),
+        workers,
+        restarts: by_app(&view.restarts_by),
+        hangs: by_app(&view.hangs_by),
+        recent_exits: a
+            .exits
+            .iter()
+            .rev()
+            .map(|e| ExitRecord {
+                ago_secs: now.saturating_duration_since(e.at).as_secs_f64(),
+                slot: e.slot,
+                pid: e.pid.as_raw() as u32,
+                generation: e.generation,
+                reason: e.reason.to_string(),
+                code: e.code,
+                signal: e.signal.clone(),
+            })
+            .collect(),
+        last_reload: status.supervisor.reload.last.clone(),
+    })
+}
+
+/// `describe` for a terminal.
+pub fn render(d: &Description) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "app {}", d.app);
+    let _ = writeln!(out, "  program    {} {}", d.program, d.args.join(" "));
+    let _ = writeln!(out, "  cwd        {}", d.cwd);
+    let _ = writeln!(out, "  listen     {}", d.listen);
+    let instances = match &d.scaled {
+        Some(n) => format!("{n} (scaled by `heartalk scale`; file: {})", d.instances),
+        None => d.instances.clone(),
+    };
+    let _ = writeln!(out, "  instances  {instances}");
+    let _ = writeln!(out, "settings");
+    for (k, v) in &d.settings {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "off".into(),
+            other => other.to_string(),
+        };
+        let _ = writeln!(out, "  {k:<22} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "env ([apps.env]; secrets masked; the supervisor's environment is inherited too)"
+    );
+    if d.env.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for (k, v) in &d.env {
+        let _ = writeln!(out, "  {k}={v}");
+    }
+    let _ = writeln!(out, "workers");
+    for w in &d.workers {
+        let pid = w.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let up = w.uptime_secs.map_or_else(|| "-".to_string(), duration);
+        let _ = writeln!(
+            out,
+            "  slot {}  pid {pid}  {}  up {up}  restarts {} (unstable {})",
+            w.slot, w.state, w.restarts, w.unstable_restarts
+        );
+    }
+    let counts = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(out, "restarts   {}", counts(&d.restarts));
+    let _ = writeln!(out, "hangs      {}", counts(&d.hangs));
+    let _ = writeln!(out, "recent exits (newest first)");
+    if d.recent_exits.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for e in &d.recent_exits {
+        let how = match (&e.signal, e.code) {
+            (Some(sig), _) => format!(" ({sig})"),
+            (None, Some(c)) => format!(" (code {c})"),
+            (None, None) => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  {} ago  slot {}  pid {}  gen {}  {}{how}",
+            duration(e.ago_secs),
+            e.slot,
+            e.pid,
+            e.generation,
+            e.reason
+        );
+    }
+    let reload = match &d.last_reload {
+        None => "none yet".to_string(),
+        Some(r) => match &r.reason {
+            Some(why) => format!("generation {} {} ({why})", r.generation, r.outcome),
+            None => format!("generation {} {}", r.generation, r.outcome),
+        },
+    };
+    let _ = writeln!(out, "last reload  {reload}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_by_name_and_url_passwords_in_place() {
+        assert_eq!(mask("JWT_SECRET", "s3cr3t"), MASK);
+        assert_eq!(mask("byteplus_api_key", "ak-123"), MASK);
+        assert_eq!(mask("HEARTALK_API_KEY", "k"), MASK);
+        assert_eq!(mask("REDIS_PASSWORD", "pw"), MASK);
+        assert_eq!(mask("GITHUB_TOKEN", "t"), MASK);
+        assert_eq!(mask("NODE_ENV", "production"), "production");
+        assert_eq!(mask("PORT", "8001"), "8001");
+        // An empty secret is shown as empty: nothing to hide, and it tells
+        // the operator the variable is unset.
+        assert_eq!(mask("JWT_SECRET", ""), "");
+        assert_eq!(
+            mask("REDIS_URL", "redis://:hunter2@redis:6379/0"),
+            "redis://:********@redis:6379/0"
+        );
+        assert_eq!(
+            mask("BACKEND", "https://user:pa:ss@api.example/x?y=@z"),
+            "https://user:********@api.example/x?y=@z"
+        );
+        assert_eq!(
+            mask("REDIS_URL", "redis://redis:6379"),
+            "redis://redis:6379"
+        );
+        assert_eq!(mask("ARK_URL", "https://u@h/p"), "https://u@h/p");
+    }
+
+    #[test]
+    fn the_rendering_names_every_part() {
+        let d = Description {
+            app: "heartalk".into(),
+            program: "/usr/local/bin/heartalk-worker".into(),
+            args: vec![],
+            cwd: "/app".into(),
+            listen: "0.0.0.0:8001".into(),
+            instances: "2".into(),
+            scaled: Some("4".into()),
+            settings: [("kill_timeout".to_string(), Value::from("35s"))]
+                .into_iter()
+                .collect(),
+            env: [("JWT_SECRET".to_string(), MASK.to_string())]
+                .into_iter()
+                .collect(),
+            workers: vec![],
+            restarts: [("crash".to_string(), 2)].into_iter().collect(),
+            hangs: BTreeMap::new(),
+            recent_exits: vec![ExitRecord {
+                ago_secs: 65.0,
+                slot: 1,
+                pid: 42,
+                generation: 1,
+                reason: "crash".into(),
+                code: None,
+                signal: Some("SIGKILL".into()),
+            }],
+            last_reload: None,
+        };
+        let text = render(&d);
+        for want in [
+            "instances  4 (scaled by `heartalk scale`; file: 2)",
+            "kill_timeout",
+            "JWT_SECRET=********",
+            "restarts   crash 2",
+            "1m 5s ago  slot 1  pid 42  gen 1  crash (SIGKILL)",
+            "last reload  none yet",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+    }
+}
