@@ -48,7 +48,7 @@ pub enum Command {
         target: Target,
     },
     /// Replace every worker (of APP, or of every app) with a fresh process
-    /// running the same config — zero downtime, nothing re-read; waits for
+    /// running the same config (zero downtime, nothing re-read); waits for
     /// the outcome (exit 0 every worker replaced, 1 some replacement failed).
     Restart {
         /// Only this app's workers.
