@@ -48,7 +48,7 @@ pub enum Command {
         target: Target,
     },
     /// Replace every worker (of APP, or of every app) with a fresh process
-    /// running the same config — zero downtime, nothing re-read; waits for
+    /// running the same config (zero downtime, nothing re-read); waits for
     /// the outcome (exit 0 every worker replaced, 1 some replacement failed).
     Restart {
         /// Only this app's workers.
@@ -87,6 +87,13 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print the last lines of the fleet's log, or follow it (`-f`), each
+    /// line naming its app, slot and pid (or `heartalk`).
+    ///
+    /// Reads `<log.dir>/heartalk.log` and its rotated files (gzipped ones
+    /// too), not the control socket, so it works whether the supervisor
+    /// runs or not.
+    Logs(LogsArgs),
     /// Probe the service's health endpoint (the container HEALTHCHECK):
     /// exit 0 on HTTP 200 (healthy or degraded), 1 otherwise.
     Health {
@@ -132,6 +139,38 @@ fn parse_scale(text: &str) -> Result<String, String> {
         n if n.parse::<u32>().is_ok_and(|n| n > 0) => Ok(text.to_string()),
         _ => Err("a worker count (1 or more), `max` or `file`".into()),
     }
+}
+
+/// `heartalk logs`' options (read by `tail.rs`).
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// Config file (its `[log] dir` holds the files).
+    #[arg(short, long, default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
+    pub config: PathBuf,
+    /// Print the last N lines (after the filters) [default: 50, or every line
+    /// newer than --since when that is given].
+    #[arg(short = 'n', long, value_name = "N")]
+    pub lines: Option<usize>,
+    /// Then keep printing lines as they are written, across rotations (like
+    /// `tail -F`), until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines about this app: its workers' output and the supervisor's
+    /// events naming it (fleet-wide events are left out).
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
+    /// Only lines about this slot (of every app, or of --app).
+    #[arg(long, value_name = "K")]
+    pub slot: Option<u64>,
+    /// Only lines logged in this last stretch of time, e.g. `10m`, `2h 30m`.
+    #[arg(long, value_name = "DUR", value_parser = shared::config::units::parse_duration)]
+    pub since: Option<Duration>,
+    /// Print the stored JSON lines unchanged.
+    #[arg(long, conflicts_with = "raw")]
+    pub json: bool,
+    /// Print the message text alone (no time, source or level).
+    #[arg(long)]
+    pub raw: bool,
 }
 
 /// The CLI as clap sees it (for generators and tests).

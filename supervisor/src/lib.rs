@@ -11,8 +11,9 @@
 //! [`control`] is the control socket and [`client`] the CLI verbs that use
 //! it ([`status`] renders their answer); [`scrape`] collects the workers'
 //! metrics and [`metrics`] merges them; [`logs`] captures and rotates the
-//! workers' output; [`fleet_state`] is the page that tells every worker
-//! how many slots of its app are not serving; [`sys`] holds every unsafe
+//! workers' output and [`tail`] reads it back (`heartalk logs`);
+//! [`fleet_state`] is the page that tells every worker how many slots of
+//! its app are not serving; [`sys`] holds every unsafe
 //! libc call;
 //! [`exit`] lists the exit codes; [`health`] is the `heartalk health`
 //! probe.
@@ -41,4 +42,5 @@ pub mod spawn;
 pub mod status;
 pub mod sys;
 pub mod systemd;
+pub mod tail;
 pub mod watchdog;

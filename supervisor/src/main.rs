@@ -61,6 +61,16 @@ fn main() -> ExitCode {
                 ExitCode::from(Exit::Forced.code())
             }
         },
+        Command::Logs(args) => match load(&args.config) {
+            Ok(config) => match heartalk::tail::run(&config, &args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("heartalk: {e:#}");
+                    ExitCode::from(Exit::Forced.code())
+                }
+            },
+            Err(code) => ExitCode::from(code.code()),
+        },
         Command::Health { url, timeout } => {
             ExitCode::from(heartalk::health::command(url.as_deref(), timeout).code())
         }

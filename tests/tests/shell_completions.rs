@@ -80,7 +80,20 @@ fn bash_completes_verbs_and_flags() {
         );
     }
     let re = complete("heartalk re");
-    assert_eq!(re.lines().collect::<Vec<_>>(), ["reload"], "{re}");
+    assert_eq!(
+        re.lines().collect::<Vec<_>>(),
+        ["reload", "restart"],
+        "{re}"
+    );
+    let rel = complete("heartalk rel");
+    assert_eq!(rel.lines().collect::<Vec<_>>(), ["reload"], "{rel}");
+    let flags = complete("heartalk logs --");
+    for flag in ["--follow", "--lines", "--app", "--slot", "--since", "--raw"] {
+        assert!(
+            flags.lines().any(|l| l == flag),
+            "{flag} not offered: {flags}"
+        );
+    }
     let flags = complete("heartalk status --");
     for flag in ["--json", "--config", "--socket"] {
         assert!(

@@ -844,6 +844,30 @@ impl Supervisor {
 /// Every JSON line in a log directory: the current file, rotated plain
 /// files and gzipped ones (each must decompress completely).
 pub fn read_logs(dir: &Path) -> Vec<Value> {
+    read_log_files(dir)
+        .into_iter()
+        .flat_map(|(path, text)| {
+            text.lines()
+                .map(|line| {
+                    serde_json::from_str(line).unwrap_or_else(|e| {
+                        panic!("torn line in {}: {e}: {line:?}", path.display())
+                    })
+                })
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+/// Every line in a log directory as stored, oldest first (see [`read_logs`]).
+pub fn read_log_lines(dir: &Path) -> Vec<String> {
+    read_log_files(dir)
+        .iter()
+        .flat_map(|(_, text)| text.lines().map(str::to_string))
+        .collect()
+}
+
+/// Each log file of `dir`, oldest first, with its (decompressed) text.
+fn read_log_files(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("log dir")
         .flatten()
@@ -867,12 +891,7 @@ pub fn read_logs(dir: &Path) -> Vec<Value> {
                 .read_to_string(&mut text)
                 .expect("read log");
         }
-        for line in text.lines() {
-            out.push(
-                serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("torn line in {}: {e}: {line:?}", path.display())),
-            );
-        }
+        out.push((path, text));
     }
     out
 }
