@@ -2,7 +2,7 @@
 # Benchmarks on 127.0.0.1 only, with wrk; each mode rewrites its own section
 # of docs/benchmarks.md (the hand-written "## Notes" stay).
 #
-#   scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang|streams]   (default: all, ~11 minutes)
+#   scripts/bench.sh [all|pipeline|cache|reload|operator|memory|metrics|logs|hang|streams]   (default: all, ~11 minutes)
 #   BENCH_SECONDS=3 RUNS=1 scripts/bench.sh pipeline  # quick smoke run
 #
 # pipeline  POST /api/v1/chat/generate through `heartalk run` (release, live mode)
@@ -16,6 +16,8 @@
 #           requests against a mock at 500 ms.
 # reload    the PM2 measurement's shape: wrk for 30 s at 50 connections, 3 SIGHUP
 #           reloads; failed requests (PM2: 182 resets).
+# operator  the same load while `heartalk restart` and `heartalk scale` 4, 1, file
+#           run one after another; failed requests.
 # memory    a worker growing 5 MB/s with max_memory = 150M under wrk load: failed
 #           requests, detection delay after crossing, peak RSS vs the limit
 #           (PM2: a 150 MB limit reached 270 MB).
@@ -33,8 +35,8 @@ cd "$(dirname "$0")/.."
 MODE=${1:-all}
 case $MODE in
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  all | pipeline | cache | reload | memory | metrics | logs | hang | streams) ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
+  all | pipeline | cache | reload | operator | memory | metrics | logs | hang | streams) ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
 esac
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 RUNS=${RUNS:-4}
@@ -411,6 +413,46 @@ PY
   } | python3 "$REPORT" section "$OUT" reload
 }
 
+bench_operator() {
+  echo "== operator: 30 s at 50 connections; restart, scale 4, scale 1, scale file"
+  start_mock 0
+  start_heartalk "$(live_config "$MOCK_URL")"
+  local url="http://127.0.0.1:$SVC_PORT/api/v1/chat/generate"
+  local sock="$WORK/ctl-$SVC_PORT.sock"
+  (
+    sleep 6; "$BIN/heartalk" restart heartalk --socket "$sock" >"$WORK/op1.out" 2>&1; echo "restart $?" >"$WORK/op.codes"
+    sleep 4; "$BIN/heartalk" scale heartalk 4 --socket "$sock" >"$WORK/op2.out" 2>&1; echo "scale-4 $?" >>"$WORK/op.codes"
+    sleep 4; "$BIN/heartalk" scale heartalk 1 --socket "$sock" >"$WORK/op3.out" 2>&1; echo "scale-1 $?" >>"$WORK/op.codes"
+    sleep 4; "$BIN/heartalk" scale heartalk file --socket "$sock" >"$WORK/op4.out" 2>&1; echo "scale-file $?" >>"$WORK/op.codes"
+  ) &
+  local ops=$!
+  run_wrk 50 30 "$url" "$WORK/generate.lua" >"$WORK/operator.json"
+  wait "$ops"
+  stop_all
+  {
+    header
+    python3 - "$WORK/operator.json" "$WORK/op.codes" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+codes = dict(line.split() for line in open(sys.argv[2]))
+failed = r["non2xx"] + r["errors"]
+verbs = ", ".join(f"`{k}` exit {v}" for k, v in codes.items())
+print(f"""
+## Restart and scale under load
+
+`POST /api/v1/chat/generate` (live mode, mock at 0 ms), wrk 30 s at 50 keep-alive
+connections; `heartalk restart heartalk` at 6 s, then `heartalk scale heartalk 4`, `1` and
+`file` 4 s after each previous verb returned (each waits until every slot serves).
+
+| requests | req/s | p99 ms | non-2xx | socket errors |
+|---|---|---|---|---|
+| {r['requests']} | {r['rps']:.0f} | {r['p99']:.2f} | {r['non2xx']} | {r['errors']} |
+
+Verbs: {verbs}. Failed requests: **{failed}** (target 0: {'met' if failed == 0 else 'NOT met'}).""")
+PY
+  } | python3 "$REPORT" section "$OUT" operator
+}
+
 bench_memory() {
   echo "== memory: worker growing 5 MB/s, max_memory = 150M, 40 s under load"
   start_heartalk "$(cat <<TOML
@@ -719,9 +761,10 @@ case $MODE in
   streams) bench_streams ;;
   cache) bench_cache ;;
   reload) bench_reload ;;
+  operator) bench_operator ;;
   memory) bench_memory ;;
   metrics) bench_metrics ;;
   logs) bench_logs ;;
-  all) bench_pipeline; bench_cache; bench_reload; bench_memory; bench_metrics; bench_logs; bench_hang; bench_streams ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
+  all) bench_pipeline; bench_cache; bench_reload; bench_operator; bench_memory; bench_metrics; bench_logs; bench_hang; bench_streams ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
 esac
