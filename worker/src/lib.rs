@@ -7,21 +7,25 @@
 //! sets up logging and maps its error to the exit code.
 //!
 //! The tree is the architecture; dependencies point one way, from the edge
-//! down:
+//! down (`layers_tests.rs` checks every `crate::` path of every file):
 //! - [`http`]: the HTTP edge (sockets, accept loop and drain, the HTTP/1.1
 //!   driver, deadlines, the connection budget, the endpoints table, common headers,
-//!   CORS, request ids, client IP, health and fleet metrics);
+//!   CORS, request ids, client IP, health and fleet metrics) and its state
+//!   (what connection tasks share);
 //! - [`pipeline`]: the chat pipeline and its endpoints (auth, validation,
 //!   keyword routing, history, reasoning, chat, SSE streams, `/v1/*`,
-//!   translation and catalogue, response bodies and errors);
+//!   translation and catalogue, response bodies and errors), the context
+//!   it runs in and the services it uses (the long-lived objects built
+//!   once per worker);
 //! - infrastructure: [`provider`] (Ark, simulated; token estimates, the
 //!   upstream health window), [`cache`] (response cache, coalescing),
 //!   [`limits`] (rate limits, the fleet-wide table, circuit breakers),
 //!   [`runtime`] (clock, hashing, the Redis link, watchdog pings, the
-//!   fleet-state page, memory given back);
-//! - cross-cutting: [`settings`] (environment, API.md §14), [`telemetry`]
-//!   (metrics), [`logs`], and the wiring: [`services`] (the long-lived
-//!   objects handlers use) and [`state`] (what connection tasks share).
+//!   fleet-state page, memory given back), and the cross-cutting
+//!   [`settings`] (environment, API.md §14), [`telemetry`] (metrics) and
+//!   [`logs`];
+//! - on top, the wiring: [`run`] builds the services and the state and
+//!   starts the server; `main.rs` calls it.
 
 pub mod cache;
 pub mod http;
@@ -30,18 +34,19 @@ pub mod logs;
 pub mod pipeline;
 pub mod provider;
 pub mod runtime;
-pub mod services;
 pub mod settings;
-pub mod state;
 pub mod telemetry;
+
+#[cfg(test)]
+mod layers_tests;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 
+use crate::http::state::AppState;
 use crate::settings::Settings;
-use crate::state::AppState;
 
 /// Runs the worker until it has drained after SIGTERM/SIGINT.
 ///
@@ -91,7 +96,7 @@ pub fn run() -> anyhow::Result<()> {
     runtime.block_on(async move {
         // reqwest clients register with the runtime's reactor: build inside it.
         let services =
-            services::Services::new(&settings).context("setting up the chat pipeline")?;
+            pipeline::services::Services::new(&settings).context("setting up the chat pipeline")?;
         tracing::info!(
             provider = services.provider.name(),
             simulated = services.provider.is_simulated(),
@@ -110,10 +115,10 @@ pub fn run() -> anyhow::Result<()> {
                 .with_fleet_state(fleet_state)
                 .with_notifier(notifier),
         );
-        tokio::spawn(probe_backend(state.clone()));
+        tokio::spawn(probe_backend(state.ctx.clone()));
         match (
-            &state.settings.metrics_socket,
-            state.settings.pipeline.metrics_port,
+            &state.ctx.settings.metrics_socket,
+            state.ctx.settings.pipeline.metrics_port,
         ) {
             // Under a supervisor: it scrapes us and serves the fleet's sum
             // (on its own admin address; N workers could not share one port).
@@ -134,10 +139,9 @@ pub fn run() -> anyhow::Result<()> {
 
 /// Probes the backend's `/health` every `HEALTH_CHECK_INTERVAL` for the
 /// `ai_backend_up` gauge. Never touches request handling.
-async fn probe_backend(state: Arc<AppState>) {
+async fn probe_backend(ctx: Arc<pipeline::context::Pipeline>) {
     let mut tick = tokio::time::interval(
-        state
-            .settings
+        ctx.settings
             .pipeline
             .health_check_interval
             .max(std::time::Duration::from_secs(1)),
@@ -145,6 +149,6 @@ async fn probe_backend(state: Arc<AppState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        telemetry::backend_up(state.services.history.probe().await);
+        telemetry::backend_up(ctx.services.history.probe().await);
     }
 }

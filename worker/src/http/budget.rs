@@ -29,7 +29,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// Descriptors kept back from connections at least, whatever the limit:
 /// the fixed ones (stdio, the listeners, the epoll and timer descriptors
@@ -272,7 +272,7 @@ impl Watch {
         if nofile == self.nofile {
             return;
         }
-        let max = effective(self.state.settings.max_connections, nofile);
+        let max = effective(self.state.ctx.settings.max_connections, nofile);
         let before = self.state.set_max_connections(max);
         crate::telemetry::connections_max(max);
         if self.nofile.is_some() {
@@ -286,7 +286,7 @@ impl Watch {
             tracing::info!(
                 nofile = ?nofile,
                 max_connections = max,
-                requested = ?self.state.settings.max_connections,
+                requested = ?self.state.ctx.settings.max_connections,
                 "connection budget"
             );
         }

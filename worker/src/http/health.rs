@@ -13,11 +13,11 @@
 use http::{Response, StatusCode};
 use serde::Serialize;
 
+use crate::http::state::{AppState, Phase};
 use crate::pipeline::response::{self, Body};
 use crate::provider::upstream_health;
 use crate::runtime::clock;
 use crate::settings::{ProviderSettings, ReasoningSettings};
-use crate::state::{AppState, Phase};
 
 /// A component's or the service's health, ordered from best to worst so
 /// the overall status is simply the maximum.
@@ -82,7 +82,7 @@ pub fn liveness(state: &AppState) -> Response<Body> {
             timestamp: clock::now_iso8601(),
             uptime: state.started.elapsed().as_secs_f64(),
             memory: Memory::current(),
-            version: &state.settings.service_version,
+            version: &state.ctx.settings.service_version,
         },
     )
 }
@@ -94,7 +94,7 @@ pub fn readiness(state: &AppState) -> Response<Body> {
         state.phase(),
         state.degraded(),
         state.fleet_not_serving(),
-        state.settings.worker_id,
+        state.ctx.settings.worker_id,
     );
     response::json(status, &body)
 }
@@ -318,17 +318,21 @@ pub fn components(state: &AppState) -> Response<Body> {
         data: Data<'a>,
     }
 
-    let s = &state.settings;
+    let s = &state.ctx.settings;
     let services = services(Inputs {
         router_config_loaded: state.router_config_loaded,
         reasoning: &s.reasoning,
         provider: &s.provider,
         production: s.is_production(),
-        upstream: state.services.upstream.verdict(std::time::Instant::now()),
-        cache_backends: &state.services.cache.backends(),
-        redis_down: state.services.cache.degraded(),
+        upstream: state
+            .ctx
+            .services
+            .upstream
+            .verdict(std::time::Instant::now()),
+        cache_backends: &state.ctx.services.cache.backends(),
+        redis_down: state.ctx.services.cache.degraded(),
         cache_hit_rate: crate::telemetry::hit_rate("response"),
-        circuit_open: state.services.breakers.any_open(),
+        circuit_open: state.ctx.services.breakers.any_open(),
     });
     let overall = services.overall();
     let memory = Memory::current();

@@ -9,7 +9,8 @@
 //! ([`headers`]), CORS ([`cors`]), request ids ([`request_id`]), the client
 //! address behind proxies ([`proxy`]), and the endpoints that are about the
 //! process rather than the chat: [`health`] and the supervisor's
-//! [`fleet_metrics`].
+//! [`fleet_metrics`]. What its connection tasks share is its [`state`],
+//! which carries the pipeline's context.
 //!
 //! It calls into [`crate::pipeline`] for everything about a chat; nothing
 //! below imports from here.
@@ -27,3 +28,4 @@ pub mod proxy;
 pub mod request_id;
 pub mod router;
 pub mod server;
+pub mod state;

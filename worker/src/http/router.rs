@@ -29,6 +29,7 @@ use serde_json::Value;
 use crate::http::cors::Decision as CorsDecision;
 use crate::http::endpoints::{Access, Endpoint, Match, error_format, lookup_with, route_label};
 use crate::http::request_id;
+use crate::http::state::AppState;
 use crate::http::{headers, health};
 use crate::limits::ratelimit::{self, Verdict};
 use crate::pipeline::auth::{self, ErrorShape};
@@ -36,7 +37,6 @@ use crate::pipeline::response::{self, Body, ErrorFormat};
 use crate::pipeline::validate;
 use crate::pipeline::{api, chat};
 use crate::runtime::clock;
-use crate::state::AppState;
 use crate::telemetry;
 
 /// Facts about one request that `finish` needs after the handler ran.
@@ -97,7 +97,7 @@ where
         route,
         status,
         duration_ms = (elapsed.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-        worker = state.settings.worker_id,
+        worker = state.ctx.settings.worker_id,
         "request"
     );
     resp
@@ -152,18 +152,18 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let svc = &state.services;
+    let svc = &state.ctx.services;
     let rid = ex.request_id.clone();
     let rid = rid.as_str();
     let errors = ex.errors;
-    let settings = &state.settings;
+    let settings = &state.ctx.settings;
     // `BODY_TIMEOUT` runs from `started`, when the head was complete: a
     // total deadline for the whole body, however slowly it trickles in.
     let started = ex.started;
     let body_limit = settings.connection.body;
 
     // (1) CORS; a preflight is answered here.
-    match svc.cors.decide(header_str(req.headers(), "origin")) {
+    match state.cors.decide(header_str(req.headers(), "origin")) {
         CorsDecision::Deny => {
             return errors.error(
                 StatusCode::FORBIDDEN,
@@ -341,14 +341,14 @@ where
             match validate::chat(&body, user_id, now_ms) {
                 Err(e) => validation_error(&e.0, errors, rid),
                 Ok(input) if endpoint == Endpoint::Generate => {
-                    chat::generate(state, input, rid, policy).await
+                    chat::generate(&state.ctx, input, rid, policy).await
                 }
-                Ok(input) => chat::stream(state.clone(), input, rid, ex.http1, policy).await,
+                Ok(input) => chat::stream(state.ctx.clone(), input, rid, ex.http1, policy).await,
             }
         }
         Endpoint::Translate => match validate::translate(&body.unwrap_or_default()) {
             Err(e) => validation_error(&e.0, errors, rid),
-            Ok(input) => api::translate(state, input, rid, policy).await,
+            Ok(input) => api::translate(&state.ctx, input, rid, policy).await,
         },
         Endpoint::Detect => match validate::detect(&body.unwrap_or_default()) {
             Err(e) => validation_error(&e.0, errors, rid),
@@ -363,11 +363,12 @@ where
             ) {
                 Err(message) => validation_error(&message, errors, rid),
                 Ok(input) => {
-                    crate::pipeline::openai::completions(state, input, rid, policy, ex.http1).await
+                    crate::pipeline::openai::completions(&state.ctx, input, rid, policy, ex.http1)
+                        .await
                 }
             }
         }
-        Endpoint::OpenAiModels => crate::pipeline::openai::models(state),
+        Endpoint::OpenAiModels => crate::pipeline::openai::models(&state.ctx),
     }
 }
 
@@ -513,11 +514,11 @@ where
 async fn finish(resp: &mut Response<Body>, state: &AppState, ex: &Exchange) {
     headers::finish(resp, &ex.path, &ex.request_id, &state.worker_id_header);
     let headers = resp.headers_mut();
-    for (name, value) in &state.services.env_headers {
+    for (name, value) in &state.env_headers {
         headers.insert(name.clone(), value.clone());
     }
     if let Some(origin) = &ex.origin {
-        state.services.cors.apply(headers, origin, ex.preflight);
+        state.cors.apply(headers, origin, ex.preflight);
     }
     if let Some(v) = &ex.limit {
         for (name, value) in ratelimit::headers(v) {
@@ -552,9 +553,9 @@ fn index(state: &AppState, request_id: &str) -> Response<Body> {
         StatusCode::OK,
         &Banner {
             message: "HearTalk AI MVP Service",
-            version: &state.settings.service_version,
+            version: &state.ctx.settings.service_version,
             status: "running",
-            environment: &state.settings.node_env,
+            environment: &state.ctx.settings.node_env,
             request_id,
             timestamp: clock::now_iso8601(),
         },

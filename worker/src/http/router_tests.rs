@@ -5,8 +5,8 @@
 
 use super::*;
 use crate::http::endpoints::lookup;
+use crate::http::state::Phase;
 use crate::settings::Settings;
-use crate::state::Phase;
 
 fn state() -> Arc<AppState> {
     state_with(&[])
@@ -24,7 +24,7 @@ fn state_with(env: &[(&str, &str)]) -> Arc<AppState> {
             .find(|(name, _)| *name == k)
             .map(|(_, v)| (*v).to_string()),
     });
-    let services = crate::services::Services::new(&settings).unwrap();
+    let services = crate::pipeline::services::Services::new(&settings).unwrap();
     Arc::new(AppState::new(settings, std::time::Instant::now(), services))
 }
 

@@ -31,8 +31,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::http::budget::Watch;
 use crate::http::conn_deadline::{Activity, DeadlineIo};
+use crate::http::state::{AppState, Phase};
 use crate::http::{http1, router};
-use crate::state::{AppState, Phase};
 
 /// How long to pause accepting after a resource error such as `EMFILE`:
 /// retrying at once would spin, and a short pause lets finishing
@@ -55,7 +55,7 @@ pub async fn serve(
         .filter_map(|l| l.local_addr().ok())
         .map(|a| a.to_string())
         .collect();
-    tracing::info!(addresses = %addrs.join(" "), worker_id = state.settings.worker_id, "listening");
+    tracing::info!(addresses = %addrs.join(" "), worker_id = state.ctx.settings.worker_id, "listening");
 
     // HTTP/2 (h2c with prior knowledge) is hyper's; HTTP/1.1 is ours
     // (`crate::http::http1`, for its per-connection memory). Neither has a
@@ -79,8 +79,15 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "ready, but notifying the supervisor failed"),
     }
     // From the serving runtime: a stalled accept/serve loop stops the pings.
-    tokio::spawn(crate::runtime::watchdog::ping(state.clone()));
-    tokio::spawn(crate::runtime::alloc::give_back(state.clone()));
+    tokio::spawn(crate::runtime::watchdog::ping(
+        state.notifier.clone(),
+        state.ctx.settings.worker_id,
+    ));
+    let open = state.clone();
+    tokio::spawn(crate::runtime::alloc::give_back(
+        state.ctx.settings.pipeline.upstream_pool_idle,
+        move || open.open_connections(),
+    ));
 
     let reason = accept_loop(&listeners, &protocols, &state, &mut signals).await;
 
@@ -93,7 +100,7 @@ pub async fn serve(
     if let Err(e) = notify(&state, "STOPPING=1") {
         tracing::warn!(error = %e, "notifying the supervisor of STOPPING failed");
     }
-    let grace = state.settings.shutdown_grace;
+    let grace = state.ctx.settings.shutdown_grace;
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(
         signal = reason,
@@ -131,7 +138,7 @@ pub async fn serve(
     }
     if let Some(why) = cut_short {
         // Long streams get a final error frame rather than a silent cut.
-        let streams = state.finish_streams();
+        let streams = state.ctx.finish_streams();
         tracing::warn!(
             abandoned = state.open_connections(),
             streams,
@@ -140,7 +147,7 @@ pub async fn serve(
         );
         let _ = tokio::time::timeout(STREAM_FAREWELL, &mut drained).await;
     }
-    if state.settings.metrics_socket.is_some() {
+    if state.ctx.settings.metrics_socket.is_some() {
         final_scrape(&state).await;
     }
     Ok(())
@@ -320,7 +327,11 @@ fn spawn_connection(
     // it which requests are in flight, from the complete head until the
     // response's last byte.
     let activity = Activity::new();
-    let io = DeadlineIo::new(stream, activity.clone(), state.settings.connection.idle());
+    let io = DeadlineIo::new(
+        stream,
+        activity.clone(),
+        state.ctx.settings.connection.idle(),
+    );
     let guard = state.connection_opened();
     let drain = protocols.drain.signal();
     let state = state.clone();

@@ -8,23 +8,23 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use crate::cache::Policy;
+use crate::pipeline::context::Pipeline;
 use crate::pipeline::response::{self, Body};
 use crate::pipeline::validate::TranslateInput;
 use crate::provider::tokens::js_len;
 use crate::provider::{CompletionRequest, EndpointKind};
 use crate::runtime::clock;
-use crate::state::AppState;
 
 /// `POST /api/v1/translate` after validation: one chat-endpoint call, no
 /// routing, temperature 0.3, top_p 0.9.
 pub async fn translate(
-    state: &Arc<AppState>,
+    ctx: &Arc<Pipeline>,
     input: TranslateInput,
     request_id: &str,
     policy: Policy,
 ) -> Response<Body> {
-    let svc = &state.services;
-    let (model, timeout) = svc.endpoint(&state.settings, EndpointKind::Chat);
+    let svc = &ctx.services;
+    let (model, timeout) = svc.endpoint(&ctx.settings, EndpointKind::Chat);
     let request = CompletionRequest {
         endpoint: EndpointKind::Chat,
         model,

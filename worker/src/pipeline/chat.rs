@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use futures_util::StreamExt;
 
 use crate::cache::{self, Begin, Policy};
+use crate::pipeline::context::Pipeline;
 use crate::pipeline::history::Outcome;
 use crate::pipeline::reasoning::{self, Plan, Strategy, Switches};
 use crate::pipeline::response::{self, Body};
@@ -28,7 +29,6 @@ use crate::pipeline::routing::{self, Decision};
 use crate::pipeline::stream::Format;
 use crate::pipeline::validate::{ChatInput, Shape};
 use crate::provider::{ChatMessage, CompletionRequest, EventStream, StreamEvent, UpstreamError};
-use crate::state::AppState;
 use crate::telemetry;
 
 /// Everything decided before the first upstream byte.
@@ -68,8 +68,8 @@ impl Prepared {
 }
 
 /// Context, routing and strategy for a validated request.
-pub async fn prepare(state: &AppState, input: ChatInput, streaming: bool) -> Prepared {
-    let svc = &state.services;
+pub async fn prepare(ctx: &Pipeline, input: ChatInput, streaming: bool) -> Prepared {
+    let svc = &ctx.services;
     let context: Vec<ChatMessage> = match input.shape {
         Shape::Legacy => {
             let (messages, outcome) = svc
@@ -110,8 +110,8 @@ pub async fn prepare(state: &AppState, input: ChatInput, streaming: bool) -> Pre
     let endpoint = input
         .endpoint_override
         .unwrap_or_else(|| decision.endpoint());
-    let (model, timeout) = svc.endpoint(&state.settings, endpoint);
-    let r = &state.settings.reasoning;
+    let (model, timeout) = svc.endpoint(&ctx.settings, endpoint);
+    let r = &ctx.settings.reasoning;
     let switches = Switches {
         chain_of_thought: r.chain_of_thought,
         self_consistency: r.self_consistency,
@@ -148,7 +148,7 @@ pub async fn prepare(state: &AppState, input: ChatInput, streaming: bool) -> Pre
 /// The response-cache key of a prepared request (§9): its first upstream
 /// request (sample 0's for SC), the strategy and sample count, and
 /// `SHOW_REASONING_PROCESS`.
-pub fn cache_key(state: &AppState, prepared: &Prepared, first: &CompletionRequest) -> cache::Key {
+pub fn cache_key(ctx: &Pipeline, prepared: &Prepared, first: &CompletionRequest) -> cache::Key {
     let plan = &prepared.plan;
     let samples = match plan.strategy {
         Strategy::SelfConsistency => reasoning::sample_count(&plan.switches),
@@ -156,7 +156,7 @@ pub fn cache_key(state: &AppState, prepared: &Prepared, first: &CompletionReques
     };
     cache::key::key(&cache::KeyParts::for_request(
         "chat",
-        state.services.provider.name(),
+        ctx.services.provider.name(),
         first,
         plan.strategy.label(),
         samples,
@@ -169,11 +169,11 @@ pub fn cache_key(state: &AppState, prepared: &Prepared, first: &CompletionReques
 /// cache key was made from; the call sends it as it is. Counts reasoning
 /// time and tokens once per upstream answer.
 fn generate_work(
-    state: &AppState,
+    ctx: &Pipeline,
     prepared: Arc<Prepared>,
     first: CompletionRequest,
 ) -> impl std::future::Future<Output = Result<cache::Entry, UpstreamError>> + Send + 'static {
-    let provider = state.services.provider.clone();
+    let provider = ctx.services.provider.clone();
     async move {
         let started = Instant::now();
         let build = |turn: String| prepared.build(turn);
@@ -215,19 +215,18 @@ fn generate_work(
 /// The first upstream request is built once, here: the cache key is read
 /// from it, and on a miss the call sends it.
 pub async fn answer(
-    state: &Arc<AppState>,
+    ctx: &Arc<Pipeline>,
     prepared: Arc<Prepared>,
     policy: Policy,
 ) -> (&'static str, Result<Arc<cache::Entry>, UpstreamError>) {
     let first = prepared.first_request();
-    state
-        .services
+    ctx.services
         .cache
         .answer(
             first,
-            |first| cache_key(state, &prepared, first),
+            |first| cache_key(ctx, &prepared, first),
             policy,
-            |first| generate_work(state, prepared.clone(), first),
+            |first| generate_work(ctx, prepared.clone(), first),
         )
         .await
 }
@@ -295,18 +294,18 @@ pub fn generate_body<'a>(
 
 /// `POST /api/v1/chat/generate` after validation.
 pub async fn generate(
-    state: &Arc<AppState>,
+    ctx: &Arc<Pipeline>,
     input: ChatInput,
     request_id: &str,
     policy: Policy,
 ) -> Response<Body> {
-    let prepared = Arc::new(prepare(state, input, false).await);
-    let (x_cache, outcome) = answer(state, prepared.clone(), policy).await;
+    let prepared = Arc::new(prepare(ctx, input, false).await);
+    let (x_cache, outcome) = answer(ctx, prepared.clone(), policy).await;
     match outcome {
         Ok(entry) => {
             let input = &prepared.input;
             if input.shape == Shape::Legacy {
-                state.services.history.invalidate(&input.conversation_id);
+                ctx.services.history.invalidate(&input.conversation_id);
             }
             let conversation_id = match (&entry.conversation_id, input.conversation_id_defaulted) {
                 (Some(original), true) => original.as_str(),
@@ -315,7 +314,7 @@ pub async fn generate(
             let body = generate_body(
                 &entry,
                 conversation_id,
-                state.services.provider.name(),
+                ctx.services.provider.name(),
                 prepared.plan.switches.show_reasoning,
             );
             let mut resp = response::json(StatusCode::OK, &body);
@@ -364,12 +363,12 @@ pub fn upstream_error(
 /// the entry at the end (deltas in order, copied from the flight's log, so
 /// an open stream keeps one record of its answer, not two), or the error.
 fn stream_work(
-    state: &AppState,
+    ctx: &Pipeline,
     flight: Arc<cache::Flight>,
     request: crate::provider::CompletionRequest,
     reasoning_key: Option<Value>,
 ) -> impl std::future::Future<Output = Result<cache::Entry, UpstreamError>> + Send + 'static {
-    let provider = state.services.provider.clone();
+    let provider = ctx.services.provider.clone();
     async move {
         use futures_util::StreamExt;
         let mut upstream = provider.stream(request).await?;
@@ -420,12 +419,12 @@ pub struct Opened {
 /// no task between: that is what an open stream then holds while it
 /// waits. A panic while opening it is the error a flight's panic gives.
 pub async fn open_stream(
-    state: &Arc<AppState>,
+    ctx: &Arc<Pipeline>,
     prepared: &Prepared,
     first: CompletionRequest,
     policy: Policy,
 ) -> Result<Opened, UpstreamError> {
-    let svc = &state.services;
+    let svc = &ctx.services;
     let opened = |x_cache, events, own_call| Opened {
         x_cache,
         events,
@@ -433,7 +432,7 @@ pub async fn open_stream(
     };
     match svc
         .cache
-        .begin_with(|| cache_key(state, prepared, &first), policy)
+        .begin_with(|| cache_key(ctx, prepared, &first), policy)
         .await
     {
         Begin::Alone => {
@@ -454,7 +453,7 @@ pub async fn open_stream(
         }
         Begin::Lead(flight, mut s, lead) => {
             let reasoning_key = prepared.plan.strategy.body_key();
-            let work = stream_work(state, flight.clone(), first, reasoning_key);
+            let work = stream_work(ctx, flight.clone(), first, reasoning_key);
             svc.cache.drive(flight, lead, work);
             s.started().await?;
             Ok(opened(s.leader_x_cache(), s.into_events(), false))
@@ -474,22 +473,14 @@ fn prompt_estimate(req: &CompletionRequest) -> u64 {
 /// `POST /api/v1/chat/stream` after validation: a JSON error until the
 /// upstream answers 2xx, then Server-Sent Events (see [`crate::pipeline::stream`]).
 pub async fn stream(
-    state: Arc<AppState>,
+    ctx: Arc<Pipeline>,
     input: ChatInput,
     request_id: &str,
     http1: bool,
     policy: Policy,
 ) -> Response<Body> {
-    let prepared = prepare(&state, input, true).await;
-    stream_prepared(
-        &state,
-        &prepared,
-        Format::HearTalk,
-        request_id,
-        http1,
-        policy,
-    )
-    .await
+    let prepared = prepare(&ctx, input, true).await;
+    stream_prepared(&ctx, &prepared, Format::HearTalk, request_id, http1, policy).await
 }
 
 /// The one streaming path of both APIs (`/api/v1/chat/stream`, and
@@ -502,7 +493,7 @@ pub async fn stream(
 /// A failed open still records the strategy's reasoning time, so failures
 /// are not missing from `ai_reasoning_duration_seconds`.
 pub async fn stream_prepared(
-    state: &Arc<AppState>,
+    ctx: &Arc<Pipeline>,
     prepared: &Prepared,
     format: Format,
     request_id: &str,
@@ -512,21 +503,21 @@ pub async fn stream_prepared(
     let started = Instant::now();
     let first = prepared.first_request();
     let estimate = prompt_estimate(&first);
-    match open_stream(state, prepared, first, policy).await {
+    match open_stream(ctx, prepared, first, policy).await {
         Err(e) => {
             telemetry::reasoning(prepared.plan.strategy.label(), started.elapsed());
             upstream_error(&e, request_id, format.error_format())
         }
         Ok(opened) => {
-            let meta = stream_meta(state, prepared, started, &opened, estimate, format);
-            crate::pipeline::stream::respond(state.clone(), opened.events, meta, http1)
+            let meta = stream_meta(ctx, prepared, started, &opened, estimate, format);
+            crate::pipeline::stream::respond(ctx.clone(), opened.events, meta, http1)
         }
     }
 }
 
 /// The frames' metadata for a prepared, opened stream.
 fn stream_meta(
-    state: &AppState,
+    ctx: &Pipeline,
     prepared: &Prepared,
     started: Instant,
     opened: &Opened,
@@ -541,7 +532,7 @@ fn stream_meta(
         strategy: plan.strategy,
         show_reasoning: show,
         prompt_estimate,
-        heartbeat: state.settings.pipeline.sse_heartbeat,
+        heartbeat: ctx.settings.pipeline.sse_heartbeat,
         legacy: prepared.input.shape == Shape::Legacy,
         started,
         x_cache: opened.x_cache,

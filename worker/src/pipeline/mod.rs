@@ -8,6 +8,9 @@
 //! [`stream`] (SSE frames) or a whole body. [`openai`] serves `/v1/*` on
 //! the same path and [`api`] the translation and catalogue endpoints;
 //! [`response`] is the body type and the error bodies they all return.
+//! They run in a [`context`]: the settings and the long-lived [`services`]
+//! (provider, router, history client, limiter, response cache) built once
+//! per worker.
 //!
 //! It uses the infrastructure underneath ([`crate::provider`],
 //! [`crate::cache`], [`crate::limits`], [`crate::runtime`]) and never the
@@ -16,10 +19,12 @@
 pub mod api;
 pub mod auth;
 pub mod chat;
+pub mod context;
 pub mod history;
 pub mod openai;
 pub mod reasoning;
 pub mod response;
 pub mod routing;
+pub mod services;
 pub mod stream;
 pub mod validate;

@@ -20,11 +20,11 @@ use serde_json::{Value, json};
 
 use crate::cache::Policy;
 use crate::pipeline::chat;
+use crate::pipeline::context::Pipeline;
 use crate::pipeline::response::{self, Body, ErrorFormat};
 use crate::pipeline::stream::{Format, OpenAiStream};
 use crate::pipeline::validate;
 use crate::provider::EndpointKind;
-use crate::state::AppState;
 
 /// A validated completions request.
 #[derive(Debug)]
@@ -115,7 +115,7 @@ pub fn endpoint_for_model(
 /// frame format: a JSON error until the upstream answers 2xx, then
 /// `chat.completion.chunk` events.
 pub async fn completions(
-    state: &Arc<AppState>,
+    ctx: &Arc<Pipeline>,
     input: CompletionsInput,
     request_id: &str,
     policy: Policy,
@@ -123,7 +123,7 @@ pub async fn completions(
 ) -> Response<Body> {
     let id = format!("chatcmpl-{request_id}");
     let created = crate::runtime::clock::unix_secs();
-    let prepared = chat::prepare(state, input.chat, input.stream).await;
+    let prepared = chat::prepare(ctx, input.chat, input.stream).await;
     if input.stream {
         let format = Format::OpenAi(OpenAiStream {
             id,
@@ -131,10 +131,10 @@ pub async fn completions(
             model: prepared.plan.model.clone(),
             include_usage: input.include_usage,
         });
-        return chat::stream_prepared(state, &prepared, format, request_id, http1, policy).await;
+        return chat::stream_prepared(ctx, &prepared, format, request_id, http1, policy).await;
     }
     let prepared = Arc::new(prepared);
-    let (x_cache, outcome) = chat::answer(state, prepared.clone(), policy).await;
+    let (x_cache, outcome) = chat::answer(ctx, prepared.clone(), policy).await;
     match outcome {
         Err(e) => crate::pipeline::chat::upstream_error(&e, request_id, ErrorFormat::OpenAi),
         Ok(entry) => {
@@ -194,9 +194,9 @@ struct Message<'a> {
 }
 
 /// `GET /v1/models`: what `model` accepts.
-pub fn models(state: &AppState) -> Response<Body> {
-    let p = &state.settings.pipeline;
-    let owner = state.services.provider.name();
+pub fn models(ctx: &Pipeline) -> Response<Body> {
+    let p = &ctx.settings.pipeline;
+    let owner = ctx.services.provider.name();
     let mut ids = vec!["auto", "chat", "work_assistant"];
     for ep in [p.chat_endpoint.as_str(), p.work_endpoint.as_str()] {
         if !ids.contains(&ep) {

@@ -385,6 +385,27 @@ mod tests {
         }
     }
 
+    /// The simulated provider (infrastructure, which knows no prompts)
+    /// quotes a turn wrapped in the CoT prompt by the question inside it.
+    #[test]
+    fn the_simulated_provider_quotes_a_wrapped_turn_by_its_question() {
+        let req = CompletionRequest {
+            endpoint: EndpointKind::Chat,
+            model: "sim-chat".into(),
+            messages: vec![
+                ChatMessage::new("system", "你是助手"),
+                ChatMessage::new("user", cot_prompt("我最近工作压力很大", false)),
+            ]
+            .into(),
+            temperature: 0.7,
+            max_tokens: 2000,
+            top_p: 1.0,
+            timeout: Duration::from_secs(30),
+        };
+        let (text, _) = crate::provider::simulated::answer(&req, false);
+        assert!(text.starts_with("关于「我最近工作压力很大」"), "{text}");
+    }
+
     #[test]
     fn temperatures_step_and_cap() {
         assert_eq!(sc_temperature(0, None), 0.7);

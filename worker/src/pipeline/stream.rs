@@ -26,14 +26,14 @@ use http_body_util::BodyExt;
 use hyper::body::Frame;
 use serde::Serialize;
 
+use crate::pipeline::context::Pipeline;
 use crate::pipeline::reasoning::Strategy;
 use crate::pipeline::response::{Body, BoxError, ErrorFormat, openai_error};
 use crate::provider::{EventStream, StreamEvent, UpstreamError, Usage};
-use crate::state::AppState;
 use crate::telemetry;
 
 /// What the frames need to say besides the deltas (the provider's name is
-/// read from the state, not copied into every stream).
+/// read from the context, not copied into every stream).
 pub struct Meta {
     pub conversation_id: String,
     pub route: String,
@@ -391,13 +391,13 @@ impl Serialize for FinalUsage {
 /// The 200 `text/event-stream` response whose body is `upstream` turned
 /// into frames (see [`SseBody`]).
 pub fn respond(
-    state: Arc<AppState>,
+    ctx: Arc<Pipeline>,
     upstream: EventStream,
     meta: Meta,
     http1: bool,
 ) -> Response<Body> {
     let x_cache = meta.x_cache;
-    let mut resp = Response::new(BodyExt::boxed(SseBody::new(state, upstream, meta)));
+    let mut resp = Response::new(BodyExt::boxed(SseBody::new(ctx, upstream, meta)));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(
@@ -451,7 +451,7 @@ pub struct SseBody {
 
 /// The state of an open stream (see [`SseBody`]).
 struct Pump {
-    state: Arc<AppState>,
+    ctx: Arc<Pipeline>,
     /// `None` once the stream has ended (dropping it aborts the upstream
     /// request).
     upstream: Option<EventStream>,
@@ -464,7 +464,7 @@ struct Pump {
     /// `Sleep` must stay pinned, and reset (not made anew) after each frame.
     ping: Pin<Box<tokio::time::Sleep>>,
     /// Resolves when the drain deadline passes. It owns the stream's
-    /// subscription to the deadline, so [`AppState::finish_streams`]
+    /// subscription to the deadline, so [`Pipeline::finish_streams`]
     /// counts this stream until it ends. `None` once ended.
     shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
     /// Estimated tokens of the content and reasoning so far, for a final
@@ -474,17 +474,17 @@ struct Pump {
 }
 
 impl SseBody {
-    fn new(state: Arc<AppState>, upstream: EventStream, mut meta: Meta) -> SseBody {
+    fn new(ctx: Arc<Pipeline>, upstream: EventStream, mut meta: Meta) -> SseBody {
         meta.heartbeat = meta.heartbeat.max(Duration::from_millis(100));
-        let mut rx = state.shutdown_signal();
+        let mut rx = ctx.shutdown_signal();
         let shutdown: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
             // An error (the sender gone) cannot happen while this stream
-            // holds the state that owns the sender; it would mean the same.
+            // holds the context that owns the sender; it would mean the same.
             let _ = rx.wait_for(|now| *now).await;
         });
         SseBody {
             pump: Mutex::new(Pump {
-                state,
+                ctx,
                 upstream: Some(upstream),
                 queued: meta.format.opening(),
                 ping: Box::pin(tokio::time::sleep(meta.heartbeat)),
@@ -560,7 +560,7 @@ impl Pump {
                 }
                 Ok(StreamEvent::Content(delta)) => {
                     self.content.push(&delta);
-                    let provider = self.state.services.provider.name();
+                    let provider = self.ctx.services.provider.name();
                     self.meta.format.content(&delta, provider)
                 }
                 Ok(StreamEvent::Reasoning(delta)) => {
@@ -583,7 +583,7 @@ impl Pump {
                     let completion = self.content.total() + self.reasoning.total();
                     let usage = FinalUsage::new(usage, self.meta.prompt_estimate, completion);
                     let endpoint = model.as_deref().unwrap_or("unknown");
-                    let provider = self.state.services.provider.name();
+                    let provider = self.ctx.services.provider.name();
                     let frame = self.meta.format.complete(
                         &self.meta,
                         provider,
@@ -619,10 +619,7 @@ impl Pump {
         match end {
             End::Completed => {
                 if meta.legacy {
-                    self.state
-                        .services
-                        .history
-                        .invalidate(&meta.conversation_id);
+                    self.ctx.services.history.invalidate(&meta.conversation_id);
                 }
             }
             End::ClientGone => {
@@ -656,16 +653,16 @@ mod tests {
             .block_on(f)
     }
 
-    /// A worker state on the defaults (the simulated provider).
-    fn state() -> Arc<AppState> {
+    /// A pipeline context on the defaults (the simulated provider).
+    fn ctx() -> Arc<Pipeline> {
         let settings = crate::settings::Settings::from_lookup(|k| match k {
             "KEYWORDS_CONFIG" => {
                 Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/keywords.json").into())
             }
             _ => None,
         });
-        let services = crate::services::Services::new(&settings).unwrap();
-        Arc::new(AppState::new(settings, Instant::now(), services))
+        let services = crate::pipeline::services::Services::new(&settings).unwrap();
+        Arc::new(Pipeline::new(settings, services))
     }
 
     fn meta(heartbeat: Duration) -> Meta {
@@ -720,7 +717,7 @@ mod tests {
     #[test]
     fn a_stream_is_its_frames_byte_exact_then_its_end() {
         block_on(async {
-            let st = state();
+            let st = ctx();
             let upstream = futures_util::stream::iter([
                 Ok(StreamEvent::Reasoning("hidden thought".into())),
                 Ok(StreamEvent::Content("你好".into())),
@@ -754,7 +751,7 @@ mod tests {
     #[test]
     fn a_bare_end_or_a_panic_upstream_is_a_final_error_frame() {
         block_on(async {
-            let st = state();
+            let st = ctx();
             let bare = futures_util::stream::iter([Ok(StreamEvent::Content("a".into()))]).boxed();
             let mut body =
                 respond(st.clone(), bare, meta(Duration::from_secs(15)), false).into_body();
@@ -793,7 +790,7 @@ mod tests {
             let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let upstream = pending_after_one(&dropped);
             let mut body =
-                respond(state(), upstream, meta(Duration::from_secs(15)), false).into_body();
+                respond(ctx(), upstream, meta(Duration::from_secs(15)), false).into_body();
             assert!(next(&mut body).await.is_some());
             assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
             // The client went away: the server drops the body.
@@ -805,7 +802,7 @@ mod tests {
     #[test]
     fn silence_gets_pings_and_the_drain_deadline_a_final_error_frame() {
         block_on(async {
-            let st = state();
+            let st = ctx();
             let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let upstream = pending_after_one(&dropped);
             let mut body = respond(
@@ -853,7 +850,7 @@ mod tests {
                 model: None,
             })])
             .boxed();
-            let bytes = respond(state(), upstream, m, false)
+            let bytes = respond(ctx(), upstream, m, false)
                 .into_body()
                 .collect()
                 .await

@@ -10,8 +10,6 @@
 
 use std::time::Duration;
 
-use crate::state::AppState;
-
 /// How often the fall is looked for.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -41,17 +39,18 @@ fn collect() {
     };
 }
 
-/// Watches the open-connection count for as long as the runtime runs and
-/// collects as the module doc says.
-pub async fn give_back(state: std::sync::Arc<AppState>) {
-    let follow_up = state.settings.pipeline.upstream_pool_idle + Duration::from_secs(15);
+/// Watches the open-connection count (`open_connections` reads it) for as
+/// long as the runtime runs and collects as the module doc says;
+/// `pool_idle` is `UPSTREAM_POOL_IDLE_SECS`.
+pub async fn give_back(pool_idle: Duration, open_connections: impl Fn() -> usize) {
+    let follow_up = pool_idle + Duration::from_secs(15);
     let mut ticks = tokio::time::interval(CHECK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut peak = 0usize;
     let mut until: Option<tokio::time::Instant> = None;
     loop {
         let at = ticks.tick().await;
-        let now = state.open_connections();
+        let now = open_connections();
         peak = peak.max(now);
         if due(peak, now) {
             until = Some(at + follow_up);

@@ -5,7 +5,8 @@
 //! and memory given back to the system after a burst ([`alloc`]).
 //!
 //! Infrastructure: nothing here knows HTTP or the chat pipeline
-//! ([`watchdog`] and [`alloc`] only read the shared [`crate::state`]).
+//! ([`watchdog`] and [`alloc`] are handed the notify socket and a count of
+//! open connections by the HTTP edge that spawns them).
 
 pub mod alloc;
 pub mod clock;

@@ -10,9 +10,10 @@
 //! socket made at start that never blocks: see
 //! [`shared::activation::Notifier`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::state::AppState;
+use shared::activation::Notifier;
 
 /// The ping period for a watchdog `interval`: half of it, as
 /// `sd_watchdog_enabled(3)` recommends, so one late ping is not fatal.
@@ -20,16 +21,18 @@ pub fn period(interval: Duration) -> Duration {
     (interval / 2).max(Duration::from_millis(1))
 }
 
-/// Pings for as long as the runtime runs; returns at once when no watchdog
-/// is set (standalone, or `watchdog = "0"`), or, with a warning, when one
-/// is set but there is no socket to the supervisor to ping over.
-pub async fn ping(state: std::sync::Arc<AppState>) {
+/// Pings over `notifier`, the worker's kept socket to the supervisor, for
+/// as long as the runtime runs; returns at once when no watchdog is set
+/// (standalone, or `watchdog = "0"`), or, with a warning, when one is set
+/// but there is no socket to the supervisor to ping over. `worker_id` is
+/// for the log.
+pub async fn ping(notifier: Option<Arc<Notifier>>, worker_id: u32) {
     let Some(interval) = shared::activation::watchdog_interval() else {
         return;
     };
-    let Some(notifier) = &state.notifier else {
+    let Some(notifier) = notifier else {
         tracing::warn!(
-            worker_id = state.settings.worker_id,
+            worker_id,
             "watchdog set but no notify socket; the supervisor will judge this worker hung"
         );
         return;
@@ -52,7 +55,7 @@ pub async fn ping(state: std::sync::Arc<AppState>) {
             Ok(()) => failing = false,
             Err(e) if !failing => {
                 failing = true;
-                tracing::warn!(error = %e, worker_id = state.settings.worker_id, "watchdog ping failed");
+                tracing::warn!(error = %e, worker_id, "watchdog ping failed");
             }
             Err(_) => {}
         }

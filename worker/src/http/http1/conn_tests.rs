@@ -222,16 +222,22 @@ async fn a_client_that_hangs_up_mid_request_drops_the_handler() {
     }
     let drops = Arc::new(AtomicUsize::new(0));
     let d = drops.clone();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
     let (mut c, _drain, _a, task) = start(move |_req| {
         let guard = Dropped(d.clone());
+        let started = s.clone();
         async move {
             let _guard = guard;
+            started.notify_one();
             std::future::pending::<()>().await;
             Response::new(full(""))
         }
     });
     c.write_all(b"GET /slow HTTP/1.1\r\n\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the handler did not start");
     assert_eq!(drops.load(Ordering::SeqCst), 0);
     drop(c);
     assert!(task.await.unwrap().is_err());
@@ -303,6 +309,8 @@ async fn the_drain_closes_idle_connections_and_busy_ones_after_their_answer() {
 
     let (release, wait) = tokio::sync::oneshot::channel::<()>();
     let mut wait = Some(wait);
+    let (started, handling) = tokio::sync::oneshot::channel::<()>();
+    let mut started = Some(started);
     let (mut busy, server) = tokio::io::duplex(1 << 16);
     let busy_task = tokio::spawn(serve(
         server,
@@ -310,7 +318,11 @@ async fn the_drain_closes_idle_connections_and_busy_ones_after_their_answer() {
         drain.signal(),
         move |_req| {
             let w = wait.take();
+            let s = started.take();
             async move {
+                if let Some(s) = s {
+                    let _ = s.send(());
+                }
                 if let Some(w) = w {
                     let _ = w.await;
                 }
@@ -319,7 +331,10 @@ async fn the_drain_closes_idle_connections_and_busy_ones_after_their_answer() {
         },
     ));
     busy.write_all(b"GET /busy HTTP/1.1\r\n\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::timeout(WAIT, handling)
+        .await
+        .expect("the handler did not start")
+        .unwrap();
     drain.start();
     // The idle one closes at once; the busy one answers, then closes.
     read_to_end(&mut idle).await;

@@ -1,27 +1,33 @@
-//! The state every connection task shares: the settings, the worker's
+//! The state every connection task shares: the context the pipeline runs
+//! in ([`Pipeline`]: settings, services, the drain deadline), the worker's
 //! lifecycle phase (what `/ready` reports), a count of open connections
 //! (what a drain waits for and reports, and what the accept loop holds to
 //! its budget: see [`crate::http::budget`]), whether the worker is degraded
 //! (cannot accept), the supervisor's fleet-state page, the socket to the
-//! supervisor, and facts established once at start-up (whether the router
-//! config loaded).
+//! supervisor, what every response gets on its way out (the CORS policy and
+//! the per-environment security headers), and facts established once at
+//! start-up (whether the router config loaded).
 //!
 //! It is held in an `Arc`. Its own fields are atomics, a `Notify` (a
-//! connection closed at the budget), a `watch` channel (the drain
-//! deadline), the mapped fleet-state page and the notify socket, none
-//! behind a lock, so handlers never wait on a lock the accept loop could
-//! hold; the services it carries keep their own short, never-awaited
-//! locks.
+//! connection closed at the budget), the mapped fleet-state page and the
+//! notify socket, none behind a lock, so handlers never wait on a lock the
+//! accept loop could hold; the context it carries holds a `watch` channel
+//! (the drain deadline), and its services keep their own short,
+//! never-awaited locks.
 //!
 //! [`AppState::new`] reads no environment: the fleet-state page and the
 //! notify socket are made in [`crate::run`] and passed in with
 //! [`AppState::with_fleet_state`] and [`AppState::with_notifier`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
+use crate::http::cors::{self, Cors};
+use crate::pipeline::context::Pipeline;
+use crate::pipeline::services::Services;
 use crate::settings::Settings;
 
 /// Where the worker is in its life, as `/ready` reports it (API.md §5.1).
@@ -39,7 +45,8 @@ pub enum Phase {
 
 /// Shared, read-mostly worker state.
 pub struct AppState {
-    pub settings: Settings,
+    /// The settings and services the pipeline runs with.
+    pub ctx: Arc<Pipeline>,
     /// When the process started, for `uptime`.
     pub started: Instant,
     /// `X-Worker-Id`, formatted once.
@@ -48,8 +55,9 @@ pub struct AppState {
     /// loads its table once, so that is the state it is in (false → the
     /// built-in fallback table, health `degraded`).
     pub router_config_loaded: bool,
-    /// Provider, router, history client, limiter, CORS policy.
-    pub services: crate::services::Services,
+    pub cors: Cors,
+    /// CSP, CORP, COOP, HSTS for this `NODE_ENV`, computed once.
+    pub env_headers: Vec<(HeaderName, HeaderValue)>,
     phase: AtomicU8,
     connections: AtomicUsize,
     /// The connection budget in force (see [`crate::http::budget`]).
@@ -63,21 +71,26 @@ pub struct AppState {
     /// The kept, non-blocking socket to the supervisor for readiness,
     /// watchdog pings and degraded reports (`None`: no `NOTIFY_SOCKET`, or
     /// it could not be reached).
-    pub notifier: Option<shared::activation::Notifier>,
-    /// Flips to true when the drain deadline passes: open SSE streams send
-    /// their final error frame and end.
-    shutdown: tokio::sync::watch::Sender<bool>,
+    /// (Shared with the watchdog's pings.)
+    pub notifier: Option<Arc<shared::activation::Notifier>>,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, started: Instant, services: crate::services::Services) -> Self {
+    pub fn new(settings: Settings, started: Instant, services: Services) -> Self {
         let worker_id_header = HeaderValue::from(settings.worker_id);
+        let router_config_loaded = !services.router.is_fallback();
+        let cors = Cors::new(
+            &settings.node_env,
+            settings.pipeline.allowed_origins.as_deref(),
+        );
+        let env_headers = cors::environment_headers(&settings.node_env);
         AppState {
-            settings,
+            ctx: Arc::new(Pipeline::new(settings, services)),
             started,
             worker_id_header,
-            router_config_loaded: !services.router.is_fallback(),
-            services,
+            router_config_loaded,
+            cors,
+            env_headers,
             phase: AtomicU8::new(Phase::Starting as u8),
             connections: AtomicUsize::new(0),
             max_connections: AtomicUsize::new(usize::MAX),
@@ -85,7 +98,6 @@ impl AppState {
             degraded: AtomicBool::new(false),
             fleet: None,
             notifier: None,
-            shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -101,7 +113,7 @@ impl AppState {
 
     /// Talks to the supervisor over this socket (see [`AppState::notifier`]).
     pub fn with_notifier(mut self, notifier: Option<shared::activation::Notifier>) -> Self {
-        self.notifier = notifier;
+        self.notifier = notifier.map(Arc::new);
         self
     }
 
@@ -155,17 +167,6 @@ impl AppState {
         self.phase.store(phase as u8, Ordering::Release);
     }
 
-    /// Subscribes a stream to the drain deadline.
-    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    /// Tells every open stream to finish now; returns how many listen.
-    pub fn finish_streams(&self) -> usize {
-        self.shutdown.send_replace(true);
-        self.shutdown.receiver_count()
-    }
-
     /// Whether responses should close their connection (draining).
     pub fn draining(&self) -> bool {
         self.phase() == Phase::Draining
@@ -179,14 +180,14 @@ impl AppState {
     /// Counts a connection as open until the returned guard is dropped, so
     /// the count stays right however the connection task ends (finished,
     /// failed, or cancelled when the runtime shuts down).
-    pub fn connection_opened(self: &std::sync::Arc<Self>) -> ConnectionGuard {
+    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
         self.connections.fetch_add(1, Ordering::Relaxed);
         ConnectionGuard(self.clone())
     }
 }
 
 /// See [`AppState::connection_opened`].
-pub struct ConnectionGuard(std::sync::Arc<AppState>);
+pub struct ConnectionGuard(Arc<AppState>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {

@@ -3,16 +3,13 @@
 //! is counted and feeds the health window, then in circuit breakers with
 //! optional fallback endpoints), the keyword router and its decision cache,
 //! the history client, the rate-limit counter, the response cache and its
-//! Redis link, the CORS policy and the per-environment security headers.
+//! Redis link. (What only the HTTP edge uses, the CORS policy and the
+//! per-environment security headers, the edge keeps in its own state.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
-use http::{HeaderName, HeaderValue};
-
 use crate::cache::ResponseCache;
-use crate::http::cors::{self, Cors};
 use crate::limits::breaker::{self, Breakers, Resilient};
 use crate::limits::ratelimit::Limiter;
 use crate::pipeline::history::{HistoryClient, HistoryConfig};
@@ -26,6 +23,7 @@ use crate::provider::{
 use crate::runtime::redis_link::RedisLink;
 use crate::settings::Settings;
 use crate::telemetry;
+use futures_util::future::BoxFuture;
 
 /// Everything a handler needs besides the request.
 pub struct Services {
@@ -42,9 +40,6 @@ pub struct Services {
     pub redis: Option<Arc<RedisLink>>,
     /// Per-endpoint circuit breakers (health reads them).
     pub breakers: Arc<Breakers>,
-    pub cors: Cors,
-    /// CSP, CORP, COOP, HSTS for this `NODE_ENV`, computed once.
-    pub env_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Services {
@@ -143,8 +138,6 @@ impl Services {
             cache,
             redis,
             breakers,
-            cors: Cors::new(&settings.node_env, p.allowed_origins.as_deref()),
-            env_headers: cors::environment_headers(&settings.node_env),
         })
     }
 
