@@ -465,7 +465,12 @@ fn scale(
         Ok(s) => s,
         Err(e) => return refused(format!("cannot listen on {}: {e}", plan.addr)),
     };
-    let from = fleet.view().apps.iter().find(|a| a.name == app).map_or(0, |a| a.slots.len());
+    let from = fleet
+        .view()
+        .apps
+        .iter()
+        .find(|a| a.name == app)
+        .map_or(0, |a| a.slots.len());
     let to = plan.target;
     driver.apply(fleet, now, |f| f.scale(plan, sockets, now));
     let view = fleet.view();

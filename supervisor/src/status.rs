@@ -286,7 +286,10 @@ mod tests {
         let t = render_table(&s);
         assert!(t.starts_with("heartalk 0.1.0 · pid 7 (PID 1)"), "{t}");
         assert!(t.contains("generation 2 committed"));
-        assert!(t.contains("app heartalk scaled to 4 by `heartalk scale` (file: 2;"), "{t}");
+        assert!(
+            t.contains("app heartalk scaled to 4 by `heartalk scale` (file: 2;"),
+            "{t}"
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 5, "{t}");
         assert!(

@@ -38,8 +38,8 @@
 mod action;
 mod lifecycle;
 mod rolling;
-mod scale;
 mod rollout;
+mod scale;
 pub mod setup;
 mod view;
 

@@ -110,12 +110,30 @@ impl Fleet {
         }
         let kill_timeout = self.apps[a].config.kill_timeout;
         while self.apps[a].slots.len() > plan.target {
-            let mut slot = self.apps[a].slots.pop().expect("more slots than the target");
+            let mut slot = self.apps[a]
+                .slots
+                .pop()
+                .expect("more slots than the target");
             if let Some(succ) = slot.successor.take() {
-                self.discard(succ.pid, succ.generation, name.clone(), slot.index, "scale", now);
+                self.discard(
+                    succ.pid,
+                    succ.generation,
+                    name.clone(),
+                    slot.index,
+                    "scale",
+                    now,
+                );
             }
             match slot.worker.take() {
-                Some(w) => self.drain(w, &name, slot.index, "scale", kill_timeout, slot.socket.take(), now),
+                Some(w) => self.drain(
+                    w,
+                    &name,
+                    slot.index,
+                    "scale",
+                    kill_timeout,
+                    slot.socket.take(),
+                    now,
+                ),
                 None => self.out.extend(slot.socket.take().map(Action::CloseSocket)),
             }
         }
