@@ -15,7 +15,7 @@
 //! how many slots of its app are not serving; [`sys`] holds every unsafe
 //! libc call;
 //! [`exit`] lists the exit codes; [`health`] is the `heartalk health`
-//! probe.
+//! probe; [`top`] is `heartalk top`, the live full-screen view.
 
 pub mod cli;
 pub mod client;
@@ -40,4 +40,5 @@ pub mod spawn;
 pub mod status;
 pub mod sys;
 pub mod systemd;
+pub mod top;
 pub mod watchdog;
