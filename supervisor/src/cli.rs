@@ -41,6 +41,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live full-screen view of the fleet, refreshed every second: every
+    /// worker's CPU, memory, requests per second, connections, restarts,
+    /// and the end of the fleet log (q quits, Up/Down select). Needs a
+    /// terminal; exit 3 if no supervisor is running.
+    Top {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Reload the config with zero downtime; waits for the outcome
     /// (exit 0 committed, 1 refused or rolled back).
     Reload {

@@ -16,7 +16,7 @@
 //! its app are not serving; [`sys`] holds every unsafe
 //! libc call;
 //! [`exit`] lists the exit codes; [`health`] is the `heartalk health`
-//! probe.
+//! probe; [`top`] is `heartalk top`, the live full-screen view.
 
 pub mod cli;
 pub mod client;
@@ -43,4 +43,5 @@ pub mod status;
 pub mod sys;
 pub mod systemd;
 pub mod tail;
+pub mod top;
 pub mod watchdog;

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Err(code) => ExitCode::from(code.code()),
         },
         Command::Status { target, json } => verb(&target, |path| status(path, json)),
+        Command::Top { target } => verb(&target, |path| heartalk::top::run(path, &target.config)),
         Command::Reload { target } => verb(&target, reload),
         Command::Stop { target } => verb(&target, stop),
         Command::Restart { app, target } => verb(&target, |path| restart(path, app)),

@@ -74,11 +74,19 @@ struct State {
     aggregator: Aggregator,
 }
 
-/// The merged metrics of the fleet, and each worker's request count.
+/// The merged metrics of the fleet, and each worker's own figures.
 #[derive(Default)]
 pub struct FleetMetrics {
     state: tokio::sync::Mutex<State>,
-    requests: Mutex<HashMap<String, u64>>,
+    figures: Mutex<HashMap<String, Figures>>,
+}
+
+/// What `heartalk status` shows of a worker's metrics, at the last scrape.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    requests: u64,
+    /// `ai_connections_open`; `None` when the worker does not export it.
+    connections: Option<u64>,
 }
 
 impl FleetMetrics {
@@ -125,17 +133,33 @@ impl FleetMetrics {
                 Err(e) => tracing::debug!(event = "scrape_failed", worker = %t.id, error = %e),
             }
         }
-        let requests: HashMap<String, u64> = st
+        let figures: HashMap<String, Figures> = st
             .last
             .iter()
-            .map(|(id, (_, exp))| (id.clone(), requests_served(exp)))
+            .map(|(id, (_, exp))| {
+                let figures = Figures {
+                    requests: requests_served(exp),
+                    connections: family_sum(exp, "ai_connections_open"),
+                };
+                (id.clone(), figures)
+            })
             .collect();
-        *self.requests.lock().unwrap_or_else(|e| e.into_inner()) = requests;
+        *self.figures.lock().unwrap_or_else(|e| e.into_inner()) = figures;
     }
 
     /// Requests a worker had answered at the last scrape.
     pub fn requests(&self, id: &str) -> Option<u64> {
-        self.requests
+        self.figures(id).map(|f| f.requests)
+    }
+
+    /// Client connections a worker had open at the last scrape (`None`
+    /// also when it does not export `ai_connections_open`).
+    pub fn connections(&self, id: &str) -> Option<u64> {
+        self.figures(id).and_then(|f| f.connections)
+    }
+
+    fn figures(&self, id: &str) -> Option<Figures> {
+        self.figures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
@@ -145,10 +169,14 @@ impl FleetMetrics {
 
 /// The sum of `http_requests_total` over all its series.
 fn requests_served(exp: &Exposition) -> u64 {
+    family_sum(exp, "http_requests_total").unwrap_or(0)
+}
+
+/// The sum of family `name` over its series, if the worker exports it.
+fn family_sum(exp: &Exposition, name: &str) -> Option<u64> {
     exp.families
-        .get("http_requests_total")
+        .get(name)
         .map(|f| f.samples.iter().map(|s| s.value).sum::<f64>() as u64)
-        .unwrap_or(0)
 }
 
 /// `GET /metrics` over a worker's abstract socket.
@@ -424,6 +452,18 @@ mod tests {
     use nix::unistd::Pid;
 
     use super::*;
+
+    #[test]
+    fn a_workers_figures_come_from_its_exposition() {
+        let exp = parse(
+            "http_requests_total{code=\"200\"} 5\nhttp_requests_total{code=\"404\"} 2\n\
+             ai_connections_open 3\n",
+        )
+        .unwrap();
+        assert_eq!(requests_served(&exp), 7);
+        assert_eq!(family_sum(&exp, "ai_connections_open"), Some(3));
+        assert_eq!(family_sum(&exp, "ai_connections_max"), None);
+    }
 
     #[test]
     fn a_forgotten_pid_leaves_no_reading() {

@@ -60,6 +60,7 @@ pub fn build(
                         rss_bytes: w.and_then(|w| crate::memory::rss(w.pid)),
                         pss_bytes: w.and_then(|w| w.pss),
                         requests: w.and_then(|w| metrics.requests(&w.metrics_id)),
+                        connections: w.and_then(|w| metrics.connections(&w.metrics_id)),
                         watchdog_ping_age_secs: w
                             .and_then(|w| w.last_ping)
                             .map(|p| tenths(now.saturating_duration_since(p).as_secs_f64())),
@@ -254,6 +255,7 @@ mod tests {
             rss_bytes: pid.map(|_| 10 << 20),
             pss_bytes: pid.map(|_| 8 << 20),
             requests: pid.map(|_| 42),
+            connections: pid.map(|_| 3),
             watchdog_ping_age_secs: pid.map(|_| 2.5),
         };
         let s = Status {
