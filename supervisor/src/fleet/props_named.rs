@@ -1,0 +1,230 @@
+//! The fleet's named cases: failures the generated sequences found,
+//! shrunk and kept, and hand-made sequences (a rolling restart, the
+//! machine without a driver), run with the same `Sim` and invariants.
+
+use super::*;
+
+/// Apps `a` and `b` with one slot each, `max_surge` 1, 3 unstable restarts.
+fn one_each(memory: bool, watchdog: bool) -> Shape {
+    Shape {
+        a: 1,
+        b: 1,
+        surge: 1,
+        memory,
+        watchdog,
+        max_restarts: 3,
+    }
+}
+
+// Shrunk failures, kept by name.
+
+/// Found by `any_sequence_keeps_the_invariants`: during a graceful stop no
+/// memory check runs, but `next_deadline` still offered the (passed)
+/// check time, so the event loop woke at once, again and again — a busy
+/// loop for up to `kill_timeout`, logging `supervisor_stalled` on every
+/// turn once the deadline was more than a second old.
+#[test]
+fn a_stop_with_memory_limits_does_not_spin_on_the_memory_check() {
+    let mut sim = Sim::start(one_each(true, false));
+    sim.apply(&Event::Ready { pick: 0 });
+    sim.finish();
+}
+
+/// Found by `any_sequence_keeps_the_invariants`: a hung worker's
+/// replacement that missed `listen_timeout` was SIGKILLed, but its passed
+/// READY deadline stayed in `next_deadline` until its exit was reaped, so
+/// the loop spun meanwhile, sending SIGKILL and logging
+/// `hung_replace_failed` on every turn.
+#[test]
+fn a_late_replacement_is_killed_once_and_does_not_spin() {
+    let mut sim = Sim::start(one_each(false, true));
+    sim.apply(&Event::Ready { pick: 1 });
+    sim.apply(&Event::Ping { pick: 1 });
+    sim.apply(&Event::Advance { ms: 4000 });
+    let kills = sim
+        .driver
+        .host
+        .signals
+        .iter()
+        .filter(|(p, s)| *p == Pid::from_raw(100_003) && *s == Signal::SIGKILL)
+        .count();
+    assert_eq!(kills, 1, "the replacement is killed once");
+    sim.finish();
+}
+
+/// Seen while fixing the case above: a replacement killed for missing
+/// `listen_timeout` could still send READY before it died (a datagram
+/// already queued) and take the slot over, draining the healthy worker it
+/// was to replace and leaving the slot to a dying process. The old worker
+/// keeps serving, as the `memory_replace_failed` event says.
+#[test]
+fn a_killed_replacement_s_late_ready_does_not_take_the_slot() {
+    let mut sim = Sim::start(one_each(true, false));
+    let (old, replacement) = (Pid::from_raw(100_001), Pid::from_raw(100_003));
+    sim.ready_all();
+    sim.driver.host.memory.insert(old, SOFT + 1);
+    // Two strikes, one check interval apart: a replacement starts.
+    sim.apply(&Event::Advance { ms: 2000 });
+    assert_eq!(
+        sim.fleet.apps[0].slots[0].successor.as_ref().map(|w| w.pid),
+        Some(replacement)
+    );
+    // It misses listen_timeout and is killed, then its READY arrives.
+    sim.apply(&Event::Advance { ms: 2000 });
+    assert!(sim.driver.host.killed.contains(&replacement));
+    sim.say(replacement, "READY=1");
+    sim.settle_step();
+    assert_eq!(
+        sim.fleet.apps[0].slots[0].worker.as_ref().map(|w| w.pid),
+        Some(old)
+    );
+    assert!(!sim.driver.host.signals.contains(&(old, Signal::SIGTERM)));
+    sim.exit(
+        replacement,
+        WaitStatus::Signaled(replacement, Signal::SIGKILL, false),
+    );
+    sim.settle_step();
+    assert_eq!(sim.fleet.apps[0].slots[0].state, SlotState::Online);
+    sim.finish();
+}
+
+/// The machine on its own, without a driver: events go in, actions come
+/// out, and nothing happens until the answers are fed back.
+#[test]
+fn the_fleet_returns_actions_and_performs_none() {
+    let shape = Shape {
+        a: 2,
+        b: 1,
+        surge: 1,
+        memory: false,
+        watchdog: false,
+        max_restarts: 3,
+    };
+    let mut host = FakeHost::default();
+    let first = prepare(&mut host, &config(&shape), 2, None).unwrap();
+    let mut fleet = Fleet::new(first, "@heartalk-props/metrics".into());
+    let t0 = Instant::now();
+    let orders: Vec<SpawnOrder> = fleet
+        .start_all()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Spawn(o) => Some(o),
+            _ => None,
+        })
+        .collect();
+    let slots: Vec<(String, usize)> = orders
+        .iter()
+        .map(|o| (o.app.name.clone(), o.slot))
+        .collect();
+    assert_eq!(slots, [("a".into(), 0), ("a".into(), 1), ("b".into(), 0)]);
+    // Ordered, not started: the slots wait for the answers.
+    assert!(fleet.worker_pids().is_empty());
+    assert!(
+        fleet.view().apps[0]
+            .slots
+            .iter()
+            .all(|s| s.worker.is_none())
+    );
+    // The first spawn worked, the second failed, the third is answered
+    // after a stop began: that worker is killed, not adopted.
+    let pid = Pid::from_raw(4242);
+    assert!(fleet.spawned(orders[0].id, Ok(pid), t0).is_empty());
+    assert_eq!(fleet.worker_pids(), [pid]);
+    let _ = fleet.spawned(orders[1].id, Err("no such file".into()), t0);
+    let restart = fleet.next_deadline().expect("a restart is scheduled");
+    assert_eq!(fleet.view().apps[0].slots[1].state, SlotState::Waiting);
+    let stop = fleet.stop(false, t0);
+    let late = Pid::from_raw(4243);
+    let answer: Vec<Action> = fleet.spawned(orders[2].id, Ok(late), t0).0;
+    assert!(
+        matches!(answer.as_slice(), [Action::SignalGroup { pid, sig: Signal::SIGKILL }] if *pid == late),
+        "{answer:?}"
+    );
+    // The stop asked the one running worker to finish and let go of
+    // every slot socket; no restart comes.
+    let stop = stop.0;
+    assert!(
+        stop.iter()
+            .any(|a| matches!(a, Action::Signal { pid: p, sig: Signal::SIGTERM } if *p == pid))
+    );
+    assert_eq!(
+        stop.iter()
+            .filter(|a| matches!(a, Action::CloseSocket(_)))
+            .count(),
+        3
+    );
+    assert!(
+        fleet
+            .tick(restart)
+            .0
+            .iter()
+            .all(|a| !matches!(a, Action::Spawn(_)))
+    );
+}
+
+/// `heartalk restart` on a quiet fleet: app `a`'s three workers are
+/// replaced at most `max_surge` (2) at a time, each old one drained once
+/// its successor is READY; `b` is not touched; one successor that dies
+/// before READY leaves its old worker serving and is reported.
+#[test]
+fn a_rolling_restart_replaces_each_worker_and_reports_a_failure() {
+    let mut sim = Sim::start(Shape {
+        a: 3,
+        b: 1,
+        surge: 2,
+        memory: false,
+        watchdog: false,
+        max_restarts: 3,
+    });
+    sim.ready_all();
+    let before = sim.slots();
+    sim.apply(&Event::Restart { which: 1 });
+    assert!(sim.fleet.is_restarting());
+    // Two successors of `a`, none of `b`.
+    let first = sim.unready();
+    assert_eq!(first.len(), 2, "max_surge at a time");
+    sim.say(first[0], "READY=1");
+    sim.settle_step();
+    // The first took its slot; the third slot's successor starts.
+    let second = sim.unready();
+    assert_eq!(second.len(), 2);
+    let failing = second[0];
+    sim.exit(failing, WaitStatus::Exited(failing, 1));
+    sim.settle_step();
+    let last = sim.unready();
+    assert_eq!(last.len(), 1);
+    sim.say(last[0], "READY=1");
+    sim.settle_step();
+    assert!(!sim.fleet.is_restarting());
+    let done = sim.restarted.last().expect("finished").clone();
+    assert_eq!(
+        (done.replaced, done.skipped, done.failed.len()),
+        (2, 0, 1),
+        "{done:?}"
+    );
+    assert_eq!(done.apps, ["a"]);
+    let after = sim.slots();
+    // Two of `a`'s slots have new workers, one kept its old one; `b` as was.
+    let changed: Vec<bool> = before.iter().zip(&after).map(|(x, y)| x.2 != y.2).collect();
+    assert_eq!(changed.iter().filter(|c| **c).count(), 2);
+    assert_eq!(before[3], after[3]);
+    for (old, new) in before.iter().zip(&after) {
+        if old.2 != new.2 {
+            let pid = old.2.unwrap();
+            assert!(
+                sim.driver.host.signals.contains(&(pid, Signal::SIGTERM)),
+                "{pid} drained"
+            );
+        }
+    }
+    let restarts = sim.fleet.view().restarts_by;
+    assert!(
+        restarts.contains(&("a".into(), "restart", 2)),
+        "{restarts:?}"
+    );
+    // A second restart can run now; a reload waits for it.
+    sim.apply(&Event::Restart { which: 0 });
+    sim.fleet.request_reload("signal");
+    assert!(!sim.fleet.reload_due(), "a reload waits for the restart");
+    sim.finish();
+}
