@@ -9,7 +9,8 @@
 #   2. The settings the supervisor's behaviour relies on hold: Type=notify
 #      with NotifyAccess=main and a WatchdogSec, KillMode=mixed (SIGTERM to
 #      the supervisor alone, which drains), TimeoutStopSec above the shipped
-#      config's kill_timeout, ExecReload through `heartalk reload` (it waits
+#      config's kill_timeout plus the log flush, TimeoutStartSec (which bounds
+#      ExecReload) above `heartalk reload`'s wait, ExecReload through `heartalk reload` (it waits
 #      for the outcome), and the log and runtime directories of the shipped
 #      config made writable by LogsDirectory= and RuntimeDirectory=.
 set -euo pipefail
@@ -64,7 +65,10 @@ step "settings the drain and the notify protocol rely on"
 kill_timeout=$(sed -n 's/^kill_timeout = "\([0-9]*\)s".*/\1/p' "$config" | head -n1)
 stop=$(seconds "$(value TimeoutStopSec)")
 [[ -n $kill_timeout ]] || fail "no kill_timeout in $config"
-((stop > kill_timeout)) || fail "TimeoutStopSec ($stop s) must exceed kill_timeout ($kill_timeout s)"
+# After the drain the supervisor gives worker pipes 10 s and the log file 30 s.
+((stop > kill_timeout + 40)) || fail "TimeoutStopSec ($stop s) must exceed kill_timeout ($kill_timeout s) + 40 s of log flushing"
+start=$(seconds "$(value TimeoutStartSec)")
+((start > 600)) || fail "TimeoutStartSec ($start s) bounds ExecReload: it must exceed heartalk reload's 600 s wait"
 grep -q '^control_socket = "/run/heartalk/' "$config" || fail "$config's control socket is not under RuntimeDirectory=heartalk"
 grep -q '^dir = "/var/log/heartalk"' "$config" || fail "$config's log dir is not LogsDirectory=heartalk"
 [[ $(value RuntimeDirectory) == heartalk && $(value LogsDirectory) == heartalk ]] || fail "RuntimeDirectory/LogsDirectory=heartalk expected"

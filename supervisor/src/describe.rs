@@ -20,46 +20,138 @@ use crate::status::{bytes, duration};
 /// is not told either.
 pub const MASK: &str = "********";
 
-/// Words in an environment variable's name that make its value a secret.
-const SECRET_WORDS: [&str; 8] = [
+/// Parts of a variable's name (split at `_`, `-` ...) that make its value a
+/// secret: `BYTEPLUS_API_KEY`, but not `KEYWORDS_CONFIG`.
+const SECRET_PARTS: [&str; 21] = [
+    "KEY",
+    "KEYS",
+    "APIKEY",
     "SECRET",
+    "SECRETS",
     "PASSWORD",
     "PASSWD",
+    "PASS",
+    "PWD",
     "TOKEN",
-    "KEY",
+    "TOKENS",
     "CREDENTIAL",
+    "CREDENTIALS",
     "PRIVATE",
     "AUTH",
+    "AUTHORIZATION",
+    "DSN",
+    "COOKIE",
+    "SALT",
+    "SIGNING",
+    "SIGNATURE",
 ];
 
-/// `value` as `describe` may show it: masked whole when `name` looks like a
-/// secret's (`JWT_SECRET`, `BYTEPLUS_API_KEY`, `REDIS_PASSWORD` ...), with
-/// only the password masked when it is a URL that carries one
-/// (`redis://:pw@host` → `redis://:********@host`), else as it is.
-pub fn mask(name: &str, value: &str) -> String {
+/// Words that make it a secret's wherever they appear (`GITHUBTOKEN`).
+const SECRET_INFIXES: [&str; 5] = ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "CREDENTIAL"];
+
+/// Whether a variable or parameter called `name` holds a secret.
+fn secret_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    if !value.is_empty() && SECRET_WORDS.iter().any(|w| upper.contains(w)) {
-        return MASK.to_string();
-    }
-    mask_url_password(value)
+    upper
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|part| SECRET_PARTS.contains(&part))
+        || SECRET_INFIXES.iter().any(|w| upper.contains(w))
 }
 
-/// Masks the password of a `scheme://user:password@host...` URL.
-fn mask_url_password(value: &str) -> String {
-    let Some((scheme, rest)) = value.split_once("://") else {
-        return value.to_string();
-    };
-    // The authority ends at the first `/`, `?` or `#`; its userinfo at its last `@`.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..end].rfind('@') else {
-        return value.to_string();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, password)) if !password.is_empty() => {
-            format!("{scheme}://{user}:{MASK}{}", &rest[at..])
-        }
-        _ => value.to_string(),
+/// `value` as `describe` may show it: masked whole when `name` is a
+/// secret's (`JWT_SECRET`, `BYTEPLUS_API_KEY`, `REDIS_PASSWORD` ...), else
+/// with the secrets inside it masked (see [`mask_value`]).
+pub fn mask(name: &str, value: &str) -> String {
+    if !value.is_empty() && secret_name(name) {
+        return MASK.to_string();
     }
+    mask_value(value)
+}
+
+/// Masks the secrets inside a value that is not a secret as a whole: the
+/// userinfo of every URL in it (`redis://:pw@host` → `redis://:********@host`;
+/// a user alone, often a token, is masked whole), and the value of every
+/// `name=value` pair whose name is a secret's (`?token=`, `&password=`,
+/// `X-Amz-Signature=`, `password=pw` in a DSN, `--api-key=...`).
+pub fn mask_value(value: &str) -> String {
+    mask_pairs(&mask_userinfo(value))
+}
+
+/// Where a URL's authority (or a `name=value` pair) ends: lists and DSNs
+/// separate their parts with these.
+fn separator(c: char) -> bool {
+    c.is_whitespace() || matches!(c, ',' | ';' | '&' | '?')
+}
+
+fn mask_userinfo(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        // Before the query, the last `@` ends the userinfo (a password may
+        // hold an unencoded `/` or `@`; a path with an `@` is masked too:
+        // better too much than a password shown).
+        let end = rest
+            .find(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '?' | '#'))
+            .unwrap_or(rest.len());
+        match rest[..end].rfind('@') {
+            Some(at) if at > 0 => {
+                match rest[..at].split_once(':') {
+                    Some((user, _)) => {
+                        out.push_str(user);
+                        out.push(':');
+                        out.push_str(MASK);
+                    }
+                    None => out.push_str(MASK),
+                }
+                rest = &rest[at..];
+            }
+            _ => {}
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn mask_pairs(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut start = 0;
+    for (i, c) in value.char_indices().chain([(value.len(), ' ')]) {
+        if i < value.len() && !separator(c) {
+            continue;
+        }
+        let part = &value[start..i];
+        match part.split_once('=') {
+            Some((name, v)) if !v.is_empty() && secret_name(name) => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(MASK);
+            }
+            _ => out.push_str(part),
+        }
+        if i < value.len() {
+            out.push(c);
+        }
+        start = i + c.len_utf8();
+    }
+    out
+}
+
+/// The worker's arguments with secrets masked: inside each one, and the
+/// one after a flag named like a secret (`--token abc`).
+pub fn mask_args(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for arg in args {
+        if hide_next && !arg.starts_with('-') {
+            out.push(MASK.to_string());
+        } else {
+            out.push(mask_value(arg));
+        }
+        hide_next = arg.starts_with('-') && !arg.contains('=') && secret_name(arg);
+    }
+    out
 }
 
 fn human(d: Duration) -> String {
@@ -106,7 +198,7 @@ pub fn build(view: &FleetView, status: &Status, app: &str, now: Instant) -> Opti
     Some(Description {
         app: app.to_string(),
         program: a.program.display().to_string(),
-        args: c.args.clone(),
+        args: mask_args(&c.args),
         cwd: c.cwd.display().to_string(),
         listen: a.listen.to_string(),
         instances: a.instances_file.clone(),
@@ -224,25 +316,87 @@ mod tests {
         assert_eq!(mask("byteplus_api_key", "ak-123"), MASK);
         assert_eq!(mask("HEARTALK_API_KEY", "k"), MASK);
         assert_eq!(mask("REDIS_PASSWORD", "pw"), MASK);
-        assert_eq!(mask("GITHUB_TOKEN", "t"), MASK);
+        assert_eq!(mask("GITHUBTOKEN", "t"), MASK);
+        assert_eq!(mask("DB_PASS", "p"), MASK);
+        assert_eq!(mask("MYSQL_PWD", "p"), MASK);
+        assert_eq!(mask("PGPASSWORD", "p"), MASK);
+        assert_eq!(mask("DATABASE_DSN", "x"), MASK);
         assert_eq!(mask("NODE_ENV", "production"), "production");
         assert_eq!(mask("PORT", "8001"), "8001");
+        // A path whose name only contains KEY as part of a word.
+        assert_eq!(
+            mask("KEYWORDS_CONFIG", "/etc/heartalk/keywords.json"),
+            "/etc/heartalk/keywords.json"
+        );
         // An empty secret is shown as empty: nothing to hide, and it tells
         // the operator the variable is unset.
         assert_eq!(mask("JWT_SECRET", ""), "");
+    }
+
+    #[test]
+    fn secrets_inside_values_are_masked() {
+        let cases = [
+            (
+                "redis://:hunter2@redis:6379/0",
+                "redis://:********@redis:6379/0",
+            ),
+            (
+                "https://user:pa:ss@api.example/x?y=@z",
+                "https://user:********@api.example/x?y=@z",
+            ),
+            ("redis://:pa/ss@h:6379", "redis://:********@h:6379"),
+            (
+                "https://ghp_x@github.com/o/r",
+                "https://********@github.com/o/r",
+            ),
+            (
+                "redis://:p1@a:6379,redis://:p2@b:6379",
+                "redis://:********@a:6379,redis://:********@b:6379",
+            ),
+            (
+                "https://h/x?token=abc&page=2",
+                "https://h/x?token=********&page=2",
+            ),
+            (
+                "https://b.s3/k?X-Amz-Signature=deadbeef&X-Amz-Date=1",
+                "https://b.s3/k?X-Amz-Signature=********&X-Amz-Date=1",
+            ),
+            (
+                "jdbc:postgresql://db/app?user=u&password=p",
+                "jdbc:postgresql://db/app?user=u&password=********",
+            ),
+            (
+                "host=db user=u password=pw dbname=x",
+                "host=db user=u password=******** dbname=x",
+            ),
+            ("redis://redis:6379", "redis://redis:6379"),
+            ("https://h/p?q=1", "https://h/p?q=1"),
+            ("plain value", "plain value"),
+        ];
+        for (value, want) in cases {
+            assert_eq!(mask("SOME_URL", value), want, "{value}");
+        }
+        let args: Vec<String> = [
+            "--api-key",
+            "abc",
+            "--token=xyz",
+            "--port",
+            "8001",
+            "redis://:pw@h",
+        ]
+        .map(String::from)
+        .to_vec();
         assert_eq!(
-            mask("REDIS_URL", "redis://:hunter2@redis:6379/0"),
-            "redis://:********@redis:6379/0"
+            mask_args(&args),
+            [
+                "--api-key",
+                MASK,
+                "--token=********",
+                "--port",
+                "8001",
+                "redis://:********@h"
+            ]
         );
-        assert_eq!(
-            mask("BACKEND", "https://user:pa:ss@api.example/x?y=@z"),
-            "https://user:********@api.example/x?y=@z"
-        );
-        assert_eq!(
-            mask("REDIS_URL", "redis://redis:6379"),
-            "redis://redis:6379"
-        );
-        assert_eq!(mask("ARK_URL", "https://u@h/p"), "https://u@h/p");
     }
 
     #[test]

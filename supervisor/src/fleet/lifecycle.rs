@@ -209,6 +209,10 @@ impl Fleet {
             slot.state = SlotState::Online;
             log_ready(&app.config.name, slot.index, w, now);
             slot.next_memory_check = Some(now + app.config.memory_check_interval);
+            if std::mem::take(&mut slot.restart_unready) {
+                // A restart's new worker that took its slot over early.
+                self.restart_settled(Ok(()));
+            }
         }
     }
 
@@ -303,15 +307,27 @@ impl Fleet {
             } else {
                 SlotState::Starting
             };
+            let ready = successor.ready_at.is_some();
             self.pids.insert(successor.pid, Role::Current(a, s));
             slot.worker = Some(successor);
+            slot.strikes = 0;
             let why = slot.replacing;
             self.count_restart(&name, restart_reason(reason));
             if why == Replace::Restart {
-                // The slot has its fresh worker, if sooner than planned.
-                self.restart_settled(Ok(()));
+                if ready {
+                    self.restart_settled(Ok(()));
+                } else {
+                    // It counts once it is READY (or as failed if it is not).
+                    self.apps[a].slots[s].restart_unready = true;
+                }
             }
             return;
+        }
+        if std::mem::take(&mut slot.restart_unready) {
+            self.restart_settled(Err(format!(
+                "slot {s}: the new worker exited before it was ready (code {:?}, signal {:?})",
+                exit.code, exit.signal
+            )));
         }
         if self.after_exit(a, s, exit, uptime, now) {
             self.count_restart(&name, restart_reason(reason));

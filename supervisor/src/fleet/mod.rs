@@ -224,6 +224,10 @@ struct Slot {
     successor_spawning: Option<u64>,
     /// Why its latest successor was started.
     replacing: Replace,
+    /// Its worker is a restart's replacement that took the slot over before
+    /// it was READY (its old worker died first): the restart counts it
+    /// once it is READY, or as failed if it exits first.
+    restart_unready: bool,
     restarts: u32,
     unstable: u32,
     restart_at: Option<Instant>,
@@ -243,6 +247,7 @@ impl Slot {
             spawning: None,
             successor_spawning: None,
             replacing: Replace::Memory,
+            restart_unready: false,
             restarts: 0,
             unstable: 0,
             restart_at: None,

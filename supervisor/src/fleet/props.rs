@@ -443,13 +443,12 @@ impl Sim {
                         let now = self.now;
                         self.driver
                             .apply(&mut self.fleet, now, |f| f.scale(plan, sockets, now));
-                        let a = self
-                            .fleet
-                            .apps
-                            .iter()
-                            .find(|x| x.config.name == app)
-                            .unwrap();
+                        let a = self.app(app);
                         assert_eq!(a.slots.len(), target);
+                    }
+                    Err(ScaleRefused::OnlyErrored(..)) => {
+                        let a = self.app(app);
+                        assert!(a.slots.iter().any(|s| s.state == SlotState::Errored));
                     }
                     Err(e) => assert!(busy || self.fleet.is_stopping(), "refused: {e}"),
                 }
@@ -479,6 +478,15 @@ impl Sim {
             .collect();
         pids.sort();
         pids
+    }
+
+    /// The app called `name`.
+    fn app(&self, name: &str) -> &AppRun {
+        self.fleet
+            .apps
+            .iter()
+            .find(|x| x.config.name == name)
+            .unwrap()
     }
 
     /// Every worker not yet ready sends READY, one after another.

@@ -228,3 +228,69 @@ fn a_rolling_restart_replaces_each_worker_and_reports_a_failure() {
     assert!(!sim.fleet.reload_due(), "a reload waits for the restart");
     sim.finish();
 }
+
+/// Found in review: scaling down retires the highest slots, so with the
+/// low ones errored it would keep only errored slots (and with every slot
+/// errored the supervisor exits). Such a scale is refused.
+#[test]
+fn a_scale_down_that_would_keep_only_errored_slots_is_refused() {
+    let mut sim = Sim::start(Shape {
+        a: 3,
+        b: 1,
+        surge: 1,
+        memory: false,
+        watchdog: false,
+        max_restarts: 0,
+    });
+    sim.ready_all();
+    // Slot 0 of `a` crashes before min_uptime: with max_restarts 0 it is errored.
+    let pid = sim.fleet.apps[0].slots[0].worker.as_ref().unwrap().pid;
+    sim.exit(pid, WaitStatus::Exited(pid, 1));
+    sim.settle_step();
+    assert_eq!(sim.fleet.apps[0].slots[0].state, SlotState::Errored);
+    let one = Some(Instances::Count(std::num::NonZeroU32::new(1).unwrap()));
+    let refused = sim.fleet.plan_scale("a", one, 2);
+    assert!(
+        matches!(refused, Err(ScaleRefused::OnlyErrored(..))),
+        "{refused:?}"
+    );
+    // Down to two keeps slot 1 serving: allowed.
+    let two = Some(Instances::Count(std::num::NonZeroU32::new(2).unwrap()));
+    assert!(sim.fleet.plan_scale("a", two, 2).is_ok());
+    sim.finish();
+}
+
+/// Found in review: when the old worker dies while its restart successor
+/// is still starting, the successor takes the slot over; the restart
+/// counts it as replaced only once it is READY (and as failed if it dies
+/// first), not at the takeover.
+#[test]
+fn a_restart_successor_that_takes_over_early_counts_once_ready() {
+    let mut sim = Sim::start(one_each(false, false));
+    sim.ready_all();
+    let old = sim.fleet.apps[0].slots[0].worker.as_ref().unwrap().pid;
+    sim.apply(&Event::Restart { which: 1 });
+    let successor = sim.unready()[0];
+    sim.exit(old, WaitStatus::Exited(old, 1));
+    sim.settle_step();
+    assert_eq!(
+        sim.fleet.apps[0].slots[0].worker.as_ref().map(|w| w.pid),
+        Some(successor),
+        "the successor took the slot over"
+    );
+    assert!(sim.fleet.is_restarting(), "not counted before READY");
+    sim.say(successor, "READY=1");
+    sim.settle_step();
+    let done = sim.restarted.last().expect("finished").clone();
+    assert_eq!((done.replaced, done.failed.len()), (1, 0), "{done:?}");
+    // The same again, but the new worker dies before READY: a failure.
+    sim.apply(&Event::Restart { which: 1 });
+    let (current, successor) = (successor, sim.unready()[0]);
+    sim.exit(current, WaitStatus::Exited(current, 1));
+    sim.settle_step();
+    sim.exit(successor, WaitStatus::Exited(successor, 1));
+    sim.settle_step();
+    let done = sim.restarted.last().expect("finished").clone();
+    assert_eq!((done.replaced, done.failed.len()), (0, 1), "{done:?}");
+    sim.finish();
+}

@@ -112,8 +112,9 @@ impl Fleet {
             .slots
             .iter()
             .filter(|s| {
-                s.replacing == Replace::Restart
-                    && (s.successor.is_some() || s.successor_spawning.is_some())
+                s.restart_unready
+                    || s.replacing == Replace::Restart
+                        && (s.successor.is_some() || s.successor_spawning.is_some())
             })
             .count()
     }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use shared::config::Instances;
 
 use super::setup::{instances_text, slot_count};
-use super::{Action, Actions, Fleet, Mode, Slot};
+use super::{Action, Actions, Fleet, Mode, Slot, SlotState};
 use crate::sockets::SlotSocket;
 
 /// What a scale needs before it can happen.
@@ -48,6 +48,10 @@ pub enum ScaleRefused {
     Restarting,
     #[error("the supervisor is stopping")]
     Stopping,
+    #[error(
+        "scaling `{0}` down to {1} would keep only errored slots and retire the serving ones; scale up or reload instead"
+    )]
+    OnlyErrored(String, usize),
 }
 
 impl Fleet {
@@ -75,6 +79,16 @@ impl Fleet {
             .ok_or_else(|| ScaleRefused::UnknownApp(app.to_string()))?;
         let run = &self.apps[a];
         let target = slot_count(want.unwrap_or(run.config.instances), cpus);
+        // Scaling down retires the highest slots: never the last serving
+        // ones in favour of errored ones (with every slot errored the
+        // supervisor would exit).
+        let errored = |s: &&Slot| s.state == SlotState::Errored;
+        if target < run.slots.len()
+            && run.slots[..target].iter().all(|s| errored(&s))
+            && !run.slots[target..].iter().all(|s| errored(&s))
+        {
+            return Err(ScaleRefused::OnlyErrored(app.to_string(), target));
+        }
         let addr = run
             .slots
             .iter()
