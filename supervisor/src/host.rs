@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use shared::config::{App, Config};
 
@@ -139,6 +140,8 @@ pub struct Driver<H: Host = SysHost> {
     pss: PssCache,
     /// Output pipes of workers spawned since the event loop last looked.
     new_outputs: Vec<WorkerOutputs>,
+    /// Signals not sent because their pid was reaped in the meantime.
+    skipped: u64,
 }
 
 impl<H: Host> Driver<H> {
@@ -153,6 +156,7 @@ impl<H: Host> Driver<H> {
             page: None,
             pss: PssCache::default(),
             new_outputs: Vec::new(),
+            skipped: 0,
         }
     }
 
@@ -228,12 +232,21 @@ impl<H: Host> Driver<H> {
                     let result = self.spawn(&order);
                     fleet.spawned(order.id, result, now)
                 }
+                // A pid reaped since the signal was decided (several children
+                // reaped in one batch, see `exits`) is not signalled: the
+                // number may be someone else's by now.
                 Action::Signal { pid, sig } => {
-                    self.host.signal(pid, sig);
+                    match fleet.tracks(pid) {
+                        true => self.host.signal(pid, sig),
+                        false => self.skipped += 1,
+                    }
                     continue;
                 }
                 Action::SignalGroup { pid, sig } => {
-                    self.host.signal_group(pid, sig);
+                    match fleet.tracks(pid) {
+                        true => self.host.signal_group(pid, sig),
+                        false => self.skipped += 1,
+                    }
                     continue;
                 }
                 Action::SampleMemory {
@@ -293,6 +306,23 @@ impl<H: Host> Driver<H> {
             }
             Err(e) => Err(format!("{}: {e}", order.program.display())),
         }
+    }
+
+    /// Children reaped together: the fleet hears of every exit before any
+    /// action is performed, so nothing decided for the first is done to
+    /// another that is already gone.
+    pub fn exits(&mut self, fleet: &mut Fleet, reaped: &[(Pid, WaitStatus)], now: Instant) {
+        let mut all = Vec::new();
+        for &(pid, status) in reaped {
+            self.pss.forget(pid);
+            all.extend(fleet.on_exit(pid, status, now));
+        }
+        self.perform(fleet, Actions(all), now);
+    }
+
+    /// Signals not sent so far because their pid had been reaped.
+    pub fn signals_skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Forgets what was read about a reaped process (its pid may be reused).

@@ -184,12 +184,12 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                 let now = Instant::now();
                 match signal {
                     None => {
-                        for (pid, status) in sys::reap() {
+                        let reaped = sys::reap();
+                        for (pid, _) in &reaped {
                             // Its CPU reading ends with it, scraped or not.
-                            cpu.forget(pid);
-                            driver.forget(pid);
-                            driver.apply(&mut fleet, now, |f| f.on_exit(pid, status, now));
+                            cpu.forget(*pid);
                         }
+                        driver.exits(&mut fleet, &reaped, now);
                     }
                     Some(Intent::Stop) => {
                         // A second one while stopping: stop fast.

@@ -873,6 +873,11 @@ impl Fleet {
             .all(|s| s.state == SlotState::Errored)
     }
 
+    /// Whether `pid` is a process of the fleet's that has not been reaped.
+    pub fn tracks(&self, pid: Pid) -> bool {
+        self.pids.contains_key(&pid)
+    }
+
     /// Live worker pids (for logs and tests).
     pub fn worker_pids(&self) -> Vec<Pid> {
         self.pids.keys().copied().collect()

@@ -152,6 +152,12 @@ enum Event {
     Ready {
         pick: usize,
     },
+    /// Two processes exit and are reaped together: the fleet hears of both
+    /// before any action is performed (`Driver::exits`).
+    ExitTwo {
+        pick: usize,
+        other: usize,
+    },
     /// The youngest live worker crashes (code 1): what keeps a slot
     /// failing before `min_uptime`, or fails a new generation.
     CrashNewest,
@@ -225,6 +231,7 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|ms| Event::Advance { ms }),
         2 => (1..4u32, 1..3u32).prop_map(|(a, surge)| Event::Reload { a, surge }),
         1 => Just(Event::CrashNewest),
+        2 => (0..16usize, 1..16usize).prop_map(|(pick, other)| Event::ExitTwo { pick, other }),
         1 => (0..3u8).prop_map(|which| Event::Restart { which }),
         1 => (0..2u8, 0..4u32).prop_map(|(which, n)| Event::Scale { which, n }),
     ]
@@ -364,6 +371,20 @@ impl Sim {
     }
 
     fn apply(&mut self, ev: &Event) {
+        let skipped = self.driver.signals_skipped();
+        self.apply_event(ev);
+        if !matches!(ev, Event::ExitTwo { .. }) {
+            // One event at a time, the fleet never decides a signal to a
+            // pid it no longer tracks (the driver would drop it silently).
+            assert_eq!(
+                self.driver.signals_skipped(),
+                skipped,
+                "{ev:?} signalled a reaped pid"
+            );
+        }
+    }
+
+    fn apply_event(&mut self, ev: &Event) {
         match *ev {
             Event::Exit { pick, code } => {
                 if let Some(pid) = self.pick(pick) {
@@ -379,6 +400,26 @@ impl Sim {
                 match unready.is_empty() {
                     true => self.tell(pick, "READY=1"),
                     false => self.say(unready[pick % unready.len()], "READY=1"),
+                }
+            }
+            Event::ExitTwo { pick, other } => {
+                let live: Vec<Pid> = self.driver.host.live.iter().copied().collect();
+                if live.len() >= 2 {
+                    let first = live[pick % live.len()];
+                    let second = live[(pick + other) % live.len()];
+                    if first != second {
+                        let reaped = [
+                            (first, WaitStatus::Exited(first, 1)),
+                            (second, WaitStatus::Signaled(second, Signal::SIGKILL, false)),
+                        ];
+                        for (pid, _) in &reaped {
+                            self.driver.host.live.remove(pid);
+                        }
+                        let now = self.now;
+                        self.driver.exits(&mut self.fleet, &reaped, now);
+                        self.settle_step();
+                        return;
+                    }
                 }
             }
             Event::CrashNewest => {

@@ -294,3 +294,47 @@ fn a_restart_successor_that_takes_over_early_counts_once_ready() {
     assert_eq!((done.replaced, done.failed.len()), (0, 1), "{done:?}");
     sim.finish();
 }
+
+/// Found in review: children reaped in one batch. Two new workers of a
+/// rollout die together; the first exit rolls the rollout back, which
+/// SIGKILLs the other new workers — the second included, though it is
+/// already reaped (its pid may be someone else's by now). The fleet hears
+/// of both exits before any action is performed, and the driver sends no
+/// signal to a pid the fleet no longer tracks.
+#[test]
+fn a_rollback_sends_no_signal_to_a_worker_reaped_in_the_same_batch() {
+    let mut sim = Sim::start(Shape {
+        a: 2,
+        b: 1,
+        surge: 2,
+        memory: false,
+        watchdog: false,
+        max_restarts: 3,
+    });
+    sim.ready_all();
+    sim.apply(&Event::Reload { a: 2, surge: 2 });
+    let next: Vec<Pid> = sim.unready();
+    assert!(next.len() >= 2, "{next:?}");
+    let reaped = [
+        (next[0], WaitStatus::Exited(next[0], 1)),
+        (next[1], WaitStatus::Exited(next[1], 1)),
+    ];
+    for (pid, _) in &reaped {
+        sim.driver.host.live.remove(pid);
+    }
+    let now = sim.now;
+    sim.driver.exits(&mut sim.fleet, &reaped, now);
+    sim.settle_step();
+    assert_eq!(sim.outcomes.last(), Some(&"rolled_back"));
+    assert!(
+        sim.driver.host.stray.is_empty(),
+        "{:?}",
+        sim.driver.host.stray
+    );
+    assert_eq!(
+        sim.driver.signals_skipped(),
+        1,
+        "the SIGKILL to the reaped one"
+    );
+    sim.finish();
+}
