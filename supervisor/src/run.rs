@@ -166,7 +166,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
     let mut manager_ping =
         tokio::time::interval(manager.ping_period().unwrap_or(Duration::from_secs(3600)));
     manager_ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut told_reloading, mut told_stopping) = (false, false);
+    let (mut told_reloading, mut told_stopping, mut told_ready) = (false, false, false);
 
     driver.apply(&mut fleet, Instant::now(), Fleet::start_all);
     let mut drains_seen = fleet.drains_started();
@@ -331,11 +331,23 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
         }
         if fleet.take_first_ready() {
             manager.ready(&serving(&fleet));
+            told_ready = true;
         }
         if told_reloading && !fleet.is_reloading() && !fleet.reload_due() {
-            // Over, whatever the outcome: a generation serves either way.
-            manager.ready(&serving(&fleet));
+            // Over, whatever the outcome: a generation serves either way —
+            // unless the fleet never served yet (a reload refused before the
+            // first READY: the first READY is still to come) or is stopping.
             told_reloading = false;
+            let serves = fleet
+                .view()
+                .apps
+                .iter()
+                .flat_map(|a| &a.slots)
+                .all(|s| s.state == crate::fleet::SlotState::Online);
+            if !fleet.is_stopping() && (told_ready || serves) {
+                manager.ready(&serving(&fleet));
+                told_ready = true;
+            }
         }
         if fleet.is_stopping() && !told_stopping {
             manager.stopping();

@@ -156,3 +156,31 @@ fn without_a_watchdog_nothing_pings() {
         manager.got
     );
 }
+
+#[test]
+fn a_reload_refused_before_the_first_ready_does_not_claim_ready() {
+    let mut manager = Manager::bind("early");
+    let socket = manager.name.clone();
+    let mut sup = Supervisor::start_with(
+        &test_worker_config(1, "no-ready", "listen_timeout = \"60s\""),
+        |cmd| {
+            cmd.env("NOTIFY_SOCKET", &socket)
+                .env_remove("WATCHDOG_USEC");
+        },
+    );
+    sup.wait_event("worker_spawned", |_| true);
+    std::fs::write(sup.config_path(), "this is not toml [").unwrap();
+    sup.signal(Signal::SIGHUP);
+    let reloading = manager.wait("RELOADING=1", 0);
+    sup.wait_event("reload_refused", |_| true);
+    // A control-socket answer comes from a later turn of the event loop than
+    // the one that refused the reload (and would have sent READY=1).
+    assert_eq!(sup.status()["apps"][0]["workers"][0]["state"], "starting");
+    manager.drain();
+    let ready: Vec<&String> = manager.got[reloading..]
+        .iter()
+        .map(|(_, m)| m)
+        .filter(|m| m.lines().any(|l| l == "READY=1"))
+        .collect();
+    assert!(ready.is_empty(), "READY while no worker serves: {ready:?}");
+}
