@@ -325,11 +325,6 @@ impl<H: Host> Driver<H> {
         self.skipped
     }
 
-    /// Forgets what was read about a reaped process (its pid may be reused).
-    pub fn forget(&mut self, pid: Pid) {
-        self.pss.forget(pid);
-    }
-
     /// The fleet's picture with every slot worker's PSS: a reading older
     /// than its app's `memory_check_interval` is taken again, a younger
     /// one — by the memory guard or an earlier report — is kept, so

@@ -338,13 +338,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
             // unless the fleet never served yet (a reload refused before the
             // first READY: the first READY is still to come) or is stopping.
             told_reloading = false;
-            let serves = fleet
-                .view()
-                .apps
-                .iter()
-                .flat_map(|a| &a.slots)
-                .all(|s| s.state == crate::fleet::SlotState::Online);
-            if !fleet.is_stopping() && (told_ready || serves) {
+            if !fleet.is_stopping() && (told_ready || fleet.all_online()) {
                 manager.ready(&serving(&fleet));
                 told_ready = true;
             }

@@ -1,3 +1,7 @@
+//! Tests of `heartalk logs`' pure parts: parsing a stored line, the
+//! filters, the human, raw and JSON renderings, the order of rotated files,
+//! the options from the flags, and reading a file backwards.
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};

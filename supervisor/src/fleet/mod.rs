@@ -700,16 +700,20 @@ impl Fleet {
         }
     }
 
+    /// Whether every slot has a ready worker.
+    pub fn all_online(&self) -> bool {
+        self.apps
+            .iter()
+            .flat_map(|a| &a.slots)
+            .all(|s| s.state == SlotState::Online)
+    }
+
     /// True exactly once: when every slot first has a ready worker.
     pub fn take_first_ready(&mut self) -> bool {
         if self.announced_ready || self.mode != Mode::Running {
             return false;
         }
-        let all = self
-            .apps
-            .iter()
-            .flat_map(|a| &a.slots)
-            .all(|s| s.state == SlotState::Online);
+        let all = self.all_online();
         if all {
             self.announced_ready = true;
             tracing::info!(

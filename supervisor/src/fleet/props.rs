@@ -36,6 +36,16 @@ use crate::spawn::Launch;
 /// that the whole file runs in seconds.
 const CASES: u32 = 256;
 
+/// [`CASES`] cases, and failures kept as named tests (`props_named.rs`),
+/// not in a regressions file.
+fn fixed_cases() -> ProptestConfig {
+    ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 /// A stand-in for the processes the fleet starts.
 #[derive(Debug, Default)]
 struct FakeHost {
@@ -714,12 +724,7 @@ impl Sim {
 }
 
 proptest! {
-    // Failures are kept as named tests below, not in a regressions file.
-    #![proptest_config(ProptestConfig {
-        cases: CASES,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(fixed_cases())]
 
     /// Any interleaving of events keeps the invariants, and a stop at the
     /// end finishes with every worker reaped.
@@ -789,11 +794,7 @@ impl Sim {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: CASES,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(fixed_cases())]
 
     /// A serving fleet (no watchdog, no memory limits: nothing of its own
     /// touches it) is reloaded, and the new generation is READY, crashes,

@@ -362,6 +362,21 @@ pub fn components(state: &AppState) -> Response<Body> {
 mod tests {
     use super::*;
 
+    /// Every input at its healthy default, with these settings.
+    fn inputs<'a>(reasoning: &'a ReasoningSettings, provider: &'a ProviderSettings) -> Inputs<'a> {
+        Inputs {
+            router_config_loaded: true,
+            reasoning,
+            provider,
+            production: false,
+            upstream: upstream_health::Verdict::Healthy,
+            cache_backends: &["memory"],
+            redis_down: false,
+            cache_hit_rate: 0.0,
+            circuit_open: false,
+        }
+    }
+
     fn reasoning() -> ReasoningSettings {
         ReasoningSettings {
             chain_of_thought: true,
@@ -385,15 +400,8 @@ mod tests {
         let r = reasoning();
         let p = provider("auto", true);
         let mut s = services(Inputs {
-            router_config_loaded: true,
-            reasoning: &r,
-            provider: &p,
             production: true,
-            upstream: upstream_health::Verdict::Healthy,
-            cache_backends: &["memory"],
-            redis_down: false,
-            cache_hit_rate: 0.0,
-            circuit_open: false,
+            ..inputs(&r, &p)
         });
         assert_eq!(s.overall(), Status::Healthy);
         s.cache.status = Status::Degraded;
@@ -413,14 +421,7 @@ mod tests {
         let p = provider("auto", true);
         let s = services(Inputs {
             router_config_loaded: false,
-            reasoning: &r,
-            provider: &p,
-            production: false,
-            upstream: upstream_health::Verdict::Healthy,
-            cache_backends: &["memory"],
-            redis_down: false,
-            cache_hit_rate: 0.0,
-            circuit_open: false,
+            ..inputs(&r, &p)
         });
         assert_eq!(
             s.router,
@@ -469,15 +470,8 @@ mod tests {
         let r = reasoning();
         let p = provider("auto", true);
         let s = services(Inputs {
-            router_config_loaded: true,
-            reasoning: &r,
-            provider: &p,
             production: true,
-            upstream: upstream_health::Verdict::Healthy,
-            cache_backends: &["memory"],
-            redis_down: false,
-            cache_hit_rate: 0.0,
-            circuit_open: false,
+            ..inputs(&r, &p)
         });
         assert_eq!(
             s.providers,
@@ -495,30 +489,21 @@ mod tests {
             (upstream_health::Verdict::Unhealthy, Status::Unhealthy),
         ] {
             let s = services(Inputs {
-                router_config_loaded: true,
-                reasoning: &r,
-                provider: &p,
                 production: true,
                 upstream: verdict,
-                cache_backends: &["memory"],
-                redis_down: false,
-                cache_hit_rate: 0.0,
-                circuit_open: false,
+                ..inputs(&r, &p)
             });
             assert_eq!(s.providers.status, want);
             assert_eq!(s.overall(), want);
         }
         // An open breaker, or Redis down, is `degraded`, never a 503.
         let s = services(Inputs {
-            router_config_loaded: true,
-            reasoning: &r,
-            provider: &p,
             production: true,
-            upstream: upstream_health::Verdict::Healthy,
             cache_backends: &["memory", "redis"],
             redis_down: true,
             cache_hit_rate: 0.5,
             circuit_open: true,
+            ..inputs(&r, &p)
         });
         assert_eq!(s.providers.status, Status::Degraded);
         assert_eq!(s.cache.status, Status::Degraded);
@@ -530,18 +515,7 @@ mod tests {
     fn services_json_shape() {
         let r = reasoning();
         let p = provider("auto", false);
-        let v = serde_json::to_value(services(Inputs {
-            router_config_loaded: true,
-            reasoning: &r,
-            provider: &p,
-            production: false,
-            upstream: upstream_health::Verdict::Healthy,
-            cache_backends: &["memory"],
-            redis_down: false,
-            cache_hit_rate: 0.0,
-            circuit_open: false,
-        }))
-        .unwrap();
+        let v = serde_json::to_value(services(inputs(&r, &p))).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
