@@ -27,7 +27,7 @@ pub enum Command {
         #[arg(short, long, default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a config file: print every error with its line, exit 64 if any.
+    /// Validate a config file and the secrets its apps would get: print every error (with its line), exit 64 if any.
     Check {
         /// Config file.
         #[arg(default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]

@@ -56,6 +56,12 @@ pub trait Host {
         crate::spawn::resolve_program(app)
     }
 
+    /// Why `app`'s workers would refuse their secrets (one line each;
+    /// empty: they would start). See [`crate::secrets`].
+    fn check_secrets(&mut self, app: &App) -> Vec<String> {
+        crate::secrets::check_app(app)
+    }
+
     /// Binds `count` SO_REUSEPORT sockets on `addr` (port 0 resolved once).
     fn bind(&mut self, addr: SocketAddr, count: usize) -> io::Result<Vec<SlotSocket>> {
         crate::sockets::bind_slots(addr, count)

@@ -15,6 +15,7 @@
 //! [`fleet_state`] is the page that tells every worker how many slots of
 //! its app are not serving; [`sys`] holds every unsafe
 //! libc call;
+//! [`secrets`] checks each app's secrets before its workers start;
 //! [`exit`] lists the exit codes; [`health`] is the `heartalk health`
 //! probe; [`top`] is `heartalk top`, the live full-screen view.
 
@@ -36,6 +37,7 @@ pub mod reloads;
 pub mod restart;
 pub mod run;
 pub mod scrape;
+pub mod secrets;
 pub mod signals;
 pub mod sockets;
 pub mod spawn;

@@ -30,6 +30,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file } => match load(&file) {
             Ok(config) => {
+                let refused = heartalk::secrets::check_apps(&config.apps);
+                if !refused.is_empty() {
+                    for line in &refused {
+                        eprintln!("{line}");
+                    }
+                    eprintln!("{} secret error(s) for {}", refused.len(), file.display());
+                    return ExitCode::from(Exit::Usage.code());
+                }
                 let workers: Vec<String> = config
                     .apps
                     .iter()

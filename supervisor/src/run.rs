@@ -75,6 +75,13 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
     let mut driver = Driver::new(SysHost, notify.env_value.clone());
     let mut fleet = match driver.prepare(&config, cpus, None) {
         Ok(first) => Fleet::new(first, format!("@heartalk/{}/metrics", std::process::id())),
+        Err(SetupError::Secrets(errors)) => {
+            for error in &errors {
+                tracing::error!(event = "setup_failed", error = %error);
+                eprintln!("heartalk: {error}");
+            }
+            return Ok(Exit::Usage);
+        }
         Err(e @ SetupError::Program(_)) => {
             tracing::error!(event = "setup_failed", error = %e);
             return Ok(Exit::Usage);
@@ -239,7 +246,10 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                             let _ = ask.reply.send(stopping());
                         }
                     },
-                    Command::Restart { app } => match fleet.restart(app.as_deref()) {
+                    Command::Restart { app } => match restart_secrets(&fleet, app.as_deref())
+                        .map_err(RestartRefused::Secrets)
+                        .and_then(|()| fleet.restart(app.as_deref()))
+                    {
                         Ok((seq, actions)) => {
                             driver.perform(&mut fleet, actions, now);
                             pending_restarts.push((seq, ask.reply));
@@ -480,16 +490,17 @@ fn scale(
         Err(ScaleRefused::Stopping) => return stopping(),
         Err(e) => return refused(e.to_string()),
     };
+    if plan.target > from_count(fleet, app) {
+        let errors = crate::secrets::check_apps(fleet.configs().filter(|c| c.name == app));
+        if !errors.is_empty() {
+            return refused(errors.join("; "));
+        }
+    }
     let sockets = match driver.bind(plan.addr, plan.bind) {
         Ok(s) => s,
         Err(e) => return refused(format!("cannot listen on {}: {e}", plan.addr)),
     };
-    let from = fleet
-        .view()
-        .apps
-        .iter()
-        .find(|a| a.name == app)
-        .map_or(0, |a| a.slots.len());
+    let from = from_count(fleet, app);
     let to = plan.target;
     driver.apply(fleet, now, |f| f.scale(plan, sockets, now));
     let view = fleet.view();
@@ -501,6 +512,31 @@ fn scale(
         scaled: shown.and_then(|a| a.scaled.clone()),
         instances: shown.map(|a| a.instances_file.clone()).unwrap_or_default(),
     })
+}
+
+/// How many slots `app` has now.
+fn from_count(fleet: &Fleet, app: &str) -> usize {
+    fleet
+        .view()
+        .apps
+        .iter()
+        .find(|a| a.name == app)
+        .map_or(0, |a| a.slots.len())
+}
+
+/// A restart's successors read the secret files anew: the apps it covers
+/// (`app`, or all) are checked first, and a failure refuses the restart.
+fn restart_secrets(fleet: &Fleet, app: Option<&str>) -> Result<(), String> {
+    let errors = crate::secrets::check_apps(
+        fleet
+            .configs()
+            .filter(|c| app.is_none_or(|name| c.name == name)),
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// The `STATUS=` line for the service manager.

@@ -17,7 +17,7 @@ const URL_PASSWORD: &str = "hunter2pw";
 #[test]
 fn describe_shows_the_app_with_its_secrets_masked() {
     let extra = format!(
-        "max_memory = \"300M\"\n[apps.env]\nJWT_SECRET = \"{SECRET_VALUE}\"\nREDIS_URL = \"redis://:{URL_PASSWORD}@127.0.0.1:6379/0\"\nNODE_ENV = \"production\"\n"
+        "max_memory = \"300M\"\n[apps.env]\nJWT_SECRET = \"{SECRET_VALUE}\"\nREDIS_URL = \"redis://:{URL_PASSWORD}@127.0.0.1:6379/0\"\nNODE_ENV = \"production\"\nHEARTALK_API_KEY = \"describe-test-key\"\n"
     );
     let mut sup = Supervisor::start(&test_worker_config(2, "serve", &extra));
     let pids = sup.wait_ready(2);

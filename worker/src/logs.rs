@@ -13,7 +13,8 @@
 //! write: each event is formatted into one `write_all`, and a line that
 //! does not fit in what is left of the buffer flushes the buffer first.
 //! What a SIGKILL can lose is what is buffered: at most the last 50 ms or
-//! 64 KiB of lines.
+//! 64 KiB of lines. Every line has the userinfo of any URL in it masked
+//! ([`shared::secrets::redact_urls`]).
 
 use std::io::{self, Stdout, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -138,8 +139,19 @@ impl<W: Write> Write for Line<'_, W> {
     }
 
     /// Appends; a buffer that would pass [`BUFFER`] is written out first,
-    /// so every write to the sink ends with a whole line.
+    /// so every write to the sink ends with a whole line. A URL's userinfo
+    /// is masked on the way (`redis://:pw@host` → `redis://***@host`):
+    /// errors quote the URL they failed on (reqwest's do), and no event
+    /// should have to remember that its URL may hold a password.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let redacted;
+        let buf = match std::str::from_utf8(buf) {
+            Ok(text) if buf.contains(&b'@') => {
+                redacted = shared::secrets::redact_urls(text);
+                redacted.as_bytes()
+            }
+            _ => buf,
+        };
         let shared = &self.0.inner;
         let mut buffer = lock(&shared.buffer);
         if !buffer.is_empty() && buffer.len() + buf.len() > BUFFER {
@@ -209,6 +221,20 @@ mod tests {
 
     fn line(i: usize) -> String {
         format!("{{\"i\":{i},\"pad\":\"{}\"}}\n", "x".repeat(300))
+    }
+
+    #[test]
+    fn url_passwords_never_reach_the_sink() {
+        let sink = Writes::default();
+        let b = Batched::new(sink.clone());
+        let event = "{\"error\":\"error sending request for url (http://svc:hunter2@backend:8000/x)\",\"to\":\"a@b.c\"}\n";
+        b.make_writer().write_all(event.as_bytes()).unwrap();
+        b.flush_now();
+        let written = String::from_utf8(sink.0.lock().unwrap().concat()).unwrap();
+        assert_eq!(
+            written,
+            "{\"error\":\"error sending request for url (http://***@backend:8000/x)\",\"to\":\"a@b.c\"}\n"
+        );
     }
 
     #[test]

@@ -211,6 +211,9 @@ pub struct PipelineSettings {
     pub cache_ttl: Duration,
     pub cache_max_entries: u64,
     pub redis_url: Option<String>,
+    /// `REDIS_PASSWORD`: the password of `REDIS_URL`'s connection, kept out
+    /// of the URL (a URL carrying one too is refused at start).
+    pub redis_password: Option<Secret>,
     /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`:
     /// the TLS material of a `rediss://` `REDIS_URL`.
     pub redis_tls: RedisTlsFiles,
@@ -452,7 +455,13 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
         cache_enabled: boolean("CACHE_ENABLED", true),
         cache_ttl: Duration::from_secs(int("CACHE_TTL", 7200)),
         cache_max_entries: max("RESPONSE_CACHE_MAX_ENTRIES", 10_000),
-        redis_url: get("REDIS_URL").filter(|v| !v.trim().is_empty()),
+        redis_url: get("REDIS_URL")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+        redis_password: get("REDIS_PASSWORD")
+            .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
+            .filter(|v| !v.trim().is_empty())
+            .map(Secret),
         redis_tls: RedisTlsFiles {
             ca_file: path("REDIS_TLS_CA_FILE"),
             cert_file: path("REDIS_TLS_CERT_FILE"),

@@ -71,6 +71,10 @@ use crate::sockets::SlotSocket;
 pub enum SetupError {
     #[error("{0}")]
     Program(String),
+    /// The apps' secrets would be refused by their workers, one line each
+    /// (see [`crate::secrets`]).
+    #[error("{}", .0.join("; "))]
+    Secrets(Vec<String>),
     #[error("app `{app}`: cannot listen on {addr}: {source}")]
     Bind {
         app: String,
@@ -698,6 +702,11 @@ impl Fleet {
             Role::Next(a, s) => self.next_ready(a, s, now),
             Role::Draining => {}
         }
+    }
+
+    /// The running apps' configs (what a restart or scale-up starts).
+    pub fn configs(&self) -> impl Iterator<Item = &App> {
+        self.apps.iter().map(|a| &*a.config)
     }
 
     /// Whether every slot has a ready worker.

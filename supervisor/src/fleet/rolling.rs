@@ -53,6 +53,10 @@ pub enum RestartRefused {
     Restarting,
     #[error("the supervisor is stopping")]
     Stopping,
+    /// The successors would refuse their secrets (checked before the
+    /// restart by the event loop, see [`crate::secrets`]).
+    #[error("{0}")]
+    Secrets(String),
 }
 
 impl Fleet {

@@ -31,6 +31,15 @@ pub fn prepare<H: Host>(
     current: Option<&Fleet>,
 ) -> Result<Generation, SetupError> {
     let current: &[AppRun] = current.map_or(&[], |f| &f.apps);
+    // Every app's secrets first, all errors at once, before any socket.
+    let refused: Vec<String> = config
+        .apps
+        .iter()
+        .flat_map(|app| host.check_secrets(app))
+        .collect();
+    if !refused.is_empty() {
+        return Err(SetupError::Secrets(refused));
+    }
     let mut apps = Vec::new();
     // An app keeps its fleet-state word for as long as it runs (same key
     // as its sockets: name and address), across reloads.

@@ -106,6 +106,9 @@ pub fn real_worker_config(instances: &str, extra: &str) -> String {
 /// The JWT secret every pipeline test configures.
 pub const SECRET: &str = "test-secret";
 
+/// The internal API key `Service` configures when a test sets none.
+pub const API_KEY: &str = "test-api-key";
+
 /// An HS256 token for `claims`, signed with `secret`.
 pub fn jwt(claims: &Value, secret: &str) -> String {
     jsonwebtoken::encode(

@@ -22,8 +22,16 @@ impl Service {
                 keywords.display().to_string()
             ));
         }
-        if !env.iter().any(|(k, _)| *k == "JWT_SECRET") {
+        let given = |name: &str| {
+            env.iter()
+                .any(|(k, _)| *k == name || k.strip_suffix("_FILE") == Some(name))
+        };
+        if !given("JWT_SECRET") {
             extra.push_str(&format!("JWT_SECRET = {SECRET:?}\n"));
+        }
+        // Required with NODE_ENV=production (the development value is public).
+        if !given("HEARTALK_API_KEY") {
+            extra.push_str(&format!("HEARTALK_API_KEY = {API_KEY:?}\n"));
         }
         let mut sup = Supervisor::start(&real_worker_config(&instances.to_string(), &extra));
         let addr = sup.addr();

@@ -204,6 +204,20 @@ impl Supervisor {
         self.other_stdout.lock().unwrap().clone()
     }
 
+    /// Everything printed on stdout so far: the supervisor's events (as
+    /// JSON lines) and the other lines.
+    pub fn stdout_text(&self) -> String {
+        let mut lines: Vec<String> = self
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        lines.extend(self.other_stdout());
+        lines.join("\n")
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

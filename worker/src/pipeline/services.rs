@@ -95,7 +95,12 @@ impl Services {
                 }
                 None
             }
-            Some(url) => match RedisLink::new(url, &p.redis_tls, p.redis_timeout) {
+            Some(url) => match RedisLink::new(
+                url,
+                p.redis_password.as_ref().map(|s| s.0.as_str()),
+                &p.redis_tls,
+                p.redis_timeout,
+            ) {
                 Ok(link) => Some(Arc::new(link)),
                 Err(e) => {
                     tracing::error!(error = %e, "Redis is misconfigured; running without Redis");

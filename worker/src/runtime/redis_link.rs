@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{ClientTlsConfig, ConnectionAddr, TlsCertificates};
+use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates};
 
 use crate::settings::RedisTlsFiles;
 use crate::telemetry;
@@ -113,12 +113,22 @@ impl RedisLink {
     /// URL, `#insecure`, TLS files with a `redis://` URL, half a client
     /// certificate pair, an unreadable file, a file without the expected
     /// PEM block or whose PEM does not parse.
+    ///
+    /// `password` (`REDIS_PASSWORD`) is applied to the connection without
+    /// ever being written into a URL, so no URL that could reach a log
+    /// holds it.
     pub fn new(
         url: &str,
+        password: Option<&str>,
         tls: &RedisTlsFiles,
         timeout: Duration,
     ) -> Result<RedisLink, LinkConfigError> {
-        let plain = redis::Client::open(url).map_err(LinkConfigError::Url)?;
+        let mut info = url.into_connection_info().map_err(LinkConfigError::Url)?;
+        if let Some(pw) = password {
+            let settings = info.redis_settings().clone().set_password(pw);
+            info = info.set_redis_settings(settings);
+        }
+        let plain = redis::Client::open(info.clone()).map_err(LinkConfigError::Url)?;
         let (is_tls, insecure) = match plain.get_connection_info().addr() {
             ConnectionAddr::TcpTls { insecure, .. } => (true, *insecure),
             _ => (false, false),
@@ -140,7 +150,8 @@ impl RedisLink {
             (plain, transport)
         } else {
             let certs = load_tls_files(url, tls)?;
-            let client = redis::Client::build_with_tls(url, certs).map_err(LinkConfigError::Tls)?;
+            let client =
+                redis::Client::build_with_tls(info, certs).map_err(LinkConfigError::Tls)?;
             let transport = if tls.ca_file.is_some() {
                 Transport::TlsPrivateCa
             } else {
@@ -498,7 +509,7 @@ GwbFmH6Vb59b6dKtW8TuRujkQy5oPEBMqsmKTnf2FwA7siGOkiAaGrCW
     }
 
     fn link(url: &str, tls: &RedisTlsFiles) -> Result<RedisLink, LinkConfigError> {
-        RedisLink::new(url, tls, Duration::from_millis(10))
+        RedisLink::new(url, None, tls, Duration::from_millis(10))
     }
 
     /// The error's message, which must name `var`.
@@ -666,11 +677,16 @@ GwbFmH6Vb59b6dKtW8TuRujkQy5oPEBMqsmKTnf2FwA7siGOkiAaGrCW
     fn a_bad_url_is_refused_up_front() {
         let none = RedisTlsFiles::default();
         assert!(matches!(
-            RedisLink::new("not a url", &none, Duration::from_millis(10)),
+            RedisLink::new("not a url", None, &none, Duration::from_millis(10)),
             Err(LinkConfigError::Url(_))
         ));
-        let link =
-            RedisLink::new("redis://127.0.0.1:1/0", &none, Duration::from_millis(10)).unwrap();
+        let link = RedisLink::new(
+            "redis://127.0.0.1:1/0",
+            None,
+            &none,
+            Duration::from_millis(10),
+        )
+        .unwrap();
         assert!(!link.is_up(), "down until the first successful probe");
         assert_eq!(link.transport(), Transport::Plain);
     }
