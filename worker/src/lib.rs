@@ -74,7 +74,7 @@ pub fn run() -> anyhow::Result<()> {
         tracing::error!("invalid setting, default used: {problem}");
     }
     if settings.is_production()
-        && settings.pipeline.jwt_secret.0 == "dev_jwt_secret_key_change_in_production"
+        && settings.pipeline.jwt.signing_secret() == settings::DEV_JWT_SECRET.as_bytes()
     {
         tracing::warn!("JWT_SECRET is the development default in production; set a real secret");
     }

@@ -11,7 +11,16 @@
 //! ([`ConnectionTimeouts`]) are stricter only in what they report: zero,
 //! more than a day, or an unreadable value is listed in
 //! [`Settings::problems`], logged as an error at start, and the default is
-//! used.
+//! used. The exception is the token rules (`JWT_REQUIRE_EXP`,
+//! `JWT_MAX_AGE`, `JWT_CLOCK_TOLERANCE`, parsed by
+//! [`shared::token_policy`]): security switches whose default may be the
+//! weaker rule, so a bad value is a [`Settings::refusals`] entry instead,
+//! which the supervisor's pre-start check catches first.
+//!
+//! `JWT_SECRET` and `HEARTALK_API_KEY` may hold several lines, and their
+//! `_PREVIOUS` companions more, so that a secret can be rotated without a
+//! moment where valid credentials are refused ([`JwtSettings`],
+//! [`secret_list`]).
 //!
 //! The `.env` files of §14 are read too: `.env.<NODE_ENV>.local`,
 //! `.env.local`, `.env.<NODE_ENV>`, `.env` in the working directory, an
@@ -22,6 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shared::activation::env;
+use shared::token_policy::{self, TokenPolicy};
 
 /// Everything the worker reads from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +78,12 @@ pub struct Settings {
     /// Logged as errors at start ([`crate::run`]); the worker still starts,
     /// because one that refused would only be restarted in a loop.
     pub problems: Vec<String>,
+    /// Settings that stop the worker: logged and exit 64 (the supervisor
+    /// checks the same before it starts a worker, so this is a second
+    /// line). One line each naming the variable, the value and what is
+    /// accepted; today the token rules ([`shared::token_policy::parse`]),
+    /// security switches that must not fall back to a default on a typo.
+    pub refusals: Vec<String>,
 }
 
 /// The deadlines of a client connection. Each is an integer number of
@@ -167,17 +183,58 @@ fn connection_timeouts(
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(pub String);
 
+impl AsRef<[u8]> for Secret {
+    /// The secret's bytes, as the verifiers in [`crate::pipeline::auth`]
+    /// take them.
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
     }
 }
 
+/// The JWT secret used when `JWT_SECRET` is unset or blank (API.md §14);
+/// a warning is logged when production runs with it.
+pub const DEV_JWT_SECRET: &str = "dev_jwt_secret_key_change_in_production";
+
+/// The internal API key used when `HEARTALK_API_KEY` is unset or blank.
+pub const DEV_HEARTALK_API_KEY: &str = "dev_heartalk_api_key_placeholder";
+
+/// The secrets and rules of JWT verification, inbound and outbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// Every secret a token may be signed with, never empty: `JWT_SECRET`'s
+    /// lines (or [`DEV_JWT_SECRET`]), then `JWT_SECRET_PREVIOUS`'s, without
+    /// repeats. `secrets[0]` signs the outbound service token; every entry
+    /// verifies inbound tokens. A list, so a secret can be rotated without
+    /// refusing the tokens signed with the other (docs/configuration.md
+    /// "Rotating the JWT secret").
+    pub secrets: Vec<Secret>,
+    /// `JWT_REQUIRE_EXP`, `JWT_MAX_AGE`, `JWT_CLOCK_TOLERANCE`.
+    pub policy: TokenPolicy,
+}
+
+impl JwtSettings {
+    /// The secret the outbound service token is signed with (`secrets[0]`).
+    pub fn signing_secret(&self) -> &[u8] {
+        self.secrets.first().map_or(&[], |s| s.0.as_bytes())
+    }
+}
+
 /// The chat pipeline's configuration (API.md §14).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineSettings {
-    pub jwt_secret: Secret,
-    pub heartalk_api_key: Secret,
+    /// `JWT_SECRET`, `JWT_SECRET_PREVIOUS` and the token rules.
+    pub jwt: JwtSettings,
+    /// The keys the internal paths accept in `X-API-Key`, never empty:
+    /// `HEARTALK_API_KEY`'s lines (or [`DEV_HEARTALK_API_KEY`]), then
+    /// `HEARTALK_API_KEY_PREVIOUS`'s, without repeats. The first is the
+    /// one sent to the backend ([`PipelineSettings::backend_api_key`]).
+    pub heartalk_api_keys: Vec<Secret>,
     pub backend_url: String,
     pub backend_api_prefix: String,
     pub backend_conversation_path: String,
@@ -239,6 +296,13 @@ pub struct PipelineSettings {
     pub max_body_size: usize,
     pub sse_heartbeat: Duration,
     pub metrics_port: Option<u16>,
+}
+
+impl PipelineSettings {
+    /// The `X-API-Key` sent to the backend (`heartalk_api_keys[0]`).
+    pub fn backend_api_key(&self) -> &str {
+        self.heartalk_api_keys.first().map_or("", |k| k.0.as_str())
+    }
 }
 
 /// Where the TLS material of a `rediss://` `REDIS_URL` lives (PEM files).
@@ -331,6 +395,13 @@ impl Settings {
         };
         let mut problems = Vec::new();
         let connection = connection_timeouts(&get, &mut problems);
+        let mut refusals = Vec::new();
+        let policy = token_policy::parse(&get).unwrap_or_else(|errors| {
+            refusals.extend(errors);
+            // Never served with once the refusal stops the worker; until
+            // then, the strict side of the switch a typo cannot weaken.
+            TokenPolicy::defaults(true)
+        });
         Settings {
             node_env: nonempty("NODE_ENV", "development"),
             host: nonempty("HOST", "localhost"),
@@ -355,13 +426,14 @@ impl Settings {
                 name: nonempty("AI_PROVIDER_NAME", "byteplus"),
                 has_api_key: !string("BYTEPLUS_API_KEY", "").trim().is_empty(),
             },
-            pipeline: pipeline(&get),
+            pipeline: pipeline(&get, policy),
             metrics_socket: get(env::HEARTALK_METRICS_SOCKET).filter(|v| !v.is_empty()),
             control_socket: get(env::HEARTALK_CONTROL_SOCKET)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
             connection,
             problems,
+            refusals,
         }
     }
 
@@ -371,7 +443,32 @@ impl Settings {
     }
 }
 
-fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
+/// A secret list: each non-empty line of `current` (trimmed; `default`
+/// when there is none), then each of `previous`, the first occurrence of a
+/// repeated value kept where it stands.
+pub fn secret_list(current: Option<&str>, default: &str, previous: Option<&str>) -> Vec<Secret> {
+    let lines = |v: Option<&str>| -> Vec<String> {
+        v.unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut first = lines(current);
+    if first.is_empty() {
+        first.push(default.to_string());
+    }
+    let mut out: Vec<Secret> = Vec::new();
+    for value in first.into_iter().chain(lines(previous)) {
+        if !out.iter().any(|s| s.0 == value) {
+            out.push(Secret(value));
+        }
+    }
+    out
+}
+
+fn pipeline(get: &impl Fn(&str) -> Option<String>, policy: TokenPolicy) -> PipelineSettings {
     let nonempty = |k: &str, default: &str| {
         get(k)
             .map(|v| v.trim().to_string())
@@ -404,14 +501,19 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>) -> PipelineSettings {
         });
     let defaults = RateLimits::default();
     PipelineSettings {
-        jwt_secret: Secret(nonempty(
-            "JWT_SECRET",
-            "dev_jwt_secret_key_change_in_production",
-        )),
-        heartalk_api_key: Secret(nonempty(
-            "HEARTALK_API_KEY",
-            "dev_heartalk_api_key_placeholder",
-        )),
+        jwt: JwtSettings {
+            secrets: secret_list(
+                get("JWT_SECRET").as_deref(),
+                DEV_JWT_SECRET,
+                get("JWT_SECRET_PREVIOUS").as_deref(),
+            ),
+            policy,
+        },
+        heartalk_api_keys: secret_list(
+            get("HEARTALK_API_KEY").as_deref(),
+            DEV_HEARTALK_API_KEY,
+            get("HEARTALK_API_KEY_PREVIOUS").as_deref(),
+        ),
         backend_url: nonempty("HEARTALK_BACKEND_URL", "http://localhost:8000")
             .trim_end_matches('/')
             .to_string(),
@@ -776,7 +878,14 @@ mod tests {
     #[test]
     fn pipeline_defaults_and_overrides() {
         let p = settings(&[]).pipeline;
-        assert_eq!(p.jwt_secret.0, "dev_jwt_secret_key_change_in_production");
+        assert_eq!(
+            p.jwt.secrets,
+            [Secret("dev_jwt_secret_key_change_in_production".into())]
+        );
+        assert_eq!(
+            p.heartalk_api_keys,
+            [Secret("dev_heartalk_api_key_placeholder".into())]
+        );
         assert_eq!(p.chat_endpoint, "sim-chat");
         assert!(!p.endpoints_configured);
         assert_eq!(p.chat_timeout, Duration::from_secs(30));
@@ -784,8 +893,8 @@ mod tests {
         assert_eq!(p.rate_limits.global_window, 900);
         assert_eq!(p.max_body_size, 1_048_576);
         assert_eq!(
-            format!("{:?}", p.heartalk_api_key),
-            "\"***\"",
+            format!("{:?}", p.heartalk_api_keys),
+            "[\"***\"]",
             "secrets never print"
         );
         let p = settings(&[
@@ -952,6 +1061,131 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    fn secrets(values: &[&str]) -> Vec<Secret> {
+        values.iter().map(|v| Secret(v.to_string())).collect()
+    }
+
+    #[test]
+    fn jwt_secret_lines_then_previous() {
+        let jwt = |pairs: &[(&str, &str)]| settings(pairs).pipeline.jwt;
+        let one = jwt(&[("JWT_SECRET", " s1 ")]);
+        assert_eq!(one.secrets, secrets(&["s1"]), "trimmed, as before");
+        assert_eq!(one.signing_secret(), b"s1");
+        let j = jwt(&[
+            ("JWT_SECRET", "new\r\n\n  \nolder\n"),
+            ("JWT_SECRET_PREVIOUS", "old1\n old2 \n"),
+        ]);
+        assert_eq!(j.secrets, secrets(&["new", "older", "old1", "old2"]));
+        assert_eq!(j.signing_secret(), b"new", "the first line signs");
+        // PREVIOUS alone: the dev default still signs, PREVIOUS verifies.
+        for unset in [&[][..], &[("JWT_SECRET", " \n ")]] {
+            let mut env = unset.to_vec();
+            env.push(("JWT_SECRET_PREVIOUS", "old"));
+            let j = jwt(&env);
+            assert_eq!(j.secrets, secrets(&[DEV_JWT_SECRET, "old"]));
+            assert_eq!(j.signing_secret(), DEV_JWT_SECRET.as_bytes());
+        }
+        assert_eq!(
+            jwt(&[("JWT_SECRET_PREVIOUS", "  ")]).secrets,
+            secrets(&[DEV_JWT_SECRET])
+        );
+    }
+
+    #[test]
+    fn secret_lists_are_deduplicated_in_order() {
+        let j = settings(&[
+            ("JWT_SECRET", "a\nb\na"),
+            ("JWT_SECRET_PREVIOUS", "b\nc\n a \nc"),
+        ])
+        .pipeline
+        .jwt;
+        assert_eq!(j.secrets, secrets(&["a", "b", "c"]));
+        assert_eq!(
+            secret_list(Some("x"), "dflt", Some("x")),
+            secrets(&["x"]),
+            "the signing secret repeated in PREVIOUS stays first, once"
+        );
+        assert_eq!(
+            secret_list(None, "dflt", Some("dflt\ny")),
+            secrets(&["dflt", "y"])
+        );
+    }
+
+    #[test]
+    fn api_key_lines_then_previous() {
+        let p = settings(&[
+            ("HEARTALK_API_KEY", "k-new\nk-new2"),
+            ("HEARTALK_API_KEY_PREVIOUS", "k-old\nk-new"),
+        ])
+        .pipeline;
+        assert_eq!(p.heartalk_api_keys, secrets(&["k-new", "k-new2", "k-old"]));
+        assert_eq!(p.backend_api_key(), "k-new", "the first is sent");
+        let p = settings(&[("HEARTALK_API_KEY_PREVIOUS", "k-old")]).pipeline;
+        assert_eq!(
+            p.heartalk_api_keys,
+            secrets(&[DEV_HEARTALK_API_KEY, "k-old"])
+        );
+        assert_eq!(p.backend_api_key(), DEV_HEARTALK_API_KEY);
+        let p = settings(&[("HEARTALK_API_KEY", "   ")]).pipeline;
+        assert_eq!(p.backend_api_key(), DEV_HEARTALK_API_KEY, "blank = unset");
+        // The JWT and key lists do not mix.
+        assert_eq!(
+            settings(&[("HEARTALK_API_KEY_PREVIOUS", "k")])
+                .pipeline
+                .jwt
+                .secrets,
+            secrets(&[DEV_JWT_SECRET])
+        );
+    }
+
+    #[test]
+    fn token_policy_is_read() {
+        let s = settings(&[]);
+        assert_eq!(s.pipeline.jwt.policy, TokenPolicy::defaults(false));
+        assert!(s.refusals.is_empty());
+        let s = settings(&[("NODE_ENV", "production")]);
+        assert!(s.pipeline.jwt.policy.require_exp, "production default");
+        let s = settings(&[
+            ("NODE_ENV", "production"),
+            ("JWT_REQUIRE_EXP", "no"),
+            ("JWT_MAX_AGE", "7d"),
+            ("JWT_CLOCK_TOLERANCE", "0"),
+        ]);
+        assert_eq!(
+            s.pipeline.jwt.policy,
+            TokenPolicy {
+                require_exp: false,
+                max_age: Some(Duration::from_secs(7 * 86_400)),
+                clock_tolerance: Duration::ZERO,
+            }
+        );
+        assert!(s.refusals.is_empty(), "{:?}", s.refusals);
+        assert!(s.problems.is_empty());
+    }
+
+    #[test]
+    fn bad_token_rules_are_refusals() {
+        let s = settings(&[
+            ("JWT_REQUIRE_EXP", "ture"),
+            ("JWT_MAX_AGE", "abc"),
+            ("JWT_CLOCK_TOLERANCE", "1h"),
+            ("FIRST_BYTE_TIMEOUT", "0"),
+        ]);
+        assert_eq!(
+            s.refusals,
+            [
+                "JWT_REQUIRE_EXP=\"ture\": not a boolean (true/false, 1/0 or yes/no)",
+                "JWT_MAX_AGE=\"abc\": not a duration (seconds, or e.g. 24h, 7d)",
+                "JWT_CLOCK_TOLERANCE=\"1h\": must be at most 5 minutes \
+                 (a leeway extends every token's life)",
+            ]
+        );
+        assert_eq!(s.problems.len(), 1, "a timeout is a problem, not a refusal");
+        // Until the refusal stops the worker, the policy fails closed.
+        assert!(s.pipeline.jwt.policy.require_exp);
+        assert_eq!(s.pipeline.jwt.policy.max_age, None);
     }
 
     #[test]

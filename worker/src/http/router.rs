@@ -221,7 +221,7 @@ where
     };
     // (4) Authentication.
     let now = clock::unix_secs();
-    let secret = settings.pipeline.jwt_secret.0.as_bytes();
+    let jwt = &settings.pipeline.jwt;
     let authorization = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -230,7 +230,7 @@ where
     let mut service_claims: Option<Value> = None;
     match endpoint.route().access {
         Access::Public => {}
-        Access::User => match auth::verify_user(authorization, secret, now) {
+        Access::User => match auth::verify_user(authorization, &jwt.secrets, &jwt.policy, now) {
             Ok(u) => user = Some(u),
             Err(e) => return auth_error(&e, errors, rid),
         },
@@ -247,8 +247,9 @@ where
             match auth::verify_internal(
                 key,
                 authorization,
-                &settings.pipeline.heartalk_api_key.0,
-                secret,
+                &settings.pipeline.heartalk_api_keys,
+                &jwt.secrets,
+                &jwt.policy,
                 now,
             ) {
                 Ok(claims) => service_claims = Some(claims),

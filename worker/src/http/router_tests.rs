@@ -1,5 +1,6 @@
 //! Tests of the router: the route table (exact lookup, `HEAD` as `GET`,
-//! 404 and 405 bodies), refusals built in each error format, the body
+//! 404 and 405 bodies), refusals built in each error format (the token
+//! policy's and the secret lists' among them), the body
 //! deadline, the User-Agent filter, forwarded-for lines, and the index,
 //! `/ready` and health bodies.
 
@@ -196,6 +197,91 @@ fn other_errors_keep_their_heartalk_shape() {
         serde_json::json!({"success": false, "error": "Authorization header is required",
                                "code": "MISSING_TOKEN", "requestId": "test-id"})
     );
+}
+
+/// A user JWT for `secret` with exactly `claims`.
+fn jwt_with(secret: &str, claims: serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// The token policy's two rows answer 401 with the E2 body, and a token
+/// signed with `JWT_SECRET_PREVIOUS` gets past authentication.
+#[test]
+fn token_policy_refusals_are_e2_401s() {
+    let st = state_with(&[
+        ("JWT_SECRET", "s-new"),
+        ("JWT_SECRET_PREVIOUS", "s-old"),
+        ("JWT_REQUIRE_EXP", "true"),
+        ("JWT_MAX_AGE", "1h"),
+    ]);
+    let now = clock::unix_secs();
+    let generate = |token: String| {
+        let bearer = format!("Bearer {token}");
+        dispatch_only(
+            &st,
+            Method::POST,
+            "/api/v1/chat/generate",
+            &[("authorization", bearer.as_str())],
+        )
+    };
+    let e2 = |error: &str, code: &str| serde_json::json!({"success": false, "error": error, "code": code, "requestId": "test-id"});
+
+    let (resp, body) = generate(jwt_with("s-new", serde_json::json!({"userId": "u"})));
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(body, e2("Token has no expiry", "TOKEN_EXP_REQUIRED"));
+
+    let old = serde_json::json!({"userId": "u", "iat": now - 7200, "exp": now + 600});
+    let (resp, body) = generate(jwt_with("s-new", old));
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(body, e2("Token exceeds the maximum age", "TOKEN_TOO_OLD"));
+
+    // Signed with the previous secret: authenticated, then refused for
+    // its missing body (the next check), not with a 401.
+    let fresh = serde_json::json!({"userId": "u", "iat": now, "exp": now + 600});
+    let (resp, body) = generate(jwt_with("s-old", fresh.clone()));
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+    // A secret in neither list: INVALID_TOKEN.
+    let (resp, body) = generate(jwt_with("s-other", fresh));
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(body, e2("Invalid token", "INVALID_TOKEN"));
+}
+
+/// The internal path accepts `HEARTALK_API_KEY_PREVIOUS` and a service
+/// token signed with `JWT_SECRET_PREVIOUS`; the policy's refusals there
+/// are `INVALID_SERVICE_TOKEN`.
+#[test]
+fn internal_path_accepts_previous_key_and_secret() {
+    let st = state_with(&[
+        ("JWT_SECRET", "s-new"),
+        ("JWT_SECRET_PREVIOUS", "s-old"),
+        ("HEARTALK_API_KEY", "k-new"),
+        ("HEARTALK_API_KEY_PREVIOUS", "k-old"),
+        ("JWT_REQUIRE_EXP", "yes"),
+    ]);
+    let now = clock::unix_secs();
+    let test = |key: &str, token: String| {
+        let bearer = format!("Bearer {token}");
+        dispatch_only(
+            &st,
+            Method::GET,
+            "/internal/api/v1/test",
+            &[("x-api-key", key), ("authorization", bearer.as_str())],
+        )
+    };
+    let old_token = crate::pipeline::auth::service_token(b"s-old", now);
+    let (resp, body) = test("k-old", old_token.clone());
+    assert_eq!(resp.status(), StatusCode::OK, "{body}");
+    assert_eq!(body["serviceAuth"]["service"], "ai-service");
+    let (resp, _) = test("k-new", old_token.clone());
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (resp, body) = test("k-other", old_token);
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(body["code"], "INVALID_API_KEY");
+    let no_exp = jwt_with("s-new", serde_json::json!({"service": "ai-service"}));
+    let (resp, body) = test("k-new", no_exp);
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(body["code"], "INVALID_SERVICE_TOKEN");
 }
 
 /// A body that never completes gets 408 `REQUEST_TIMEOUT` at

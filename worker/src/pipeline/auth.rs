@@ -3,21 +3,33 @@
 //! outbound service JWT the worker sends to the HearTalk backend (§8).
 //!
 //! Everything here is pure: the caller passes the raw header bytes, the
-//! secret and the current Unix time, and gets claims or an [`AuthError`]
-//! that already carries the status, `code`, `error` text and body shape of
-//! the contract's error table. Taking `now` as an argument keeps the
-//! `exp`/`nbf` rules testable without a clock.
+//! secrets, the [`TokenPolicy`] and the current Unix time, and gets claims
+//! or an [`AuthError`] that already carries the status, `code`, `error`
+//! text and body shape of the contract's error table. Taking `now` as an
+//! argument keeps the time rules testable without a clock.
 //!
 //! The semantics are those of the Node.js service's `jsonwebtoken.verify`
-//! with zero clock tolerance: `nbf` is checked before `exp`, a token is
-//! expired once `now >= exp`, not yet active while `nbf > now`, and a
-//! present but non-numeric `exp`/`nbf` makes the token invalid. Only HS256
-//! is accepted, whatever the header claims.
+//! with the policy's `clockTolerance` and `maxAge`: `nbf` is checked before
+//! `exp`, a token is expired once `now >= exp + tolerance`, not yet active
+//! while `nbf > now + tolerance`, and a present but non-numeric
+//! `exp`/`nbf` (or `iat`, when a maximum age needs it) makes the token
+//! invalid. Two rules are ours: a policy may require `exp`, and a maximum
+//! age also bounds `exp` (see [`verify_user`]). Only HS256 is accepted,
+//! whatever the header claims.
+//!
+//! **Rotation.** A token verifies if *any* configured secret verifies its
+//! signature, and an `X-API-Key` matches if it equals *any* configured key.
+//! That is what lets a secret change without logging anyone out: the new
+//! secret is first accepted alongside the old one, then the issuer signs
+//! with it, then the old one is kept (verify only) until the tokens it
+//! signed have expired, then dropped (docs/configuration.md "Rotating the
+//! JWT secret"). Outbound tokens are always signed with the first secret.
 
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use shared::token_policy::TokenPolicy;
 
 /// Which error body an [`AuthError`] is rendered as (API.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +86,21 @@ impl AuthError {
         "TOKEN_NOT_ACTIVE",
         "Token not active",
     );
+    /// The policy requires `exp` (`JWT_REQUIRE_EXP`) and the token has
+    /// none; or a maximum age is set and the token has neither `iat` nor
+    /// `exp`, so its age cannot be bounded (user path).
+    pub const TOKEN_EXP_REQUIRED: AuthError = AuthError::e2(
+        StatusCode::UNAUTHORIZED,
+        "TOKEN_EXP_REQUIRED",
+        "Token has no expiry",
+    );
+    /// The token is older, or was issued for longer, than `JWT_MAX_AGE`
+    /// allows (user path).
+    pub const TOKEN_TOO_OLD: AuthError = AuthError::e2(
+        StatusCode::UNAUTHORIZED,
+        "TOKEN_TOO_OLD",
+        "Token exceeds the maximum age",
+    );
     /// A valid token with no usable `user_id` / `userId` / `id` claim.
     pub const INVALID_TOKEN_STRUCTURE: AuthError = AuthError::e2(
         StatusCode::UNAUTHORIZED,
@@ -86,8 +113,8 @@ impl AuthError {
         "INVALID_API_KEY",
         "Invalid API key",
     );
-    /// Internal path: the service JWT is invalid, expired, or lacks
-    /// `service == "ai-service"`.
+    /// Internal path: the service JWT is invalid, expired, refused by the
+    /// token policy (no `exp`, too old), or lacks `service == "ai-service"`.
     pub const INVALID_SERVICE_TOKEN: AuthError = AuthError::e2(
         StatusCode::UNAUTHORIZED,
         "INVALID_SERVICE_TOKEN",
@@ -127,12 +154,16 @@ pub const SERVICE_TOKEN_TTL_SECS: u64 = 300;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JwtFailure {
     /// Malformed, bad signature, wrong algorithm, empty, or a non-numeric
-    /// `exp`/`nbf` (Node's `JsonWebTokenError`).
+    /// `exp`/`nbf`/`iat` (Node's `JsonWebTokenError`).
     Invalid,
-    /// `now >= exp` (Node's `TokenExpiredError`).
+    /// `now >= exp + tolerance` (Node's `TokenExpiredError`).
     Expired,
-    /// `nbf > now` (Node's `NotBeforeError`).
+    /// `nbf > now + tolerance` (Node's `NotBeforeError`).
     NotActive,
+    /// No `exp` where the policy needs one.
+    ExpRequired,
+    /// Beyond the policy's maximum age.
+    TooOld,
 }
 
 /// The token after `Bearer ` (case-sensitive, exactly one space), if the
@@ -141,18 +172,25 @@ fn bearer(authorization: Option<&[u8]>) -> Option<&[u8]> {
     authorization?.strip_prefix(b"Bearer ")
 }
 
-/// Verifies an HS256 JWT and applies the `nbf`/`exp` rules at `now_unix`.
+/// Verifies an HS256 JWT against a list of secrets and applies the policy's
+/// time rules at `now_unix`.
 ///
 /// The steps are spelled out rather than left to `jsonwebtoken::decode`:
 /// the token must have exactly three parts (Node's "jwt malformed"), the
 /// header must name HS256 (the algorithm is pinned: `none`, other HMAC
-/// sizes and asymmetric algorithms are refused before the key is used),
-/// the signature is checked by jsonwebtoken's HMAC verifier, and only then
-/// are the claims parsed. `decode` would also parse `sub`/`iss`/`aud` for
-/// its own validation and refuse a token whose `sub` is, say, an object;
-/// the contract leaves those claims unchecked. The time claims are checked
-/// here so that the clock is injectable and the leeway exactly zero.
-fn verify_hs256(token: &[u8], secret: &[u8], now_unix: u64) -> Result<Value, JwtFailure> {
+/// sizes and asymmetric algorithms are refused before any key is used),
+/// the signature is checked by jsonwebtoken's HMAC verifier with each
+/// secret in turn until one verifies it, and only then are the claims
+/// parsed. `decode` would also parse `sub`/`iss`/`aud` for its own
+/// validation and refuse a token whose `sub` is, say, an object; the
+/// contract leaves those claims unchecked. The time claims are checked
+/// here so that the clock is injectable and the leeway the policy's.
+fn verify_hs256<S: AsRef<[u8]>>(
+    token: &[u8],
+    secrets: &[S],
+    policy: &TokenPolicy,
+    now_unix: u64,
+) -> Result<Value, JwtFailure> {
     const INVALID: JwtFailure = JwtFailure::Invalid;
     let token = std::str::from_utf8(token).map_err(|_| INVALID)?;
     let mut parts = token.split('.');
@@ -164,12 +202,11 @@ fn verify_hs256(token: &[u8], secret: &[u8], now_unix: u64) -> Result<Value, Jwt
     if jsonwebtoken::decode_header(token).map_err(|_| INVALID)?.alg != Algorithm::HS256 {
         return Err(INVALID);
     }
-    let key = DecodingKey::from_secret(secret).map_err(|_| INVALID)?;
-    let signed = &token[..header.len() + 1 + payload.len()];
-    let genuine =
-        jsonwebtoken::crypto::verify(signature, signed.as_bytes(), &key, Algorithm::HS256)
-            .map_err(|_| INVALID)?;
-    if !genuine {
+    let signed = &token.as_bytes()[..header.len() + 1 + payload.len()];
+    if !secrets
+        .iter()
+        .any(|secret| signed_with(secret.as_ref(), signature, signed))
+    {
         return Err(INVALID);
     }
     let claims: Value =
@@ -177,24 +214,71 @@ fn verify_hs256(token: &[u8], secret: &[u8], now_unix: u64) -> Result<Value, Jwt
     if !claims.is_object() {
         return Err(INVALID);
     }
-    check_times(&claims, now_unix)?;
+    check_times(&claims, policy, now_unix)?;
     Ok(claims)
 }
 
-/// Node's order: `nbf` first, then `exp`; zero tolerance.
-fn check_times(claims: &Value, now_unix: u64) -> Result<(), JwtFailure> {
+/// Whether `signature` is the HMAC-SHA256 of `signed` under `secret`. An
+/// empty secret verifies nothing (jsonwebtoken refuses it as a key), as in
+/// the Node.js service.
+fn signed_with(secret: &[u8], signature: &str, signed: &[u8]) -> bool {
+    DecodingKey::from_secret(secret)
+        .ok()
+        .and_then(|key| {
+            jsonwebtoken::crypto::verify(signature, signed, &key, Algorithm::HS256).ok()
+        })
+        .unwrap_or(false)
+}
+
+/// The time rules, in this order: `nbf`, `exp` (Node's order), then the
+/// policy's required `exp`, then its maximum age. Times are compared as
+/// numbers of seconds, so fractional claims work as in Node.
+fn check_times(claims: &Value, policy: &TokenPolicy, now_unix: u64) -> Result<(), JwtFailure> {
     let now = now_unix as f64;
-    if let Some(nbf) = claims.get("nbf") {
-        let nbf = nbf.as_f64().ok_or(JwtFailure::Invalid)?;
-        if nbf > now {
+    let tolerance = policy.clock_tolerance.as_secs_f64();
+    // A present claim must be a number; `null` is present.
+    let number = |name: &str| match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or(JwtFailure::Invalid),
+    };
+    if let Some(nbf) = number("nbf")? {
+        if nbf > now + tolerance {
             return Err(JwtFailure::NotActive);
         }
     }
-    if let Some(exp) = claims.get("exp") {
-        let exp = exp.as_f64().ok_or(JwtFailure::Invalid)?;
-        if now >= exp {
+    let exp = number("exp")?;
+    if let Some(exp) = exp {
+        if now >= exp + tolerance {
             return Err(JwtFailure::Expired);
         }
+    }
+    if policy.require_exp && exp.is_none() {
+        return Err(JwtFailure::ExpRequired);
+    }
+    let Some(max_age) = policy.max_age else {
+        return Ok(());
+    };
+    let max_age = max_age.as_secs_f64();
+    match (number("iat")?, exp) {
+        (Some(iat), exp) => {
+            // Node's `maxAge`: too old once `iat + max_age` is as far in the
+            // past as an `exp` would be to count as expired.
+            if now >= iat + max_age + tolerance {
+                return Err(JwtFailure::TooOld);
+            }
+            // Issued for longer than allowed: it would outlive the bound.
+            if exp.is_some_and(|exp| exp - iat > max_age) {
+                return Err(JwtFailure::TooOld);
+            }
+        }
+        // No `iat`: a token issued at the latest now (give or take the
+        // tolerance) cannot expire later than `now + max_age`.
+        (None, Some(exp)) => {
+            if exp > now + max_age + tolerance {
+                return Err(JwtFailure::TooOld);
+            }
+        }
+        (None, None) => return Err(JwtFailure::ExpRequired),
     }
     Ok(())
 }
@@ -235,19 +319,33 @@ fn truthy(v: &Value) -> bool {
 
 /// Authenticates a user request from its `Authorization` header value.
 ///
-/// `secret` is `JWT_SECRET`; `now_unix` the current time in whole seconds.
-/// An empty secret verifies nothing (every token is `INVALID_TOKEN`), as in
-/// the Node.js service.
-pub fn verify_user(
+/// `secrets` are `JWT_SECRET`'s and `JWT_SECRET_PREVIOUS`'s: the token is
+/// genuine if any of them verifies its signature (an empty secret verifies
+/// nothing). `now_unix` is the current time in whole seconds. The checks,
+/// in order, and their rows: signature and shape (`INVALID_TOKEN`), `nbf`
+/// (`TOKEN_NOT_ACTIVE`), `exp` (`TOKEN_EXPIRED`), then the policy:
+/// - `require_exp` and no `exp`: `TOKEN_EXP_REQUIRED`;
+/// - `max_age`: `TOKEN_TOO_OLD` when `now >= iat + max_age + tolerance`,
+///   when `exp - iat > max_age`, or, without `iat`, when
+///   `exp > now + max_age + tolerance`; with neither `iat` nor `exp` the
+///   age cannot be bounded: `TOKEN_EXP_REQUIRED`. A non-numeric `iat` is
+///   then `INVALID_TOKEN` (without `max_age`, `iat` is not read, as in
+///   Node);
+///
+/// and last the user id (`INVALID_TOKEN_STRUCTURE`).
+pub fn verify_user<S: AsRef<[u8]>>(
     authorization: Option<&[u8]>,
-    secret: &[u8],
+    secrets: &[S],
+    policy: &TokenPolicy,
     now_unix: u64,
 ) -> Result<AuthUser, AuthError> {
     let token = bearer(authorization).ok_or(AuthError::MISSING_TOKEN)?;
-    let claims = verify_hs256(token, secret, now_unix).map_err(|f| match f {
+    let claims = verify_hs256(token, secrets, policy, now_unix).map_err(|f| match f {
         JwtFailure::Invalid => AuthError::INVALID_TOKEN,
         JwtFailure::Expired => AuthError::TOKEN_EXPIRED,
         JwtFailure::NotActive => AuthError::TOKEN_NOT_ACTIVE,
+        JwtFailure::ExpRequired => AuthError::TOKEN_EXP_REQUIRED,
+        JwtFailure::TooOld => AuthError::TOKEN_TOO_OLD,
     })?;
     let user_id = user_id(&claims).ok_or(AuthError::INVALID_TOKEN_STRUCTURE)?;
     Ok(AuthUser { user_id, claims })
@@ -257,26 +355,36 @@ pub fn verify_user(
 /// Bearer HS256 service JWT with `service == "ai-service"`. Returns the
 /// token's claims (served back as `serviceAuth`).
 ///
+/// The key matches if it equals any of `api_keys` (`HEARTALK_API_KEY`'s
+/// and `HEARTALK_API_KEY_PREVIOUS`'s); every key is compared, in constant
+/// time, whichever matches. The token is verified as on the user path,
+/// with the same secrets and policy.
+///
 /// Mapping of JWT failures, following the Node.js middleware: a malformed
 /// or badly signed token, a wrong algorithm, a missing/wrong `service`
-/// claim and an expired token are `INVALID_SERVICE_TOKEN` (401); a token
-/// whose `nbf` is in the future falls through to `AUTH_ERROR` (500), as
-/// the contract's table states.
-pub fn verify_internal(
+/// claim, an expired token and a token the policy refuses (no `exp`, too
+/// old) are `INVALID_SERVICE_TOKEN` (401); a token whose `nbf` is in the
+/// future falls through to `AUTH_ERROR` (500), as the contract's table
+/// states.
+pub fn verify_internal<K: AsRef<[u8]>, S: AsRef<[u8]>>(
     api_key: Option<&[u8]>,
     authorization: Option<&[u8]>,
-    expected_api_key: &str,
-    secret: &[u8],
+    api_keys: &[K],
+    secrets: &[S],
+    policy: &TokenPolicy,
     now_unix: u64,
 ) -> Result<Value, AuthError> {
     match api_key {
-        Some(k) if !k.is_empty() && constant_time_eq(k, expected_api_key.as_bytes()) => {}
+        Some(k) if !k.is_empty() && matches_any(k, api_keys) => {}
         _ => return Err(AuthError::INVALID_API_KEY),
     }
     let token = bearer(authorization).ok_or(AuthError::MISSING_TOKEN_INTERNAL)?;
-    let claims = verify_hs256(token, secret, now_unix).map_err(|f| match f {
-        JwtFailure::Invalid | JwtFailure::Expired => AuthError::INVALID_SERVICE_TOKEN,
+    let claims = verify_hs256(token, secrets, policy, now_unix).map_err(|f| match f {
         JwtFailure::NotActive => AuthError::AUTH_ERROR,
+        JwtFailure::Invalid
+        | JwtFailure::Expired
+        | JwtFailure::ExpRequired
+        | JwtFailure::TooOld => AuthError::INVALID_SERVICE_TOKEN,
     })?;
     if claims.get("service").and_then(Value::as_str) != Some(SERVICE_NAME) {
         return Err(AuthError::INVALID_SERVICE_TOKEN);
@@ -292,6 +400,15 @@ pub fn require_bearer(authorization: Option<&[u8]>) -> Result<(), AuthError> {
         .ok_or(AuthError::AUTHENTICATION_REQUIRED)
 }
 
+/// Whether `given` equals any of `keys`. Every key is compared, without a
+/// short cut when one matches, so the time taken says nothing about which
+/// key (or whether a key) matched.
+fn matches_any<K: AsRef<[u8]>>(given: &[u8], keys: &[K]) -> bool {
+    keys.iter().fold(false, |found, key| {
+        found | constant_time_eq(given, key.as_ref())
+    })
+}
+
 /// Compares two byte strings in time independent of where they differ:
 /// both are hashed first, so neither the content nor the length of the
 /// expected key leaks through timing.
@@ -305,7 +422,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Mints the outbound service JWT (API.md §3): HS256 over
 /// `{service:"ai-service", iat, exp: iat+300}`. Call it for every request,
-/// so a token never outlives its request.
+/// so a token never outlives its request. `secret` is the signing secret,
+/// the first of the list (`JWT_SECRET`'s first line): during a rotation
+/// that is the one the backend is known to accept.
 ///
 /// jsonwebtoken refuses an empty HMAC key; with an empty `JWT_SECRET` this
 /// returns an empty string, which the backend rejects as it would any
@@ -329,6 +448,14 @@ mod tests {
     const SECRET: &[u8] = b"test-secret";
     const NOW: u64 = 1_800_000_000;
     const KEY: &str = "internal-key";
+
+    /// The Node.js service's exact rules: no leeway, `exp` optional, no
+    /// maximum age. The contract's tests run under it.
+    const NODE: TokenPolicy = TokenPolicy {
+        require_exp: false,
+        max_age: None,
+        clock_tolerance: std::time::Duration::ZERO,
+    };
 
     fn mint_with(alg: Algorithm, claims: &Value, secret: &[u8]) -> String {
         let key = EncodingKey::from_secret(secret).unwrap();
@@ -384,15 +511,16 @@ mod tests {
     }
 
     fn user(token: &str) -> Result<AuthUser, AuthError> {
-        verify_user(Some(&bearer_of(token)), SECRET, NOW)
+        verify_user(Some(&bearer_of(token)), &[SECRET], &NODE, NOW)
     }
 
     fn internal(token: &str) -> Result<Value, AuthError> {
         verify_internal(
             Some(KEY.as_bytes()),
             Some(&bearer_of(token)),
-            KEY,
-            SECRET,
+            &[KEY],
+            &[SECRET],
+            &NODE,
             NOW,
         )
     }
@@ -430,7 +558,7 @@ mod tests {
     fn missing_header_or_prefix_is_missing_token() {
         let t = mint(&json!({"userId": "u"}));
         assert_eq!(
-            verify_user(None, SECRET, NOW),
+            verify_user(None, &[SECRET], &NODE, NOW),
             Err(AuthError::MISSING_TOKEN)
         );
         for header in [
@@ -443,7 +571,7 @@ mod tests {
             String::new(),
         ] {
             assert_eq!(
-                verify_user(Some(header.as_bytes()), SECRET, NOW),
+                verify_user(Some(header.as_bytes()), &[SECRET], &NODE, NOW),
                 Err(AuthError::MISSING_TOKEN),
                 "{header}"
             );
@@ -471,7 +599,7 @@ mod tests {
         }
         let bytes = b"Bearer \xff\xfe.\x00.x";
         assert_eq!(
-            verify_user(Some(bytes), SECRET, NOW),
+            verify_user(Some(bytes), &[SECRET], &NODE, NOW),
             Err(AuthError::INVALID_TOKEN)
         );
     }
@@ -483,7 +611,7 @@ mod tests {
         // An empty configured secret verifies nothing.
         let good = mint(&json!({"userId": "u"}));
         assert_eq!(
-            verify_user(Some(&bearer_of(&good)), b"", NOW),
+            verify_user(Some(&bearer_of(&good)), &[b""], &NODE, NOW),
             Err(AuthError::INVALID_TOKEN)
         );
     }
@@ -690,17 +818,17 @@ mod tests {
         ] {
             // Even with no Authorization at all, the key is the first refusal.
             assert_eq!(
-                verify_internal(key, None, KEY, SECRET, NOW),
+                verify_internal(key, None, &[KEY], &[SECRET], &NODE, NOW),
                 Err(AuthError::INVALID_API_KEY)
             );
             assert_eq!(
-                verify_internal(key, Some(&good), KEY, SECRET, NOW),
+                verify_internal(key, Some(&good), &[KEY], &[SECRET], &NODE, NOW),
                 Err(AuthError::INVALID_API_KEY)
             );
         }
         // An empty configured key does not let an empty header through.
         assert_eq!(
-            verify_internal(Some(b""), Some(&good), "", SECRET, NOW),
+            verify_internal(Some(b""), Some(&good), &[""], &[SECRET], &NODE, NOW),
             Err(AuthError::INVALID_API_KEY)
         );
         assert_eq!(AuthError::INVALID_API_KEY.message, "Invalid API key");
@@ -709,7 +837,8 @@ mod tests {
     #[test]
     fn internal_missing_bearer() {
         for auth in [None, Some(&b"bearer x"[..]), Some(b"Basic abc")] {
-            let e = verify_internal(Some(KEY.as_bytes()), auth, KEY, SECRET, NOW).unwrap_err();
+            let e = verify_internal(Some(KEY.as_bytes()), auth, &[KEY], &[SECRET], &NODE, NOW)
+                .unwrap_err();
             assert_eq!(e, AuthError::MISSING_TOKEN_INTERNAL);
             assert_eq!(e.code, "MISSING_TOKEN");
             assert_eq!(e.message, "Missing or invalid authorization header");
@@ -773,8 +902,9 @@ mod tests {
             verify_internal(
                 Some(KEY.as_bytes()),
                 Some(&bearer_of(&t)),
-                KEY,
-                SECRET,
+                &[KEY],
+                &[SECRET],
+                &NODE,
                 NOW + 299
             )
             .is_ok()
@@ -783,15 +913,16 @@ mod tests {
             verify_internal(
                 Some(KEY.as_bytes()),
                 Some(&bearer_of(&t)),
-                KEY,
-                SECRET,
+                &[KEY],
+                &[SECRET],
+                &NODE,
                 NOW + 300
             ),
             Err(AuthError::INVALID_SERVICE_TOKEN)
         );
         // A user path sees no user id in it.
         assert_eq!(
-            verify_user(Some(&bearer_of(&t)), SECRET, NOW),
+            verify_user(Some(&bearer_of(&t)), &[SECRET], &NODE, NOW),
             Err(AuthError::INVALID_TOKEN_STRUCTURE)
         );
         assert_eq!(service_token(b"", NOW), "");
@@ -831,5 +962,383 @@ mod tests {
             AuthError::INVALID_TOKEN.to_string(),
             "401 Unauthorized INVALID_TOKEN: Invalid token"
         );
+    }
+
+    /// A policy with `tolerance` seconds of leeway, `exp` optional.
+    fn leeway(tolerance: u64) -> TokenPolicy {
+        TokenPolicy {
+            clock_tolerance: std::time::Duration::from_secs(tolerance),
+            ..NODE
+        }
+    }
+
+    /// `policy` with a maximum age of `secs`.
+    fn max_age(policy: TokenPolicy, secs: u64) -> TokenPolicy {
+        TokenPolicy {
+            max_age: Some(std::time::Duration::from_secs(secs)),
+            ..policy
+        }
+    }
+
+    fn user_under(policy: &TokenPolicy, claims: &Value) -> Result<AuthUser, AuthError> {
+        verify_user(Some(&bearer_of(&mint(claims))), &[SECRET], policy, NOW)
+    }
+
+    fn code_under(policy: &TokenPolicy, claims: Value) -> Result<String, &'static str> {
+        user_under(policy, &claims)
+            .map(|u| u.user_id)
+            .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn new_rows_are_e2_401s() {
+        let e = AuthError::TOKEN_EXP_REQUIRED;
+        assert_eq!(
+            (e.status, e.code, e.message, e.shape),
+            (
+                StatusCode::UNAUTHORIZED,
+                "TOKEN_EXP_REQUIRED",
+                "Token has no expiry",
+                ErrorShape::E2
+            )
+        );
+        let e = AuthError::TOKEN_TOO_OLD;
+        assert_eq!(
+            (e.status, e.code, e.message, e.shape),
+            (
+                StatusCode::UNAUTHORIZED,
+                "TOKEN_TOO_OLD",
+                "Token exceeds the maximum age",
+                ErrorShape::E2
+            )
+        );
+    }
+
+    #[test]
+    fn exp_tolerance_edges() {
+        let p = leeway(5);
+        let at = |exp: u64| code_under(&p, json!({"userId": "u", "exp": exp}));
+        assert_eq!(at(NOW - 4), Ok("u".into()), "now < exp + 5");
+        assert_eq!(at(NOW - 5), Err("TOKEN_EXPIRED"), "now == exp + 5");
+        assert_eq!(at(NOW - 6), Err("TOKEN_EXPIRED"));
+        // Zero tolerance is Node's: expired at exp itself.
+        let z = leeway(0);
+        let at = |exp: u64| code_under(&z, json!({"userId": "u", "exp": exp}));
+        assert_eq!(at(NOW + 1), Ok("u".into()));
+        assert_eq!(at(NOW), Err("TOKEN_EXPIRED"));
+    }
+
+    #[test]
+    fn nbf_tolerance_edges() {
+        let p = leeway(5);
+        let at = |nbf: u64| code_under(&p, json!({"userId": "u", "nbf": nbf}));
+        assert_eq!(at(NOW + 5), Ok("u".into()), "nbf == now + 5");
+        assert_eq!(at(NOW + 6), Err("TOKEN_NOT_ACTIVE"), "nbf > now + 5");
+        let z = leeway(0);
+        let at = |nbf: u64| code_under(&z, json!({"userId": "u", "nbf": nbf}));
+        assert_eq!(at(NOW), Ok("u".into()));
+        assert_eq!(at(NOW + 1), Err("TOKEN_NOT_ACTIVE"));
+    }
+
+    #[test]
+    fn default_policy_has_five_seconds_of_leeway() {
+        let p = TokenPolicy::default();
+        assert!(!p.require_exp);
+        let exp = |exp: u64| code_under(&p, json!({"userId": "u", "exp": exp}));
+        assert_eq!(exp(NOW - 4), Ok("u".into()));
+        assert_eq!(exp(NOW - 5), Err("TOKEN_EXPIRED"));
+        assert_eq!(code_under(&p, json!({"userId": "u"})), Ok("u".into()));
+        // Production's defaults require `exp`.
+        let prod = TokenPolicy::defaults(true);
+        assert_eq!(
+            code_under(&prod, json!({"userId": "u"})),
+            Err("TOKEN_EXP_REQUIRED")
+        );
+        assert_eq!(
+            code_under(&prod, json!({"userId": "u", "exp": NOW + 60})),
+            Ok("u".into())
+        );
+    }
+
+    #[test]
+    fn required_exp() {
+        let p = TokenPolicy {
+            require_exp: true,
+            ..NODE
+        };
+        assert_eq!(
+            user_under(&p, &json!({"userId": "u", "iat": NOW})),
+            Err(AuthError::TOKEN_EXP_REQUIRED)
+        );
+        assert_eq!(
+            code_under(&p, json!({"userId": "u", "exp": NOW + 1})),
+            Ok("u".into())
+        );
+        // After the signature and nbf: those rows win.
+        let other = mint_with(Algorithm::HS256, &json!({"userId": "u"}), b"other");
+        assert_eq!(
+            verify_user(Some(&bearer_of(&other)), &[SECRET], &p, NOW),
+            Err(AuthError::INVALID_TOKEN)
+        );
+        assert_eq!(
+            code_under(&p, json!({"userId": "u", "nbf": NOW + 1})),
+            Err("TOKEN_NOT_ACTIVE")
+        );
+        // A non-numeric exp is malformed, not missing.
+        assert_eq!(
+            code_under(&p, json!({"userId": "u", "exp": "never"})),
+            Err("INVALID_TOKEN")
+        );
+        assert_eq!(
+            code_under(&p, json!({"userId": "u", "exp": null})),
+            Err("INVALID_TOKEN")
+        );
+        // Before the user id: a token without either is refused for its exp.
+        assert_eq!(code_under(&p, json!({})), Err("TOKEN_EXP_REQUIRED"));
+        // Not required: the same token passes (control).
+        assert_eq!(
+            code_under(&NODE, json!({"userId": "u", "iat": NOW})),
+            Ok("u".into())
+        );
+    }
+
+    #[test]
+    fn max_age_bounds_iat_with_tolerance() {
+        let p = max_age(leeway(5), 3600);
+        let at = |iat: u64| code_under(&p, json!({"userId": "u", "iat": iat}));
+        assert_eq!(at(NOW), Ok("u".into()));
+        assert_eq!(at(NOW - 3604), Ok("u".into()), "now < iat + age + 5");
+        assert_eq!(at(NOW - 3605), Err("TOKEN_TOO_OLD"), "now == iat + age + 5");
+        assert_eq!(at(NOW - 100_000), Err("TOKEN_TOO_OLD"));
+        let z = max_age(leeway(0), 3600);
+        let at = |iat: u64| code_under(&z, json!({"userId": "u", "iat": iat}));
+        assert_eq!(at(NOW - 3599), Ok("u".into()));
+        assert_eq!(at(NOW - 3600), Err("TOKEN_TOO_OLD"), "Node's maxAge edge");
+    }
+
+    #[test]
+    fn max_age_bounds_the_lifetime() {
+        let p = max_age(leeway(5), 3600);
+        let life =
+            |iat: u64, exp: u64| code_under(&p, json!({"userId": "u", "iat": iat, "exp": exp}));
+        assert_eq!(life(NOW, NOW + 3600), Ok("u".into()), "exactly the age");
+        assert_eq!(life(NOW, NOW + 3601), Err("TOKEN_TOO_OLD"));
+        // No tolerance on the lifetime: it is the token's, not the clock's.
+        assert_eq!(life(NOW - 10, NOW + 3591), Err("TOKEN_TOO_OLD"));
+        // The backend's 24 h tokens under a 7 d bound.
+        let week = max_age(leeway(5), 7 * 86_400);
+        assert_eq!(
+            code_under(
+                &week,
+                json!({"userId": 42, "iat": NOW - 10, "exp": NOW + 86_390})
+            ),
+            Ok("42".into())
+        );
+    }
+
+    #[test]
+    fn max_age_without_iat_bounds_exp() {
+        let p = max_age(leeway(5), 3600);
+        let exp = |exp: u64| code_under(&p, json!({"userId": "u", "exp": exp}));
+        assert_eq!(exp(NOW + 3605), Ok("u".into()), "exp == now + age + 5");
+        assert_eq!(exp(NOW + 3606), Err("TOKEN_TOO_OLD"));
+        assert_eq!(exp(NOW + 1), Ok("u".into()));
+        // Neither iat nor exp: the age cannot be bounded.
+        assert_eq!(
+            code_under(&p, json!({"userId": "u"})),
+            Err("TOKEN_EXP_REQUIRED")
+        );
+        assert_eq!(
+            code_under(&p, json!({"userId": "u", "nbf": NOW})),
+            Err("TOKEN_EXP_REQUIRED")
+        );
+    }
+
+    #[test]
+    fn non_numeric_iat_is_invalid_when_the_age_is_bounded() {
+        let p = max_age(NODE, 3600);
+        for iat in [json!("yesterday"), Value::Null, json!([NOW]), json!(true)] {
+            let claims = json!({"userId": "u", "iat": iat, "exp": NOW + 60});
+            assert_eq!(
+                code_under(&p, claims.clone()),
+                Err("INVALID_TOKEN"),
+                "{claims}"
+            );
+            // Without a maximum age `iat` is not read, as in Node.
+            assert_eq!(code_under(&NODE, claims), Ok("u".into()));
+        }
+    }
+
+    #[test]
+    fn order_signature_nbf_exp_required_age_user() {
+        let strict = TokenPolicy {
+            require_exp: true,
+            ..max_age(NODE, 3600)
+        };
+        // Expired and too old: TOKEN_EXPIRED (exp is checked first).
+        assert_eq!(
+            code_under(
+                &strict,
+                json!({"userId": "u", "iat": NOW - 9000, "exp": NOW - 1})
+            ),
+            Err("TOKEN_EXPIRED")
+        );
+        // Not yet active and too old: TOKEN_NOT_ACTIVE.
+        assert_eq!(
+            code_under(
+                &strict,
+                json!({"userId": "u", "iat": NOW - 9000, "nbf": NOW + 9, "exp": NOW + 60})
+            ),
+            Err("TOKEN_NOT_ACTIVE")
+        );
+        // No exp and too old: TOKEN_EXP_REQUIRED comes before the age.
+        assert_eq!(
+            code_under(&strict, json!({"userId": "u", "iat": NOW - 9000})),
+            Err("TOKEN_EXP_REQUIRED")
+        );
+        // Too old and no user id: TOKEN_TOO_OLD comes before the user id.
+        assert_eq!(
+            code_under(&strict, json!({"iat": NOW - 9000, "exp": NOW + 60})),
+            Err("TOKEN_TOO_OLD")
+        );
+        assert_eq!(
+            code_under(&strict, json!({"iat": NOW, "exp": NOW + 60})),
+            Err("INVALID_TOKEN_STRUCTURE")
+        );
+    }
+
+    #[test]
+    fn any_secret_of_the_list_verifies() {
+        let claims = json!({"userId": "u", "exp": NOW + 60});
+        let new: &[u8] = b"new-secret";
+        let old: &[u8] = b"old-secret";
+        let by_old = bearer_of(&mint_with(Algorithm::HS256, &claims, old));
+        let by_new = bearer_of(&mint_with(Algorithm::HS256, &claims, new));
+        let by_other = bearer_of(&mint_with(Algorithm::HS256, &claims, b"stranger"));
+        let check = |header: &[u8], secrets: &[&[u8]]| {
+            verify_user(Some(header), secrets, &NODE, NOW).map(|u| u.user_id)
+        };
+        // Signed by the previous secret: accepted during the rotation.
+        assert_eq!(check(&by_old, &[new, old]), Ok("u".into()));
+        assert_eq!(check(&by_new, &[new, old]), Ok("u".into()));
+        // A secret that is not in the list: refused.
+        assert_eq!(check(&by_other, &[new, old]), Err(AuthError::INVALID_TOKEN));
+        // Once the old secret is dropped, its tokens are refused.
+        assert_eq!(check(&by_old, &[new]), Err(AuthError::INVALID_TOKEN));
+        // An empty entry verifies nothing and does not stop the others.
+        assert_eq!(check(&by_old, &[b"", old]), Ok("u".into()));
+        assert_eq!(check(&by_old, &[]), Err(AuthError::INVALID_TOKEN));
+        // The algorithm is pinned whatever the list: alg none refused.
+        let none = bearer_of(&hand_made("none", &claims, ""));
+        assert_eq!(
+            check(&none, &[new, old, b""]),
+            Err(AuthError::INVALID_TOKEN)
+        );
+    }
+
+    #[test]
+    fn internal_api_key_matches_any_of_the_list() {
+        let token = bearer_of(&service_token(SECRET, NOW));
+        let keys = ["k-new", "k-old"];
+        let with = |key: Option<&[u8]>, keys: &[&str]| {
+            verify_internal(key, Some(&token), keys, &[SECRET], &NODE, NOW).map(|_| ())
+        };
+        assert_eq!(with(Some(b"k-new"), &keys), Ok(()));
+        assert_eq!(with(Some(b"k-old"), &keys), Ok(()), "the previous key");
+        for wrong in [&b"k-other"[..], b"k-ne", b"k-new ", b"k-newk-old", b""] {
+            assert_eq!(
+                with(Some(wrong), &keys),
+                Err(AuthError::INVALID_API_KEY),
+                "{wrong:?}"
+            );
+        }
+        assert_eq!(with(None, &keys), Err(AuthError::INVALID_API_KEY));
+        assert_eq!(
+            with(Some(b"k-old"), &keys[..1]),
+            Err(AuthError::INVALID_API_KEY)
+        );
+        assert_eq!(with(Some(b"k-new"), &[]), Err(AuthError::INVALID_API_KEY));
+        assert!(matches_any(b"b", &["a", "b", "c"]));
+        assert!(matches_any(b"a", &["a", "a"]));
+        assert!(!matches_any(b"d", &["a", "b", "c"]));
+        assert!(!matches_any(b"a", &[] as &[&str]));
+    }
+
+    #[test]
+    fn internal_path_applies_the_policy() {
+        let svc = |extra: Value| {
+            let mut c = json!({"service": "ai-service"});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            mint(&c)
+        };
+        let check = |token: &str, policy: &TokenPolicy| {
+            verify_internal(
+                Some(KEY.as_bytes()),
+                Some(&bearer_of(token)),
+                &[KEY],
+                &[SECRET],
+                policy,
+                NOW,
+            )
+            .map(|_| ())
+        };
+        let strict = TokenPolicy {
+            require_exp: true,
+            ..max_age(leeway(5), 600)
+        };
+        // Our own service tokens pass the strict policy.
+        assert_eq!(check(&service_token(SECRET, NOW), &strict), Ok(()));
+        // Every refusal of the policy is INVALID_SERVICE_TOKEN.
+        for token in [
+            svc(json!({})),
+            svc(json!({"iat": NOW - 700, "exp": NOW + 10})),
+            svc(json!({"iat": NOW, "exp": NOW + 601})),
+            svc(json!({"exp": NOW + 606})),
+            svc(json!({"exp": NOW - 5})),
+            svc(json!({"iat": "x", "exp": NOW + 10})),
+        ] {
+            assert_eq!(
+                check(&token, &strict),
+                Err(AuthError::INVALID_SERVICE_TOKEN),
+                "{token}"
+            );
+        }
+        // The tolerance applies: an exp 4 s ago, an nbf 5 s ahead pass.
+        assert_eq!(check(&svc(json!({"exp": NOW - 4})), &strict), Ok(()));
+        assert_eq!(
+            check(&svc(json!({"nbf": NOW + 5, "exp": NOW + 60})), &strict),
+            Ok(())
+        );
+        // nbf beyond the tolerance is still AUTH_ERROR (500).
+        assert_eq!(
+            check(&svc(json!({"nbf": NOW + 6, "exp": NOW + 60})), &strict),
+            Err(AuthError::AUTH_ERROR)
+        );
+        // A maximum age under the service token's 5 minutes refuses it.
+        assert_eq!(
+            check(&service_token(SECRET, NOW), &max_age(NODE, 299)),
+            Err(AuthError::INVALID_SERVICE_TOKEN)
+        );
+    }
+
+    #[test]
+    fn internal_token_signed_by_a_previous_secret() {
+        let old: &[u8] = b"old-secret";
+        let token = bearer_of(&service_token(old, NOW));
+        let check = |secrets: &[&[u8]]| {
+            verify_internal(
+                Some(KEY.as_bytes()),
+                Some(&token),
+                &[KEY],
+                secrets,
+                &NODE,
+                NOW,
+            )
+            .map(|c| c["service"].clone())
+        };
+        assert_eq!(check(&[SECRET, old]), Ok(json!("ai-service")));
+        assert_eq!(check(&[SECRET]), Err(AuthError::INVALID_SERVICE_TOKEN));
     }
 }

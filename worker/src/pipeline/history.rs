@@ -70,9 +70,11 @@ pub struct HistoryConfig {
     pub api_prefix: String,
     /// `BACKEND_CONVERSATION_PATH` (`/conversations`).
     pub conversation_path: String,
-    /// `HEARTALK_API_KEY`, sent as `X-API-Key`.
+    /// `HEARTALK_API_KEY`'s first line, sent as `X-API-Key` (the backend
+    /// knows it; a `_PREVIOUS` key is only accepted inbound).
     pub api_key: String,
-    /// `JWT_SECRET`, signing the outbound service JWT.
+    /// `JWT_SECRET`'s first line, signing the outbound service JWT (the
+    /// one the backend is known to accept during a rotation).
     pub jwt_secret: Vec<u8>,
     /// `HEARTALK_TIMEOUT`: per attempt, from connecting to the last byte.
     pub timeout: Duration,

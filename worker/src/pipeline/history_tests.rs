@@ -382,8 +382,9 @@ async fn sends_the_contract_url_and_headers() {
     let claims = auth::verify_internal(
         Some(b"k3y"),
         header(head, "authorization").map(str::as_bytes),
-        "k3y",
-        b"s3cret",
+        &["k3y"],
+        &[b"s3cret"],
+        &shared::token_policy::TokenPolicy::defaults(true),
         crate::runtime::clock::unix_secs(),
     )
     .unwrap();
