@@ -6,8 +6,12 @@
 #
 #   docker build -t heartalk .
 #   docker run --read-only --tmpfs /run/heartalk:uid=65532,gid=65532,mode=0700 \
-#     -v heartalk-logs:/var/log/heartalk -e JWT_SECRET=... -e HEARTALK_API_KEY=... \
-#     -p 8001:8001 heartalk
+#     -v heartalk-logs:/var/log/heartalk -v "$PWD/compose/secrets:/run/secrets:ro" \
+#     -e JWT_SECRET_FILE=/run/secrets/jwt_secret \
+#     -e HEARTALK_API_KEY_FILE=/run/secrets/heartalk_api_key -p 8001:8001 heartalk
+#
+# Secrets as files (*_FILE), readable by 65532 and not world-readable:
+# docs/deployment.md "Secrets".
 
 # ---- builder ---------------------------------------------------------------
 FROM rust:1-bookworm AS builder

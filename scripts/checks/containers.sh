@@ -1,31 +1,46 @@
 #!/usr/bin/env bash
-# Checks the container and orchestration assets of issue #8 (owned with them:
-# Dockerfile, .dockerignore, deploy/ecosystem.container.toml, compose/,
-# kubernetes/). Run by scripts/check-deploy.sh from the repository root, with
-# the tools of scripts/deps.sh on PATH; exits non-zero on the first failure.
+# Checks the container and orchestration assets of issues #8 and #17 (owned
+# with them: Dockerfile, .dockerignore, deploy/ecosystem.container.toml,
+# compose/, kubernetes/, scripts/make-secrets.sh). Run by
+# scripts/check-deploy.sh from the repository root, with the tools of
+# scripts/deps.sh on PATH; exits non-zero on the first failure.
 #
 #   1. Dockerfile: hadolint; PID 1 entrypoint, exec-form health check, SIGTERM,
 #      non-root user; every COPY source admitted by .dockerignore.
-#   2. deploy/ecosystem.container.toml: `heartalk check` passes with the
-#      secrets set and fails without them (the image refuses to start with
-#      the worker's public development secrets).
+#   2. deploy/ecosystem.container.toml: `heartalk check` passes in production
+#      with the secrets in the environment and with only *_FILE variables
+#      naming 0440 files. (That a production start without any secret is
+#      refused is the supervisor's check: asserted at "RE-ENABLE (#17)".)
 #   3. compose/*.yml: `docker-compose config` with compose/.env.example (the
 #      Swarm file too: Debian's docker-compose 1.29 validates the v3.9 schema,
-#      deploy keys included, and only warns that it would ignore `configs`);
-#      the production and Swarm files refuse to render without the secrets;
-#      every variable they use is in .env.example, with placeholder secrets.
+#      deploy keys included, and only warns that it would ignore `configs`).
+#      The production and Swarm files give the service and Redis their
+#      secrets as files only: no secret-named variable but *_FILE, no
+#      credentials in a URL, no secret interpolated; every *_FILE names a
+#      secret the service mounts, made from ./secrets/<the files
+#      scripts/make-secrets.sh writes> (git-ignored, outside the build
+#      context); Swarm mounts them 0440 or stricter (its default 0444 is
+#      world-readable) for the image's uid/gid; Redis takes requirepass from
+#      the file the service reads. Secrets still in the environment
+#      (Grafana's) are required (${VAR:?}); .env.example sets exactly the
+#      variables used, secrets empty or replace-... placeholders.
 #   4. compose/nginx.conf: `nginx -t` on the shipped file with the upstream
 #      host and paths substituted and a throwaway self-signed certificate.
 #   5. kubernetes/: kubernetes-validate (strict, Kubernetes 1.29) on every
 #      manifest; kustomization.yaml lists them; the ConfigMap's files are the
-#      shipped ones; probes, grace periods and security settings hold; the
-#      prometheus-adapter PromQL parses and yields the right numbers on sample
-#      series (promtool test rules).
+#      shipped ones; probes, grace periods and security settings hold; no
+#      secret reaches the service or Redis through the environment (no
+#      secretRef/secretKeyRef, no secret-named variable but *_FILE): each
+#      *_FILE names a key of a heartalk-secrets volume with mode 0440 or
+#      stricter (the default 0644 is world-readable) and fsGroup set, and
+#      secret.example.yaml has exactly the keys read; the prometheus-adapter
+#      PromQL parses and yields the right numbers on sample series (promtool
+#      test rules).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-  sed -n '2,25s/^# \{0,1\}//p' "$0"
+  sed -n '2,38s/^# \{0,1\}//p' "$0"
   exit 0
 fi
 
@@ -77,15 +92,38 @@ done < <(grep '^COPY ' Dockerfile | grep -v -- '--from=' \
 
 # ---- 2. container config ----------------------------------------------------
 container_toml=deploy/ecosystem.container.toml
-step "heartalk check $container_toml"
-env JWT_SECRET=sample HEARTALK_API_KEY=sample "$heartalk" check "$container_toml"
-if env -u JWT_SECRET -u HEARTALK_API_KEY "$heartalk" check "$container_toml" >"$tmp/check.out" 2>&1; then
-  fail "$container_toml accepts a start without JWT_SECRET/HEARTALK_API_KEY"
-fi
-for var in JWT_SECRET HEARTALK_API_KEY; do
-  grep -q "env \`$var\`" "$tmp/check.out" \
-    || fail "heartalk check does not require $var: $(cat "$tmp/check.out")"
+# Each secret can come as NAME or as NAME_FILE; clear both for every run.
+secret_vars=(JWT_SECRET JWT_SECRET_PREVIOUS HEARTALK_API_KEY HEARTALK_API_KEY_PREVIOUS
+  BYTEPLUS_API_KEY REDIS_PASSWORD REDIS_URL)
+no_secrets=()
+for var in "${secret_vars[@]}"; do
+  no_secrets+=(-u "$var" -u "${var}_FILE")
 done
+step "heartalk check $container_toml: production, secrets in the environment"
+env "${no_secrets[@]}" NODE_ENV=production JWT_SECRET=sample HEARTALK_API_KEY=sample \
+  "$heartalk" check "$container_toml"
+step "heartalk check $container_toml: production, secrets as *_FILE only"
+# As the assets ship them: one file each, 0440, in a directory others may
+# not list.
+mkdir -m 0750 "$tmp/run-secrets"
+for name in jwt_secret heartalk_api_key byteplus_api_key redis_password; do
+  printf 'sample-%s\n' "$name" >"$tmp/run-secrets/$name"
+  chmod 0440 "$tmp/run-secrets/$name"
+done
+env "${no_secrets[@]}" NODE_ENV=production \
+  JWT_SECRET_FILE="$tmp/run-secrets/jwt_secret" \
+  HEARTALK_API_KEY_FILE="$tmp/run-secrets/heartalk_api_key" \
+  BYTEPLUS_API_KEY_FILE="$tmp/run-secrets/byteplus_api_key" \
+  REDIS_PASSWORD_FILE="$tmp/run-secrets/redis_password" \
+  REDIS_URL=redis://redis:6379/0 \
+  "$heartalk" check "$container_toml"
+# RE-ENABLE (#17): uncomment once the supervisor's production check (a start without JWT_SECRET[_FILE] or HEARTALK_API_KEY[_FILE] exits 64) is merged.
+# if env "${no_secrets[@]}" NODE_ENV=production "$heartalk" check "$container_toml" >"$tmp/check.out" 2>&1; then
+#   fail "$container_toml: heartalk check accepts a production start without JWT_SECRET[_FILE]/HEARTALK_API_KEY[_FILE]"
+# fi
+# for var in JWT_SECRET HEARTALK_API_KEY; do
+#   grep -q "$var" "$tmp/check.out" || fail "heartalk check does not require $var: $(cat "$tmp/check.out")"
+# done
 # The image's paths and the config's must agree.
 grep -q '^COPY deploy/ecosystem.container.toml /etc/heartalk/ecosystem.toml$' Dockerfile \
   || fail "Dockerfile must install $container_toml as /etc/heartalk/ecosystem.toml"
@@ -100,12 +138,12 @@ for file in compose/docker-compose.yml compose/docker-compose.prod.yml compose/d
   step "docker-compose config $file"
   docker-compose --env-file "$env_example" -f "$file" config -q
 done
-# Production files: each secret on its own is required (${VAR:?}), so a
-# forgotten one stops the deployment instead of running with a default.
+# The secrets left in the production files' environment (Grafana's) are each
+# required (${VAR:?}): a forgotten one stops the deployment instead of
+# running with a default.
 for file in compose/docker-compose.prod.yml compose/docker-stack.yml; do
   mapfile -t secrets < <(grep -hv '^[[:space:]]*#' "$file" \
     | grep -oE '\$\{[A-Z_]*(SECRET|PASSWORD|API_KEY)\b' | cut -c3- | sort -u)
-  ((${#secrets[@]} >= 3)) || fail "$file: expected its secrets as \${VAR:?} (found: ${secrets[*]:-none})"
   for var in "${secrets[@]}"; do
     grep -v "^$var=" "$env_example" >"$tmp/partial.env"
     if env -i PATH="$PATH" HOME="$tmp" docker-compose --env-file "$tmp/partial.env" -f "$file" \
@@ -113,18 +151,133 @@ for file in compose/docker-compose.prod.yml compose/docker-stack.yml; do
       fail "$file renders without $var (secrets must be \${$var:?...})"
     fi
   done
-  step "$file refuses to render without any of: ${secrets[*]}"
+  step "$file refuses to render without any of: ${secrets[*]:-(no secret in its environment)}"
 done
 
-step "compose/.env.example covers every variable, with placeholder secrets"
+# The service's and Redis's secrets are files. scripts/make-secrets.sh
+# writes them (into a scratch directory here): the compose files must read
+# exactly the files it makes, and what it makes must be acceptable.
+step "scripts/make-secrets.sh makes the secret files the production files read"
+printf 'sample-ark-key\n' >"$tmp/ark-key"
+scripts/make-secrets.sh --byteplus-api-key-from "$tmp/ark-key" "$tmp/made" >/dev/null \
+  || fail "scripts/make-secrets.sh failed"
+mapfile -t made < <(find "$tmp/made" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort)
+for name in "${made[@]}"; do
+  perm=$(stat -c %a "$tmp/made/$name")
+  (((8#$perm & 8#004) == 0)) || fail "scripts/make-secrets.sh made $name world-readable ($perm)"
+  git check-ignore -q "compose/secrets/$name" || fail ".gitignore does not ignore compose/secrets/$name"
+done
+# Run again it keeps every file as it is, and it reports a world-readable one.
+sums=$(cd "$tmp/made" && sha256sum -- *)
+scripts/make-secrets.sh "$tmp/made" >/dev/null || fail "scripts/make-secrets.sh: a second run fails"
+[[ $(cd "$tmp/made" && sha256sum -- *) == "$sums" ]] || fail "scripts/make-secrets.sh rewrote an existing file"
+chmod 0444 "$tmp/made/jwt_secret"
+if scripts/make-secrets.sh "$tmp/made" >/dev/null 2>&1; then
+  fail "scripts/make-secrets.sh accepts a world-readable file"
+fi
+chmod 0400 "$tmp/made/jwt_secret"
+# The image's build context is an allow-list ('*' first, checked above):
+# nothing under compose/ may be re-admitted.
+if grep -q '^!compose' .dockerignore; then
+  fail ".dockerignore re-admits compose/ (compose/secrets/ must stay out of the build context)"
+fi
+step "production compose files: secrets only as files (*_FILE), Swarm modes not world-readable"
+python3 - "${made[*]}" <<'PY'
+import pathlib, re, sys
+import yaml
+
+made = set(sys.argv[1].split())
+# A variable whose value would be a secret (the names `heartalk describe`
+# masks, roughly); *_FILE variables name files and are what we want.
+SECRET = re.compile(r"SECRET|PASSWORD|PASSWD|API_?KEY|TOKEN|CREDENTIAL|(^|_)(AUTH|KEY|PASS)(_|$)")
+USERINFO = re.compile(r"\w+://[^/\s@]*@")
+REQUIRED = ["JWT_SECRET_FILE", "HEARTALK_API_KEY_FILE", "BYTEPLUS_API_KEY_FILE", "REDIS_PASSWORD_FILE"]
+user = re.search(r"^USER (\d+):(\d+)$", pathlib.Path("Dockerfile").read_text(), re.M)
+uid, gid = user.groups() if user else ("?", "?")
+errors = []
+def check(ok, msg):
+    if not ok:
+        errors.append(msg)
+
+def env_of(svc):
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+for f in ("compose/docker-compose.prod.yml", "compose/docker-stack.yml"):
+    doc = yaml.safe_load(pathlib.Path(f).read_text())
+    swarm = f.endswith("docker-stack.yml")
+    top = doc.get("secrets") or {}
+    mounted = {}  # service -> {path in the container: source}
+    for name in ("heartalk", "redis"):
+        svc = doc["services"][name]
+        where = f"{f}: services.{name}"
+        mounted[name] = {}
+        for s in svc.get("secrets") or []:
+            s = {"source": s} if isinstance(s, str) else s
+            target = s.get("target", s["source"])
+            path = target if target.startswith("/") else f"/run/secrets/{target}"
+            mounted[name][path] = s["source"]
+            d = top.get(s["source"])
+            if d is None:
+                errors.append(f"{where}: secret {s['source']} is not defined at the top level")
+            elif not d.get("external"):
+                p = pathlib.PurePosixPath(str(d.get("file", "")))
+                check(str(p.parent) in ("secrets", "./secrets") and p.name in made,
+                      f"{f}: secret {s['source']}: file {d.get('file')} must be ./secrets/<one of {sorted(made)}> (scripts/make-secrets.sh)")
+            if swarm:
+                mode = s.get("mode")
+                check(isinstance(mode, int) and mode & ~0o440 == 0,
+                      f"{where}: secret {s['source']}: mode {oct(mode) if isinstance(mode, int) else mode} must be 0440 or stricter "
+                      "(Swarm's default 0444 is world-readable: the service refuses it)")
+                if name == "heartalk":
+                    check((str(s.get("uid")), str(s.get("gid"))) == (uid, gid),
+                          f"{where}: secret {s['source']}: uid/gid must be the image's user {uid}:{gid}")
+        env = env_of(svc)
+        for k, v in env.items():
+            check(k.endswith("_FILE") or not SECRET.search(k),
+                  f"{where}: {k} puts a secret's value in the environment (mount it and set {k}_FILE)")
+            check(not USERINFO.search(v), f"{where}: {k} carries credentials in a URL")
+            if k.endswith("_FILE") and SECRET.search(k):
+                check(v in mounted[name], f"{where}: {k}={v} is not a secret this service mounts")
+        # No secret variable interpolated anywhere in the service (command,
+        # healthcheck, labels...): `docker inspect` would show its value.
+        for var in re.findall(r"(?<!\$)\$\{?([A-Z_][A-Z0-9_]*)", yaml.safe_dump(svc)):
+            check(not SECRET.search(var) or var.endswith("_VERSION"),
+                  f"{where}: interpolates ${{{var}}} (a secret's value in the file's output)")
+    env = env_of(doc["services"]["heartalk"])
+    for k in REQUIRED:
+        check(k in env, f"{f}: services.heartalk: {k} missing")
+    # Redis reads the password file the service gets, and nothing else.
+    redis_cmd = yaml.safe_dump(doc["services"]["redis"].get("command"))
+    paths = sorted(set(re.findall(r"/run/secrets/[\w./-]+", redis_cmd)))
+    check(len(paths) == 1 and paths[0] in mounted["redis"]
+          and "requirepass" in redis_cmd and "--requirepass" not in redis_cmd,
+          f"{f}: services.redis: its command must give requirepass from the one secret file it mounts (found {paths})")
+    if len(paths) == 1:
+        check(mounted["redis"].get(paths[0]) == mounted["heartalk"].get(env.get("REDIS_PASSWORD_FILE")),
+              f"{f}: Redis's password secret and the service's REDIS_PASSWORD_FILE differ")
+
+if errors:
+    print("\n".join("containers: FAILED: " + e for e in errors), file=sys.stderr)
+    sys.exit(1)
+PY
+
+step "compose/.env.example covers every variable and nothing else, with no secret values"
 mapfile -t used < <(grep -hv '^[[:space:]]*#' compose/*.yml \
   | grep -oE '\$\{[A-Z_][A-Z0-9_]*' | cut -c3- | sort -u)
 for var in "${used[@]}"; do
   grep -q "^$var=" "$env_example" || fail "compose uses \${$var} but compose/.env.example does not set it"
 done
 while IFS='=' read -r key value; do
-  if [[ $key =~ (SECRET|PASSWORD|API_KEY)$ && $value != replace-* ]]; then
-    fail "compose/.env.example: $key must be a replace-... placeholder, not a real value"
+  if [[ $key =~ (SECRET|PASSWORD|API_KEY)$ && -n $value && $value != replace-* ]]; then
+    fail "compose/.env.example: $key must be empty or a replace-... placeholder, not a real value"
+  fi
+  # COMPOSE_PROJECT_NAME is compose's own; anything else unused is stale
+  # (e.g. a secret that moved to a file).
+  if [[ $key != COMPOSE_PROJECT_NAME && " ${used[*]} " != *" $key "* ]]; then
+    fail "compose/.env.example sets $key, which no compose file uses"
   fi
 done < <(grep -E '^[A-Z_]+=' "$env_example")
 
@@ -283,6 +436,80 @@ sockdir = str(pathlib.PurePath(toml["supervisor"]["control_socket"]).parent)
 for path in (logdir, sockdir):
     check(path in mounts and "emptyDir" in vols.get(mounts[path], {}),
           f"{path} must be an emptyDir (read-only root filesystem)")
+
+# Secrets (issue #17): files from the heartalk-secrets Secret, never values
+# in the environment. Each *_FILE names a key of a secret volume whose mode
+# is 0440 or stricter (the default 0644 is world-readable: the service
+# refuses it), readable through fsGroup; secret.example.yaml has exactly the
+# keys the manifests read.
+SECRET = re.compile(r"SECRET|PASSWORD|PASSWD|API_?KEY|TOKEN|CREDENTIAL|(^|_)(AUTH|KEY|PASS)(_|$)")
+USERINFO = re.compile(r"\w+://[^/\s@]*@")
+example_keys = set(docs[("Secret", "heartalk-secrets")]["stringData"])
+read_keys = set()
+def secret_files(kind, pod, c):
+    """Checks container c of pod; returns (env, key_of) with key_of(path) the
+    Secret key mounted at that path (None if none)."""
+    vols = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+    check("fsGroup" in pod.get("securityContext", {}),
+          f"{kind}: pod securityContext.fsGroup (the secret files are root:fsGroup, 0440)")
+    for name, vol in vols.items():
+        check(vol.get("secretName") == "heartalk-secrets", f"{kind}: volume {name}: secretName heartalk-secrets")
+        modes = [vol.get("defaultMode", 0o644)] + [i["mode"] for i in vol.get("items", []) if "mode" in i]
+        for mode in modes:
+            check(mode & ~0o440 == 0,
+                  f"{kind}: secret volume {name}: mode {oct(mode)} must be 0440 or stricter "
+                  "(the default 0644 is world-readable: the service refuses it)")
+    mounts = {m["mountPath"].rstrip("/"): m for m in c.get("volumeMounts", []) if m["name"] in vols}
+    for path, m in mounts.items():
+        check(m.get("readOnly") is True, f"{kind}: secret mount {path} must be readOnly")
+    def key_of(path):
+        for mp, m in mounts.items():
+            if path.startswith(mp + "/"):
+                rel, vol = path[len(mp) + 1:], vols[m["name"]]
+                if "items" in vol:
+                    return next((i["key"] for i in vol["items"] if i["path"] == rel), None)
+                return rel
+        return None
+    for ef in c.get("envFrom", []):
+        check("secretRef" not in ef, f"{kind}: envFrom secretRef puts every secret in the environment")
+    env = {}
+    for e in c.get("env", []):
+        name, value = e["name"], str(e.get("value", ""))
+        env[name] = value
+        check("secretKeyRef" not in e.get("valueFrom", {}),
+              f"{kind}: env {name} from a secretKeyRef (a secret's value in the environment; mount it)")
+        check(name.endswith("_FILE") or not SECRET.search(name),
+              f"{kind}: env {name} looks like a secret's value (mount it and set {name}_FILE)")
+        check(not USERINFO.search(value), f"{kind}: env {name} carries credentials in a URL")
+        if name.endswith("_FILE") and SECRET.search(name):
+            key = key_of(value)
+            check(key in example_keys, f"{kind}: {name}={value} is not a key of heartalk-secrets mounted here")
+            read_keys.add(key)
+    return env, key_of
+
+env, key_of = secret_files("Deployment heartalk", pod, c)
+for name in ("JWT_SECRET_FILE", "HEARTALK_API_KEY_FILE", "BYTEPLUS_API_KEY_FILE", "REDIS_PASSWORD_FILE"):
+    check(name in env, f"Deployment heartalk: {name} missing")
+# Redis: requirepass from the same key as the service's REDIS_PASSWORD_FILE.
+redis_pod = docs[("StatefulSet", "redis")]["spec"]["template"]["spec"]
+redis_c = redis_pod["containers"][0]
+_, redis_key_of = secret_files("StatefulSet redis", redis_pod, redis_c)
+redis_text = yaml.safe_dump([redis_c.get("command"), redis_c.get("args"),
+                             redis_c.get("readinessProbe"), redis_c.get("livenessProbe")])
+redis_paths = sorted(set(re.findall(r"/run/secrets/[\w./-]+", redis_text)))
+check(len(redis_paths) == 1 and "requirepass" in redis_text and "--requirepass" not in redis_text,
+      f"StatefulSet redis: requirepass must come from one mounted secret file (found {redis_paths})")
+for path in redis_paths:
+    key = redis_key_of(path)
+    check(key is not None and key == key_of(env.get("REDIS_PASSWORD_FILE", "")),
+          f"StatefulSet redis: {path} must be the key the service's REDIS_PASSWORD_FILE reads")
+    read_keys.add(key)
+check(example_keys == read_keys,
+      f"secret.example.yaml keys {sorted(example_keys)} != keys the manifests read {sorted(k for k in read_keys if k)}")
+heartalk_env = docs[("ConfigMap", "heartalk-env")]["data"]
+for name in heartalk_env:
+    check(name.endswith("_FILE") or not SECRET.search(name),
+          f"configmap.yaml heartalk-env: {name} looks like a secret (secrets are files of heartalk-secrets)")
 
 ing = docs[("Ingress", "heartalk")]
 ann = ing["metadata"]["annotations"]

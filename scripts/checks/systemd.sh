@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks deploy/heartalk.service (issue #16). Run by scripts/check-deploy.sh
+# Checks deploy/heartalk.service (issues #16, #17). Run by scripts/check-deploy.sh
 # from the repository root; exits non-zero on the first failure.
 #
 #   1. `systemd-analyze verify` passes on the unit. verify also checks that
@@ -13,11 +13,18 @@
 #      ExecReload) above `heartalk reload`'s wait, ExecReload through `heartalk reload` (it waits
 #      for the outcome), and the log and runtime directories of the shipped
 #      config made writable by LogsDirectory= and RuntimeDirectory=.
+#   3. Secrets are systemd credentials: no Environment= gives a secret's
+#      value, every *_FILE variable is %d/ID with a matching
+#      LoadCredential=ID:/etc/heartalk/credentials/ID (and every credential
+#      is read through one), JWT_SECRET_FILE, HEARTALK_API_KEY_FILE and
+#      BYTEPLUS_API_KEY_FILE are set; the optional Redis pair (shipped
+#      commented out) passes verify and the same rules once uncommented.
+#      verify does not read credential files: no secret is needed here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 if [[ ${1:-} == --help || ${1:-} == -h ]]; then
-  sed -n '2,15s/^# \{0,1\}//p' "$0"
+  sed -n '2,22s/^# \{0,1\}//p' "$0"
   exit 0
 fi
 
@@ -73,4 +80,63 @@ grep -q '^control_socket = "/run/heartalk/' "$config" || fail "$config's control
 grep -q '^dir = "/var/log/heartalk"' "$config" || fail "$config's log dir is not LogsDirectory=heartalk"
 [[ $(value RuntimeDirectory) == heartalk && $(value LogsDirectory) == heartalk ]] || fail "RuntimeDirectory/LogsDirectory=heartalk expected"
 [[ $(value ProtectSystem) == strict && $(value NoNewPrivileges) == yes ]] || fail "hardening expected"
+
+step "secrets as systemd credentials"
+# Checks one unit file; prints every problem, returns 1 if any.
+check_credentials() {
+  local file=$1 bad=0 value name id path
+  local -a assignments
+  local -A creds=() used=()
+  while IFS= read -r value; do
+    id=${value%%:*} path=${value#*:}
+    if [[ $path != "/etc/heartalk/credentials/$id" ]]; then
+      echo "systemd: LoadCredential=$value: expected $id:/etc/heartalk/credentials/$id" >&2
+      bad=1
+    fi
+    creds[$id]=1
+  done < <(sed -n 's/^LoadCredential=//p' "$file")
+  while read -ra assignments; do
+    for value in "${assignments[@]}"; do
+      name=${value%%=*}
+      if [[ $name == *_FILE ]]; then
+        id=${value#*=}
+        id=${id#%d/}
+        if [[ ${value#*=} != "%d/$id" || -z ${creds[$id]+x} ]]; then
+          echo "systemd: Environment=$value: a *_FILE must be %d/ID of a LoadCredential=ID" >&2
+          bad=1
+        fi
+        used[$id]=1
+      elif [[ $name =~ (SECRET|PASSWORD|PASSWD|API_KEY|TOKEN|CREDENTIAL) ]]; then
+        echo "systemd: Environment=$name=...: a secret's value in the unit (use a credential and ${name}_FILE)" >&2
+        bad=1
+      fi
+    done
+  done < <(sed -n 's/^Environment=//p' "$file")
+  for id in "${!creds[@]}"; do
+    if [[ -z ${used[$id]+x} ]]; then
+      echo "systemd: LoadCredential=$id is not read through any *_FILE" >&2
+      bad=1
+    fi
+  done
+  for name in JWT_SECRET_FILE HEARTALK_API_KEY_FILE BYTEPLUS_API_KEY_FILE; do
+    if ! grep -q "^Environment=$name=%d/" "$file"; then
+      echo "systemd: Environment=$name=%d/... missing" >&2
+      bad=1
+    fi
+  done
+  return "$bad"
+}
+check_credentials "$unit" || fail "secrets in $unit"
+# The optional Redis pair, uncommented: it must verify and pass the same rules.
+if ! grep -q '^#LoadCredential=redis_password:' "$unit" || ! grep -q '^#Environment=REDIS_PASSWORD_FILE=' "$unit"; then
+  fail "$unit: the commented-out redis_password credential and REDIS_PASSWORD_FILE lines are missing"
+fi
+mkdir "$tmp/with-redis"
+sed -e 's/^#\(LoadCredential=redis_password:\)/\1/' -e 's/^#\(Environment=REDIS_PASSWORD_FILE=\)/\1/' \
+  "$tmp/heartalk.service" >"$tmp/with-redis/heartalk.service"
+if ! out=$(MANPATH="$tmp/man" systemd-analyze verify "$tmp/with-redis/heartalk.service" 2>&1) || [[ -n $out ]]; then
+  echo "$out" >&2
+  fail "systemd-analyze verify with the Redis credential uncommented"
+fi
+check_credentials "$tmp/with-redis/heartalk.service" || fail "secrets in $unit with the Redis credential uncommented"
 echo "systemd: all checks passed"
