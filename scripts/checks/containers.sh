@@ -117,13 +117,22 @@ env "${no_secrets[@]}" NODE_ENV=production \
   REDIS_PASSWORD_FILE="$tmp/run-secrets/redis_password" \
   REDIS_URL=redis://redis:6379/0 \
   "$heartalk" check "$container_toml"
-# RE-ENABLE (#17): uncomment once the supervisor's production check (a start without JWT_SECRET[_FILE] or HEARTALK_API_KEY[_FILE] exits 64) is merged.
-# if env "${no_secrets[@]}" NODE_ENV=production "$heartalk" check "$container_toml" >"$tmp/check.out" 2>&1; then
-#   fail "$container_toml: heartalk check accepts a production start without JWT_SECRET[_FILE]/HEARTALK_API_KEY[_FILE]"
-# fi
-# for var in JWT_SECRET HEARTALK_API_KEY; do
-#   grep -q "$var" "$tmp/check.out" || fail "heartalk check does not require $var: $(cat "$tmp/check.out")"
-# done
+# A production start without the secrets refuses (exit 64, naming them), and
+# so does one whose secret file is readable by every user.
+if env "${no_secrets[@]}" NODE_ENV=production "$heartalk" check "$container_toml" >"$tmp/check.out" 2>&1; then
+  fail "$container_toml: heartalk check accepts a production start without JWT_SECRET[_FILE]/HEARTALK_API_KEY[_FILE]"
+fi
+for var in JWT_SECRET HEARTALK_API_KEY; do
+  grep -q "$var" "$tmp/check.out" || fail "heartalk check does not require $var: $(cat "$tmp/check.out")"
+done
+cp "$tmp/run-secrets/jwt_secret" "$tmp/world-readable" && chmod 0644 "$tmp/world-readable"
+if env "${no_secrets[@]}" NODE_ENV=production \
+  JWT_SECRET_FILE="$tmp/world-readable" HEARTALK_API_KEY_FILE="$tmp/run-secrets/heartalk_api_key" \
+  "$heartalk" check "$container_toml" >"$tmp/check.out" 2>&1; then
+  fail "$container_toml: heartalk check accepts a world-readable JWT_SECRET_FILE"
+fi
+grep -q "$tmp/world-readable: readable by every user" "$tmp/check.out" \
+  || fail "heartalk check does not name the world-readable file: $(cat "$tmp/check.out")"
 # The image's paths and the config's must agree.
 grep -q '^COPY deploy/ecosystem.container.toml /etc/heartalk/ecosystem.toml$' Dockerfile \
   || fail "Dockerfile must install $container_toml as /etc/heartalk/ecosystem.toml"

@@ -35,7 +35,11 @@ fn main() -> ExitCode {
                     for line in &refused {
                         eprintln!("{line}");
                     }
-                    eprintln!("{} secret error(s) for {}", refused.len(), file.display());
+                    eprintln!(
+                        "{} error(s) in the secrets and token rules of {}",
+                        refused.len(),
+                        file.display()
+                    );
                     return ExitCode::from(Exit::Usage.code());
                 }
                 let workers: Vec<String> = config

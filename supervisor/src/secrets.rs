@@ -1,8 +1,9 @@
 //! The check of an app's secrets before any of its workers start: the
 //! same rules the worker applies at its own start
 //! ([`shared::secrets::resolve`]: `NAME`/`NAME_FILE`, the files' modes,
-//! the production requirements), run on the environment the worker will
-//! get (the supervisor's own, overlaid with `[apps.env]`).
+//! the production requirements; [`shared::token_policy::parse`]: the token
+//! rules), run on the environment the worker will get (the supervisor's
+//! own, overlaid with `[apps.env]`).
 //!
 //! It runs at start and in `heartalk check` (a failure is exit 64 with
 //! every error), and before every reload, restart and scale-up (a failure
@@ -29,10 +30,17 @@ pub fn check_app(app: &App) -> Vec<String> {
 
 /// [`check_app`] over any lookup (tests give a map).
 pub fn check_with(app: &str, get: impl Fn(&str) -> Option<String>) -> Vec<String> {
-    match shared::secrets::resolve(get) {
+    let mut errors: Vec<String> = match shared::secrets::resolve(&get) {
         Ok(_) => Vec::new(),
-        Err(errors) => errors.iter().map(|e| format!("app `{app}`: {e}")).collect(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    };
+    if let Err(rules) = shared::token_policy::parse(&get) {
+        errors.extend(rules);
     }
+    errors
+        .into_iter()
+        .map(|e| format!("app `{app}`: {e}"))
+        .collect()
 }
 
 /// [`check_app`] for every app of `apps` (all of them, or the one named).
@@ -63,6 +71,17 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("app `ai`: JWT_SECRET and JWT_SECRET_FILE"));
         assert!(errors[1].contains("HEARTALK_API_KEY (or HEARTALK_API_KEY_FILE) is required"));
+    }
+
+    #[test]
+    fn bad_token_rules_are_refused_too() {
+        let env = map(&[("JWT_MAX_AGE", "soon"), ("JWT_REQUIRE_EXP", "maybe")]);
+        let errors = check_with("ai", |k| env.get(k).cloned());
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors.iter().all(|e| e.starts_with("app `ai`: JWT_")),
+            "{errors:?}"
+        );
     }
 
     #[test]

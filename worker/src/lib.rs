@@ -56,9 +56,20 @@ use crate::settings::Settings;
 /// sockets. One thread per process avoids work-stealing overhead and
 /// cross-thread synchronisation, and a stuck worker affects only its own
 /// connections.
+/// Settings the worker refuses to start with ([`Settings::refusals`]):
+/// secrets that cannot be used, bad token rules. Exit status 64.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing to start: {}", .0.join("; "))]
+pub struct Refused(pub Vec<String>);
+
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let settings = Settings::from_env();
+    // Before any socket: a worker that cannot use its secrets or token
+    // rules serves nothing (`main` makes this exit 64).
+    if !settings.refusals.is_empty() {
+        return Err(Refused(settings.refusals).into());
+    }
     // Before the runtime exists: claiming the fds edits the environment,
     // which is only sound while the process has a single thread.
     let sockets = http::listener::take_or_bind(&settings)?;

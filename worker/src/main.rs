@@ -1,6 +1,8 @@
 //! `heartalk-worker`: sets up JSON logging and runs [`heartalk_worker::run`].
 //! Any start-up failure is logged with its context chain and becomes exit
-//! status 1, which the supervisor treats as a failed start.
+//! status 1, which the supervisor treats as a failed start; settings it
+//! refuses (secrets that cannot be used, bad token rules: see
+//! [`heartalk_worker::Refused`]) are logged one per line and exit 64.
 
 use std::process::ExitCode;
 
@@ -28,10 +30,18 @@ fn main() -> ExitCode {
     let _log_flush = init_tracing();
     match heartalk_worker::run() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "worker failed");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<heartalk_worker::Refused>() {
+            Some(refused) => {
+                for why in &refused.0 {
+                    tracing::error!(error = %why, "setting refused");
+                }
+                ExitCode::from(64)
+            }
+            None => {
+                tracing::error!(error = format!("{e:#}"), "worker failed");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

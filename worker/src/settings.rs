@@ -81,8 +81,9 @@ pub struct Settings {
     /// Settings that stop the worker: logged and exit 64 (the supervisor
     /// checks the same before it starts a worker, so this is a second
     /// line). One line each naming the variable, the value and what is
-    /// accepted; today the token rules ([`shared::token_policy::parse`]),
-    /// security switches that must not fall back to a default on a typo.
+    /// accepted: secrets that cannot be used ([`shared::secrets::resolve`])
+    /// and the token rules ([`shared::token_policy::parse`]), security
+    /// switches that must not fall back to a default on a typo.
     pub refusals: Vec<String>,
 }
 
@@ -385,7 +386,17 @@ impl Settings {
 
     /// Builds settings from any key lookup; `from_env` with the process
     /// environment, tests with a map.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+    ///
+    /// Secrets named by `NAME_FILE` are read here ([`shared::secrets`]):
+    /// the rest of the settings see the file's value as `NAME`. A secret
+    /// that cannot be used is a refusal, like a bad token rule.
+    pub fn from_lookup(raw: impl Fn(&str) -> Option<String>) -> Self {
+        let mut refusals = Vec::new();
+        let files = shared::secrets::resolve(&raw).unwrap_or_else(|errors| {
+            refusals.extend(errors.iter().map(ToString::to_string));
+            shared::secrets::FileSecrets::default()
+        });
+        let get = |k: &str| files.get(k).map(str::to_string).or_else(|| raw(k));
         let string = |k: &str, default: &str| get(k).unwrap_or_else(|| default.to_string());
         let nonempty = |k: &str, default: &str| {
             get(k)
@@ -395,8 +406,7 @@ impl Settings {
         };
         let mut problems = Vec::new();
         let connection = connection_timeouts(&get, &mut problems);
-        let mut refusals = Vec::new();
-        let policy = token_policy::parse(&get).unwrap_or_else(|errors| {
+        let policy = token_policy::parse(get).unwrap_or_else(|errors| {
             refusals.extend(errors);
             // Never served with once the refusal stops the worker; until
             // then, the strict side of the switch a typo cannot weaken.
@@ -1149,6 +1159,8 @@ mod tests {
         assert!(s.pipeline.jwt.policy.require_exp, "production default");
         let s = settings(&[
             ("NODE_ENV", "production"),
+            ("JWT_SECRET", "s"),
+            ("HEARTALK_API_KEY", "k"),
             ("JWT_REQUIRE_EXP", "no"),
             ("JWT_MAX_AGE", "7d"),
             ("JWT_CLOCK_TOLERANCE", "0"),
@@ -1163,6 +1175,36 @@ mod tests {
         );
         assert!(s.refusals.is_empty(), "{:?}", s.refusals);
         assert!(s.problems.is_empty());
+    }
+
+    #[test]
+    fn secrets_come_from_their_files_and_a_bad_file_is_a_refusal() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, body: &str, mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p.display().to_string()
+        };
+        let jwt = write("jwt", "new-secret\nold-secret\n", 0o400);
+        let key = write("key", "file-key\n", 0o440);
+        let pw = write("pw", "redis-pw\n", 0o400);
+        let s = settings(&[
+            ("JWT_SECRET_FILE", &jwt),
+            ("HEARTALK_API_KEY_FILE", &key),
+            ("REDIS_PASSWORD_FILE", &pw),
+        ]);
+        assert!(s.refusals.is_empty(), "{:?}", s.refusals);
+        assert_eq!(s.pipeline.jwt.signing_secret(), b"new-secret");
+        assert_eq!(s.pipeline.jwt.secrets.len(), 2);
+        assert_eq!(s.pipeline.backend_api_key(), "file-key");
+        assert_eq!(s.pipeline.redis_password, Some(Secret("redis-pw".into())));
+
+        let open = write("open", "x\n", 0o644);
+        let s = settings(&[("JWT_SECRET_FILE", &open), ("BYTEPLUS_API_KEY", "k")]);
+        assert_eq!(s.refusals.len(), 1, "{:?}", s.refusals);
+        assert!(s.refusals[0].contains(&open), "{:?}", s.refusals);
     }
 
     #[test]

@@ -246,6 +246,26 @@ pub fn post_json(addr: SocketAddr, path: &str, token: Option<&str>, body: &Value
     request(addr, "POST", path, &headers, body.to_string().as_bytes()).expect("POST")
 }
 
+/// `GET /internal/api/v1/test` as the backend calls it: `X-API-Key: key`
+/// and a service JWT (`service: "ai-service"`, 5 minutes) signed with
+/// `secret`.
+pub fn internal_get(addr: SocketAddr, secret: &str, key: &str) -> Response {
+    let now = super::now_unix();
+    let token = super::jwt(
+        &json!({"service": "ai-service", "iat": now, "exp": now + 300}),
+        secret,
+    );
+    let auth = format!("Bearer {token}");
+    request(
+        addr,
+        "GET",
+        "/internal/api/v1/test",
+        &[("Authorization", &auth), ("X-API-Key", key)],
+        b"",
+    )
+    .expect("GET internal")
+}
+
 /// GET with a bearer token.
 pub fn get_auth(addr: SocketAddr, path: &str, token: &str) -> Response {
     let auth = format!("Bearer {token}");

@@ -276,6 +276,17 @@ impl Supervisor {
             .expect("run heartalk")
     }
 
+    /// The pids of the first app's workers, as `heartalk status` lists them.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.status()["apps"][0]["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .filter_map(|w| w["pid"].as_i64())
+            .map(|p| p as i32)
+            .collect()
+    }
+
     /// `heartalk status --json`, parsed.
     pub fn status(&self) -> Value {
         let out = self.cli(&["status", "--json"]);
