@@ -9,7 +9,9 @@
 //! Steps: `old` → `old,new` (new accepted) → `new,old` (new signs) →
 //! `new`. Load runs throughout, on a user endpoint and on the internal
 //! endpoint (X-API-Key plus a service JWT); afterwards the dropped secret
-//! and key are refused.
+//! and key are refused. And what the worker sends the backend follows the
+//! first line: signed with the old secret and key until the swap, with the
+//! new ones after it.
 
 mod helper;
 
@@ -227,4 +229,80 @@ fn rotating_the_jwt_secret_and_the_api_key_under_load_fails_no_request() {
         (r.status, r.json()["code"].clone()),
         (401, json!("INVALID_API_KEY"))
     );
+}
+
+/// Whether `token` carries a valid HS256 signature made with `secret`.
+fn signed_with(token: &str, secret: &str) -> bool {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.required_spec_claims.clear();
+    jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).expect("hmac key"),
+        &v,
+    )
+    .is_ok()
+}
+
+/// The credentials the backend received for the history of `conversation`.
+fn backend_credentials(
+    backend: &heartalk_e2e::mock_backend::MockBackend,
+    conversation: &str,
+) -> (String, String) {
+    let req = backend
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.path
+                .contains(&format!("/conversations/{conversation}/history"))
+        })
+        .expect("history fetched");
+    let bearer = req.authorization.expect("authorization");
+    (
+        bearer.strip_prefix("Bearer ").unwrap().to_string(),
+        req.api_key.expect("X-API-Key"),
+    )
+}
+
+#[test]
+fn the_first_line_signs_what_the_backend_receives() {
+    let backend = heartalk_e2e::mock_backend::MockBackend::start();
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_file = dir.path().join("jwt_secret");
+    let key_file = dir.path().join("api_key");
+    write_secret(&jwt_file, &[OLD, NEW]);
+    write_secret(&key_file, &[OLD_KEY, NEW_KEY]);
+    let (jwt_path, key_path) = (
+        jwt_file.display().to_string(),
+        key_file.display().to_string(),
+    );
+    let svc = Service::start(
+        1,
+        &[
+            ("JWT_SECRET_FILE", &jwt_path),
+            ("HEARTALK_API_KEY_FILE", &key_path),
+            ("HEARTALK_BACKEND_URL", &backend.base_url()),
+            ("HEALTH_CHECK_INTERVAL", "600000"),
+        ],
+    );
+    let user = jwt(&json!({"userId": "u1", "exp": now_unix() + 600}), NEW);
+    let ask = |conversation: &str| {
+        let body = json!({"conversation_id": conversation, "message": "hi", "user_id": "u1"});
+        let r = post_json(svc.addr, "/api/v1/chat/generate", Some(&user), &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    // Step 1: the new secret is accepted (the user token above is signed
+    // with it) but the old one still signs for the backend.
+    ask("1");
+    let (token, key) = backend_credentials(&backend, "1");
+    assert!(signed_with(&token, OLD) && !signed_with(&token, NEW));
+    assert_eq!(key, OLD_KEY);
+
+    // Step 2: swapped, the new ones sign.
+    write_secret(&jwt_file, &[NEW, OLD]);
+    write_secret(&key_file, &[NEW_KEY, OLD_KEY]);
+    reload_and_settle(&svc);
+    ask("2");
+    let (token, key) = backend_credentials(&backend, "2");
+    assert!(signed_with(&token, NEW) && !signed_with(&token, OLD));
+    assert_eq!(key, NEW_KEY);
 }

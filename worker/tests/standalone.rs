@@ -186,3 +186,40 @@ fn serves_health_and_drains_on_sigterm() {
     let status = worker.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+/// Run alone, a worker whose secret file is readable by every user exits
+/// 64 before it binds anything, and says which file (on stdout, its log).
+#[test]
+fn a_world_readable_secret_file_is_exit_64_with_its_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("standalone-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("jwt_secret");
+    std::fs::write(&file, "s3cret-standalone\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_heartalk-worker"))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("JWT_SECRET_FILE", &file)
+        .env_remove("JWT_SECRET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("running heartalk-worker");
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(64), "{log}");
+    assert!(
+        log.contains(&format!(
+            "JWT_SECRET_FILE={}: readable by every user",
+            file.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("s3cret-standalone"), "{log}");
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the refused worker must not have bound its port"
+    );
+}
