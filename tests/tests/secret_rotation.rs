@@ -144,6 +144,40 @@ impl RotationLoad {
     }
 }
 
+/// A service whose JWT secrets and API keys are in two files of one per
+/// line (mode 0400), which the test rewrites between reloads.
+struct Rotated {
+    svc: Service,
+    jwt_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rotated {
+    fn start(instances: u32, secrets: &[&str], keys: &[&str], env: &[(&str, &str)]) -> Rotated {
+        let dir = tempfile::tempdir().unwrap();
+        let jwt_file = dir.path().join("jwt_secret");
+        let key_file = dir.path().join("api_key");
+        write_secret(&jwt_file, secrets);
+        write_secret(&key_file, keys);
+        let (jwt_path, key_path) = (
+            jwt_file.display().to_string(),
+            key_file.display().to_string(),
+        );
+        let mut all = vec![
+            ("JWT_SECRET_FILE", jwt_path.as_str()),
+            ("HEARTALK_API_KEY_FILE", key_path.as_str()),
+        ];
+        all.extend_from_slice(env);
+        Rotated {
+            svc: Service::start(instances, &all),
+            jwt_file,
+            key_file,
+            _dir: dir,
+        }
+    }
+}
+
 /// `heartalk reload`, then waits for every worker it replaced to be gone,
 /// so that no request can reach a worker of the previous step.
 fn reload_and_settle(svc: &Service) {
@@ -162,51 +196,43 @@ fn reload_and_settle(svc: &Service) {
 
 #[test]
 fn rotating_the_jwt_secret_and_the_api_key_under_load_fails_no_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let jwt_file = dir.path().join("jwt_secret");
-    let key_file = dir.path().join("api_key");
-    write_secret(&jwt_file, &[OLD]);
-    write_secret(&key_file, &[OLD_KEY]);
-    let (jwt_path, key_path) = (
-        jwt_file.display().to_string(),
-        key_file.display().to_string(),
-    );
-    let svc = Service::start(
+    let rot = Rotated::start(
         2,
+        &[OLD],
+        &[OLD_KEY],
         &[
-            ("JWT_SECRET_FILE", &jwt_path),
-            ("HEARTALK_API_KEY_FILE", &key_path),
             ("RATE_LIMIT_MAX_REQUESTS", "100000000"),
             ("RATE_LIMIT_USER_MAX", "100000000"),
             ("RATE_LIMIT_AI_MAX", "100000000"),
             ("RATE_LIMIT_ADMIN_MAX", "100000000"),
         ],
     );
+    let (svc, jwt_file, key_file) = (&rot.svc, &rot.jwt_file, &rot.key_file);
     let load = RotationLoad::start(svc.addr, vec![(OLD, OLD_KEY)]);
     load.wait_more(100, false);
 
     // 1. The new secret and key are accepted, not yet used to sign.
-    write_secret(&jwt_file, &[OLD, NEW]);
-    write_secret(&key_file, &[OLD_KEY, NEW_KEY]);
-    reload_and_settle(&svc);
+    write_secret(jwt_file, &[OLD, NEW]);
+    write_secret(key_file, &[OLD_KEY, NEW_KEY]);
+    reload_and_settle(svc);
     load.switch(vec![(OLD, OLD_KEY), (NEW, NEW_KEY)]);
     load.wait_more(100, true);
     load.wait_more(100, false);
 
     // 2. The new ones sign (the backend has them by now); the old ones are
     //    still accepted.
-    write_secret(&jwt_file, &[NEW, OLD]);
-    write_secret(&key_file, &[NEW_KEY, OLD_KEY]);
-    reload_and_settle(&svc);
+    write_secret(jwt_file, &[NEW, OLD]);
+    write_secret(key_file, &[NEW_KEY, OLD_KEY]);
+    reload_and_settle(svc);
     load.wait_more(100, true);
     load.wait_more(100, false);
 
     // 3. The longest token lifetime later nobody holds the old ones: they
     //    are dropped.
     load.switch(vec![(NEW, NEW_KEY)]);
-    write_secret(&jwt_file, &[NEW]);
-    write_secret(&key_file, &[NEW_KEY]);
-    reload_and_settle(&svc);
+    write_secret(jwt_file, &[NEW]);
+    write_secret(key_file, &[NEW_KEY]);
+    reload_and_settle(svc);
     load.wait_more(200, true);
 
     let errors = load.finish();
@@ -266,24 +292,17 @@ fn backend_credentials(
 #[test]
 fn the_first_line_signs_what_the_backend_receives() {
     let backend = heartalk_e2e::mock_backend::MockBackend::start();
-    let dir = tempfile::tempdir().unwrap();
-    let jwt_file = dir.path().join("jwt_secret");
-    let key_file = dir.path().join("api_key");
-    write_secret(&jwt_file, &[OLD, NEW]);
-    write_secret(&key_file, &[OLD_KEY, NEW_KEY]);
-    let (jwt_path, key_path) = (
-        jwt_file.display().to_string(),
-        key_file.display().to_string(),
-    );
-    let svc = Service::start(
+    let backend_url = backend.base_url();
+    let rot = Rotated::start(
         1,
+        &[OLD, NEW],
+        &[OLD_KEY, NEW_KEY],
         &[
-            ("JWT_SECRET_FILE", &jwt_path),
-            ("HEARTALK_API_KEY_FILE", &key_path),
-            ("HEARTALK_BACKEND_URL", &backend.base_url()),
+            ("HEARTALK_BACKEND_URL", &backend_url),
             ("HEALTH_CHECK_INTERVAL", "600000"),
         ],
     );
+    let (svc, jwt_file, key_file) = (&rot.svc, &rot.jwt_file, &rot.key_file);
     let user = jwt(&json!({"userId": "u1", "exp": now_unix() + 600}), NEW);
     let ask = |conversation: &str| {
         let body = json!({"conversation_id": conversation, "message": "hi", "user_id": "u1"});
@@ -298,9 +317,9 @@ fn the_first_line_signs_what_the_backend_receives() {
     assert_eq!(key, OLD_KEY);
 
     // Step 2: swapped, the new ones sign.
-    write_secret(&jwt_file, &[NEW, OLD]);
-    write_secret(&key_file, &[NEW_KEY, OLD_KEY]);
-    reload_and_settle(&svc);
+    write_secret(jwt_file, &[NEW, OLD]);
+    write_secret(key_file, &[NEW_KEY, OLD_KEY]);
+    reload_and_settle(svc);
     ask("2");
     let (token, key) = backend_credentials(&backend, "2");
     assert!(signed_with(&token, NEW) && !signed_with(&token, OLD));
