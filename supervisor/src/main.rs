@@ -30,17 +30,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file } => match load(&file) {
             Ok(config) => {
-                let refused = heartalk::secrets::check_apps(&config.apps);
-                if !refused.is_empty() {
-                    for line in &refused {
-                        eprintln!("{line}");
-                    }
-                    eprintln!(
-                        "{} error(s) in the secrets and token rules of {}",
-                        refused.len(),
-                        file.display()
-                    );
-                    return ExitCode::from(Exit::Usage.code());
+                if let Some(code) = refuse_secrets(&config, &file) {
+                    return code;
                 }
                 let workers: Vec<String> = config
                     .apps
@@ -87,11 +78,16 @@ fn main() -> ExitCode {
         Command::Health { url, timeout } => {
             ExitCode::from(heartalk::health::command(url.as_deref(), timeout).code())
         }
-        Command::Run { config } => {
-            let config = match load(&config) {
+        Command::Run { config: file } => {
+            let config = match load(&file) {
                 Ok(c) => c,
                 Err(code) => return ExitCode::from(code.code()),
             };
+            // Before anything is set up (a log directory or control socket
+            // that cannot be written would otherwise hide the reason).
+            if let Some(code) = refuse_secrets(&config, &file) {
+                return code;
+            }
             // The log writer starts first, so the supervisor's own events
             // go to the same file as the workers' lines.
             let mirror = config.log.stdout.unwrap_or_else(heartalk::sys::is_pid1);
@@ -322,6 +318,24 @@ fn unexpected(body: Body) -> Result<Exit, ClientError> {
 }
 
 /// Reads the config, printing every problem to stderr.
+/// Exit 64 with every error when an app's workers would refuse their
+/// secrets or token rules (see `heartalk::secrets`), printed on stderr.
+fn refuse_secrets(config: &Config, file: &Path) -> Option<ExitCode> {
+    let refused = heartalk::secrets::check_apps(&config.apps);
+    if refused.is_empty() {
+        return None;
+    }
+    for line in &refused {
+        eprintln!("heartalk: {line}");
+    }
+    eprintln!(
+        "heartalk: {} error(s) in the secrets and token rules of {}",
+        refused.len(),
+        file.display()
+    );
+    Some(ExitCode::from(Exit::Usage.code()))
+}
+
 fn load(path: &std::path::Path) -> Result<Config, Exit> {
     match Config::load(path) {
         Ok(c) => Ok(c),
