@@ -2,7 +2,7 @@
 # Benchmarks on 127.0.0.1 only, with wrk; each mode rewrites its own section
 # of docs/benchmarks.md (the hand-written "## Notes" stay).
 #
-#   scripts/bench.sh [all|pipeline|cache|reload|operator|memory|metrics|logs|hang|streams]   (default: all, ~11 minutes)
+#   scripts/bench.sh [all|pipeline|cache|reload|operator|rotation|memory|metrics|logs|hang|streams]   (default: all, ~12 minutes)
 #   BENCH_SECONDS=3 RUNS=1 scripts/bench.sh pipeline  # quick smoke run
 #
 # pipeline  POST /api/v1/chat/generate through `heartalk run` (release, live mode)
@@ -18,6 +18,12 @@
 #           reloads; failed requests (PM2: 182 resets).
 # operator  the same load while `heartalk restart` and `heartalk scale` 4, 1, file
 #           run one after another; failed requests.
+# rotation  the JWT secret and HEARTALK_API_KEY rotated in their files (mode 0400,
+#           one secret a line) under wrk load, 3 phases of ROTATION_SECONDS (20) at 50
+#           connections, `heartalk reload` ROTATION_RELOAD_AT (8) s into each: clients
+#           on old, files old+new; clients on old and new, files new+old; clients on
+#           new, files new. Failed requests (target 0), reload exit codes, and the old
+#           secret and key refused at the end.
 # memory    a worker growing 5 MB/s with max_memory = 150M under wrk load: failed
 #           requests, detection delay after crossing, peak RSS vs the limit
 #           (PM2: a 150 MB limit reached 270 MB).
@@ -35,8 +41,8 @@ cd "$(dirname "$0")/.."
 MODE=${1:-all}
 case $MODE in
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  all | pipeline | cache | reload | operator | memory | metrics | logs | hang | streams) ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
+  all | pipeline | cache | reload | operator | rotation | memory | metrics | logs | hang | streams) ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|rotation|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
 esac
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 RUNS=${RUNS:-4}
@@ -51,7 +57,8 @@ if ! command -v wrk >/dev/null; then
 fi
 
 cargo build --release -q -p heartalk -p heartalk-worker -p heartalk-e2e --bins
-BIN=$PWD/target/release
+# Where cargo put them: CARGO_TARGET_DIR when set (relative to here, as cargo reads it).
+BIN=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release
 WORK=$(mktemp -d)
 PIDS=()
 stop_all() {
@@ -453,6 +460,242 @@ PY
   } | python3 "$REPORT" section "$OUT" operator
 }
 
+write_secret_file() { # path line... → the file replaced in one rename, one secret a line, mode 0400
+  local path=$1
+  shift
+  (umask 077 && printf '%s\n' "$@" >"$path.new")
+  chmod 0400 "$path.new"
+  mv -f "$path.new" "$path"
+}
+
+mint_jwt() { # secret claims-json → an HS256 token
+  python3 - "$1" "$2" <<'PY'
+import base64, hashlib, hmac, json, sys
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+h = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+p = b(json.dumps(json.loads(sys.argv[2])).encode())
+print(f"{h}.{p}.{b(hmac.new(sys.argv[1].encode(), f'{h}.{p}'.encode(), hashlib.sha256).digest())}")
+PY
+}
+
+rotation_creds() { # label secret api-key → "label user-token service-token api-key" (rotation.lua)
+  local now user service
+  now=$(date +%s)
+  user=$(mint_jwt "$2" "{\"userId\": \"bench-$1\", \"exp\": $((now + 3600))}")
+  service=$(mint_jwt "$2" "{\"service\": \"ai-service\", \"iat\": $now, \"exp\": $((now + 300))}")
+  printf '%s %s %s %s' "$1" "$user" "$service" "$3"
+}
+
+bench_rotation() {
+  local secs=${ROTATION_SECONDS:-20} at=${ROTATION_RELOAD_AT:-8}
+  echo "== rotation: JWT secret and API key rotated in files under load, 3 × ${secs}s at 50 connections, a reload ${at}s into each"
+  local old=bench-rotation-old-secret new=bench-rotation-new-secret
+  local old_key=bench-rotation-old-key new_key=bench-rotation-new-key
+  local jwt_file=$WORK/jwt_secret key_file=$WORK/heartalk_api_key
+  write_secret_file "$jwt_file" "$old"
+  write_secret_file "$key_file" "$old_key"
+  # How busy the machine is with other work before we start (2 s of /proc/stat).
+  python3 - >"$WORK/rotation-busy.txt" <<'PY'
+import time
+def busy():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+b0, t0 = busy(); time.sleep(2); b1, t1 = busy()
+print(f"{(b1 - b0) / max(t1 - t0, 1) * 100:.0f}")
+PY
+  start_mock 0
+  start_heartalk "$(cat <<TOML
+[[apps]]
+name = "heartalk"
+script = "$BIN/heartalk-worker"
+instances = 2
+listen = "127.0.0.1:@PORT@"
+kill_timeout = "20s"
+[apps.env]
+AI_PROVIDER_MODE = "live"
+BYTEPLUS_API_KEY = "bench-key"
+BYTEPLUS_BASE_URL = "$MOCK_URL"
+BYTEPLUS_AMI_CHAT_EP = "ep-chat"
+BYTEPLUS_AMI_WORK_ASSISTANT_EP = "ep-work"
+JWT_SECRET_FILE = "$jwt_file"
+HEARTALK_API_KEY_FILE = "$key_file"
+KEYWORDS_CONFIG = "$PWD/config/keywords.json"
+RATE_LIMIT_MAX_REQUESTS = "100000000"
+RATE_LIMIT_USER_MAX = "100000000"
+RATE_LIMIT_AI_MAX = "100000000"
+RATE_LIMIT_ADMIN_MAX = "100000000"
+RATE_LIMIT_STREAM_MAX = "100000000"
+LOG_LEVEL = "warn"
+TOML
+)"
+  local sock=$WORK/ctl-$SVC_PORT.sock base="http://127.0.0.1:$SVC_PORT"
+  # Each wrk thread alternates a user request and an internal one, cycling
+  # through ROT_CREDS; done() writes the requests sent per credential and the
+  # responses per status to ROT_STATUS_OUT.
+  cat >"$WORK/rotation.lua" <<'LUA'
+local reqs, labels, i = {}, {}, 0
+sent, statuses = {}, {}
+function init(args)
+  for entry in string.gmatch(os.getenv("ROT_CREDS"), "[^|]+") do
+    local label, user, service, key = string.match(entry, "^(%S+) (%S+) (%S+) (%S+)$")
+    reqs[#reqs + 1] = wrk.format("GET", "/api/v1/translate/languages",
+      { ["Authorization"] = "Bearer " .. user })
+    reqs[#reqs + 1] = wrk.format("GET", "/internal/api/v1/test",
+      { ["Authorization"] = "Bearer " .. service, ["X-API-Key"] = key })
+    labels[#labels + 1] = label
+    labels[#labels + 1] = label
+  end
+end
+function request()
+  i = i % #reqs + 1
+  sent[labels[i]] = (sent[labels[i]] or 0) + 1
+  return reqs[i]
+end
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+local threads = {}
+function setup(thread)
+  threads[#threads + 1] = thread
+end
+function done(summary, latency, requests)
+  local s, c = {}, {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("sent")) do s[k] = (s[k] or 0) + v end
+    for k, v in pairs(t:get("statuses")) do c[k] = (c[k] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(s) do parts[#parts + 1] = string.format('"%s": %d', k, v) end
+  local codes = {}
+  for k, v in pairs(c) do codes[#codes + 1] = string.format('"%d": %d', k, v) end
+  local f = assert(io.open(os.getenv("ROT_STATUS_OUT"), "w"))
+  f:write('{"sent": {' .. table.concat(parts, ", ") .. '}, "statuses": {' .. table.concat(codes, ", ") .. '}}\n')
+  f:close()
+end
+LUA
+  local c_old c_new
+  c_old=$(rotation_creds old "$old" "$old_key")
+  c_new=$(rotation_creds new "$new" "$new_key")
+  local phase creds labels before reloader code p gone new_user
+  local -a jwt_lines key_lines
+  for phase in 1 2 3; do
+    case $phase in
+      1) creds=$c_old; labels=old; jwt_lines=("$old" "$new"); key_lines=("$old_key" "$new_key") ;;
+      2) creds="$c_old|$c_new"; labels="old and new"; jwt_lines=("$new" "$old"); key_lines=("$new_key" "$old_key") ;;
+      3) creds=$c_new; labels=new; jwt_lines=("$new"); key_lines=("$new_key") ;;
+    esac
+    echo "-- phase $phase: clients with the $labels secret and key; ${at}s in, the files become: ${jwt_lines[*]}"
+    before=$(worker_pids "$sock")
+    (
+      sleep "$at"
+      write_secret_file "$jwt_file" "${jwt_lines[@]}"
+      write_secret_file "$key_file" "${key_lines[@]}"
+      t0=$(date +%s.%N)
+      rc=0
+      timeout 120 "$BIN/heartalk" reload --socket "$sock" >"$WORK/reload-$phase.out" 2>&1 || rc=$?
+      echo "$rc $t0 $(date +%s.%N)" >"$WORK/reload-$phase.txt"
+    ) &
+    reloader=$!
+    ROT_CREDS=$creds ROT_STATUS_OUT=$WORK/rotation-$phase.status \
+      run_wrk 50 "$secs" "$base/" "$WORK/rotation.lua" | tee "$WORK/rotation-$phase.json"
+    wait "$reloader"
+    read -r code _ <"$WORK/reload-$phase.txt"
+    # The workers of the previous files gone before the next credentials are
+    # used (the reload replaced them; they drain their connections).
+    gone=no
+    for _ in $(seq 200); do
+      gone=yes
+      for p in ${before//,/ }; do kill -0 "$p" 2>/dev/null && gone=no; done
+      [[ $gone == yes ]] && break
+      sleep 0.1
+    done
+    echo "$gone" >"$WORK/gone-$phase.txt"
+    if [[ $code != 0 ]]; then
+      echo "phase $phase: heartalk reload exit $code, the rotation stops here:" >&2
+      cat "$WORK/reload-$phase.out" >&2
+      break
+    fi
+  done
+  # The drop took effect: the old secret and the old key are refused, the new ones served.
+  local now old_user new_service
+  now=$(date +%s)
+  read -r _ new_user _ _ <<<"$c_new"
+  old_user=$(mint_jwt "$old" "{\"userId\": \"bench-old\", \"exp\": $((now + 3600))}")
+  new_service=$(mint_jwt "$new" "{\"service\": \"ai-service\", \"iat\": $now, \"exp\": $((now + 300))}")
+  {
+    curl -s -o "$WORK/final-1.body" -w '%{http_code}\n' -H "Authorization: Bearer $old_user" "$base/api/v1/translate/languages"
+    curl -s -o "$WORK/final-2.body" -w '%{http_code}\n' -H "Authorization: Bearer $new_service" -H "X-API-Key: $old_key" "$base/internal/api/v1/test"
+    curl -s -o "$WORK/final-3.body" -w '%{http_code}\n' -H "Authorization: Bearer $new_user" "$base/api/v1/translate/languages"
+  } >"$WORK/final.codes"
+  stop_all
+  {
+    header
+    python3 - "$WORK" "$secs" "$at" "$(nproc)" <<'PY'
+import json, os, sys
+w, secs, at, cpus = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+files = {1: "`old` → `old⏎new`", 2: "`old⏎new` → `new⏎old`", 3: "`new⏎old` → `new`"}
+rows, failed, statuses, done = [], 0, {}, 0
+for phase in (1, 2, 3):
+    if not os.path.exists(f"{w}/rotation-{phase}.status"):
+        continue
+    done += 1
+    r = json.load(open(f"{w}/rotation-{phase}.json"))
+    s = json.load(open(f"{w}/rotation-{phase}.status"))
+    code, t0, t1 = open(f"{w}/reload-{phase}.txt").read().split()
+    gone = open(f"{w}/gone-{phase}.txt").read().strip()
+    sent = " + ".join(f"{k} {v:,}" for k, v in sorted(s["sent"].items(), key=lambda kv: kv[0] != "old"))
+    for k, v in s["statuses"].items():
+        statuses[k] = statuses.get(k, 0) + v
+    failed += r["non2xx"] + r["errors"]
+    rows.append(f"| {phase} | {sent} | {files[phase]} | {r['requests']:,} | {r['rps']:.0f} | {r['p99']:.2f} "
+                f"| {r['non2xx']} | {r['errors']} | {code} ({float(t1) - float(t0):.1f} s) | {gone} |")
+print(f"""
+## Secret rotation under load
+
+The JWT secret and `HEARTALK_API_KEY` rotated with the steps of docs/configuration.md
+("Rotating the JWT secret"), each kept in one file (`JWT_SECRET_FILE`, `HEARTALK_API_KEY_FILE`,
+mode 0400) of one secret a line, the first signing or sent, every line accepted (instead of
+a `_PREVIOUS` variable), while wrk runs at 50 keep-alive connections: live mode (mock at
+0 ms), 2 workers, rate limits out of the way. Every request alternates
+`GET /api/v1/translate/languages` with a user token and `GET /internal/api/v1/test` with a
+service token and `X-API-Key`, cycling through the phase's credentials (secret and key, old
+or new). Three phases of {secs} s; {at} s into
+each, both files are replaced (one rename) and `heartalk reload` runs (it returns once the
+reload committed or failed); the next phase starts once the replaced workers are gone.
+
+| phase | requests sent with | files at the reload | requests | req/s | p99 ms | non-2xx | socket errors | reload exit (took) | old workers gone |
+|---|---|---|---|---|---|---|---|---|---|""")
+print("\n".join(rows))
+codes = ", ".join(f"{k} × {v:,}" for k, v in sorted(statuses.items()))
+print(f"""
+Phase 3 is after the longest token lifetime: no client holds the old secret or key any more.
+Responses by status: {codes}. Failed requests over the {done} phases: **{failed:,}**
+(target 0: {'met' if failed == 0 and done == 3 else 'NOT met'}).""")
+if done < 3:
+    print(f"\nThe reload of phase {done} did not commit: the rotation stopped there.")
+final = open(f"{w}/final.codes").read().split()
+def code_of(n):
+    try:
+        return json.load(open(f"{w}/final-{n}.body")).get("code")
+    except (OSError, ValueError, AttributeError):
+        return None
+ok = final[0] == "401" and final[1] == "401" and final[2] == "200"
+print(f"""
+After the last reload: a user token signed with the old secret → {final[0]} `{code_of(1)}`, the
+old API key on the internal path → {final[1]} `{code_of(2)}`, a token signed with the new
+secret → {final[2]} (expected 401, 401, 200: the old secret and key are dropped:
+{'yes' if ok else 'NO'}).""")
+busy = int(open(f"{w}/rotation-busy.txt").read())
+if busy >= 15:
+    print(f"""
+The machine was busy with other work (its {cpus} CPUs {busy} % used in the 2 s before the run),
+so req/s and p99 are noisy; the point of this section is the failed requests.""")
+else:
+    print(f"\nOther work on the machine before the run: {busy} % of its {cpus} CPUs.")
+PY
+  } | python3 "$REPORT" section "$OUT" rotation
+}
+
 bench_memory() {
   echo "== memory: worker growing 5 MB/s, max_memory = 150M, 40 s under load"
   start_heartalk "$(cat <<TOML
@@ -762,9 +1005,10 @@ case $MODE in
   cache) bench_cache ;;
   reload) bench_reload ;;
   operator) bench_operator ;;
+  rotation) bench_rotation ;;
   memory) bench_memory ;;
   metrics) bench_metrics ;;
   logs) bench_logs ;;
-  all) bench_pipeline; bench_cache; bench_reload; bench_operator; bench_memory; bench_metrics; bench_logs; bench_hang; bench_streams ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
+  all) bench_pipeline; bench_cache; bench_reload; bench_operator; bench_rotation; bench_memory; bench_metrics; bench_logs; bench_hang; bench_streams ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|rotation|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
 esac
