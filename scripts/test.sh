@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and every test of the project, on a fresh machine too:
 # installs what the tests need when it is missing (scripts/deps.sh), then
-# runs fmt, clippy, the whole nextest suite (unit tests and end-to-end tests
-# with real processes, sockets, signals, Redis, nginx and Prometheus), and
+# runs fmt, clippy, builds the container image with podman (scripts/image.sh),
+# the whole nextest suite (unit tests and end-to-end tests with real
+# processes, sockets, signals, Redis, nginx, Prometheus and the image run
+# in podman), and
 # the deployment-asset checks (scripts/check-deploy.sh: linters and script
 # tests).
 set -euo pipefail
@@ -17,6 +19,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (the end-to-end tests run the built binaries)"
 cargo build --workspace --bins --locked
+echo "== the image (scripts/image.sh: podman, from the real Dockerfile)"
+HEARTALK_IMAGE=$(scripts/image.sh | tail -n 1)
+export HEARTALK_IMAGE
 echo "== cargo nextest"
 cargo nextest run --workspace --locked --profile ci "$@"
 echo "== deployment assets"

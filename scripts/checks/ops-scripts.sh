@@ -45,7 +45,7 @@ for f in "${scripts[@]}" "${fixtures[@]}"; do
 done
 
 ops=(scripts/health-check.sh scripts/deploy.sh scripts/backup.sh scripts/restore.sh
-  scripts/verify-backup.sh scripts/make-secrets.sh)
+  scripts/verify-backup.sh scripts/make-secrets.sh scripts/image.sh)
 for s in "${ops[@]}"; do
   [[ -x $s ]] || fail "$s is not executable"
   if ! out=$("$s" --help 2>&1); then
