@@ -5,14 +5,17 @@
 #   scripts/image.sh [--tag NAME]      # default NAME: localhost/heartalk:dev
 #
 # First it makes local stand-ins for the Dockerfile's two base images, tagged
-# with the exact names the Dockerfile uses, each built once and reused until
-# its recipe (or the host's Rust toolchain) changes:
+# with the exact names the Dockerfile uses (and one for the compose files'
+# Redis), each built once and reused until its recipe (or the host's Rust
+# toolchain or CA bundle) changes:
 #   - docker.io/library/rust:1-bookworm: Debian bookworm (mmdebstrap) with the
 #     build tools, and the host's Rust toolchain laid out as the official image
 #     does (RUSTUP_HOME=/usr/local/rustup, CARGO_HOME=/usr/local/cargo, on PATH);
 #   - gcr.io/distroless/cc-debian12:nonroot: Debian's libc6, libgcc-s1 and
-#     ca-certificates, the nonroot user 65532, no shell, no package manager.
-# Both carry this machine's CA bundle (/etc/ssl/certs/ca-certificates.crt):
+#     ca-certificates, the nonroot user 65532, no shell, no package manager;
+#   - docker.io/library/redis:7.2-alpine, for the compose files: Debian's
+#     redis-server and redis-tools (Redis 7.0), protected mode off as upstream.
+# The first two carry this machine's CA bundle (/etc/ssl/certs/ca-certificates.crt):
 # the package registries answer from inside a container only with it.
 #
 # podman runs with the runc runtime (crun refuses this machine's cgroup
@@ -46,6 +49,7 @@ done
 
 RUST_IMAGE=docker.io/library/rust:1-bookworm
 RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+REDIS_IMAGE=docker.io/library/redis:7.2-alpine
 BUILDER_CACHE=localhost/heartalk-builder:cache
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
 SUITE=bookworm
@@ -69,6 +73,8 @@ runtime_pkgs="libc6,libgcc-s1,ca-certificates,base-files,netbase,tzdata"
 ca_sum=$(sha256sum "$HOST_CA" | cut -c1-16)
 rust_key="v1-$(rustc --version | tr ' ' _)-${rust_pkgs//,/+}-$ca_sum"
 runtime_key="v3-${runtime_pkgs//,/+}-$ca_sum"
+redis_pkgs="redis-server,redis-tools"
+redis_key="v1-${redis_pkgs//,/+}"
 
 make_runtime() {
   log "making $RUNTIME_IMAGE (Debian $SUITE: ${runtime_pkgs//,/ })"
@@ -131,7 +137,31 @@ HOOK
       - "$RUST_IMAGE" >/dev/null
 }
 
+make_redis() {
+  log "making $REDIS_IMAGE (Debian $SUITE: ${redis_pkgs//,/ }; the compose files' Redis)"
+  local hook
+  # The official image compiles protected mode off (a container's clients
+  # are never on its loopback); Debian's binary has it on, so `redis-server`
+  # on PATH is a wrapper that turns it off. /data is the working directory.
+  hook=$(cat <<'HOOK'
+set -e
+r=$1
+mkdir -p "$r/data" "$r/usr/local/bin"
+printf '#!/bin/sh\nexec /usr/bin/redis-server "$@" --protected-mode no\n' >"$r/usr/local/bin/redis-server"
+chmod 755 "$r/usr/local/bin/redis-server"
+HOOK
+)
+  mmdebstrap --quiet --variant=apt --include="$redis_pkgs" --customize-hook="$hook" "$SUITE" - \
+    | podman import \
+      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'WORKDIR /data' --change 'EXPOSE 6379' \
+      --change 'CMD ["redis-server"]' \
+      --change "LABEL heartalk.standin=$redis_key" \
+      - "$REDIS_IMAGE" >/dev/null
+}
+
 current "$RUNTIME_IMAGE" "$runtime_key" || make_runtime
+current "$REDIS_IMAGE" "$redis_key" || make_redis
 current "$RUST_IMAGE" "$rust_key" || make_rust
 
 log "building $tag from Dockerfile"

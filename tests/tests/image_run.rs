@@ -17,7 +17,6 @@ mod helper;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use helper::*;
@@ -25,19 +24,6 @@ use serde_json::json;
 
 const SECRET_VALUE: &str = "image-test-jwt-secret";
 const KEY_VALUE: &str = "image-test-api-key";
-
-/// `podman` with the repository's containers.conf (runc, ulimits within the
-/// sandbox's; see scripts/lib/podman.sh).
-fn podman(args: &[&str]) -> Output {
-    Command::new("podman")
-        .env(
-            "CONTAINERS_CONF",
-            repo().join("target/podman/containers.conf"),
-        )
-        .args(args)
-        .output()
-        .expect("run podman")
-}
 
 fn podman_ok(args: &[&str]) -> String {
     let out = podman(args);
@@ -48,30 +34,6 @@ fn podman_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// The image to run: `$HEARTALK_IMAGE`, or the one `scripts/image.sh`
-/// builds (it also writes the containers.conf that [`podman`] uses).
-fn image() -> String {
-    if let Ok(name) = std::env::var("HEARTALK_IMAGE") {
-        if !name.is_empty() && repo().join("target/podman/containers.conf").exists() {
-            return name;
-        }
-    }
-    let out = Command::new(repo().join("scripts/image.sh"))
-        .current_dir(repo())
-        .output()
-        .expect("run scripts/image.sh");
-    assert!(
-        out.status.success(),
-        "scripts/image.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .expect("image name")
-        .to_string()
 }
 
 /// A container and its volumes, removed on drop (whatever the test's
@@ -141,7 +103,7 @@ fn run(image: &str, secrets: &Path, port: u16) -> Container {
 
 #[test]
 fn the_image_runs_as_compose_and_kubernetes_run_it() {
-    let image = image();
+    let image = built_image();
     let secrets = secrets_dir();
     let port = free_port();
     let started = Instant::now();
@@ -238,7 +200,7 @@ fn the_image_runs_as_compose_and_kubernetes_run_it() {
 
 #[test]
 fn without_its_secrets_the_image_refuses_to_start() {
-    let image = image();
+    let image = built_image();
     let name = format!("heartalk-test-nosecret-{}", std::process::id());
     let _c = Container {
         name: name.clone(),

@@ -4,7 +4,8 @@
 //! Here: deadlines and polling, binaries, configs, tokens. By concern:
 //! `supervisor` (a running `heartalk` and its log files), `http` (the
 //! client), `service` (the real worker behind it), `load`, `metrics`,
-//! `processes` (other children, reaped), `stub` (a recording HTTP server).
+//! `processes` (other children, reaped), `stub` (a recording HTTP server),
+//! `podman` (the built image and podman).
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 mod http;
 mod load;
 mod metrics;
+mod podman;
 mod processes;
 mod service;
 mod stub;
@@ -30,6 +32,8 @@ pub use http::*;
 pub use load::*;
 #[allow(unused_imports)]
 pub use metrics::*;
+#[allow(unused_imports)]
+pub use podman::*;
 #[allow(unused_imports)]
 pub use processes::*;
 #[allow(unused_imports)]

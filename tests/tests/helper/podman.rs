@@ -1,0 +1,42 @@
+//! The image built from the Dockerfile, and podman with the repository's
+//! containers.conf (runc, ulimits within the sandbox's: scripts/lib/podman.sh).
+
+use super::*;
+
+/// The containers.conf that `scripts/image.sh` writes.
+pub fn podman_conf() -> PathBuf {
+    repo().join("target/podman/containers.conf")
+}
+
+/// `podman ARGS` with that containers.conf.
+pub fn podman(args: &[&str]) -> std::process::Output {
+    Command::new("podman")
+        .env("CONTAINERS_CONF", podman_conf())
+        .args(args)
+        .output()
+        .expect("run podman")
+}
+
+/// The image to run: `$HEARTALK_IMAGE` (scripts/test.sh builds it first),
+/// or the one `scripts/image.sh` builds now.
+pub fn built_image() -> String {
+    if let Ok(name) = std::env::var("HEARTALK_IMAGE") {
+        if !name.is_empty() && podman_conf().exists() {
+            return name;
+        }
+    }
+    let out = Command::new(repo().join("scripts/image.sh"))
+        .current_dir(repo())
+        .output()
+        .expect("run scripts/image.sh");
+    assert!(
+        out.status.success(),
+        "scripts/image.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("image name")
+        .to_string()
+}
