@@ -231,6 +231,11 @@ impl Fleet {
         self.pids.insert(successor.pid, Role::Current(a, s));
         slot.strikes = 0;
         slot.state = SlotState::Online;
+        // A slot waiting out a crash's backoff when a restart's successor
+        // became READY: the successor is its worker now, and the restart
+        // it waited for is void (left set, its passed deadline would wake
+        // the event loop at once, again and again).
+        slot.restart_at = None;
         slot.next_memory_check = Some(now + app.config.memory_check_interval);
         slot.restarts += 1;
         let why = slot.replacing;
@@ -310,6 +315,7 @@ impl Fleet {
             let ready = successor.ready_at.is_some();
             self.pids.insert(successor.pid, Role::Current(a, s));
             slot.worker = Some(successor);
+            slot.restart_at = None;
             slot.strikes = 0;
             let why = slot.replacing;
             self.count_restart(&name, restart_reason(reason));

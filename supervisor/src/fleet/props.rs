@@ -64,6 +64,9 @@ struct FakeHost {
     memory: HashMap<Pid, u64>,
     /// The next spawn fails (as a fork or exec error would).
     fail_next_spawn: bool,
+    /// What `check_secrets` answers for every app (the real check reads
+    /// the process environment and files: not in these tests).
+    secrets_refused: Vec<String>,
 }
 
 impl FakeHost {
@@ -108,6 +111,10 @@ impl Host for FakeHost {
 
     fn pss(&mut self, pid: Pid) -> Option<u64> {
         self.rss(pid)
+    }
+
+    fn check_secrets(&mut self, _app: &shared::config::App) -> Vec<String> {
+        self.secrets_refused.clone()
     }
 }
 

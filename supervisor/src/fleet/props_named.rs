@@ -338,3 +338,61 @@ fn a_rollback_sends_no_signal_to_a_worker_reaped_in_the_same_batch() {
     );
     sim.finish();
 }
+
+#[test]
+fn secrets_the_workers_would_refuse_stop_a_generation_before_any_socket() {
+    let shape = one_each(false, false);
+    let mut host = FakeHost {
+        secrets_refused: vec!["JWT_SECRET_FILE=/x: readable by every user".into()],
+        ..FakeHost::default()
+    };
+    match prepare(&mut host, &config(&shape), 2, None) {
+        Err(SetupError::Secrets(errors)) => {
+            // Checked once per app, every error kept.
+            assert_eq!(errors.len(), 2, "{errors:?}");
+            assert!(errors[0].contains("readable by every user"));
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a generation with refused secrets was prepared"),
+    }
+    assert!(host.spawned.is_empty());
+}
+
+/// Found by `any_sequence_keeps_the_invariants` (a clean-clone CI run): a
+/// rolling restart gave a successor to a slot still waiting out a crash's
+/// backoff; when the successor became READY it took the slot over, but
+/// the slot kept its restart time, whose passed deadline then woke the
+/// event loop at once, again and again.
+#[test]
+fn a_restart_after_crashes_does_not_spin() {
+    let mut sim = Sim::start(Shape {
+        a: 3,
+        b: 2,
+        surge: 2,
+        memory: false,
+        watchdog: false,
+        max_restarts: 1,
+    });
+    for event in [
+        Event::Ready { pick: 0 },
+        Event::Ready { pick: 0 },
+        Event::Ready { pick: 0 },
+        Event::Ready { pick: 0 },
+        Event::Ready { pick: 0 },
+        Event::CrashNewest,
+        Event::Restart { which: 0 },
+        Event::Exit {
+            pick: 7,
+            code: None,
+        },
+        Event::ExitTwo {
+            pick: 10,
+            other: 15,
+        },
+        Event::Ready { pick: 2 },
+        Event::Advance { ms: 100 },
+    ] {
+        sim.apply(&event);
+    }
+    sim.finish();
+}
