@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Every variable that holds a secret and may come from `NAME_FILE`.
@@ -116,8 +116,18 @@ fn set(get: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
 }
 
 /// Reads every `NAME_FILE` that `get` sets and checks the rules of the
-/// module doc, returning every error found (not only the first).
+/// module doc, returning every error found (not only the first). A
+/// relative path is relative to the working directory; see [`resolve_in`].
 pub fn resolve(get: impl Fn(&str) -> Option<String>) -> Result<FileSecrets, Vec<SecretError>> {
+    resolve_in(None, get)
+}
+
+/// [`resolve`] with relative `NAME_FILE` paths taken relative to `base`
+/// (the supervisor checks with the app's `cwd`, where the worker runs).
+pub fn resolve_in(
+    base: Option<&Path>,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<FileSecrets, Vec<SecretError>> {
     let mut errors = Vec::new();
     let mut files = FileSecrets::default();
     for &name in SECRET_VARS {
@@ -129,7 +139,12 @@ pub fn resolve(get: impl Fn(&str) -> Option<String>) -> Result<FileSecrets, Vec<
             errors.push(SecretError::BothSet { name });
             continue;
         }
-        match read_secret_file(name, Path::new(path.trim())) {
+        let path = Path::new(path.trim());
+        let path = match base {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path.to_path_buf(),
+        };
+        match read_secret_file(name, &path) {
             Ok(value) => {
                 files.values.insert(name, value);
             }
@@ -187,7 +202,14 @@ pub fn read_secret_file(name: &'static str, path: &Path) -> Result<String, Secre
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let file = std::fs::File::open(path).map_err(unreadable)?;
+    // Non-blocking: opening a FIFO would otherwise wait for a writer (and
+    // the supervisor checks from its event loop). No effect on a regular
+    // file, the only kind read.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(unreadable)?;
     let meta = file.metadata().map_err(unreadable)?;
     let path_buf = || path.to_path_buf();
     if !meta.is_file() {
@@ -234,11 +256,24 @@ pub fn read_secret_file(name: &'static str, path: &Path) -> Result<String, Secre
     Ok(value.to_string())
 }
 
-/// Whether a URL's userinfo carries a password (`scheme://user:pw@host`
-/// or `scheme://:pw@host`).
+/// Whether a URL carries a password: in its userinfo
+/// (`scheme://user:pw@host`, `scheme://:pw@host`) or as a `pass=` or
+/// `password=` query parameter (redis-rs reads one from a
+/// `redis+unix://` URL).
 pub fn url_has_password(url: &str) -> bool {
-    userinfo(url).is_some_and(|u| u.split_once(':').is_some_and(|(_, pw)| !pw.is_empty()))
+    let in_userinfo =
+        userinfo(url).is_some_and(|u| u.split_once(':').is_some_and(|(_, pw)| !pw.is_empty()));
+    let in_query = url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split(['&', '#'])
+            .filter_map(|pair| pair.split_once('='))
+            .any(|(k, v)| PASSWORD_PARAMS.contains(&k) && !v.is_empty())
+    });
+    in_userinfo || in_query
 }
+
+/// Query parameters that hold a password.
+const PASSWORD_PARAMS: &[&str] = &["pass", "password"];
 
 /// The userinfo of `scheme://userinfo@host/...`, if any.
 fn userinfo(url: &str) -> Option<&str> {
@@ -247,12 +282,20 @@ fn userinfo(url: &str) -> Option<&str> {
     Some(&authority[..authority.rfind('@')?])
 }
 
+/// Where a URL ends in running text: whitespace, or a quote or backslash
+/// (a JSON string's end or escape). Nothing else: a password may hold any
+/// other character, and masking too much is the safe failure.
+fn url_end(c: char) -> bool {
+    c.is_whitespace() || c == '"' || c == '\\'
+}
+
 /// `text` with every URL's userinfo replaced by `***` (`redis://:pw@h` →
-/// `redis://***@h`): for anything that may quote a URL in a log line or an
-/// error (reqwest's errors name the URL they failed on). A user name alone
-/// is masked too, since it is often a token.
+/// `redis://***@h`) and the value of every `pass=`/`password=` query
+/// parameter too: for anything that may quote a URL in a log line or an
+/// error. A user name alone is masked too, since it is often a token.
 pub fn redact_urls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains("://") || !text.contains('@') {
+    let may_hold = text.contains("://") && (text.contains('@') || text.contains("pass"));
+    if !may_hold {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
@@ -260,23 +303,51 @@ pub fn redact_urls(text: &str) -> std::borrow::Cow<'_, str> {
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        // The authority ends at the first character no URL authority has.
-        let end = tail
-            .find(|c: char| {
-                c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>)]},".contains(c)
-            })
-            .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
+        let end = tail.find(url_end).unwrap_or(tail.len());
+        let url = &tail[..end];
+        // The authority ends at the first `/`, `?` or `#` after its last
+        // `@` (a password may hold `/` too, so the last `@` decides).
+        let host_from = url.rfind('@').map_or(0, |at| at + 1);
+        let path_at = url[host_from..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |p| host_from + p);
+        let (authority, path) = url.split_at(path_at);
+        match authority.rfind('@') {
             Some(at) => {
                 out.push_str("***");
-                out.push_str(&tail[at..end]);
+                out.push_str(&authority[at..]);
             }
-            None => out.push_str(&tail[..end]),
+            None => out.push_str(authority),
         }
+        out.push_str(&mask_password_params(path));
         rest = &tail[end..];
     }
     out.push_str(rest);
     std::borrow::Cow::Owned(out)
+}
+
+/// A URL's path and query with the values of `pass=`/`password=` masked.
+fn mask_password_params(path: &str) -> String {
+    let Some((before, query)) = path.split_once('?') else {
+        return path.to_string();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if PASSWORD_PARAMS.contains(&k) && !v.is_empty() => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    let mut out = format!("{before}?{}", pairs.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -464,6 +535,52 @@ mod tests {
         assert!(!url_has_password("redis://user@h"));
         assert!(!url_has_password("redis://h:6379/0"));
         assert!(!url_has_password("redis://h/0?x=a@b"));
+    }
+
+    #[test]
+    fn passwords_with_sub_delimiters_and_query_passwords_are_masked() {
+        for (raw, masked) in [
+            ("redis://:ab)cd@h:6379/0", "redis://***@h:6379/0"),
+            ("http://u:p,w@h/x", "http://***@h/x"),
+            ("redis://:it's@h", "redis://***@h"),
+            ("redis://:p@ss/w@h:1/0 next", "redis://***@h:1/0 next"),
+            ("url redis://:pw@h", "url redis://***@h"),
+            (
+                "redis+unix:///run/redis.sock?db=0&pass=S3cret",
+                "redis+unix:///run/redis.sock?db=0&pass=***",
+            ),
+            (
+                "\"rediss://h/0?password=x#f\"",
+                "\"rediss://h/0?password=***#f\"",
+            ),
+            ("x http://h/?passive=1 y", "x http://h/?passive=1 y"),
+        ] {
+            assert_eq!(redact_urls(raw), masked, "{raw}");
+        }
+        assert!(url_has_password("redis+unix:///s.sock?pass=x"));
+        assert!(!url_has_password("redis+unix:///s.sock?db=1"));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .args(["-m", "0600"])
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let errs = resolve(lookup(&[("JWT_SECRET_FILE", fifo.to_str().unwrap())])).unwrap_err();
+        assert!(matches!(errs[0], SecretError::NotAFile { .. }), "{errs:?}");
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        secret_file(&dir, "jwt", "from-base\n", 0o400);
+        let got = resolve_in(Some(dir.path()), lookup(&[("JWT_SECRET_FILE", "jwt")])).unwrap();
+        assert_eq!(got.get("JWT_SECRET"), Some("from-base"));
     }
 
     #[test]

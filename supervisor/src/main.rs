@@ -317,7 +317,6 @@ fn unexpected(body: Body) -> Result<Exit, ClientError> {
     Ok(Exit::Forced)
 }
 
-/// Reads the config, printing every problem to stderr.
 /// Exit 64 with every error when an app's workers would refuse their
 /// secrets or token rules (see `heartalk::secrets`), printed on stderr.
 fn refuse_secrets(config: &Config, file: &Path) -> Option<ExitCode> {
@@ -336,6 +335,7 @@ fn refuse_secrets(config: &Config, file: &Path) -> Option<ExitCode> {
     Some(ExitCode::from(Exit::Usage.code()))
 }
 
+/// Reads the config, printing every problem to stderr.
 fn load(path: &std::path::Path) -> Result<Config, Exit> {
     match Config::load(path) {
         Ok(c) => Ok(c),

@@ -25,12 +25,17 @@ pub fn worker_lookup(app: &App) -> impl Fn(&str) -> Option<String> + '_ {
 /// Every reason `app`'s workers would refuse their secrets, one line each
 /// starting with the app's name; empty when they would start.
 pub fn check_app(app: &App) -> Vec<String> {
-    check_with(&app.name, worker_lookup(app))
+    check_with(&app.name, &app.cwd, worker_lookup(app))
 }
 
-/// [`check_app`] over any lookup (tests give a map).
-pub fn check_with(app: &str, get: impl Fn(&str) -> Option<String>) -> Vec<String> {
-    let mut errors: Vec<String> = match shared::secrets::resolve(&get) {
+/// [`check_app`] over any lookup (tests give a map); a relative
+/// `NAME_FILE` is taken from `cwd`, where the app's workers run.
+pub fn check_with(
+    app: &str,
+    cwd: &std::path::Path,
+    get: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let mut errors: Vec<String> = match shared::secrets::resolve_in(Some(cwd), &get) {
         Ok(_) => Vec::new(),
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
     };
@@ -67,7 +72,7 @@ mod tests {
             ("JWT_SECRET", "a"),
             ("JWT_SECRET_FILE", "/nonexistent"),
         ]);
-        let errors = check_with("ai", |k| env.get(k).cloned());
+        let errors = check_with("ai", std::path::Path::new("/"), |k| env.get(k).cloned());
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("app `ai`: JWT_SECRET and JWT_SECRET_FILE"));
         assert!(errors[1].contains("HEARTALK_API_KEY (or HEARTALK_API_KEY_FILE) is required"));
@@ -76,7 +81,7 @@ mod tests {
     #[test]
     fn bad_token_rules_are_refused_too() {
         let env = map(&[("JWT_MAX_AGE", "soon"), ("JWT_REQUIRE_EXP", "maybe")]);
-        let errors = check_with("ai", |k| env.get(k).cloned());
+        let errors = check_with("ai", std::path::Path::new("/"), |k| env.get(k).cloned());
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(
             errors.iter().all(|e| e.starts_with("app `ai`: JWT_")),
@@ -87,6 +92,6 @@ mod tests {
     #[test]
     fn a_clean_environment_passes() {
         let env = map(&[("JWT_SECRET", "a")]);
-        assert!(check_with("ai", |k| env.get(k).cloned()).is_empty());
+        assert!(check_with("ai", std::path::Path::new("/"), |k| env.get(k).cloned()).is_empty());
     }
 }

@@ -3,8 +3,9 @@
 //! previous one, the Ark API key, Redis's URL with its password — plus a
 //! backend URL with a password that cannot be reached, a Redis that dies
 //! (its warnings name the URL), a reload and a restart.
-//! Then every output is searched for every secret value: the supervisor's
-//! stdout and stderr, the log files, `heartalk logs`, `/api/v1/health`,
+//! Then every output is searched for every secret value: every answer's
+//! body (errors included), the supervisor's stdout and stderr, the log
+//! files, `heartalk logs`, `/api/v1/health`,
 //! `/metrics`, `heartalk status` and `describe` (text and JSON), and the
 //! environment and command line of the supervisor and every worker.
 //!
@@ -58,7 +59,8 @@ fn no_output_of_a_full_run_holds_a_secret() {
     let d = dir.path();
     let ark = MockArk::start();
     let mut redis = RedisServer::options().password(REDIS_PW).start();
-    let closed = free_port();
+    // Port 1: nothing listens there (a free port could be taken meanwhile).
+    let closed = 1;
     let env = [
         ("JWT_SECRET_FILE", secret(d, "jwt", JWT)),
         ("JWT_SECRET_PREVIOUS_FILE", secret(d, "jwt_old", JWT_OLD)),
@@ -103,33 +105,55 @@ fn no_output_of_a_full_run_holds_a_secret() {
     let addr = sup.addr();
     sup.wait_ready(2);
 
-    // Use every secret.
+    // Use every secret; every answer's body is searched too.
+    let mut answers: Vec<String> = Vec::new();
     let user = jwt(&json!({"userId": "u1", "exp": now_unix() + 600}), JWT);
     let user_old = jwt(&json!({"userId": "u2", "exp": now_unix() + 600}), JWT_OLD);
     let chat = json!({"messages": [{"role": "user", "content": "hello there"}]});
-    let r = post_json(addr, "/api/v1/chat/generate", Some(&user), &chat);
-    assert_eq!(r.status, 200, "{}", r.body);
-    let r = post_json(addr, "/api/v1/chat/stream", Some(&user_old), &chat);
-    assert_eq!(r.status, 200, "{}", r.body);
+    let mut answer = |r: Response, status: u16| {
+        assert_eq!(r.status, status, "{}", r.body);
+        answers.push(r.body);
+    };
+    answer(
+        post_json(addr, "/api/v1/chat/generate", Some(&user), &chat),
+        200,
+    );
+    answer(
+        post_json(addr, "/api/v1/chat/stream", Some(&user_old), &chat),
+        200,
+    );
     assert_eq!(
         ark.requests()[0]["headers"]["authorization"],
         format!("Bearer {ARK_KEY}")
     );
-    assert_eq!(internal_get(addr, JWT, KEY).status, 200);
-    assert_eq!(internal_get(addr, JWT_OLD, KEY_OLD).status, 200);
-    assert_eq!(internal_get(addr, JWT, "wrong-key").status, 401);
+    answer(internal_get(addr, JWT, KEY), 200);
+    answer(internal_get(addr, JWT_OLD, KEY_OLD), 200);
+    answer(internal_get(addr, JWT, "wrong-key"), 401);
     let wrong = jwt(
         &json!({"userId": "u3", "exp": now_unix() + 600}),
         "not-the-secret",
     );
-    assert_eq!(
-        post_json(addr, "/api/v1/chat/generate", Some(&wrong), &chat).status,
-        401
+    answer(
+        post_json(addr, "/api/v1/chat/generate", Some(&wrong), &chat),
+        401,
     );
     // A legacy body: its history is fetched from the (unreachable) backend.
     let legacy = json!({"conversation_id": "7", "message": "hi", "user_id": "u1"});
-    let r = post_json(addr, "/api/v1/chat/generate", Some(&user), &legacy);
-    assert!(r.status < 600, "{}", r.body);
+    answer(
+        post_json(addr, "/api/v1/chat/generate", Some(&user), &legacy),
+        200,
+    );
+    // The provider failing: its error answer.
+    ark.set(heartalk_e2e::mock_ark::Behavior::server_error());
+    let failed = post_json(
+        addr,
+        "/api/v1/chat/generate",
+        Some(&user),
+        &json!({"messages": [{"role": "user", "content": "make the provider fail"}]}),
+    );
+    assert!(failed.status >= 500, "{}", failed.body);
+    answers.push(failed.body);
+    ark.set(heartalk_e2e::mock_ark::Behavior::success());
     wait_until(
         "Redis up with the password from the file",
         DEADLINE,
@@ -140,8 +164,14 @@ fn no_output_of_a_full_run_holds_a_secret() {
     );
     // Redis dies: the workers warn, naming the URL.
     redis.kill();
-    let r = post_json(addr, "/api/v1/chat/generate", Some(&user), &chat);
+    let r = post_json(
+        addr,
+        "/api/v1/chat/generate",
+        Some(&user),
+        &json!({"messages": [{"role": "user", "content": "with Redis gone"}]}),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
+    answers.push(r.body);
     let out = sup.cli(&["reload"]);
     text_of(&out);
     let out = sup.cli(&["restart"]);
@@ -160,6 +190,7 @@ fn no_output_of_a_full_run_holds_a_secret() {
     let mut outputs: Vec<(String, String)> = Vec::new();
     let health = http_get(addr, "/api/v1/health", Duration::from_secs(5)).unwrap();
     outputs.push(("health".into(), health.body));
+    outputs.push(("the answers".into(), answers.join("\n")));
     let metrics = http_get(addr, "/metrics", Duration::from_secs(10)).unwrap();
     assert_eq!(metrics.status, 200);
     outputs.push(("metrics".into(), metrics.body));

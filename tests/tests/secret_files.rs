@@ -18,11 +18,14 @@ use heartalk_e2e::redis_server::RedisServer;
 use helper::*;
 use serde_json::json;
 
-/// Writes `body` to `dir/name` with `mode`; returns the path as text.
+/// Writes `body` to `dir/name` with `mode` (a new file renamed over any
+/// old one, as a rotation should); returns the path as text.
 fn secret(dir: &Path, name: &str, body: &str, mode: u32) -> String {
     let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let next = dir.join(format!("{name}.next"));
+    std::fs::write(&next, body).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&next, &path).unwrap();
     path.display().to_string()
 }
 
@@ -181,8 +184,10 @@ fn the_worker_reads_its_secrets_from_files_and_a_reload_reads_them_again() {
             .output()
             .expect("setpriv");
         assert!(
-            !other.status.success(),
-            "uid 65534 read worker {pid}'s environment"
+            !other.status.success()
+                && String::from_utf8_lossy(&other.stderr).contains("Permission denied"),
+            "uid 65534 read worker {pid}'s environment (or setpriv failed): {}",
+            String::from_utf8_lossy(&other.stderr)
         );
         for value in ["first-file-secret", "file-api-key", "redis-file-pw"] {
             assert!(

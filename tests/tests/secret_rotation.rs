@@ -29,9 +29,13 @@ const NEW: &str = "rotation-new-secret";
 const OLD_KEY: &str = "rotation-old-key";
 const NEW_KEY: &str = "rotation-new-key";
 
+/// Replaces the file as an operator should: a new file (0400) renamed
+/// over the old one, so no worker can read it half written.
 fn write_secret(path: &Path, lines: &[&str]) {
-    std::fs::write(path, format!("{}\n", lines.join("\n"))).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let next = path.with_extension("next");
+    std::fs::write(&next, format!("{}\n", lines.join("\n"))).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::rename(&next, path).unwrap();
 }
 
 /// What clients currently hold: a version number and the (JWT secret,
@@ -67,24 +71,35 @@ impl RotationLoad {
                     let mut n = i;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
+                        // Even n: the user path, odd n: the internal one;
+                        // each path cycles through every credential.
                         let (version, (secret, key)) = {
                             let c = creds.read().unwrap();
-                            (c.0, c.1[n % c.1.len()])
+                            (c.0, c.1[(n / 2) % c.1.len()])
                         };
                         let now = now_unix();
                         let r = if n % 2 == 0 {
                             let t = jwt(&json!({"userId": "rot", "exp": now + 600}), secret);
-                            get_auth(addr, "/api/v1/translate/languages", &t)
+                            let auth = format!("Bearer {t}");
+                            request(
+                                addr,
+                                "GET",
+                                "/api/v1/translate/languages",
+                                &[("Authorization", &auth)],
+                                b"",
+                            )
                         } else {
-                            internal_get(addr, secret, key)
+                            internal_request(addr, secret, key)
                         };
-                        if r.status == 200 {
-                            served[usize::from(secret == NEW)].fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            errors.push(format!(
+                        match r {
+                            Ok(r) if r.status == 200 => {
+                                served[usize::from(secret == NEW)].fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => errors.push(format!(
                                 "client {i} with {secret}/{key}: {} {}",
                                 r.status, r.body
-                            ));
+                            )),
+                            Err(e) => errors.push(format!("client {i} with {secret}/{key}: {e}")),
                         }
                         done[i].store(version, Ordering::Relaxed);
                     }

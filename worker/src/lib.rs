@@ -48,6 +48,12 @@ use anyhow::Context;
 use crate::http::state::AppState;
 use crate::settings::Settings;
 
+/// Settings the worker refuses to start with ([`Settings::refusals`]):
+/// secrets that cannot be used, bad token rules. Exit status 64.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing to start: {}", .0.join("; "))]
+pub struct Refused(pub Vec<String>);
+
 /// Runs the worker until it has drained after SIGTERM/SIGINT.
 ///
 /// The runtime is tokio's `current_thread` flavour on purpose: the
@@ -56,12 +62,6 @@ use crate::settings::Settings;
 /// sockets. One thread per process avoids work-stealing overhead and
 /// cross-thread synchronisation, and a stuck worker affects only its own
 /// connections.
-/// Settings the worker refuses to start with ([`Settings::refusals`]):
-/// secrets that cannot be used, bad token rules. Exit status 64.
-#[derive(Debug, thiserror::Error)]
-#[error("refusing to start: {}", .0.join("; "))]
-pub struct Refused(pub Vec<String>);
-
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let settings = Settings::from_env();

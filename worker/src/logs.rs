@@ -139,14 +139,14 @@ impl<W: Write> Write for Line<'_, W> {
     }
 
     /// Appends; a buffer that would pass [`BUFFER`] is written out first,
-    /// so every write to the sink ends with a whole line. A URL's userinfo
-    /// is masked on the way (`redis://:pw@host` → `redis://***@host`):
-    /// errors quote the URL they failed on (reqwest's do), and no event
+    /// so every write to the sink ends with a whole line. A URL's password
+    /// is masked on the way (`redis://:pw@host` → `redis://***@host`, and
+    /// `?pass=…`): an error may quote the URL it failed on, and no event
     /// should have to remember that its URL may hold a password.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         let redacted;
         let buf = match std::str::from_utf8(buf) {
-            Ok(text) if buf.contains(&b'@') => {
+            Ok(text) if buf.contains(&b'@') || text.contains("pass") => {
                 redacted = shared::secrets::redact_urls(text);
                 redacted.as_bytes()
             }

@@ -250,6 +250,11 @@ pub fn post_json(addr: SocketAddr, path: &str, token: Option<&str>, body: &Value
 /// and a service JWT (`service: "ai-service"`, 5 minutes) signed with
 /// `secret`.
 pub fn internal_get(addr: SocketAddr, secret: &str, key: &str) -> Response {
+    internal_request(addr, secret, key).expect("GET internal")
+}
+
+/// [`internal_get`], with a transport error returned rather than a panic.
+pub fn internal_request(addr: SocketAddr, secret: &str, key: &str) -> std::io::Result<Response> {
     let now = super::now_unix();
     let token = super::jwt(
         &json!({"service": "ai-service", "iat": now, "exp": now + 300}),
@@ -263,7 +268,6 @@ pub fn internal_get(addr: SocketAddr, secret: &str, key: &str) -> Response {
         &[("Authorization", &auth), ("X-API-Key", key)],
         b"",
     )
-    .expect("GET internal")
 }
 
 /// GET with a bearer token.

@@ -267,7 +267,10 @@ fn check_times(claims: &Value, policy: &TokenPolicy, now_unix: u64) -> Result<()
                 return Err(JwtFailure::TooOld);
             }
             // Issued for longer than allowed: it would outlive the bound.
-            if exp.is_some_and(|exp| exp - iat > max_age) {
+            // An `iat` in the future counts from now, so a token cannot buy
+            // itself a later window by claiming to be issued later.
+            let issued = if iat > now + tolerance { now } else { iat };
+            if exp.is_some_and(|exp| exp - issued > max_age) {
                 return Err(JwtFailure::TooOld);
             }
         }
@@ -1114,6 +1117,17 @@ mod tests {
         let at = |iat: u64| code_under(&z, json!({"userId": "u", "iat": iat}));
         assert_eq!(at(NOW - 3599), Ok("u".into()));
         assert_eq!(at(NOW - 3600), Err("TOKEN_TOO_OLD"), "Node's maxAge edge");
+    }
+
+    #[test]
+    fn a_future_iat_does_not_stretch_the_max_age() {
+        let p = max_age(leeway(5), 3600);
+        let year = 365 * 86_400;
+        let life =
+            |iat: u64, exp: u64| code_under(&p, json!({"userId": "u", "iat": iat, "exp": exp}));
+        assert_eq!(life(NOW + year, NOW + year + 3600), Err("TOKEN_TOO_OLD"));
+        // A clock a little ahead (within the tolerance) is still fine.
+        assert_eq!(life(NOW + 3, NOW + 3603), Ok("u".into()));
     }
 
     #[test]
