@@ -41,6 +41,11 @@ pub struct TokenPolicy {
     pub clock_tolerance: Duration,
 }
 
+/// How long a service JWT lives: the worker signs its outbound ones for
+/// this long, and the backend's inbound ones live as long, so a
+/// `JWT_MAX_AGE` below it refuses every internal call.
+pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(300);
+
 /// `JWT_CLOCK_TOLERANCE` when unset: enough for hosts synchronised by NTP,
 /// too little to matter for a token's lifetime.
 pub const DEFAULT_CLOCK_TOLERANCE: Duration = Duration::from_secs(5);

@@ -84,10 +84,8 @@ pub fn run() -> anyhow::Result<()> {
     for problem in &settings.problems {
         tracing::error!("invalid setting, default used: {problem}");
     }
-    if settings.is_production()
-        && settings.pipeline.jwt.signing_secret() == settings::DEV_JWT_SECRET.as_bytes()
-    {
-        tracing::warn!("JWT_SECRET is the development default in production; set a real secret");
+    for warning in settings.security_warnings() {
+        tracing::warn!("{warning}");
     }
     telemetry::install();
     // The supervisor's fleet-state page (what `/ready` answers for the

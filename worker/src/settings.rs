@@ -451,6 +451,48 @@ impl Settings {
     pub fn is_production(&self) -> bool {
         self.node_env == "production"
     }
+
+    /// Settings that start but weaken or break authentication, one line
+    /// each, logged as warnings at start ([`crate::run`]): the public
+    /// development secret or key accepted in production (only as a
+    /// `_PREVIOUS` entry, since production refuses to start without its
+    /// own), and a `JWT_MAX_AGE` shorter than the backend's service tokens
+    /// live, which refuses every internal call.
+    pub fn security_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let jwt = &self.pipeline.jwt;
+        if self.is_production() {
+            if jwt.secrets.iter().any(|s| s.0 == DEV_JWT_SECRET) {
+                warnings.push(
+                    "the public development JWT secret is accepted in production \
+                     (JWT_SECRET or JWT_SECRET_PREVIOUS): anyone can sign tokens with it"
+                        .to_string(),
+                );
+            }
+            if self
+                .pipeline
+                .heartalk_api_keys
+                .iter()
+                .any(|k| k.0 == DEV_HEARTALK_API_KEY)
+            {
+                warnings.push(
+                    "the public development HEARTALK_API_KEY is accepted in production \
+                     (HEARTALK_API_KEY or HEARTALK_API_KEY_PREVIOUS)"
+                        .to_string(),
+                );
+            }
+        }
+        let service_token = token_policy::SERVICE_TOKEN_TTL;
+        if let Some(max_age) = jwt.policy.max_age.filter(|m| *m < service_token) {
+            warnings.push(format!(
+                "JWT_MAX_AGE={}s is shorter than the {}s the backend's service tokens live: \
+                 the internal paths will refuse them",
+                max_age.as_secs(),
+                service_token.as_secs()
+            ));
+        }
+        warnings
+    }
 }
 
 /// A secret list: each non-empty line of `current` (trimmed; `default`
@@ -1205,6 +1247,34 @@ mod tests {
         let s = settings(&[("JWT_SECRET_FILE", &open), ("BYTEPLUS_API_KEY", "k")]);
         assert_eq!(s.refusals.len(), 1, "{:?}", s.refusals);
         assert!(s.refusals[0].contains(&open), "{:?}", s.refusals);
+    }
+
+    #[test]
+    fn weak_authentication_settings_are_warned_about() {
+        assert!(settings(&[]).security_warnings().is_empty());
+        let prod = settings(&[
+            ("NODE_ENV", "production"),
+            ("JWT_SECRET", "real"),
+            ("JWT_SECRET_PREVIOUS", DEV_JWT_SECRET),
+            ("HEARTALK_API_KEY", "key"),
+            ("HEARTALK_API_KEY_PREVIOUS", DEV_HEARTALK_API_KEY),
+            ("JWT_MAX_AGE", "60"),
+        ]);
+        let w = prod.security_warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("development JWT secret"), "{w:?}");
+        assert!(w[1].contains("development HEARTALK_API_KEY"), "{w:?}");
+        assert!(w[2].starts_with("JWT_MAX_AGE=60s"), "{w:?}");
+        // The same outside production: only the age matters.
+        let dev = settings(&[
+            ("JWT_SECRET_PREVIOUS", DEV_JWT_SECRET),
+            ("JWT_MAX_AGE", "300"),
+        ]);
+        assert!(
+            dev.security_warnings().is_empty(),
+            "{:?}",
+            dev.security_warnings()
+        );
     }
 
     #[test]

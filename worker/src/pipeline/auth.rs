@@ -148,7 +148,7 @@ pub struct AuthUser {
 pub const SERVICE_NAME: &str = "ai-service";
 
 /// Lifetime of an outbound service token, in seconds.
-pub const SERVICE_TOKEN_TTL_SECS: u64 = 300;
+pub const SERVICE_TOKEN_TTL_SECS: u64 = shared::token_policy::SERVICE_TOKEN_TTL.as_secs();
 
 /// Why a token failed, before it is mapped to a path's error row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
