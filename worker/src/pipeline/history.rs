@@ -62,7 +62,8 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b')');
 
 /// Everything the history client needs from the configuration (§14).
-#[derive(Debug, Clone)]
+/// `Debug` masks the key and the secret.
+#[derive(Clone)]
 pub struct HistoryConfig {
     /// `HEARTALK_BACKEND_URL`; a trailing `/` is ignored.
     pub base_url: String,
@@ -88,6 +89,24 @@ pub struct HistoryConfig {
     pub max_rounds: usize,
     /// `MAX_CONTEXT_TOKENS`: the budget of the kept messages' estimate.
     pub max_context_tokens: u64,
+}
+
+impl std::fmt::Debug for HistoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |v: &[u8]| crate::settings::Secret(String::from_utf8_lossy(v).into_owned());
+        f.debug_struct("HistoryConfig")
+            .field("base_url", &self.base_url)
+            .field("api_prefix", &self.api_prefix)
+            .field("conversation_path", &self.conversation_path)
+            .field("api_key", &masked(self.api_key.as_bytes()))
+            .field("jwt_secret", &masked(&self.jwt_secret))
+            .field("timeout", &self.timeout)
+            .field("retry_delay", &self.retry_delay)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("max_rounds", &self.max_rounds)
+            .field("max_context_tokens", &self.max_context_tokens)
+            .finish()
+    }
 }
 
 impl Default for HistoryConfig {

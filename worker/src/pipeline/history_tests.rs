@@ -517,3 +517,18 @@ async fn probe_is_true_only_on_2xx() {
     assert!(!c.probe().await);
     assert!(heads.lock().unwrap()[0].starts_with("GET /health HTTP/1.1"));
 }
+
+#[test]
+fn debug_masks_the_key_and_the_secret() {
+    let config = HistoryConfig {
+        api_key: "history-key-visible?".into(),
+        jwt_secret: b"history-secret-visible?".to_vec(),
+        ..HistoryConfig::default()
+    };
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("visible?"), "{shown}");
+    assert!(
+        shown.contains("api_key: \"***\"") && shown.contains("base_url"),
+        "{shown}"
+    );
+}

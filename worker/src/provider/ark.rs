@@ -26,8 +26,8 @@ use super::{
 };
 use crate::settings::UpstreamHttp2;
 
-/// How the live provider is set up (API.md §14).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the live provider is set up (API.md §14). `Debug` masks the key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ArkConfig {
     /// `BYTEPLUS_BASE_URL`, e.g. `https://ark.ap-southeast.bytepluses.com/api/v3`.
     pub base_url: String,
@@ -45,6 +45,20 @@ pub struct ArkConfig {
     /// `UPSTREAM_POOL_IDLE_SECS`: an idle pooled connection is closed after
     /// this long (its buffers are what a finished burst of streams leaves).
     pub pool_idle: Duration,
+}
+
+impl std::fmt::Debug for ArkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArkConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &crate::settings::Secret(self.api_key.clone()))
+            .field("name", &self.name)
+            .field("max_retries", &self.max_retries)
+            .field("stream_usage", &self.stream_usage)
+            .field("http2", &self.http2)
+            .field("pool_idle", &self.pool_idle)
+            .finish()
+    }
 }
 
 /// Why an [`ArkProvider`] could not be built.

@@ -596,3 +596,19 @@ fn futures_and_streams_are_send_and_static() {
     is_send(&p.complete(req(10)));
     is_send(&p.stream(req(10)));
 }
+
+#[test]
+fn debug_masks_the_api_key() {
+    let config = ArkConfig {
+        base_url: "http://127.0.0.1:1".into(),
+        api_key: "ark-key-visible?".into(),
+        name: "byteplus".into(),
+        max_retries: 0,
+        stream_usage: true,
+        http2: UpstreamHttp2::Auto,
+        pool_idle: Duration::from_secs(15),
+    };
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("visible?"), "{shown}");
+    assert!(shown.contains("api_key: \"***\""), "{shown}");
+}
