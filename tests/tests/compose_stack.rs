@@ -62,6 +62,7 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = self.compose(&["down", "--volumes"]);
+        remove_compose_networks(&self.project);
     }
 }
 

@@ -5,7 +5,8 @@
 //! `supervisor` (a running `heartalk` and its log files), `http` (the
 //! client), `service` (the real worker behind it), `load`, `metrics`,
 //! `processes` (other children, reaped), `stub` (a recording HTTP server),
-//! `podman` (the built image and podman).
+//! `podman` (the built image and podman), `sse_curl` (a stream read through
+//! curl, frame by frame).
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,6 +24,7 @@ mod metrics;
 mod podman;
 mod processes;
 mod service;
+mod sse_curl;
 mod stub;
 mod supervisor;
 
@@ -38,6 +40,8 @@ pub use podman::*;
 pub use processes::*;
 #[allow(unused_imports)]
 pub use service::*;
+#[allow(unused_imports)]
+pub use sse_curl::*;
 #[allow(unused_imports)]
 pub use stub::*;
 #[allow(unused_imports)]

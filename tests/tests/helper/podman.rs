@@ -40,3 +40,13 @@ pub fn built_image() -> String {
         .expect("image name")
         .to_string()
 }
+
+/// Removes the networks podman-compose created for `project`: its `down`
+/// (1.0) leaves them behind, and each holds a subnet.
+pub fn remove_compose_networks(project: &str) {
+    let label = format!("label=io.podman.compose.project={project}");
+    let nets = podman(&["network", "ls", "--quiet", "--filter", &label]);
+    for net in String::from_utf8_lossy(&nets.stdout).split_whitespace() {
+        let _ = podman(&["network", "rm", "--force", net]);
+    }
+}
