@@ -623,14 +623,6 @@ impl FakeEngine {
     /// `deploy` with `extra` arguments after the usual ones (a repeated
     /// option overrides the usual value).
     fn deploy_with(&self, tag: &str, health: &str, extra: &[&str]) -> Output {
-        let fixtures = repo().join("tests/fixtures");
-        let docker = fixtures.join("fake-docker").to_string_lossy().into_owned();
-        let compose = fixtures
-            .join("fake-docker-compose")
-            .to_string_lossy()
-            .into_owned();
-        let d = self.dir.path().to_string_lossy().into_owned();
-        let state = self.dir.path().join("state").to_string_lossy().into_owned();
         let mut args = vec![
             "--tag",
             tag,
@@ -644,9 +636,22 @@ impl FakeEngine {
             "2",
         ];
         args.extend_from_slice(extra);
+        self.deploy_args(&args)
+    }
+
+    /// `deploy.sh ARGS` against the fake engine, nothing added.
+    fn deploy_args(&self, args: &[&str]) -> Output {
+        let fixtures = repo().join("tests/fixtures");
+        let docker = fixtures.join("fake-docker").to_string_lossy().into_owned();
+        let compose = fixtures
+            .join("fake-docker-compose")
+            .to_string_lossy()
+            .into_owned();
+        let d = self.dir.path().to_string_lossy().into_owned();
+        let state = self.dir.path().join("state").to_string_lossy().into_owned();
         script(
             "deploy.sh",
-            &args,
+            args,
             &[
                 ("DOCKER", &docker),
                 ("DOCKER_COMPOSE", &compose),
@@ -837,4 +842,99 @@ fn deploy_refuses_a_timeout_health_check_would_refuse_before_touching_anything()
     let out = engine.deploy_with("v2", &health, &["--timeout", "0.5"]);
     assert_exit(&out, 0);
     assert_eq!(engine.ups(), ["heartalk:v2"], "{:#?}", engine.log());
+}
+
+#[test]
+fn deploy_that_leaves_the_old_container_running_is_rolled_back() {
+    // `up -d` succeeds but the old image keeps running (podman-compose 1.0
+    // starts the existing container again), and it is healthy: only the
+    // check of the container's image id can see that nothing switched.
+    let engine = FakeEngine::new();
+    std::fs::write(engine.dir.path().join("stuck"), "").unwrap();
+    let out = engine.deploy("v2", &health_url(engine.health));
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("runs image sha256:1111") && stderr.contains("not heartalk:v2"),
+        "{}",
+        text(&out)
+    );
+    let backup = engine.read("state/last-backup-tag").trim().to_string();
+    assert_eq!(
+        engine.ups(),
+        ["heartalk:v2", backup.as_str()],
+        "{:#?}",
+        engine.log()
+    );
+    // The health check never ran for v2: the switch check failed first.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("health-check: ")
+            .count(),
+        1,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(engine.read("state/current-tag").trim(), backup);
+    assert!(engine.read("state/history").contains("exit=1"));
+}
+
+#[test]
+fn deploy_an_existing_image_in_a_named_project_without_building() {
+    let engine = FakeEngine::new();
+    let ci_id = format!("sha256:{}", "7".repeat(64));
+    std::fs::write(
+        engine.dir.path().join("images"),
+        format!("{}heartalk:ci-7 {ci_id}\n", engine.read("images")),
+    )
+    .unwrap();
+    let health = health_url(engine.health);
+    let quick = [
+        "--health-url",
+        &health,
+        "--retries",
+        "2",
+        "--interval",
+        "0.1",
+    ];
+    let mut args = vec!["--image", "heartalk:ci-7", "--project-name", "web"];
+    args.extend_from_slice(&quick);
+    let out = engine.deploy_args(&args);
+    assert_exit(&out, 0);
+    let log = engine.log();
+    assert!(
+        log.iter().all(|l| !l.starts_with("docker build")),
+        "{log:#?}"
+    );
+    assert_eq!(engine.ups(), ["heartalk:ci-7"], "{log:#?}");
+    assert!(
+        log.iter()
+            .filter(|l| l.starts_with("compose "))
+            .all(|l| l.contains(" -p web ")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.starts_with("docker ps -a")
+            && l.contains("label=com.docker.compose.project=web")
+            && l.contains("label=com.docker.compose.service=heartalk")),
+        "{log:#?}"
+    );
+    assert_eq!(engine.read("running").trim(), "heartalk:ci-7");
+    assert_eq!(engine.read("state/current-tag").trim(), "heartalk:ci-7");
+    assert_eq!(engine.id_of("heartalk:latest"), Some(ci_id));
+
+    // An image that is not here changes nothing (exit 3, no up).
+    let mut args = vec!["--image", "heartalk:missing"];
+    args.extend_from_slice(&quick);
+    let out = engine.deploy_args(&args);
+    assert_exit(&out, 3);
+    assert_eq!(engine.ups(), ["heartalk:ci-7"], "{:#?}", engine.log());
+    // --tag builds, --image does not: not both.
+    let mut args = vec!["--image", "heartalk:ci-7", "--tag", "v9"];
+    args.extend_from_slice(&quick);
+    assert_exit(&engine.deploy_args(&args), 64);
+    assert_exit(
+        &engine.deploy_args(&["--image", "heartalk:ci-7", "--project-name", "Bad Name"]),
+        64,
+    );
 }
