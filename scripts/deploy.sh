@@ -332,6 +332,12 @@ PY
     *'${HEARTALK_IMAGE}'* | *'${HEARTALK_IMAGE:-'* | *'${HEARTALK_IMAGE-'* | *'$HEARTALK_IMAGE') ;;
     *) fail 3 "the compose file does not take the image of $service from \${HEARTALK_IMAGE} (image: ${image_entry:-none}): nothing changed" ;;
   esac
+  # podman-compose 1.0 lets the .env beside the first compose file override
+  # the environment: a HEARTALK_IMAGE there would pin the image.
+  dotenv=$(dirname -- "${paths[0]}")/.env
+  if [[ -f $dotenv ]] && grep -Eq '^[[:space:]]*(export[[:space:]]+)?HEARTALK_IMAGE[[:space:]]*=' "$dotenv"; then
+    fail 3 "$dotenv sets HEARTALK_IMAGE, which podman-compose puts before the environment (so no roll-out could change the image): remove it from there: nothing changed"
+  fi
   if [[ -z $stop_timeout ]]; then
     stop_timeout=10
     if [[ -n $grace && $grace =~ ^(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?$ ]]; then

@@ -6,7 +6,12 @@
 //! changed one; offline restore loaded by a restarted server; refusal of a
 //! tampered or incomplete backup; retention by age); and
 //! `scripts/deploy.sh` with the fake docker / docker-compose of
-//! `tests/fixtures/` rolling back to exactly the tag it recorded.
+//! `tests/fixtures/` rolling back to exactly the tag it recorded (after an
+//! unhealthy version, or a roll-out that left the old container running),
+//! deploying an existing `--image` in a named project, and the
+//! podman-compose steps (the compose file read without `config`, the old
+//! container stopped with its grace and removed). The real podman runs are
+//! `deploy_rollback.rs` and `backup_restore_container.rs`.
 
 mod helper;
 
@@ -641,6 +646,15 @@ impl FakeEngine {
 
     /// `deploy.sh ARGS` against the fake engine, nothing added.
     fn deploy_args(&self, args: &[&str]) -> Output {
+        self.deploy_flavor(args, None)
+    }
+
+    /// `deploy_args` as podman-compose (`DEPLOY_COMPOSE_FLAVOR`).
+    fn deploy_podman_compose(&self, args: &[&str]) -> Output {
+        self.deploy_flavor(args, Some("podman-compose"))
+    }
+
+    fn deploy_flavor(&self, args: &[&str], flavor: Option<&str>) -> Output {
         let fixtures = repo().join("tests/fixtures");
         let docker = fixtures.join("fake-docker").to_string_lossy().into_owned();
         let compose = fixtures
@@ -649,17 +663,17 @@ impl FakeEngine {
             .into_owned();
         let d = self.dir.path().to_string_lossy().into_owned();
         let state = self.dir.path().join("state").to_string_lossy().into_owned();
-        script(
-            "deploy.sh",
-            args,
-            &[
-                ("DOCKER", &docker),
-                ("DOCKER_COMPOSE", &compose),
-                ("FAKE_DOCKER_DIR", &d),
-                ("DEPLOY_STATE_DIR", &state),
-            ],
-            self.dir.path(),
-        )
+        let mut env = vec![
+            ("DOCKER", docker.as_str()),
+            ("DOCKER_COMPOSE", compose.as_str()),
+            ("FAKE_DOCKER_DIR", d.as_str()),
+            ("DEPLOY_STATE_DIR", state.as_str()),
+            ("DEPLOY_COMPOSE_FLAVOR", ""),
+        ];
+        if let Some(flavor) = flavor {
+            env.push(("DEPLOY_COMPOSE_FLAVOR", flavor));
+        }
+        script("deploy.sh", args, &env, self.dir.path())
     }
 
     fn read(&self, rel: &str) -> String {
@@ -937,4 +951,97 @@ fn deploy_an_existing_image_in_a_named_project_without_building() {
         &engine.deploy_args(&["--image", "heartalk:ci-7", "--project-name", "Bad Name"]),
         64,
     );
+}
+
+#[test]
+fn deploy_with_podman_compose_reads_the_compose_file_itself() {
+    // podman-compose 1.0 has no `config`: deploy.sh reads the service's
+    // image: from the file, and refuses a .env beside it that sets
+    // HEARTALK_IMAGE (podman-compose would put it before the environment).
+    let engine = FakeEngine::new();
+    let site = tempfile::tempdir().unwrap();
+    let file = site.path().join("docker-compose.yml");
+    let file_s = file.to_string_lossy().into_owned();
+    let health = health_url(engine.health);
+    let args = [
+        "--tag",
+        "v2",
+        "--file",
+        &file_s,
+        "--health-url",
+        &health,
+        "--retries",
+        "2",
+        "--interval",
+        "0.1",
+    ];
+    let deploy = |dotenv: Option<&str>, image: &str| {
+        std::fs::write(
+            &file,
+            format!("services:\n  heartalk:\n    image: {image}\n    stop_grace_period: 1m30s\n"),
+        )
+        .unwrap();
+        let env = site.path().join(".env");
+        match dotenv {
+            Some(text) => std::fs::write(&env, text).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(&env);
+            }
+        }
+        let _ = std::fs::remove_file(engine.dir.path().join("log"));
+        let mut with_flavor = args.to_vec();
+        with_flavor.push("--dry-run");
+        // A dry run shows the plan with the podman-compose steps.
+        let dry = engine.deploy_podman_compose(&with_flavor);
+        let real = engine.deploy_podman_compose(&args);
+        (dry, real)
+    };
+
+    let (dry, out) = deploy(Some("LOG_LEVEL=debug\n"), "${HEARTALK_IMAGE:-heartalk:dev}");
+    assert_exit(&dry, 0);
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert!(plan.contains("has no `config`"), "{}", text(&dry));
+    // stop_grace_period 1m30s is the drain time of the old container.
+    assert!(plan.contains("stop -t 90 "), "{}", text(&dry));
+    assert_exit(&out, 0);
+    let log = engine.log();
+    assert!(log.iter().all(|l| !l.contains(" config")), "{log:#?}");
+    assert!(
+        log.contains(&"docker stop -t 90 c0ffee".to_string()),
+        "{log:#?}"
+    );
+    assert!(log.contains(&"docker rm c0ffee".to_string()), "{log:#?}");
+    assert_eq!(engine.read("running").trim(), "heartalk:v2");
+
+    // A fixed image: refused before anything changes.
+    let (_, out) = deploy(None, "heartalk:dev");
+    assert_exit(&out, 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("image: heartalk:dev"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !engine.dir.path().join("log").exists(),
+        "{}",
+        engine.read("log")
+    );
+
+    // HEARTALK_IMAGE in the .env: refused too.
+    let (_, out) = deploy(
+        Some("export HEARTALK_IMAGE=heartalk:pinned\n"),
+        "${HEARTALK_IMAGE}",
+    );
+    assert_exit(&out, 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(".env sets HEARTALK_IMAGE"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !engine.dir.path().join("log").exists(),
+        "{}",
+        engine.read("log")
+    );
+    assert_eq!(engine.read("running").trim(), "heartalk:v2");
 }
