@@ -6,7 +6,12 @@
 //! changed one; offline restore loaded by a restarted server; refusal of a
 //! tampered or incomplete backup; retention by age); and
 //! `scripts/deploy.sh` with the fake docker / docker-compose of
-//! `tests/fixtures/` rolling back to exactly the tag it recorded.
+//! `tests/fixtures/` rolling back to exactly the tag it recorded (after an
+//! unhealthy version, or a roll-out that left the old container running),
+//! deploying an existing `--image` in a named project, and the
+//! podman-compose steps (the compose file read without `config`, the old
+//! container stopped with its grace and removed). The real podman runs are
+//! `deploy_rollback.rs` and `backup_restore_container.rs`.
 
 mod helper;
 
@@ -623,14 +628,6 @@ impl FakeEngine {
     /// `deploy` with `extra` arguments after the usual ones (a repeated
     /// option overrides the usual value).
     fn deploy_with(&self, tag: &str, health: &str, extra: &[&str]) -> Output {
-        let fixtures = repo().join("tests/fixtures");
-        let docker = fixtures.join("fake-docker").to_string_lossy().into_owned();
-        let compose = fixtures
-            .join("fake-docker-compose")
-            .to_string_lossy()
-            .into_owned();
-        let d = self.dir.path().to_string_lossy().into_owned();
-        let state = self.dir.path().join("state").to_string_lossy().into_owned();
         let mut args = vec![
             "--tag",
             tag,
@@ -644,17 +641,39 @@ impl FakeEngine {
             "2",
         ];
         args.extend_from_slice(extra);
-        script(
-            "deploy.sh",
-            &args,
-            &[
-                ("DOCKER", &docker),
-                ("DOCKER_COMPOSE", &compose),
-                ("FAKE_DOCKER_DIR", &d),
-                ("DEPLOY_STATE_DIR", &state),
-            ],
-            self.dir.path(),
-        )
+        self.deploy_args(&args)
+    }
+
+    /// `deploy.sh ARGS` against the fake engine, nothing added.
+    fn deploy_args(&self, args: &[&str]) -> Output {
+        self.deploy_flavor(args, None)
+    }
+
+    /// `deploy_args` as podman-compose (`DEPLOY_COMPOSE_FLAVOR`).
+    fn deploy_podman_compose(&self, args: &[&str]) -> Output {
+        self.deploy_flavor(args, Some("podman-compose"))
+    }
+
+    fn deploy_flavor(&self, args: &[&str], flavor: Option<&str>) -> Output {
+        let fixtures = repo().join("tests/fixtures");
+        let docker = fixtures.join("fake-docker").to_string_lossy().into_owned();
+        let compose = fixtures
+            .join("fake-docker-compose")
+            .to_string_lossy()
+            .into_owned();
+        let d = self.dir.path().to_string_lossy().into_owned();
+        let state = self.dir.path().join("state").to_string_lossy().into_owned();
+        let mut env = vec![
+            ("DOCKER", docker.as_str()),
+            ("DOCKER_COMPOSE", compose.as_str()),
+            ("FAKE_DOCKER_DIR", d.as_str()),
+            ("DEPLOY_STATE_DIR", state.as_str()),
+            ("DEPLOY_COMPOSE_FLAVOR", ""),
+        ];
+        if let Some(flavor) = flavor {
+            env.push(("DEPLOY_COMPOSE_FLAVOR", flavor));
+        }
+        script("deploy.sh", args, &env, self.dir.path())
     }
 
     fn read(&self, rel: &str) -> String {
@@ -837,4 +856,192 @@ fn deploy_refuses_a_timeout_health_check_would_refuse_before_touching_anything()
     let out = engine.deploy_with("v2", &health, &["--timeout", "0.5"]);
     assert_exit(&out, 0);
     assert_eq!(engine.ups(), ["heartalk:v2"], "{:#?}", engine.log());
+}
+
+#[test]
+fn deploy_that_leaves_the_old_container_running_is_rolled_back() {
+    // `up -d` succeeds but the old image keeps running (podman-compose 1.0
+    // starts the existing container again), and it is healthy: only the
+    // check of the container's image id can see that nothing switched.
+    let engine = FakeEngine::new();
+    std::fs::write(engine.dir.path().join("stuck"), "").unwrap();
+    let out = engine.deploy("v2", &health_url(engine.health));
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("runs image sha256:1111") && stderr.contains("not heartalk:v2"),
+        "{}",
+        text(&out)
+    );
+    let backup = engine.read("state/last-backup-tag").trim().to_string();
+    assert_eq!(
+        engine.ups(),
+        ["heartalk:v2", backup.as_str()],
+        "{:#?}",
+        engine.log()
+    );
+    // The health check never ran for v2: the switch check failed first.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("health-check: ")
+            .count(),
+        1,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(engine.read("state/current-tag").trim(), backup);
+    assert!(engine.read("state/history").contains("exit=1"));
+}
+
+#[test]
+fn deploy_an_existing_image_in_a_named_project_without_building() {
+    let engine = FakeEngine::new();
+    let ci_id = format!("sha256:{}", "7".repeat(64));
+    std::fs::write(
+        engine.dir.path().join("images"),
+        format!("{}heartalk:ci-7 {ci_id}\n", engine.read("images")),
+    )
+    .unwrap();
+    let health = health_url(engine.health);
+    let quick = [
+        "--health-url",
+        &health,
+        "--retries",
+        "2",
+        "--interval",
+        "0.1",
+    ];
+    let mut args = vec!["--image", "heartalk:ci-7", "--project-name", "web"];
+    args.extend_from_slice(&quick);
+    let out = engine.deploy_args(&args);
+    assert_exit(&out, 0);
+    let log = engine.log();
+    assert!(
+        log.iter().all(|l| !l.starts_with("docker build")),
+        "{log:#?}"
+    );
+    assert_eq!(engine.ups(), ["heartalk:ci-7"], "{log:#?}");
+    assert!(
+        log.iter()
+            .filter(|l| l.starts_with("compose "))
+            .all(|l| l.contains(" -p web ")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.starts_with("docker ps -a")
+            && l.contains("label=com.docker.compose.project=web")
+            && l.contains("label=com.docker.compose.service=heartalk")),
+        "{log:#?}"
+    );
+    assert_eq!(engine.read("running").trim(), "heartalk:ci-7");
+    assert_eq!(engine.read("state/current-tag").trim(), "heartalk:ci-7");
+    assert_eq!(engine.id_of("heartalk:latest"), Some(ci_id));
+
+    // An image that is not here changes nothing (exit 3, no up).
+    let mut args = vec!["--image", "heartalk:missing"];
+    args.extend_from_slice(&quick);
+    let out = engine.deploy_args(&args);
+    assert_exit(&out, 3);
+    assert_eq!(engine.ups(), ["heartalk:ci-7"], "{:#?}", engine.log());
+    // --tag builds, --image does not: not both.
+    let mut args = vec!["--image", "heartalk:ci-7", "--tag", "v9"];
+    args.extend_from_slice(&quick);
+    assert_exit(&engine.deploy_args(&args), 64);
+    assert_exit(
+        &engine.deploy_args(&["--image", "heartalk:ci-7", "--project-name", "Bad Name"]),
+        64,
+    );
+}
+
+#[test]
+fn deploy_with_podman_compose_reads_the_compose_file_itself() {
+    // podman-compose 1.0 has no `config`: deploy.sh reads the service's
+    // image: from the file, and refuses a .env beside it that sets
+    // HEARTALK_IMAGE (podman-compose would put it before the environment).
+    let engine = FakeEngine::new();
+    let site = tempfile::tempdir().unwrap();
+    let file = site.path().join("docker-compose.yml");
+    let file_s = file.to_string_lossy().into_owned();
+    let health = health_url(engine.health);
+    let args = [
+        "--tag",
+        "v2",
+        "--file",
+        &file_s,
+        "--health-url",
+        &health,
+        "--retries",
+        "2",
+        "--interval",
+        "0.1",
+    ];
+    let deploy = |dotenv: Option<&str>, image: &str| {
+        std::fs::write(
+            &file,
+            format!("services:\n  heartalk:\n    image: {image}\n    stop_grace_period: 1m30s\n"),
+        )
+        .unwrap();
+        let env = site.path().join(".env");
+        match dotenv {
+            Some(text) => std::fs::write(&env, text).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(&env);
+            }
+        }
+        let _ = std::fs::remove_file(engine.dir.path().join("log"));
+        let mut with_flavor = args.to_vec();
+        with_flavor.push("--dry-run");
+        // A dry run shows the plan with the podman-compose steps.
+        let dry = engine.deploy_podman_compose(&with_flavor);
+        let real = engine.deploy_podman_compose(&args);
+        (dry, real)
+    };
+
+    let (dry, out) = deploy(Some("LOG_LEVEL=debug\n"), "${HEARTALK_IMAGE:-heartalk:dev}");
+    assert_exit(&dry, 0);
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert!(plan.contains("has no `config`"), "{}", text(&dry));
+    // stop_grace_period 1m30s is the drain time of the old container.
+    assert!(plan.contains("stop -t 90 "), "{}", text(&dry));
+    assert_exit(&out, 0);
+    let log = engine.log();
+    assert!(log.iter().all(|l| !l.contains(" config")), "{log:#?}");
+    assert!(
+        log.contains(&"docker stop -t 90 c0ffee".to_string()),
+        "{log:#?}"
+    );
+    assert!(log.contains(&"docker rm c0ffee".to_string()), "{log:#?}");
+    assert_eq!(engine.read("running").trim(), "heartalk:v2");
+
+    // A fixed image: refused before anything changes.
+    let (_, out) = deploy(None, "heartalk:dev");
+    assert_exit(&out, 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("image: heartalk:dev"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !engine.dir.path().join("log").exists(),
+        "{}",
+        engine.read("log")
+    );
+
+    // HEARTALK_IMAGE in the .env: refused too.
+    let (_, out) = deploy(
+        Some("export HEARTALK_IMAGE=heartalk:pinned\n"),
+        "${HEARTALK_IMAGE}",
+    );
+    assert_exit(&out, 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(".env sets HEARTALK_IMAGE"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !engine.dir.path().join("log").exists(),
+        "{}",
+        engine.read("log")
+    );
+    assert_eq!(engine.read("running").trim(), "heartalk:v2");
 }
