@@ -30,10 +30,11 @@ before, under the backup tag recorded for this deployment.
   --prod              use compose/docker-compose.prod.yml instead of
                       compose/docker-compose.yml
   --file FILE         compose file to use (repeatable; overrides --prod)
-  --project-name NAME compose project (passed as -p; default:
-                      \$COMPOSE_PROJECT_NAME, else the first compose file's
-                      directory name, as compose itself does); lower-case
-                      [a-z0-9_-]
+  --project-name NAME compose project (passed as -p; default: what compose
+                      itself would take: with docker, \$COMPOSE_PROJECT_NAME
+                      or the one in the .env beside the first compose file;
+                      else, and always with podman-compose, that file's
+                      directory name); lower-case [a-z0-9_-]
   --health-url URL    health endpoint to check (default: \$HEALTH_URL, else
                       http://127.0.0.1:\${HEARTALK_PORT:-8001}/api/v1/health,
                       and with --prod https://127.0.0.1/api/v1/health through
@@ -171,11 +172,21 @@ if ((${#paths[@]} == 0)); then
 fi
 files=()
 for f in "${paths[@]}"; do files+=(-f "$f"); done
-# The project: given, else what compose itself would take (podman-compose
-# ignores COMPOSE_PROJECT_NAME, so the name is always passed as -p),
-# lower-cased and cut to the characters compose keeps.
+# The project: given, else what compose itself would take (the name is then
+# always passed as -p), lower-cased and cut to the characters compose keeps.
+# Docker's compose takes COMPOSE_PROJECT_NAME from the environment, else from
+# the .env beside the first compose file (.env.example sets it);
+# podman-compose 1.0 ignores it in both places and takes the directory name.
 if [[ -z $project ]]; then
-  project=${COMPOSE_PROJECT_NAME:-}
+  project=
+  if [[ $flavor == docker ]]; then
+    project=${COMPOSE_PROJECT_NAME:-}
+    dotenv=$(dirname -- "${paths[0]}")/.env
+    if [[ -z $project && -f $dotenv ]]; then
+      project=$(sed -n 's/^[[:space:]]*COMPOSE_PROJECT_NAME[[:space:]]*=[[:space:]]*//p' "$dotenv" \
+        | tail -n 1 | tr -d "\"' \r")
+    fi
+  fi
   if [[ -z $project ]]; then
     project=$(cd "$(dirname -- "${paths[0]}")" 2>/dev/null && basename -- "$PWD") \
       || die_usage "no directory for ${paths[0]}"

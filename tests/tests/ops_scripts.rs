@@ -1045,3 +1045,60 @@ fn deploy_with_podman_compose_reads_the_compose_file_itself() {
     );
     assert_eq!(engine.read("running").trim(), "heartalk:v2");
 }
+
+#[test]
+fn deploy_takes_the_project_compose_itself_would_take() {
+    // Docker's compose reads COMPOSE_PROJECT_NAME from the .env beside the
+    // file (.env.example sets it): deploy.sh must deploy into that project,
+    // not a second one named after the directory. podman-compose 1.0 ignores
+    // it and takes the directory's name, and so does deploy.sh with it.
+    let engine = FakeEngine::new();
+    let site = tempfile::tempdir().unwrap();
+    let dir = site.path().join("Site.Dir");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        "services:\n  heartalk:\n    image: ${HEARTALK_IMAGE:-heartalk:dev}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "LOG_LEVEL=info\nCOMPOSE_PROJECT_NAME=\"heartalk\"\n",
+    )
+    .unwrap();
+    let file_s = file.to_string_lossy().into_owned();
+    let health = health_url(engine.health);
+    let args = [
+        "--image",
+        "heartalk:v1",
+        "--file",
+        &file_s,
+        "--health-url",
+        &health,
+        "--retries",
+        "2",
+        "--interval",
+        "0.1",
+        "--dry-run",
+    ];
+    let project_of = |out: &Output| -> String {
+        let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = plan
+            .lines()
+            .find(|l| l.contains(" up -d"))
+            .unwrap_or_else(|| panic!("no up in the plan: {plan}"))
+            .to_string();
+        let after = line
+            .split(" -p ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no -p: {line}"));
+        after.split_whitespace().next().unwrap().to_string()
+    };
+    let docker = engine.deploy_args(&args);
+    assert_exit(&docker, 0);
+    assert_eq!(project_of(&docker), "heartalk", "{}", text(&docker));
+    let podman = engine.deploy_podman_compose(&args);
+    assert_exit(&podman, 0);
+    assert_eq!(project_of(&podman), "sitedir", "{}", text(&podman));
+}
