@@ -36,9 +36,11 @@ before, under the backup tag recorded for this deployment.
                       else, and always with podman-compose, that file's
                       directory name); lower-case [a-z0-9_-]
   --health-url URL    health endpoint to check (default: \$HEALTH_URL, else
-                      http://127.0.0.1:\${HEARTALK_PORT:-8001}/api/v1/health,
-                      and with --prod https://127.0.0.1/api/v1/health through
-                      nginx, certificate name not checked)
+                      http://127.0.0.1:HEARTALK_PORT/api/v1/health, and with
+                      --prod https://127.0.0.1:HTTPS_PORT/api/v1/health
+                      through nginx, certificate name not checked; each port
+                      from the environment, else the .env beside the compose
+                      file, else 8001 and 443)
   --retries N         health-check tries after each roll-out (default 10)
   --interval SECS     pause between tries (default 3)
   --timeout SECS      limit for each try, > 0 (default 5)
@@ -110,7 +112,6 @@ fail() {
   exit "$1"
 }
 
-read -r -a docker <<<"${DOCKER:-docker}"
 read -r -a compose <<<"${DOCKER_COMPOSE:-docker-compose}"
 repository=${HEARTALK_REPOSITORY:-heartalk}
 service=${HEARTALK_SERVICE:-heartalk}
@@ -159,7 +160,6 @@ done
 probe_check_options "$retries" "$interval" "$timeout"
 [[ -z $stop_timeout || $stop_timeout =~ ^[0-9]+$ ]] \
   || die_usage "--stop-timeout must be a whole number of seconds: $stop_timeout"
-((${#docker[@]})) || die_usage "DOCKER is empty"
 ((${#compose[@]})) || die_usage "DOCKER_COMPOSE is empty"
 if [[ -z $flavor ]]; then
   flavor=docker
@@ -167,26 +167,38 @@ if [[ -z $flavor ]]; then
 fi
 [[ $flavor == docker || $flavor == podman-compose ]] \
   || die_usage "DEPLOY_COMPOSE_FLAVOR must be docker or podman-compose: $flavor"
+if [[ $flavor == podman-compose ]]; then
+  read -r -a docker <<<"${DOCKER:-podman}"
+else
+  read -r -a docker <<<"${DOCKER:-docker}"
+  [[ -n $stop_timeout ]] && log "--stop-timeout applies to podman-compose only: ignored"
+fi
 if ((${#paths[@]} == 0)); then
   if ((prod)); then paths=(compose/docker-compose.prod.yml); else paths=(compose/docker-compose.yml); fi
 fi
 files=()
 for f in "${paths[@]}"; do files+=(-f "$f"); done
+dotenv=$(dirname -- "${paths[0]}")/.env
+# A setting as compose takes it: the environment's, else the last NAME=value
+# of the .env beside the first compose file (an `export ` before it, quotes
+# around the value and a ` #` comment after it are dropped), else $2.
+setting() {
+  local value=${!1:-}
+  if [[ -z $value && -f $dotenv ]]; then
+    value=$(sed -nE "s/^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=[[:space:]]*//p" "$dotenv" \
+      | tail -n 1 | sed -E 's/[[:space:]]+#.*$//' | tr -d "\"'\r" | sed -E 's/[[:space:]]+$//')
+  fi
+  printf '%s\n' "${value:-$2}"
+}
 # The project: given, else what compose itself would take (the name is then
 # always passed as -p), lower-cased and cut to the characters compose keeps.
 # Docker's compose takes COMPOSE_PROJECT_NAME from the environment, else from
 # the .env beside the first compose file (.env.example sets it);
 # podman-compose 1.0 ignores it in both places and takes the directory name.
+# (A top-level `name:` in the compose file is not read: pass --project-name.)
 if [[ -z $project ]]; then
   project=
-  if [[ $flavor == docker ]]; then
-    project=${COMPOSE_PROJECT_NAME:-}
-    dotenv=$(dirname -- "${paths[0]}")/.env
-    if [[ -z $project && -f $dotenv ]]; then
-      project=$(sed -n 's/^[[:space:]]*COMPOSE_PROJECT_NAME[[:space:]]*=[[:space:]]*//p' "$dotenv" \
-        | tail -n 1 | tr -d "\"' \r")
-    fi
-  fi
+  [[ $flavor == docker ]] && project=$(setting COMPOSE_PROJECT_NAME "")
   if [[ -z $project ]]; then
     project=$(cd "$(dirname -- "${paths[0]}")" 2>/dev/null && basename -- "$PWD") \
       || die_usage "no directory for ${paths[0]}"
@@ -199,10 +211,10 @@ if [[ -z $health_url ]]; then
   if ((prod)); then
     # The service port is not published in production: check through nginx,
     # whose certificate names the public host, not 127.0.0.1.
-    health_url=https://127.0.0.1/api/v1/health
+    health_url=https://127.0.0.1:$(setting HTTPS_PORT 443)/api/v1/health
     insecure=(--insecure)
   else
-    health_url=http://127.0.0.1:${HEARTALK_PORT:-8001}/api/v1/health
+    health_url=http://127.0.0.1:$(setting HEARTALK_PORT 8001)/api/v1/health
   fi
 fi
 if [[ -n $image ]]; then
@@ -229,9 +241,19 @@ run() {
 # The ids of the app's containers (running or not), by compose's labels,
 # which docker-compose, docker compose and podman-compose all set.
 # (`compose ps -q SERVICE` would not do: podman-compose 1.0 ignores SERVICE.)
+# One-off containers (`compose run`) carry the same labels: Docker's compose
+# marks them com.docker.compose.oneoff=True; podman-compose 1.0 only names
+# them PROJECT_SERVICE_tmpNNNNN, where a service's are PROJECT_SERVICE_N.
 app_containers() {
-  "${docker[@]}" ps -a --filter "label=com.docker.compose.project=$project" \
-    --filter "label=com.docker.compose.service=$service" --format '{{.ID}}'
+  local filters=(--filter "label=com.docker.compose.project=$project"
+    --filter "label=com.docker.compose.service=$service")
+  [[ $flavor == docker ]] && filters+=(--filter label=com.docker.compose.oneoff=False)
+  "${docker[@]}" ps -a "${filters[@]}" --format '{{.ID}} {{.Names}}' \
+    | while read -r id name; do
+      if [[ $flavor == docker || $name =~ ^${project}_${service}_[0-9]+$ ]]; then
+        echo "$id"
+      fi
+    done
 }
 # podman-compose 1.0's `up -d` starts an existing container again whatever
 # its image: stop the app's containers (draining), remove them, so that
@@ -239,8 +261,8 @@ app_containers() {
 remove_app() {
   local ids id
   if ((dry_run)); then
-    run "${docker[@]}" stop -t "$stop_timeout" "<each $service container>"
-    run "${docker[@]}" rm "<each $service container>"
+    echo "+ ${docker[*]} stop -t $stop_timeout <each $service container>"
+    echo "+ ${docker[*]} rm <each $service container>"
     return 0
   fi
   ids=$(app_containers) || return 1
@@ -267,12 +289,14 @@ switched() {
     log "(then: check that every $service container runs the image id of $1)"
     return 0
   fi
+  # (Compared without a sha256: prefix, which an engine may put on one of
+  # the two and not the other.)
   local want ids id got n=0
   want=$("${docker[@]}" image inspect --format '{{.Id}}' "$1") || return 1
   ids=$(app_containers) || return 1
   for id in $ids; do
     got=$("${docker[@]}" inspect --format '{{.Image}}' "$id") || return 1
-    if [[ $got != "$want" ]]; then
+    if [[ ${got#sha256:} != "${want#sha256:}" ]]; then
       echo "deploy: container $id of $service runs image $got, not $1 ($want)" >&2
       return 1
     fi
@@ -339,13 +363,13 @@ PY
   image_entry=$(sed -n 1p <<<"$settings")
   grace=$(sed -n 2p <<<"$settings")
   # shellcheck disable=SC2016 # the literal text ${HEARTALK_IMAGE...} is sought
-  case $image_entry in
-    *'${HEARTALK_IMAGE}'* | *'${HEARTALK_IMAGE:-'* | *'${HEARTALK_IMAGE-'* | *'$HEARTALK_IMAGE') ;;
-    *) fail 3 "the compose file does not take the image of $service from \${HEARTALK_IMAGE} (image: ${image_entry:-none}): nothing changed" ;;
-  esac
+  # ${HEARTALK_IMAGE}, ${HEARTALK_IMAGE:-default}, ${HEARTALK_IMAGE:?message}
+  # (docker-compose.prod.yml), their forms without the colon, $HEARTALK_IMAGE.
+  if [[ ! $image_entry =~ \$(\{HEARTALK_IMAGE([}]|:?[-?])|HEARTALK_IMAGE([^A-Za-z0-9_]|$)) ]]; then
+    fail 3 "the compose file does not take the image of $service from \${HEARTALK_IMAGE} (image: ${image_entry:-none}): nothing changed"
+  fi
   # podman-compose 1.0 lets the .env beside the first compose file override
   # the environment: a HEARTALK_IMAGE there would pin the image.
-  dotenv=$(dirname -- "${paths[0]}")/.env
   if [[ -f $dotenv ]] && grep -Eq '^[[:space:]]*(export[[:space:]]+)?HEARTALK_IMAGE[[:space:]]*=' "$dotenv"; then
     fail 3 "$dotenv sets HEARTALK_IMAGE, which podman-compose puts before the environment (so no roll-out could change the image): remove it from there: nothing changed"
   fi
@@ -375,6 +399,14 @@ if [[ -n $image ]]; then
   fi
 else
   run "${docker[@]}" build -t "$new_image" . || fail 3 "docker build failed: nothing changed"
+fi
+# The image's HEALTHCHECK is the service's health in the compose files
+# (nginx waits for it: depends_on service_healthy). An image built in the
+# OCI format (podman's default) has none, and nginx would never start.
+if ((!dry_run)); then
+  check=$("${docker[@]}" image inspect --format '{{.Config.Healthcheck}}' "$new_image") || check=
+  [[ -n $check && $check != "<nil>" ]] \
+    || fail 3 "$new_image has no HEALTHCHECK (built in the OCI format? build with \`podman build --format docker\`, as scripts/image.sh does): nothing changed"
 fi
 
 # The image of the app container (an image id), if there is one.

@@ -11,10 +11,12 @@
 #   - docker.io/library/rust:1-bookworm: Debian bookworm (mmdebstrap) with the
 #     build tools, and the host's Rust toolchain laid out as the official image
 #     does (RUSTUP_HOME=/usr/local/rustup, CARGO_HOME=/usr/local/cargo, on PATH);
-#   - gcr.io/distroless/cc-debian12:nonroot: Debian's libc6, libgcc-s1 and
-#     ca-certificates, the nonroot user 65532, no shell, no package manager;
+#   - gcr.io/distroless/cc-debian12:nonroot: Debian's libc6, libgcc-s1,
+#     ca-certificates, base-files, netbase and tzdata, the nonroot user 65532,
+#     no shell, no package manager;
 #   - docker.io/library/redis:7.2-alpine, for the compose files: Debian's
-#     redis-server and redis-tools (Redis 7.0), protected mode off as upstream;
+#     redis-server and redis-tools (Redis 7.0), protected mode off and an
+#     entrypoint that drops to the redis user, as upstream's;
 #   - docker.io/library/nginx:1.27-alpine, docker.io/prom/prometheus:v2.53.2 and
 #     docker.io/prom/alertmanager:v0.27.0, for docker-compose.prod.yml: Debian's
 #     nginx 1.22, prometheus 2.42 and prometheus-alertmanager 0.25 with busybox's
@@ -35,7 +37,9 @@ usage: scripts/image.sh [--tag NAME]
 
 Builds the image from Dockerfile with podman (default NAME: localhost/heartalk:dev),
 first making local stand-ins for its base images (rust:1-bookworm and
-gcr.io/distroless/cc-debian12:nonroot), each once. Prints the image's name last.
+gcr.io/distroless/cc-debian12:nonroot) and for the compose files' Redis, nginx,
+Prometheus and Alertmanager images from Debian packages, each once. Prints the
+image's name last.
 
 Exit codes:
   0   built
@@ -122,7 +126,8 @@ current "$RUNTIME_IMAGE" "$runtime_key" \
 # docker.io/library/redis:7.2-alpine, for the compose files: Debian's Redis
 # 7.0. The official image compiles protected mode off (a container's clients
 # are never on its loopback); Debian's binary has it on, so `redis-server` on
-# PATH is a wrapper that turns it off. Its docker-entrypoint.sh does what
+# PATH is a wrapper that turns it off (after the caller's arguments, so it
+# also overrides a config that turns it on, which no compose file here does). Its docker-entrypoint.sh does what
 # upstream's does: leading options mean redis-server; as root it gives the
 # working directory (/data) to the redis user and re-runs itself as that
 # user (setpriv where upstream has gosu); umask 0077.

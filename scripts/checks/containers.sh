@@ -357,7 +357,7 @@ tls = block("server {\n        listen 443 ssl")
 for pattern, what in [
     (r"proxy_http_version\s+1\.1;", "proxy_http_version 1.1"),
     (r'proxy_set_header\s+Connection\s+"";', 'proxy_set_header Connection ""'),
-    (r"proxy_set_header\s+X-Forwarded-For\s+\$proxy_add_x_forwarded_for;", "X-Forwarded-For"),
+    (r"proxy_set_header\s+X-Forwarded-For\s+\$remote_addr;", "X-Forwarded-For set to $remote_addr (the client cannot forge it)"),
     (r"proxy_set_header\s+X-Forwarded-Proto\s+\$scheme;", "X-Forwarded-Proto"),
     (r"proxy_set_header\s+X-Request-ID\s+", "X-Request-ID"),
     (r"ssl_protocols\s+TLSv1\.2\s+TLSv1\.3;", "ssl_protocols TLSv1.2 TLSv1.3 only"),

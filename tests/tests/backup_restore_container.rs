@@ -21,12 +21,14 @@ use helper::*;
 /// The dev compose file's `redis` service alone, in project `project`.
 struct RedisStack {
     project: String,
+    /// Holds the copy of the compose file (`dev_compose_copy`).
+    dir: tempfile::TempDir,
 }
 
 impl RedisStack {
     fn compose(&self, args: &[&str]) -> Output {
         Command::new("podman-compose")
-            .current_dir(repo().join("compose"))
+            .current_dir(self.dir.path().join("compose"))
             .env("CONTAINERS_CONF", podman_conf())
             .env("HOST_GATEWAY", "127.0.0.1")
             .env("BYTEPLUS_API_KEY", "")
@@ -189,8 +191,11 @@ fn redis_ip(container: &str) -> String {
 fn backup_and_restore_round_trip_the_redis_container() {
     // The Redis stand-in is made with the image (scripts/image.sh).
     let _ = built_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    dev_compose_copy(dir.path());
     let stack = RedisStack {
         project: format!("htdeploybk{}", std::process::id()),
+        dir,
     };
     let up = stack.compose(&["up", "-d", "--no-build", "redis"]);
     assert!(

@@ -12,9 +12,11 @@
 //! container's health check passes, plain HTTP redirects to HTTPS, the
 //! service reaches the password-protected Redis over the internal network,
 //! a chat signed with the secret file's key answers over TLS (a forged one
-//! is refused), an SSE stream through nginx arrives frame by frame, no
-//! secret is in any container's environment, and Prometheus scrapes the
-//! service and Alertmanager and knows its Alertmanager.
+//! is refused), an SSE stream through nginx arrives frame by frame, the
+//! per-IP rate-limit key is the address nginx saw (not one the client
+//! forged, nor nginx's own), no secret is in any container's environment,
+//! and Prometheus scrapes the service and Alertmanager and knows its
+//! Alertmanager.
 
 mod helper;
 
@@ -146,7 +148,8 @@ impl Drop for Stack {
 /// Creates the project's `edge` network first, as docs/deployment.md says
 /// to under podman-compose 1.0 (which ignores `ipam`): podman picks a free
 /// subnet, which becomes EDGE_SUBNET, the service's TRUSTED_PROXIES.
-fn create_edge_network(project: &str) -> String {
+/// Returns (subnet, gateway); on failure the network is removed again.
+fn create_edge_network(project: &str) -> (String, String) {
     let name = format!("{project}_edge");
     let label = format!("io.podman.compose.project={project}");
     let out = podman(&["network", "create", "--label", &label, &name]);
@@ -155,16 +158,17 @@ fn create_edge_network(project: &str) -> String {
         "podman network create: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let subnet = podman(&[
-        "network",
-        "inspect",
-        "--format",
-        "{{range .Subnets}}{{.Subnet}}{{end}}",
-        &name,
-    ]);
-    let subnet = String::from_utf8_lossy(&subnet.stdout).trim().to_string();
-    assert!(subnet.contains('/'), "no subnet for {name}: {subnet:?}");
-    subnet
+    let field = |f: &str| {
+        let format = format!("{{{{range .Subnets}}}}{{{{.{f}}}}}{{{{end}}}}");
+        let out = podman(&["network", "inspect", "--format", &format, &name]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (subnet, gateway) = (field("Subnet"), field("Gateway"));
+    if !subnet.contains('/') || gateway.parse::<std::net::IpAddr>().is_err() {
+        remove_compose_networks(project);
+        panic!("no subnet or gateway for {name}: {subnet:?} {gateway:?}");
+    }
+    (subnet, gateway)
 }
 
 fn run_ok(cmd: &mut Command) -> Output {
@@ -221,12 +225,14 @@ fn the_production_stack_serves_tls_streams_and_is_scraped() {
     let dir = tempfile::tempdir().expect("tempdir");
     lay_out(dir.path());
     let project = format!("htprod{}", std::process::id());
-    let edge_subnet = create_edge_network(&project);
+    let image = built_image();
+    // Nothing between the network's creation and the guard can fail.
+    let (edge_subnet, edge_gateway) = create_edge_network(&project);
     let stack = Stack {
         project,
         edge_subnet,
         dir,
-        image: built_image(),
+        image,
         http: free_port(),
         https: free_port(),
         prometheus: free_port(),
@@ -369,9 +375,11 @@ fn the_production_stack_serves_tls_streams_and_is_scraped() {
     let times: Vec<Duration> = frames.iter().map(|(t, _)| *t).collect();
     assert_incremental(&times);
 
-    // The service trusts nginx (TRUSTED_PROXIES = the edge network): the
-    // per-IP limit of an anonymous path counts the address nginx passes on,
-    // not nginx's own (an untrusted proxy's X-Forwarded-For is ignored).
+    // The per-IP limit of an anonymous path counts the address nginx saw
+    // (from the host, the edge network's gateway), never one the client
+    // wrote in X-Forwarded-For (nginx replaces the header), nor nginx's own
+    // (which it would be if the service did not trust the edge network,
+    // TRUSTED_PROXIES = EDGE_SUBNET).
     let (code, body) = stack.https(
         "GET",
         "/api/v1/models",
@@ -394,8 +402,13 @@ fn the_production_stack_serves_tls_streams_and_is_scraped() {
     ]);
     let keys = String::from_utf8_lossy(&keys.stdout);
     assert!(
-        keys.lines().any(|k| k.ends_with(":203.0.113.7")),
-        "no per-IP limit key for the forwarded address: {keys}"
+        keys.lines()
+            .any(|k| k.ends_with(&format!(":{edge_gateway}"))),
+        "no per-IP limit key for {edge_gateway}, the address nginx saw: {keys}"
+    );
+    assert!(
+        !keys.contains("203.0.113.7"),
+        "a client-written X-Forwarded-For became a rate-limit key: {keys}"
     );
 
     // No secret value in any container's environment (files only).

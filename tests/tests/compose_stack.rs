@@ -19,6 +19,8 @@ use serde_json::json;
 /// `podman-compose` on the dev compose file, in project `project`.
 struct Stack {
     project: String,
+    /// Holds the copy of the compose file (`dev_compose_copy`).
+    dir: tempfile::TempDir,
     image: String,
     port: u16,
 }
@@ -26,7 +28,7 @@ struct Stack {
 impl Stack {
     fn compose(&self, args: &[&str]) -> Output {
         Command::new("podman-compose")
-            .current_dir(repo().join("compose"))
+            .current_dir(self.dir.path().join("compose"))
             .env("CONTAINERS_CONF", podman_conf())
             .env("HEARTALK_IMAGE", &self.image)
             .env("HEARTALK_PORT", self.port.to_string())
@@ -68,8 +70,11 @@ impl Drop for Stack {
 
 #[test]
 fn the_dev_stack_serves_and_keeps_its_cache_in_redis_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    dev_compose_copy(dir.path());
     let stack = Stack {
         project: format!("heartalktest{}", std::process::id()),
+        dir,
         image: built_image(),
         port: free_port(),
     };

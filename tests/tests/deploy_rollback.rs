@@ -34,11 +34,13 @@ struct Deployment {
 impl Deployment {
     fn new() -> Deployment {
         let project = format!("htdeploy{}", std::process::id());
+        let tmp = tempfile::tempdir().unwrap();
+        dev_compose_copy(tmp.path());
         Deployment {
             repository: format!("localhost/{project}"),
             project,
             port: free_port(),
-            tmp: tempfile::tempdir().unwrap(),
+            tmp,
         }
     }
 
@@ -83,9 +85,13 @@ impl Deployment {
     /// project, killed if it outlives the deadline.
     fn deploy(&self, image: &str, retries: &str) -> Output {
         let health = format!("http://{}/api/v1/health", self.addr());
+        let file = self.tmp.path().join("compose/docker-compose.yml");
+        let file = file.to_string_lossy();
         let args = [
             "--image",
             image,
+            "--file",
+            &file,
             "--project-name",
             &self.project,
             "--health-url",
@@ -138,7 +144,7 @@ impl Deployment {
 impl Drop for Deployment {
     fn drop(&mut self) {
         let _ = Command::new("podman-compose")
-            .current_dir(repo().join("compose"))
+            .current_dir(self.tmp.path().join("compose"))
             .env("CONTAINERS_CONF", podman_conf())
             .env("HOST_GATEWAY", "127.0.0.1")
             .env("BYTEPLUS_API_KEY", "")
@@ -345,9 +351,12 @@ fn deploy_switches_to_a_healthy_version_and_rolls_back_a_broken_one() {
         samples.last().is_some_and(|(_, ok)| *ok),
         "the last probe failed"
     );
+    // About 3.5 s here (docs/deployment.md). Well under the 45 s grace:
+    // the old supervisor drained and exited on SIGTERM at once (a stop that
+    // waited for its SIGKILL would leave the port closed 45 s and more).
     assert!(
-        gap < took,
-        "{gap:?} without an answer, longer than the deploy"
+        gap < Duration::from_secs(20),
+        "{gap:?} without an answer (deploy.sh took {took:?})"
     );
     // Redis was not touched by the app's recreate.
     assert_eq!(

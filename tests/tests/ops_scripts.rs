@@ -35,6 +35,11 @@ fn script(name: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output
         .env_remove("HEALTH_URL")
         .env_remove("REDIS_URL")
         .env_remove("BACKUP_DEST")
+        // deploy.sh takes these from the environment before the .env.
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("HEARTALK_PORT")
+        .env_remove("HTTPS_PORT")
+        .env_remove("DOCKER")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -953,6 +958,22 @@ fn deploy_an_existing_image_in_a_named_project_without_building() {
     );
 }
 
+/// `args` with a quick health check against `health` (2 tries, 0.1 s apart).
+fn quick_args(args: &[&str], health: &str) -> Vec<String> {
+    let quick = [
+        "--health-url",
+        health,
+        "--retries",
+        "2",
+        "--interval",
+        "0.1",
+    ];
+    args.iter()
+        .chain(quick.iter())
+        .map(|a| a.to_string())
+        .collect()
+}
+
 #[test]
 fn deploy_with_podman_compose_reads_the_compose_file_itself() {
     // podman-compose 1.0 has no `config`: deploy.sh reads the service's
@@ -963,18 +984,8 @@ fn deploy_with_podman_compose_reads_the_compose_file_itself() {
     let file = site.path().join("docker-compose.yml");
     let file_s = file.to_string_lossy().into_owned();
     let health = health_url(engine.health);
-    let args = [
-        "--tag",
-        "v2",
-        "--file",
-        &file_s,
-        "--health-url",
-        &health,
-        "--retries",
-        "2",
-        "--interval",
-        "0.1",
-    ];
+    let args = quick_args(&["--tag", "v2", "--file", &file_s], &health);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let deploy = |dotenv: Option<&str>, image: &str| {
         std::fs::write(
             &file,
@@ -1047,11 +1058,13 @@ fn deploy_with_podman_compose_reads_the_compose_file_itself() {
 }
 
 #[test]
-fn deploy_takes_the_project_compose_itself_would_take() {
+fn deploy_takes_the_project_and_ports_compose_itself_would_take() {
     // Docker's compose reads COMPOSE_PROJECT_NAME from the .env beside the
     // file (.env.example sets it): deploy.sh must deploy into that project,
     // not a second one named after the directory. podman-compose 1.0 ignores
-    // it and takes the directory's name, and so does deploy.sh with it.
+    // it and takes the directory's name, and so does deploy.sh with it. The
+    // health check's port comes from the same .env (HEARTALK_PORT, and
+    // HTTPS_PORT with --prod).
     let engine = FakeEngine::new();
     let site = tempfile::tempdir().unwrap();
     let dir = site.path().join("Site.Dir");
@@ -1064,41 +1077,121 @@ fn deploy_takes_the_project_compose_itself_would_take() {
     .unwrap();
     std::fs::write(
         dir.join(".env"),
-        "LOG_LEVEL=info\nCOMPOSE_PROJECT_NAME=\"heartalk\"\n",
+        "LOG_LEVEL=info\nCOMPOSE_PROJECT_NAME=old\nexport COMPOSE_PROJECT_NAME=\"heartalk\"  # prod\n\
+         HEARTALK_PORT=9123\nHTTPS_PORT='8443'\n",
     )
     .unwrap();
     let file_s = file.to_string_lossy().into_owned();
-    let health = health_url(engine.health);
-    let args = [
-        "--image",
-        "heartalk:v1",
-        "--file",
-        &file_s,
-        "--health-url",
-        &health,
-        "--retries",
-        "2",
-        "--interval",
-        "0.1",
-        "--dry-run",
-    ];
-    let project_of = |out: &Output| -> String {
+    let args = ["--image", "heartalk:v1", "--file", &file_s, "--dry-run"];
+    let plan = |out: &Output| -> (String, String) {
         let plan = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = plan
+        let up = plan
             .lines()
             .find(|l| l.contains(" up -d"))
-            .unwrap_or_else(|| panic!("no up in the plan: {plan}"))
-            .to_string();
-        let after = line
+            .unwrap_or_else(|| panic!("no up in the plan: {plan}"));
+        let after = up
             .split(" -p ")
             .nth(1)
-            .unwrap_or_else(|| panic!("no -p: {line}"));
-        after.split_whitespace().next().unwrap().to_string()
+            .unwrap_or_else(|| panic!("no -p: {up}"));
+        let project = after.split_whitespace().next().unwrap().to_string();
+        let check = plan
+            .lines()
+            .find(|l| l.contains("health-check.sh"))
+            .unwrap_or_else(|| panic!("no health check in the plan: {plan}"));
+        let url = check.split(" --url ").nth(1).unwrap();
+        (project, url.split_whitespace().next().unwrap().to_string())
     };
     let docker = engine.deploy_args(&args);
     assert_exit(&docker, 0);
-    assert_eq!(project_of(&docker), "heartalk", "{}", text(&docker));
+    assert_eq!(
+        plan(&docker),
+        (
+            "heartalk".to_string(),
+            "http://127.0.0.1:9123/api/v1/health".to_string()
+        ),
+        "{}",
+        text(&docker)
+    );
     let podman = engine.deploy_podman_compose(&args);
     assert_exit(&podman, 0);
-    assert_eq!(project_of(&podman), "sitedir", "{}", text(&podman));
+    assert_eq!(plan(&podman).0, "sitedir", "{}", text(&podman));
+    let mut prod = args.to_vec();
+    prod.push("--prod");
+    let prod = engine.deploy_args(&prod);
+    assert_exit(&prod, 0);
+    assert_eq!(
+        plan(&prod).1,
+        "https://127.0.0.1:8443/api/v1/health",
+        "{}",
+        text(&prod)
+    );
+}
+
+#[test]
+fn deploy_leaves_one_off_containers_alone() {
+    // `compose run` containers carry the service's labels too: neither the
+    // backup tag, the stop/rm of podman-compose nor the switch check may
+    // take one for the app's container.
+    for flavor in [None, Some("podman-compose")] {
+        let engine = FakeEngine::new();
+        std::fs::write(engine.dir.path().join("oneoff"), "1").unwrap();
+        let site = tempfile::tempdir().unwrap();
+        let file = site.path().join("docker-compose.yml");
+        std::fs::write(
+            &file,
+            "services:\n  heartalk:\n    image: ${HEARTALK_IMAGE:-heartalk:dev}\n",
+        )
+        .unwrap();
+        let file_s = file.to_string_lossy().into_owned();
+        let health = health_url(engine.health);
+        let args = quick_args(&["--tag", "v2", "--file", &file_s], &health);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = engine.deploy_flavor(&args, flavor);
+        assert_exit(&out, 0);
+        let log = engine.log();
+        assert!(
+            log.iter().all(|l| !l.contains("0ff0ff")),
+            "{flavor:?}: {log:#?}"
+        );
+        assert_eq!(engine.read("running").trim(), "heartalk:v2", "{flavor:?}");
+    }
+}
+
+#[test]
+fn deploy_with_podman_compose_takes_the_production_files_image_entry() {
+    // docker-compose.prod.yml requires the variable: ${HEARTALK_IMAGE:?…}.
+    let engine = FakeEngine::new();
+    let site = tempfile::tempdir().unwrap();
+    let file = site.path().join("docker-compose.prod.yml");
+    std::fs::copy(repo().join("compose/docker-compose.prod.yml"), &file).unwrap();
+    let file_s = file.to_string_lossy().into_owned();
+    let out = engine.deploy_podman_compose(&[
+        "--image",
+        "heartalk:v1",
+        "--prod",
+        "--file",
+        &file_s,
+        "--dry-run",
+    ]);
+    assert_exit(&out, 0);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    // The production file's 45 s grace is the old container's drain time.
+    assert!(plan.contains("stop -t 45 "), "{}", text(&out));
+}
+
+#[test]
+fn deploy_refuses_an_image_without_a_healthcheck() {
+    // nginx waits for the service's health, which is the image's own
+    // HEALTHCHECK: an image without one (OCI format) changes nothing.
+    let engine = FakeEngine::new();
+    std::fs::write(engine.dir.path().join("no-healthcheck"), "").unwrap();
+    let out = engine.deploy("v2", &health_url(engine.health));
+    assert_exit(&out, 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no HEALTHCHECK"),
+        "{}",
+        text(&out)
+    );
+    assert!(engine.ups().is_empty(), "{:#?}", engine.log());
+    assert_eq!(engine.read("running").trim(), "heartalk:v1");
 }

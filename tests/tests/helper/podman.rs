@@ -50,3 +50,19 @@ pub fn remove_compose_networks(project: &str) {
         let _ = podman(&["network", "rm", "--force", net]);
     }
 }
+
+/// A copy of `compose/docker-compose.yml` in `parent/compose/`, the file a
+/// test runs: podman-compose 1.0 lets a `.env` beside the file override the
+/// environment, and a checkout that followed the docs has one in
+/// `compose/` (its HEARTALK_IMAGE and HEARTALK_PORT would beat the test's).
+/// Returns the copy's directory.
+pub fn dev_compose_copy(parent: &Path) -> PathBuf {
+    let dir = parent.join("compose");
+    std::fs::create_dir_all(&dir).expect("mkdir compose");
+    std::fs::copy(
+        repo().join("compose/docker-compose.yml"),
+        dir.join("docker-compose.yml"),
+    )
+    .expect("copy compose/docker-compose.yml");
+    dir
+}

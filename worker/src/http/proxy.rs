@@ -7,8 +7,11 @@
 //! the socket peer is one of them, and the client is the right-most entry
 //! that is not itself a trusted proxy: a client cannot pick its own
 //! rate-limit key by sending a forged header, because every hop it does not
-//! control appends to the right. The blocks themselves ([`Cidr`]) are
-//! read with the settings.
+//! control appends to the right. When every entry is a trusted proxy, the
+//! left-most one, the farthest address the chain vouches for (as Express's
+//! proxy-addr does), not the peer: behind a NAT the proxy's own client can
+//! be inside the trusted block, and the peer would put every client on the
+//! proxy's key. The blocks themselves ([`Cidr`]) are read with the settings.
 
 use std::net::IpAddr;
 
@@ -37,15 +40,16 @@ pub fn client_ip(
         return peer;
     }
     let hops: Vec<Option<IpAddr>> = hops.collect();
+    let mut farthest = peer;
     for hop in hops.iter().rev() {
         match hop {
-            Some(ip) if is_trusted(*ip) => continue,
+            Some(ip) if is_trusted(*ip) => farthest = *ip,
             Some(ip) => return *ip,
             // A garbled entry: nothing left of it can be believed.
-            None => return peer,
+            None => return farthest,
         }
     }
-    peer
+    farthest
 }
 
 #[cfg(test)]
@@ -102,10 +106,19 @@ mod tests {
             client_ip(ip("198.51.100.1"), xff, true, &trusted),
             ip("198.51.100.1")
         );
-        // Garbage stops the walk.
+        // Garbage stops the walk at the last address believed.
         assert_eq!(
             client_ip(ip("10.0.0.1"), Some("junk, 10.0.0.2"), true, &trusted),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("10.0.0.2, junk"), true, &trusted),
             ip("10.0.0.1")
+        );
+        // Every hop a trusted proxy: the farthest of them, not the peer.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("10.0.0.5, 10.0.0.7"), true, &trusted),
+            ip("10.0.0.5")
         );
         // No list: Node's first-entry rule.
         assert_eq!(client_ip(ip("10.0.0.1"), forged, true, &[]), ip("1.2.3.4"));
