@@ -192,6 +192,25 @@ impl AsRef<[u8]> for Secret {
     }
 }
 
+/// `REDIS_URL`: used as it is, printed by `Debug` with any password in it
+/// masked (userinfo, `pass=`/`password=`), so that a stray `{:?}` of the
+/// settings does not print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub String);
+
+impl std::ops::Deref for RedisUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", shared::secrets::redact_urls(&self.0))
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
@@ -268,7 +287,7 @@ pub struct PipelineSettings {
     pub cache_enabled: bool,
     pub cache_ttl: Duration,
     pub cache_max_entries: u64,
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
     /// `REDIS_PASSWORD`: the password of `REDIS_URL`'s connection, kept out
     /// of the URL (a URL carrying one too is refused at start).
     pub redis_password: Option<Secret>,
@@ -611,7 +630,8 @@ fn pipeline(get: &impl Fn(&str) -> Option<String>, policy: TokenPolicy) -> Pipel
         cache_max_entries: max("RESPONSE_CACHE_MAX_ENTRIES", 10_000),
         redis_url: get("REDIS_URL")
             .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty()),
+            .filter(|v| !v.is_empty())
+            .map(RedisUrl),
         redis_password: get("REDIS_PASSWORD")
             .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
             .filter(|v| !v.trim().is_empty())
@@ -994,6 +1014,23 @@ mod tests {
         assert_eq!(m["B"], "local");
         assert_eq!(m["C"], "prod");
         assert_eq!(m["D"], "base");
+    }
+
+    #[test]
+    fn debug_of_the_settings_masks_the_redis_password() {
+        for url in [
+            "redis://:s3cret-in-url@redis:6379/0",
+            "redis://default:s3cret-in-url@redis:6379/0",
+            "redis+unix:///run/redis.sock?db=0&password=s3cret-in-url",
+        ] {
+            let p = settings(&[("REDIS_URL", url)]).pipeline;
+            // Used as it is...
+            assert_eq!(p.redis_url.as_deref(), Some(url));
+            // ...never printed.
+            let shown = format!("{p:?}");
+            assert!(!shown.contains("s3cret-in-url"), "{url}: {shown}");
+            assert!(shown.contains("redis"), "{shown}");
+        }
     }
 
     #[test]
