@@ -32,6 +32,11 @@ pub enum Command {
         /// Config file.
         #[arg(default_value = "ecosystem.toml", env = "HEARTALK_CONFIG")]
         file: PathBuf,
+        /// Check the config file alone, not the secrets (their files and
+        /// this environment): to lint a config where the secrets are not,
+        /// e.g. in CI.
+        #[arg(long)]
+        config_only: bool,
     },
     /// Show every worker of the running fleet.
     Status {

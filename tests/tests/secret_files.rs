@@ -116,6 +116,25 @@ fn production_needs_its_secrets_from_either_source() {
         stderr.contains("HEARTALK_API_KEY (or HEARTALK_API_KEY_FILE) is required"),
         "{stderr}"
     );
+    // --config-only lints the file where the secrets are not (CI): ok,
+    // saying the secrets were not checked; a broken file still fails.
+    let out = heartalk(&["check", "--config-only", file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("secrets not checked"), "{stdout}");
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[[apps]]\nname = 7\n").unwrap();
+    let out = heartalk(&["check", "--config-only", broken.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let jwt = secret(dir.path(), "jwt", "j\n", 0o440);
     let key = secret(dir.path(), "key", "k\n", 0o400);
