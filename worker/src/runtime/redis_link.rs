@@ -164,7 +164,9 @@ impl RedisLink {
             conn: Mutex::new(None),
             up: AtomicBool::new(false),
             timeout,
-            display: redact(url),
+            // The URL as logs may show it: no password (the log writer
+            // masks every line too).
+            display: shared::secrets::redact_urls(url).into_owned(),
             transport,
             client_cert: tls.cert_file.is_some(),
         })
@@ -434,33 +436,26 @@ fn link_failure(e: &redis::RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
-/// `redis://:secret@host:6379/0` → `redis://:***@host:6379/0`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s + 3 => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn passwords_never_reach_logs() {
+        let display = |url: &str| shared::secrets::redact_urls(url).into_owned();
         assert_eq!(
-            redact("redis://:s3cret@redis:6379/0"),
-            "redis://:***@redis:6379/0"
+            display("redis://:s3cret@redis:6379/0"),
+            "redis://***@redis:6379/0"
         );
         assert_eq!(
-            redact("redis://app:pw@10.0.0.1:6379"),
-            "redis://app:***@10.0.0.1:6379"
+            display("redis://app:pw@10.0.0.1:6379"),
+            "redis://***@10.0.0.1:6379"
         );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            display("redis+unix:///run/redis.sock?db=0&password=pw"),
+            "redis+unix:///run/redis.sock?db=0&password=***"
+        );
+        assert_eq!(display("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 
     /// A throwaway CA, made for these tests only (`openssl req -x509`,
@@ -525,10 +520,11 @@ GwbFmH6Vb59b6dKtW8TuRujkQy5oPEBMqsmKTnf2FwA7siGOkiAaGrCW
         let link = link(TLS_URL, &RedisTlsFiles::default()).unwrap();
         assert_eq!(link.transport(), Transport::TlsSystemRoots);
         assert!(!link.client_cert);
-        assert_eq!(
-            redact("rediss://:pw@cache.example:6380/0"),
-            "rediss://:***@cache.example:6380/0"
-        );
+        // A URL with a password: what logs show of it has none.
+        let url = "rediss://:pw@cache.example:6380/0";
+        let with_password =
+            RedisLink::new(url, None, &RedisTlsFiles::default(), Duration::ZERO).unwrap();
+        assert_eq!(with_password.display, "rediss://***@cache.example:6380/0");
     }
 
     #[test]
