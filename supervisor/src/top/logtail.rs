@@ -6,7 +6,7 @@
 //! a fuller one can take its place.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -14,28 +14,25 @@ use serde_json::{Map, Value};
 /// How much of the file's end is read on each refresh.
 pub const TAIL_BYTES: u64 = 64 << 10;
 
-/// The last whole lines within the last `max` bytes of `path`.
+/// The last whole lines within the last `max` bytes of `path`, read from
+/// the end as `heartalk logs` reads it ([`crate::tail::backwards`]); a last
+/// line still being written is shown as it is so far.
 pub fn read_tail(path: &Path, max: u64) -> io::Result<Vec<String>> {
-    let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
-    // One byte before the window too: whether the window starts a line.
-    let start = len.saturating_sub(max).saturating_sub(1);
-    file.seek(SeekFrom::Start(start))?;
-    let mut raw = Vec::with_capacity((len - start) as usize);
-    file.take(max + 1).read_to_end(&mut raw)?;
-    let mut text = &raw[..];
-    if len > max {
-        // Up to the first newline is a line cut short (or that newline).
-        let cut = text
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(text.len(), |i| i + 1);
-        text = &text[cut..];
-    }
-    Ok(String::from_utf8_lossy(text)
-        .lines()
-        .map(str::to_string)
-        .collect())
+    let file = File::open(path)?;
+    let end = file.metadata()?.len();
+    let mut room = max;
+    let mut lines = Vec::new();
+    crate::tail::backwards(&file, end, false, |line| {
+        // The line and its newline must fit in what is left of the window.
+        let Some(left) = room.checked_sub(line.len() as u64 + 1) else {
+            return false;
+        };
+        room = left;
+        lines.push(String::from_utf8_lossy(line).into_owned());
+        true
+    })?;
+    lines.reverse();
+    Ok(lines)
 }
 
 /// Fields shown elsewhere in the compact line, or not worth its room.
