@@ -179,14 +179,19 @@ fi
 files=()
 for f in "${paths[@]}"; do files+=(-f "$f"); done
 dotenv=$(dirname -- "${paths[0]}")/.env
+# The assignments of NAME in the .env beside the first compose file, as
+# raw `NAME=value` lines (an `export ` before them allowed); none: status 1.
+dotenv_lines() {
+  [[ -f $dotenv ]] && grep -E "^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=" "$dotenv"
+}
 # A setting as compose takes it: the environment's, else the last NAME=value
-# of the .env beside the first compose file (an `export ` before it, quotes
-# around the value and a ` #` comment after it are dropped), else $2.
+# of the .env (quotes around the value and a ` #` comment after it dropped),
+# else $2.
 setting() {
   local value=${!1:-}
-  if [[ -z $value && -f $dotenv ]]; then
-    value=$(sed -nE "s/^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=[[:space:]]*//p" "$dotenv" \
-      | tail -n 1 | sed -E 's/[[:space:]]+#.*$//' | tr -d "\"'\r" | sed -E 's/[[:space:]]+$//')
+  if [[ -z $value ]]; then
+    value=$(dotenv_lines "$1" | tail -n 1 | sed -E 's/^[^=]*=[[:space:]]*//; s/[[:space:]]+#.*$//' \
+      | tr -d "\"'\r" | sed -E 's/[[:space:]]+$//') || true
   fi
   printf '%s\n' "${value:-$2}"
 }
@@ -370,7 +375,7 @@ PY
   fi
   # podman-compose 1.0 lets the .env beside the first compose file override
   # the environment: a HEARTALK_IMAGE there would pin the image.
-  if [[ -f $dotenv ]] && grep -Eq '^[[:space:]]*(export[[:space:]]+)?HEARTALK_IMAGE[[:space:]]*=' "$dotenv"; then
+  if dotenv_lines HEARTALK_IMAGE >/dev/null; then
     fail 3 "$dotenv sets HEARTALK_IMAGE, which podman-compose puts before the environment (so no roll-out could change the image): remove it from there: nothing changed"
   fi
   if [[ -z $stop_timeout ]]; then

@@ -18,41 +18,6 @@ use std::time::Duration;
 
 use helper::*;
 
-/// The dev compose file's `redis` service alone, in project `project`.
-struct RedisStack {
-    project: String,
-    /// Holds the copy of the compose file (`dev_compose_copy`).
-    dir: tempfile::TempDir,
-}
-
-impl RedisStack {
-    fn compose(&self, args: &[&str]) -> Output {
-        Command::new("podman-compose")
-            .current_dir(self.dir.path().join("compose"))
-            .env("CONTAINERS_CONF", podman_conf())
-            .env("HOST_GATEWAY", "127.0.0.1")
-            .env("BYTEPLUS_API_KEY", "")
-            .env("BYTEPLUS_AMI_CHAT_EP", "")
-            .env("BYTEPLUS_AMI_WORK_ASSISTANT_EP", "")
-            .args(["-p", &self.project, "-f", "docker-compose.yml"])
-            .args(args)
-            .output()
-            .expect("run podman-compose")
-    }
-
-    fn container(&self) -> String {
-        format!("{}_redis_1", self.project)
-    }
-}
-
-impl Drop for RedisStack {
-    fn drop(&mut self) {
-        let _ = self.compose(&["down", "--volumes"]);
-        // podman-compose 1.0's `down` leaves the project's network.
-        let _ = podman(&["network", "rm", &format!("{}_default", self.project)]);
-    }
-}
-
 /// redis-cli on the host against `ip`, `args` on its command line and
 /// `stdin` (for `-x`) on its input; must succeed. Raw stdout bytes.
 fn cli(ip: &str, stdin: &[u8], args: &[&str]) -> Vec<u8> {
@@ -116,44 +81,15 @@ fn sorted(v: Vec<u8>) -> Vec<u8> {
 }
 
 fn run_script(name: &str, args: &[&str], tmp: &Path) -> Output {
-    let mut child = Command::new(repo().join("scripts").join(name))
-        .args(args)
-        .current_dir(tmp)
-        .env("TMPDIR", tmp)
-        .env_remove("REDIS_URL")
-        .env_remove("BACKUP_DEST")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = wait_or_kill(&mut child, Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("{name} did not finish within 120 s"));
-    Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_bounded(
+        Command::new(repo().join("scripts").join(name))
+            .args(args)
+            .current_dir(tmp)
+            .env("TMPDIR", tmp)
+            .env_remove("REDIS_URL")
+            .env_remove("BACKUP_DEST")
+            .stdin(Stdio::null()),
+        Duration::from_secs(120),
     )
 }
 
@@ -191,19 +127,14 @@ fn redis_ip(container: &str) -> String {
 fn backup_and_restore_round_trip_the_redis_container() {
     // The Redis stand-in is made with the image (scripts/image.sh).
     let _ = built_image();
-    let dir = tempfile::tempdir().expect("tempdir");
-    dev_compose_copy(dir.path());
-    let stack = RedisStack {
-        project: format!("htdeploybk{}", std::process::id()),
-        dir,
-    };
-    let up = stack.compose(&["up", "-d", "--no-build", "redis"]);
+    let stack = DevCompose::new(format!("htdeploybk{}", std::process::id()), &[]);
+    let up = stack.run(&["up", "-d", "--no-build", "redis"]);
     assert!(
         up.status.success(),
         "podman-compose up redis: {}",
         String::from_utf8_lossy(&up.stderr)
     );
-    let ip = redis_ip(&stack.container());
+    let ip = redis_ip(&stack.container("redis"));
 
     // Known keys.
     must(&ip, &["SET", "greeting", "hello world"]);
@@ -243,7 +174,7 @@ fn backup_and_restore_round_trip_the_redis_container() {
         ],
         tmp.path(),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let backups: Vec<_> = std::fs::read_dir(tmp.path().join("backups"))
         .unwrap()
         .flatten()
@@ -270,19 +201,19 @@ fn backup_and_restore_round_trip_the_redis_container() {
         &[&b, "--redis-url", &url, "--redis-flush"],
         tmp.path(),
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(dataset(&ip), original);
     let ttl: i64 = must(&ip, &["TTL", "session:42"]).parse().unwrap();
     assert!((3000..=3600).contains(&ttl), "TTL of session:42: {ttl}");
     assert_eq!(must(&ip, &["TTL", "greeting"]), "-1");
 
     // Written to the container's AOF: there after a restart too.
-    let restart = podman(&["restart", &stack.container()]);
+    let restart = podman(&["restart", &stack.container("redis")]);
     assert!(
         restart.status.success(),
         "{}",
         String::from_utf8_lossy(&restart.stderr)
     );
-    let ip = redis_ip(&stack.container());
+    let ip = redis_ip(&stack.container("redis"));
     assert_eq!(dataset(&ip), original);
 }

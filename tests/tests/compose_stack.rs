@@ -10,76 +10,23 @@
 
 mod helper;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use helper::*;
 use serde_json::json;
 
-/// `podman-compose` on the dev compose file, in project `project`.
-struct Stack {
-    project: String,
-    /// Holds the copy of the compose file (`dev_compose_copy`).
-    dir: tempfile::TempDir,
-    image: String,
-    port: u16,
-}
-
-impl Stack {
-    fn compose(&self, args: &[&str]) -> Output {
-        Command::new("podman-compose")
-            .current_dir(self.dir.path().join("compose"))
-            .env("CONTAINERS_CONF", podman_conf())
-            .env("HEARTALK_IMAGE", &self.image)
-            .env("HEARTALK_PORT", self.port.to_string())
-            // Podman 4.3 has no `host-gateway` (no backend runs here).
-            .env("HOST_GATEWAY", "127.0.0.1")
-            // The simulated provider, whatever this machine's environment.
-            .env("BYTEPLUS_API_KEY", "")
-            .env("BYTEPLUS_AMI_CHAT_EP", "")
-            .env("BYTEPLUS_AMI_WORK_ASSISTANT_EP", "")
-            .args([
-                "--project-name",
-                &self.project,
-                "--file",
-                "docker-compose.yml",
-            ])
-            .args(args)
-            .output()
-            .expect("run podman-compose")
-    }
-
-    fn compose_ok(&self, args: &[&str]) -> String {
-        let out = self.compose(args);
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "podman-compose {args:?}: {said}");
-        said
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.compose(&["down", "--volumes"]);
-        remove_compose_networks(&self.project);
-    }
-}
-
 #[test]
 fn the_dev_stack_serves_and_keeps_its_cache_in_redis_across_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    dev_compose_copy(dir.path());
-    let stack = Stack {
-        project: format!("heartalktest{}", std::process::id()),
-        dir,
-        image: built_image(),
-        port: free_port(),
-    };
-    stack.compose_ok(&["up", "--detach", "--no-build"]);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", stack.port).parse().unwrap();
+    let port = free_port();
+    let stack = DevCompose::new(
+        format!("heartalktest{}", std::process::id()),
+        &[
+            ("HEARTALK_IMAGE", &built_image()),
+            ("HEARTALK_PORT", &port.to_string()),
+        ],
+    );
+    stack.run_ok(&["up", "--detach", "--no-build"]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     let backends = || -> Result<(), String> {
         let r =
@@ -107,7 +54,7 @@ fn the_dev_stack_serves_and_keeps_its_cache_in_redis_across_a_restart() {
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.header("x-cache"), Some("MISS"));
     // Redis holds it (the cache writes behind the answer: poll).
-    let redis = format!("{}_redis_1", stack.project);
+    let redis = stack.container("redis");
     wait_until("the answer in Redis", DEADLINE, || {
         let keys = podman(&["exec", &redis, "redis-cli", "--scan"]);
         let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
@@ -119,7 +66,7 @@ fn the_dev_stack_serves_and_keeps_its_cache_in_redis_across_a_restart() {
     });
 
     // A new heartalk container: nothing in its memory.
-    stack.compose_ok(&["restart", "heartalk"]);
+    stack.run_ok(&["restart", "heartalk"]);
     wait_until(
         "the service back with Redis",
         Duration::from_secs(90),
@@ -129,7 +76,7 @@ fn the_dev_stack_serves_and_keeps_its_cache_in_redis_across_a_restart() {
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.header("x-cache"), Some("HIT"), "{}", again.body);
 
-    stack.compose_ok(&["down", "--volumes"]);
+    stack.run_ok(&["down", "--volumes"]);
     let left = podman(&[
         "ps",
         "--all",

@@ -13,7 +13,6 @@
 
 mod helper;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use helper::*;
 /// One deployment's world: a compose project, its port, the state and
 /// build directories, and the images and tags it made (all `htdeploy…`).
 struct Deployment {
-    project: String,
+    stack: DevCompose,
     repository: String,
     port: u16,
     tmp: tempfile::TempDir,
@@ -34,13 +33,12 @@ struct Deployment {
 impl Deployment {
     fn new() -> Deployment {
         let project = format!("htdeploy{}", std::process::id());
-        let tmp = tempfile::tempdir().unwrap();
-        dev_compose_copy(tmp.path());
+        let port = free_port();
         Deployment {
             repository: format!("localhost/{project}"),
-            project,
-            port: free_port(),
-            tmp,
+            stack: DevCompose::new(project, &[("HEARTALK_PORT", &port.to_string())]),
+            port,
+            tmp: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -85,7 +83,7 @@ impl Deployment {
     /// project, killed if it outlives the deadline.
     fn deploy(&self, image: &str, retries: &str) -> Output {
         let health = format!("http://{}/api/v1/health", self.addr());
-        let file = self.tmp.path().join("compose/docker-compose.yml");
+        let file = self.stack.file();
         let file = file.to_string_lossy();
         let args = [
             "--image",
@@ -93,7 +91,7 @@ impl Deployment {
             "--file",
             &file,
             "--project-name",
-            &self.project,
+            &self.stack.project,
             "--health-url",
             &health,
             "--retries",
@@ -104,28 +102,23 @@ impl Deployment {
             "2",
         ];
         let mut cmd = Command::new(repo().join("scripts/deploy.sh"));
-        cmd.args(args)
+        // deploy.sh runs podman-compose on the stack's file: its settings.
+        self.stack
+            .env(&mut cmd)
+            .args(args)
             .env("DOCKER", "podman")
             .env("DOCKER_COMPOSE", "podman-compose")
-            .env("CONTAINERS_CONF", podman_conf())
             .env("DEPLOY_STATE_DIR", self.state())
             .env("HEARTALK_REPOSITORY", &self.repository)
-            .env("HEARTALK_PORT", self.port.to_string())
-            // Podman 4.3 has no `host-gateway` (no backend runs here).
-            .env("HOST_GATEWAY", "127.0.0.1")
-            // The simulated provider, whatever this machine's environment.
-            .env("BYTEPLUS_API_KEY", "")
-            .env("BYTEPLUS_AMI_CHAT_EP", "")
-            .env("BYTEPLUS_AMI_WORK_ASSISTANT_EP", "")
             .env_remove("HEALTH_URL")
             .env_remove("DEPLOY_COMPOSE_FLAVOR")
             .stdin(Stdio::null());
-        run_bounded(cmd, Duration::from_secs(240))
+        run_bounded(&mut cmd, Duration::from_secs(240))
     }
 
-    /// The app container's name (podman-compose's `PROJECT_SERVICE_1`).
+    /// The app container's name.
     fn app(&self) -> String {
-        format!("{}_heartalk_1", self.project)
+        self.stack.container("heartalk")
     }
 
     /// The image id the app container runs.
@@ -143,18 +136,8 @@ impl Deployment {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        let _ = Command::new("podman-compose")
-            .current_dir(self.tmp.path().join("compose"))
-            .env("CONTAINERS_CONF", podman_conf())
-            .env("HOST_GATEWAY", "127.0.0.1")
-            .env("BYTEPLUS_API_KEY", "")
-            .env("BYTEPLUS_AMI_CHAT_EP", "")
-            .env("BYTEPLUS_AMI_WORK_ASSISTANT_EP", "")
-            .args(["-p", &self.project, "-f", "docker-compose.yml"])
-            .args(["down", "--volumes"])
-            .output();
-        // podman-compose 1.0's `down` leaves the project's network.
-        let _ = podman(&["network", "rm", &format!("{}_default", self.project)]);
+        // The containers first: an image in use cannot be removed.
+        self.stack.down();
         // Every tag of this test's repository: A, B, C, the backup tags
         // and `latest` (B's and C's images go with their last tag). The
         // filter also lists the other names of a matching image (A's is
@@ -174,51 +157,6 @@ impl Drop for Deployment {
             }
         }
     }
-}
-
-/// `podman ARGS`, which must succeed; its trimmed stdout.
-fn podman_ok(args: &[&str]) -> String {
-    let out = podman(args);
-    assert!(
-        out.status.success(),
-        "podman {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Runs `cmd` with piped output, killed after `limit`.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = wait_or_kill(&mut child, limit)
-        .unwrap_or_else(|| panic!("{cmd:?} did not finish within {limit:?}"));
-    Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// One GET of the health endpoint every 50 ms (each within 2 s) until
@@ -306,11 +244,11 @@ fn deploy_switches_to_a_healthy_version_and_rolls_back_a_broken_one() {
 
     // A, the first deployment: nothing to roll back to.
     let out = d.deploy(&a, "30");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("first deployment"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(d.running_id(), built_id);
     assert_eq!(d.read_state("current-tag"), a);
@@ -318,7 +256,7 @@ fn deploy_switches_to_a_healthy_version_and_rolls_back_a_broken_one() {
         "inspect",
         "--format",
         "{{.Id}}",
-        &format!("{}_redis_1", d.project),
+        &d.stack.container("redis"),
     ]);
 
     // B, under a light load (one health GET every 50 ms).
@@ -326,11 +264,11 @@ fn deploy_switches_to_a_healthy_version_and_rolls_back_a_broken_one() {
     let started = Instant::now();
     let out = d.deploy(&b, "30");
     let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     // The load sees B answer once the script is done (it polled healthy).
     wait_until("B answering", DEADLINE, || health_ok(d.addr()));
     let samples = prober.finish();
-    assert_eq!(d.running_id(), b_id, "{}", text(&out));
+    assert_eq!(d.running_id(), b_id, "{}", output_text(&out));
     assert_eq!(
         podman_ok(&[
             "inspect",
@@ -364,7 +302,7 @@ fn deploy_switches_to_a_healthy_version_and_rolls_back_a_broken_one() {
             "inspect",
             "--format",
             "{{.Id}}",
-            &format!("{}_redis_1", d.project)
+            &d.stack.container("redis")
         ]),
         redis_id
     );
@@ -374,16 +312,16 @@ fn deploy_switches_to_a_healthy_version_and_rolls_back_a_broken_one() {
 
     // C: switched to, unhealthy, rolled back to B by the script itself.
     let out = d.deploy(&c, "8");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // C did run (the switch check passed), and failed its health checks.
     assert!(
         stdout.contains(&format!("1 heartalk container(s) run {c}")),
         "{}",
-        text(&out)
+        output_text(&out)
     );
-    assert!(stderr.contains("try 8 of 8"), "{}", text(&out));
+    assert!(stderr.contains("try 8 of 8"), "{}", output_text(&out));
     let backup_of_b = d.read_state("last-backup-tag");
     assert!(
         backup_of_b.starts_with(&format!("{}:rollback-", d.repository)),
@@ -392,10 +330,10 @@ fn deploy_switches_to_a_healthy_version_and_rolls_back_a_broken_one() {
     assert!(
         stderr.contains(&format!("rolled back to {backup_of_b}")),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(id(&backup_of_b), b_id);
-    assert_eq!(d.running_id(), b_id, "{}", text(&out));
+    assert_eq!(d.running_id(), b_id, "{}", output_text(&out));
     health_ok(d.addr()).unwrap();
     // The image's own HEALTHCHECK (`heartalk health`) passes too.
     let check = podman(&["healthcheck", "run", &d.app()]);

@@ -25,17 +25,6 @@ use serde_json::json;
 const SECRET_VALUE: &str = "image-test-jwt-secret";
 const KEY_VALUE: &str = "image-test-api-key";
 
-fn podman_ok(args: &[&str]) -> String {
-    let out = podman(args);
-    assert!(
-        out.status.success(),
-        "podman {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A container and its volumes, removed on drop (whatever the test's
 /// outcome).
 struct Container {

@@ -16,7 +16,6 @@
 mod helper;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -40,47 +39,15 @@ fn script(name: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output
         .env_remove("HEARTALK_PORT")
         .env_remove("HTTPS_PORT")
         .env_remove("DOCKER")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    // Read both pipes on threads so a chatty script cannot block on them.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let Some(status) = wait_or_kill(&mut child, Duration::from_secs(60)) else {
-        panic!("{name} {args:?} did not finish within 60 s");
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    run_bounded(&mut cmd, Duration::from_secs(60))
 }
 
 fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert_eq!(out.status.code(), Some(code), "{}", output_text(out));
 }
 
 // ---------------------------------------------------------------- health
@@ -100,7 +67,7 @@ fn health_check_follows_the_real_service() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("is healthy"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // The default URL follows $PORT.
@@ -178,7 +145,7 @@ fn health_check_reads_the_status_and_retries() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("try 3 of 5"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(recovering.requests().len(), 3);
 
@@ -405,9 +372,9 @@ fn backup_and_restore_round_trip_config_and_redis() {
     assert!(
         !old.exists(),
         "retention kept a 2000 backup: {}",
-        text(&out)
+        output_text(&out)
     );
-    assert!(recent.exists() && other.exists(), "{}", text(&out));
+    assert!(recent.exists() && other.exists(), "{}", output_text(&out));
     let new: Vec<PathBuf> = site
         .backups()
         .into_iter()
@@ -500,7 +467,7 @@ fn backup_and_restore_round_trip_config_and_redis() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("redis/dump.rdb"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(fresh.must(&["GET", "sentinel"]), "still here");
 }
@@ -558,13 +525,13 @@ fn bgsave_backup_offline_restore_and_refusals() {
     let target = site.s("not-restored");
     let out = site.restore(&backups[0], &["--target", &target, "--redis-url", &refused]);
     assert_exit(&out, 1);
-    assert!(!site.p("not-restored").exists(), "{}", text(&out));
+    assert!(!site.p("not-restored").exists(), "{}", output_text(&out));
 
     // A wrong password: exit 1 and nothing that looks like a backup.
     let wrong = format!("redis://:nope@127.0.0.1:{}", source.port());
     let out = site.backup(&["--no-logs", "--redis-url", &wrong]);
     assert_exit(&out, 1);
-    assert_eq!(site.backups(), backups, "{}", text(&out));
+    assert_eq!(site.backups(), backups, "{}", output_text(&out));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -744,7 +711,7 @@ fn deploy_rolls_back_to_exactly_the_recorded_tag() {
     assert_eq!(engine.read("running").trim(), backup);
     assert_eq!(engine.read("state/current-tag").trim(), backup);
     assert_eq!(engine.id_of("heartalk:latest").as_deref(), Some(OLD_ID));
-    let all = text(&out);
+    let all = output_text(&out);
     assert!(all.contains(&format!("rolled back to {backup}")), "{all}");
     assert!(engine.read("state/history").contains("exit=1"));
 }
@@ -766,7 +733,7 @@ fn deploy_with_no_healthy_version_exits_2_after_rolling_back() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("may be down"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -814,7 +781,7 @@ fn deploy_happy_path_and_refusals() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("HEARTALK_IMAGE"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let after = engine.log();
     assert_eq!(after.len() - before, 1, "one call: {after:#?}");
@@ -845,7 +812,7 @@ fn deploy_refuses_a_timeout_health_check_would_refuse_before_touching_anything()
         assert!(
             stderr.contains("--timeout must be a positive number of seconds"),
             "{}",
-            text(&out)
+            output_text(&out)
         );
         // No docker or compose call (the fake engine logs every one), no
         // state dir, nothing rolled out.
@@ -876,7 +843,7 @@ fn deploy_that_leaves_the_old_container_running_is_rolled_back() {
     assert!(
         stderr.contains("runs image sha256:1111") && stderr.contains("not heartalk:v2"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let backup = engine.read("state/last-backup-tag").trim().to_string();
     assert_eq!(
@@ -892,7 +859,7 @@ fn deploy_that_leaves_the_old_container_running_is_rolled_back() {
             .count(),
         1,
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(engine.read("state/current-tag").trim(), backup);
     assert!(engine.read("state/history").contains("exit=1"));
@@ -1011,9 +978,9 @@ fn deploy_with_podman_compose_reads_the_compose_file_itself() {
     let (dry, out) = deploy(Some("LOG_LEVEL=debug\n"), "${HEARTALK_IMAGE:-heartalk:dev}");
     assert_exit(&dry, 0);
     let plan = String::from_utf8_lossy(&dry.stdout);
-    assert!(plan.contains("has no `config`"), "{}", text(&dry));
+    assert!(plan.contains("has no `config`"), "{}", output_text(&dry));
     // stop_grace_period 1m30s is the drain time of the old container.
-    assert!(plan.contains("stop -t 90 "), "{}", text(&dry));
+    assert!(plan.contains("stop -t 90 "), "{}", output_text(&dry));
     assert_exit(&out, 0);
     let log = engine.log();
     assert!(log.iter().all(|l| !l.contains(" config")), "{log:#?}");
@@ -1030,7 +997,7 @@ fn deploy_with_podman_compose_reads_the_compose_file_itself() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("image: heartalk:dev"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(
         !engine.dir.path().join("log").exists(),
@@ -1047,7 +1014,7 @@ fn deploy_with_podman_compose_reads_the_compose_file_itself() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(".env sets HEARTALK_IMAGE"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(
         !engine.dir.path().join("log").exists(),
@@ -1110,11 +1077,11 @@ fn deploy_takes_the_project_and_ports_compose_itself_would_take() {
             "http://127.0.0.1:9123/api/v1/health".to_string()
         ),
         "{}",
-        text(&docker)
+        output_text(&docker)
     );
     let podman = engine.deploy_podman_compose(&args);
     assert_exit(&podman, 0);
-    assert_eq!(plan(&podman).0, "sitedir", "{}", text(&podman));
+    assert_eq!(plan(&podman).0, "sitedir", "{}", output_text(&podman));
     let mut prod = args.to_vec();
     prod.push("--prod");
     let prod = engine.deploy_args(&prod);
@@ -1123,7 +1090,7 @@ fn deploy_takes_the_project_and_ports_compose_itself_would_take() {
         plan(&prod).1,
         "https://127.0.0.1:8443/api/v1/health",
         "{}",
-        text(&prod)
+        output_text(&prod)
     );
 }
 
@@ -1176,7 +1143,7 @@ fn deploy_with_podman_compose_takes_the_production_files_image_entry() {
     assert_exit(&out, 0);
     let plan = String::from_utf8_lossy(&out.stdout);
     // The production file's 45 s grace is the old container's drain time.
-    assert!(plan.contains("stop -t 45 "), "{}", text(&out));
+    assert!(plan.contains("stop -t 45 "), "{}", output_text(&out));
 }
 
 #[test]
@@ -1190,7 +1157,7 @@ fn deploy_refuses_an_image_without_a_healthcheck() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("has no HEALTHCHECK"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(engine.ups().is_empty(), "{:#?}", engine.log());
     assert_eq!(engine.read("running").trim(), "heartalk:v1");

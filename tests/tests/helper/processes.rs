@@ -1,5 +1,6 @@
 //! Processes a test starts besides the supervisor: liveness from /proc,
-//! child guards that kill and reap, daemons waited for by their port.
+//! child guards that kill and reap, daemons waited for by their port,
+//! commands run to their end within a deadline.
 
 use super::*;
 
@@ -120,6 +121,43 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs `cmd` to its end with both output pipes read on threads (a chatty
+/// command cannot block on them); killed, and the test failed, if it
+/// outlives `limit`, so a hung script fails instead of hanging the test.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = read(Box::new(child.stdout.take().expect("stdout")));
+    let err = read(Box::new(child.stderr.take().expect("stderr")));
+    let status = wait_or_kill(&mut child, limit)
+        .unwrap_or_else(|| panic!("{cmd:?} did not finish within {limit:?}"));
+    std::process::Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// An output for a failure message: the exit code, stdout and stderr.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A server program run for a test (Prometheus, Alertmanager ...): its
