@@ -143,15 +143,16 @@ CACHE_ENABLED = "${2:-false}"
 TOML
 }
 
-TOKEN=$(python3 - <<'PY'
-import base64, hashlib, hmac, json, time
+mint_jwt() { # secret claims-json → an HS256 token
+  python3 - "$1" "$2" <<'PY'
+import base64, hashlib, hmac, json, sys
 b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
 h = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-p = b(json.dumps({"userId": "bench", "exp": int(time.time()) + 86400}).encode())
-s = b(hmac.new(b"bench-secret", f"{h}.{p}".encode(), hashlib.sha256).digest())
-print(f"{h}.{p}.{s}")
+p = b(json.dumps(json.loads(sys.argv[2])).encode())
+print(f"{h}.{p}.{b(hmac.new(sys.argv[1].encode(), f'{h}.{p}'.encode(), hashlib.sha256).digest())}")
 PY
-)
+}
+TOKEN=$(mint_jwt bench-secret "{\"userId\": \"bench\", \"exp\": $(($(date +%s) + 86400))}")
 export TOKEN
 cat >"$WORK/generate.lua" <<'LUA'
 wrk.method = "POST"
@@ -472,15 +473,6 @@ write_secret_file() { # path line... → the file replaced in one rename, one se
   mv -f "$path.new" "$path"
 }
 
-mint_jwt() { # secret claims-json → an HS256 token
-  python3 - "$1" "$2" <<'PY'
-import base64, hashlib, hmac, json, sys
-b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
-h = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-p = b(json.dumps(json.loads(sys.argv[2])).encode())
-print(f"{h}.{p}.{b(hmac.new(sys.argv[1].encode(), f'{h}.{p}'.encode(), hashlib.sha256).digest())}")
-PY
-}
 
 rotation_creds() { # label secret api-key → "label user-token service-token api-key" (rotation.lua)
   local now user service

@@ -13,3 +13,10 @@ pub mod control;
 pub mod secrets;
 pub mod shm;
 pub mod token_policy;
+
+/// Whether `NODE_ENV` (its value, when set) means production: exactly
+/// `production` once trimmed. The one test behind the worker's defaults,
+/// the secrets production requires and the token rules' defaults.
+pub fn is_production(node_env: Option<&str>) -> bool {
+    node_env.is_some_and(|v| v.trim() == "production")
+}

@@ -5,9 +5,12 @@
 //! child processes).
 //!
 //! Both sides call [`resolve`] with the same lookup: the supervisor before
-//! it starts any generation (at start, `heartalk check`, every reload and
-//! restart), so a bad secret is exit 64 or a refused reload with the path
-//! in the message, never a crash loop; and the worker at its own start,
+//! it starts new workers on purpose (at start, `heartalk check`, every
+//! reload, restart and scale-up), so a bad secret is exit 64 or a refused
+//! command with the path in the message rather than workers that exit at
+//! start (a worker respawned after a crash is not checked first: it exits
+//! 64 and is restarted with backoff until its slot is errored); and the
+//! worker at its own start,
 //! which then reads the files itself. The worker reading the file (rather
 //! than the supervisor passing the value on) means the value is never in
 //! any process's environment, the standalone worker behaves the same, and
@@ -161,8 +164,7 @@ pub fn resolve_in(
     {
         errors.push(SecretError::RedisPasswordTwice);
     }
-    let production = get("NODE_ENV").is_some_and(|v| v.trim() == "production");
-    if production {
+    if crate::is_production(get("NODE_ENV").as_deref()) {
         for &name in REQUIRED_IN_PRODUCTION {
             let failed_file = errors.iter().any(|e| e.variable() == Some(name));
             if value(name).is_none() && !failed_file {

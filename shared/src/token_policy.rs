@@ -42,8 +42,9 @@ pub struct TokenPolicy {
 }
 
 /// How long a service JWT lives: the worker signs its outbound ones for
-/// this long, and the backend's inbound ones live as long, so a
-/// `JWT_MAX_AGE` below it refuses every internal call.
+/// this long (API.md §3). The backend's inbound ones are assumed to live as
+/// long (API.md states only the outbound lifetime): with a `JWT_MAX_AGE`
+/// below it, such a token would be refused, hence the warning at start.
 pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(300);
 
 /// `JWT_CLOCK_TOLERANCE` when unset: enough for hosts synchronised by NTP,
@@ -90,8 +91,7 @@ impl Default for TokenPolicy {
 /// value and what is accepted; all of them are returned, not just the
 /// first, so one start reports everything to fix.
 pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<TokenPolicy, Vec<String>> {
-    let production = get("NODE_ENV").is_some_and(|v| v.trim() == "production");
-    let mut policy = TokenPolicy::defaults(production);
+    let mut policy = TokenPolicy::defaults(crate::is_production(get("NODE_ENV").as_deref()));
     let mut errors = Vec::new();
     let mut read = |key: &str, apply: &mut dyn FnMut(&str) -> Result<(), String>| {
         let Some(raw) = get(key) else { return };
@@ -131,8 +131,9 @@ pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<TokenPolicy, Vec<St
 }
 
 /// A strict boolean: `true/false`, `1/0`, `yes/no`, any case (trimmed by
-/// the caller).
-fn parse_bool(value: &str) -> Result<bool, String> {
+/// the caller). The worker's lenient booleans are this, with anything else
+/// false.
+pub fn parse_bool(value: &str) -> Result<bool, String> {
     const TRUE: [&str; 3] = ["true", "1", "yes"];
     const FALSE: [&str; 3] = ["false", "0", "no"];
     if TRUE.iter().any(|t| value.eq_ignore_ascii_case(t)) {

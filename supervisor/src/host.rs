@@ -205,6 +205,15 @@ impl<H: Host> Driver<H> {
         crate::fleet::prepare(&mut self.host, config, cpus, current)
     }
 
+    /// Why the workers of `apps` would refuse their secrets (the host's
+    /// [`Host::check_secrets`]): asked before a restart or a scale-up
+    /// starts new workers, as a generation's setup asks before its own.
+    pub fn check_secrets<'a>(&mut self, apps: impl IntoIterator<Item = &'a App>) -> Vec<String> {
+        apps.into_iter()
+            .flat_map(|app| self.host.check_secrets(app))
+            .collect()
+    }
+
     /// Binds `count` more slot sockets on `addr` (for a scale-up).
     pub fn bind(&mut self, addr: SocketAddr, count: usize) -> io::Result<Vec<SlotSocket>> {
         if count == 0 {

@@ -246,7 +246,7 @@ pub async fn run(config: Config, sink: Option<LogSink>) -> anyhow::Result<Exit> 
                             let _ = ask.reply.send(stopping());
                         }
                     },
-                    Command::Restart { app } => match restart_secrets(&fleet, app.as_deref())
+                    Command::Restart { app } => match restart_secrets(&mut driver, &fleet, app.as_deref())
                         .map_err(RestartRefused::Secrets)
                         .and_then(|()| fleet.restart(app.as_deref()))
                     {
@@ -491,7 +491,7 @@ fn scale(
         Err(e) => return refused(e.to_string()),
     };
     if plan.target > from_count(fleet, app) {
-        let errors = crate::secrets::check_apps(fleet.configs().filter(|c| c.name == app));
+        let errors = driver.check_secrets(fleet.configs().filter(|c| c.name == app));
         if !errors.is_empty() {
             return refused(errors.join("; "));
         }
@@ -526,8 +526,8 @@ fn from_count(fleet: &Fleet, app: &str) -> usize {
 
 /// A restart's successors read the secret files anew: the apps it covers
 /// (`app`, or all) are checked first, and a failure refuses the restart.
-fn restart_secrets(fleet: &Fleet, app: Option<&str>) -> Result<(), String> {
-    let errors = crate::secrets::check_apps(
+fn restart_secrets(driver: &mut Driver, fleet: &Fleet, app: Option<&str>) -> Result<(), String> {
+    let errors = driver.check_secrets(
         fleet
             .configs()
             .filter(|c| app.is_none_or(|name| c.name == name)),

@@ -16,7 +16,6 @@
 
 mod helper;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -35,8 +34,7 @@ const BACKEND_PW: &str = "leakcheck-backend-url-pw-6aa";
 
 fn secret(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
-    std::fs::write(&path, format!("{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    write_secret_file(&path, &format!("{body}\n"), 0o400);
     path.display().to_string()
 }
 

@@ -10,7 +10,6 @@
 mod helper;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -18,14 +17,11 @@ use heartalk_e2e::redis_server::RedisServer;
 use helper::*;
 use serde_json::json;
 
-/// Writes `body` to `dir/name` with `mode` (a new file renamed over any
-/// old one, as a rotation should); returns the path as text.
+/// Writes `body` to `dir/name` with `mode` ([`write_secret_file`]);
+/// returns the path as text.
 fn secret(dir: &Path, name: &str, body: &str, mode: u32) -> String {
     let path = dir.join(name);
-    let next = dir.join(format!("{name}.next"));
-    std::fs::write(&next, body).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(mode)).unwrap();
-    std::fs::rename(&next, &path).unwrap();
+    write_secret_file(&path, body, mode);
     path.display().to_string()
 }
 

@@ -16,7 +16,6 @@
 mod helper;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -29,13 +28,10 @@ const NEW: &str = "rotation-new-secret";
 const OLD_KEY: &str = "rotation-old-key";
 const NEW_KEY: &str = "rotation-new-key";
 
-/// Replaces the file as an operator should: a new file (0400) renamed
-/// over the old one, so no worker can read it half written.
+/// Replaces the file as an operator should ([`write_secret_file`], 0400):
+/// one secret per line.
 fn write_secret(path: &Path, lines: &[&str]) {
-    let next = path.with_extension("next");
-    std::fs::write(&next, format!("{}\n", lines.join("\n"))).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o400)).unwrap();
-    std::fs::rename(&next, path).unwrap();
+    write_secret_file(path, &format!("{}\n", lines.join("\n")), 0o400);
 }
 
 /// What clients currently hold: a version number and the (JWT secret,

@@ -184,6 +184,12 @@ fn connection_timeouts(
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(pub String);
 
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret(value.to_string())
+    }
+}
+
 impl AsRef<[u8]> for Secret {
     /// The secret's bytes, as the verifiers in [`crate::pipeline::auth`]
     /// take them.
@@ -468,7 +474,7 @@ impl Settings {
 
     /// `NODE_ENV=production`.
     pub fn is_production(&self) -> bool {
-        self.node_env == "production"
+        shared::is_production(Some(&self.node_env))
     }
 
     /// Settings that start but weaken or break authentication, one line
@@ -720,9 +726,7 @@ pub fn parse_int<T: std::str::FromStr>(value: Option<&str>, default: T) -> T {
 pub fn parse_bool(value: Option<&str>, default: bool) -> bool {
     match value.map(str::trim) {
         None | Some("") => default,
-        Some(v) => ["true", "1", "yes"]
-            .iter()
-            .any(|t| v.eq_ignore_ascii_case(t)),
+        Some(v) => shared::token_policy::parse_bool(v).unwrap_or(false),
     }
 }
 

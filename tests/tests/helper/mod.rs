@@ -111,6 +111,16 @@ pub fn real_worker_config(instances: &str, extra: &str) -> String {
     )
 }
 
+/// Writes a secret file as an operator should replace one: `body` in a new
+/// file with `mode`, renamed over `path` (no worker reads it half written).
+pub fn write_secret_file(path: &Path, body: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let next = path.with_extension("next");
+    std::fs::write(&next, body).expect("write the secret");
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    std::fs::rename(&next, path).expect("rename the secret into place");
+}
+
 /// The JWT secret every pipeline test configures.
 pub const SECRET: &str = "test-secret";
 

@@ -25,6 +25,7 @@ use serde_json::Value;
 use crate::pipeline::auth;
 use crate::provider::ChatMessage;
 use crate::provider::tokens;
+use crate::settings::Secret;
 
 /// `User-Agent` of every backend call, as the Node.js service sent it.
 pub const USER_AGENT: &str = "HearTalk-AI-MVP/1.0.0";
@@ -62,8 +63,8 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b')');
 
 /// Everything the history client needs from the configuration (§14).
-/// `Debug` masks the key and the secret.
-#[derive(Clone)]
+/// `Debug` masks the key and the secret (each a [`Secret`]).
+#[derive(Debug, Clone)]
 pub struct HistoryConfig {
     /// `HEARTALK_BACKEND_URL`; a trailing `/` is ignored.
     pub base_url: String,
@@ -73,10 +74,10 @@ pub struct HistoryConfig {
     pub conversation_path: String,
     /// `HEARTALK_API_KEY`'s first line, sent as `X-API-Key` (the backend
     /// knows it; a `_PREVIOUS` key is only accepted inbound).
-    pub api_key: String,
+    pub api_key: Secret,
     /// `JWT_SECRET`'s first line, signing the outbound service JWT (the
     /// one the backend is known to accept during a rotation).
-    pub jwt_secret: Vec<u8>,
+    pub jwt_secret: Secret,
     /// `HEARTALK_TIMEOUT`: per attempt, from connecting to the last byte.
     pub timeout: Duration,
     /// Pause before the one retry: 1 s per the contract; configurable so
@@ -91,24 +92,6 @@ pub struct HistoryConfig {
     pub max_context_tokens: u64,
 }
 
-impl std::fmt::Debug for HistoryConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let masked = |v: &[u8]| crate::settings::Secret(String::from_utf8_lossy(v).into_owned());
-        f.debug_struct("HistoryConfig")
-            .field("base_url", &self.base_url)
-            .field("api_prefix", &self.api_prefix)
-            .field("conversation_path", &self.conversation_path)
-            .field("api_key", &masked(self.api_key.as_bytes()))
-            .field("jwt_secret", &masked(&self.jwt_secret))
-            .field("timeout", &self.timeout)
-            .field("retry_delay", &self.retry_delay)
-            .field("cache_ttl", &self.cache_ttl)
-            .field("max_rounds", &self.max_rounds)
-            .field("max_context_tokens", &self.max_context_tokens)
-            .finish()
-    }
-}
-
 impl Default for HistoryConfig {
     /// The contract's defaults (§14).
     fn default() -> Self {
@@ -117,7 +100,7 @@ impl Default for HistoryConfig {
             api_prefix: "/internal/api/v1".into(),
             conversation_path: "/conversations".into(),
             api_key: "dev_heartalk_api_key_placeholder".into(),
-            jwt_secret: b"dev_jwt_secret_key_change_in_production".to_vec(),
+            jwt_secret: "dev_jwt_secret_key_change_in_production".into(),
             timeout: Duration::from_millis(10_000),
             retry_delay: Duration::from_secs(1),
             cache_ttl: MAX_CACHE_TTL,
@@ -334,14 +317,16 @@ impl HistoryClient {
 
     /// One GET, with a service JWT signed for this attempt.
     async fn attempt(&self, url: &str) -> Result<Vec<Value>, Failure> {
-        let token =
-            auth::service_token(&self.config.jwt_secret, crate::runtime::clock::unix_secs());
+        let token = auth::service_token(
+            self.config.jwt_secret.as_ref(),
+            crate::runtime::clock::unix_secs(),
+        );
         let response = self
             .http
             .get(url)
             .timeout(self.config.timeout)
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header("X-API-Key", &self.config.api_key)
+            .header("X-API-Key", &self.config.api_key.0)
             .header(http::header::CONTENT_TYPE, "application/json")
             .send()
             .await

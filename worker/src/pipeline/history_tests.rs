@@ -350,7 +350,7 @@ fn client(base: &str) -> HistoryClient {
     HistoryClient::new(HistoryConfig {
         base_url: base.to_string(),
         api_key: "k3y".into(),
-        jwt_secret: b"s3cret".to_vec(),
+        jwt_secret: "s3cret".into(),
         timeout: Duration::from_millis(500),
         retry_delay: Duration::from_millis(50),
         ..HistoryConfig::default()
@@ -522,7 +522,7 @@ async fn probe_is_true_only_on_2xx() {
 fn debug_masks_the_key_and_the_secret() {
     let config = HistoryConfig {
         api_key: "history-key-visible?".into(),
-        jwt_secret: b"history-secret-visible?".to_vec(),
+        jwt_secret: "history-secret-visible?".into(),
         ..HistoryConfig::default()
     };
     let shown = format!("{config:?}");

@@ -59,7 +59,7 @@ impl Services {
             }
             Arc::new(ArkProvider::new(ArkConfig {
                 base_url: p.base_url.clone(),
-                api_key: p.api_key.0.clone(),
+                api_key: p.api_key.clone(),
                 name: settings.provider.name.clone(),
                 max_retries: p.max_retries,
                 stream_usage: p.stream_usage,
@@ -76,8 +76,10 @@ impl Services {
             base_url: p.backend_url.clone(),
             api_prefix: p.backend_api_prefix.clone(),
             conversation_path: p.backend_conversation_path.clone(),
-            api_key: p.backend_api_key().to_string(),
-            jwt_secret: p.jwt.signing_secret().to_vec(),
+            api_key: p.backend_api_key().into(),
+            jwt_secret: String::from_utf8_lossy(p.jwt.signing_secret())
+                .as_ref()
+                .into(),
             timeout: p.backend_timeout,
             retry_delay: Duration::from_secs(1),
             cache_ttl: p.history_cache_ttl,

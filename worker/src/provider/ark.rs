@@ -24,15 +24,16 @@ use super::{
     ChatMessage, Completion, CompletionRequest, EventStream, Provider, StreamEvent, UpstreamError,
     Usage,
 };
-use crate::settings::UpstreamHttp2;
+use crate::settings::{Secret, UpstreamHttp2};
 
-/// How the live provider is set up (API.md §14). `Debug` masks the key.
-#[derive(Clone, PartialEq, Eq)]
+/// How the live provider is set up (API.md §14). `Debug` masks the key
+/// (a [`Secret`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArkConfig {
     /// `BYTEPLUS_BASE_URL`, e.g. `https://ark.ap-southeast.bytepluses.com/api/v3`.
     pub base_url: String,
     /// `BYTEPLUS_API_KEY`; empty means no `Authorization` header.
-    pub api_key: String,
+    pub api_key: Secret,
     /// `AI_PROVIDER_NAME`, the `provider` label.
     pub name: String,
     /// `UPSTREAM_MAX_RETRIES` (default 2): extra attempts for retryable errors.
@@ -45,20 +46,6 @@ pub struct ArkConfig {
     /// `UPSTREAM_POOL_IDLE_SECS`: an idle pooled connection is closed after
     /// this long (its buffers are what a finished burst of streams leaves).
     pub pool_idle: Duration,
-}
-
-impl std::fmt::Debug for ArkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArkConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key", &crate::settings::Secret(self.api_key.clone()))
-            .field("name", &self.name)
-            .field("max_retries", &self.max_retries)
-            .field("stream_usage", &self.stream_usage)
-            .field("http2", &self.http2)
-            .field("pool_idle", &self.pool_idle)
-            .finish()
-    }
 }
 
 /// Why an [`ArkProvider`] could not be built.
@@ -115,10 +102,10 @@ impl ArkProvider {
     /// `TCP_NODELAY`; no client-wide timeout, as timeouts are per call).
     pub fn new(cfg: ArkConfig) -> Result<ArkProvider, ArkInitError> {
         let url = chat_completions_url(&cfg.base_url)?;
-        let auth = if cfg.api_key.is_empty() {
+        let auth = if cfg.api_key.0.is_empty() {
             None
         } else {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", cfg.api_key))
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", cfg.api_key.0))
                 .map_err(|_| ArkInitError::ApiKey)?;
             v.set_sensitive(true);
             Some(v)
