@@ -13,6 +13,14 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 
+# A clean run writes about 4 GB under target/ and, on a fresh machine,
+# about 4 GB of images under podman's storage. Too little room shows up
+# late, as a linker's "No space left on device": say it first.
+free_gb=$(df -P -B1G . | awk 'NR == 2 { print $4 }')
+if ((free_gb < 10)); then
+  echo "test.sh: warning: only ${free_gb} GB free on $(df -P . | awk 'NR == 2 { print $6 }'); a clean run needs about 10 GB" >&2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
