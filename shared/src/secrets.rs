@@ -277,11 +277,13 @@ pub fn url_has_password(url: &str) -> bool {
 /// Query parameters that hold a password.
 const PASSWORD_PARAMS: &[&str] = &["pass", "password"];
 
-/// The userinfo of `scheme://userinfo@host/...`, if any.
+/// The userinfo of `scheme://userinfo@host/...`, if any: up to the last
+/// `@` before the query, the rule [`redact_urls`] masks by, so a password
+/// with an unencoded `/` counts as one here too.
 fn userinfo(url: &str) -> Option<&str> {
     let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    Some(&authority[..authority.rfind('@')?])
+    let before_query = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
+    Some(&before_query[..before_query.rfind('@')?])
 }
 
 /// Where a URL ends in running text: whitespace, or a quote or backslash
@@ -537,6 +539,9 @@ mod tests {
         assert!(!url_has_password("redis://user@h"));
         assert!(!url_has_password("redis://h:6379/0"));
         assert!(!url_has_password("redis://h/0?x=a@b"));
+        // An unencoded `/` in the password: redact_urls masks it as one.
+        assert!(url_has_password("redis://:p/w@h:6379"));
+        assert_eq!(redact_urls("redis://:p/w@h:6379"), "redis://***@h:6379");
     }
 
     #[test]

@@ -89,12 +89,14 @@ fn mask_userinfo(value: &str) -> String {
     while let Some(i) = rest.find("://") {
         out.push_str(&rest[..i + 3]);
         rest = &rest[i + 3..];
-        // Before the query, the last `@` ends the userinfo (a password may
-        // hold an unencoded `/` or `@`; a path with an `@` is masked too:
-        // better too much than a password shown).
+        // Before the query and before the next URL of a list, the last `@`
+        // ends the userinfo (a password may hold an unencoded `/`, `@`, `,`
+        // or `;`; a path with an `@` is masked too: better too much than a
+        // password shown).
         let end = rest
-            .find(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '?' | '#'))
-            .unwrap_or(rest.len());
+            .find(|c: char| c.is_whitespace() || matches!(c, '?' | '#'))
+            .unwrap_or(rest.len())
+            .min(next_url(rest));
         match rest[..end].rfind('@') {
             Some(at) if at > 0 => {
                 match rest[..at].split_once(':') {
@@ -112,6 +114,17 @@ fn mask_userinfo(value: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Where the next URL in `text` starts (its scheme's first character), or
+/// `text.len()`.
+fn next_url(text: &str) -> usize {
+    let Some(at) = text.find("://") else {
+        return text.len();
+    };
+    text[..at]
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+        .map_or(0, |i| i + 1)
 }
 
 fn mask_pairs(value: &str) -> String {
@@ -345,6 +358,14 @@ mod tests {
                 "https://user:********@api.example/x?y=@z",
             ),
             ("redis://:pa/ss@h:6379", "redis://:********@h:6379"),
+            // Separators of a list inside a password: the password ends
+            // at the last `@` before the next URL, not at the `,` or `;`.
+            ("redis://:pa,ss@h:6379", "redis://:********@h:6379"),
+            ("redis://u:p;w@h", "redis://u:********@h"),
+            (
+                "redis://:a,b@h1;redis+unix://:c;d@h2",
+                "redis://:********@h1;redis+unix://:********@h2",
+            ),
             (
                 "https://ghp_x@github.com/o/r",
                 "https://********@github.com/o/r",
