@@ -29,7 +29,7 @@ sudo chown $default_owner FILE..., or with rootless podman
 podman unshare chown $default_owner FILE...).
 
 Then every file is checked as the service checks it: a regular file (after
-symlinks), non-empty, not world-readable (mode & 0004 == 0), and as root
+symlinks), non-empty (line ends alone count as empty), not world-readable (mode & 0004 == 0), and as root
 readable by UID or GID. Every problem is printed on stderr.
 
 Exit codes:
@@ -107,6 +107,12 @@ problem() {
   problems=$((problems + 1))
 }
 
+# Whether FILE holds nothing but line ends: the service drops trailing line
+# ends, so such a file is an empty secret to it (and refused).
+blank() {
+  [[ -z $(tr -d '\r\n' <"$1" | head -c 1) ]]
+}
+
 # Writes stdin to DIR/NAME unless NAME exists: a temporary file in DIR,
 # linked into place (link(2) fails on an existing name, so a concurrent run
 # or an existing file is never replaced).
@@ -115,8 +121,8 @@ trap 'if [[ -n $tmp ]]; then rm -f -- "$tmp"; fi' EXIT
 install_new() {
   local name=$1 path=$dir/$1
   tmp=$(mktemp "$dir/.$name.XXXXXX")
-  if ! cat >"$tmp" || [[ ! -s $tmp ]]; then
-    problem "$path: nothing to write"
+  if ! cat >"$tmp" || blank "$tmp"; then
+    problem "$path: nothing to write (empty, or only line ends)"
   else
     chmod "$mode" "$tmp"
     if [[ -n $owner ]]; then
@@ -168,8 +174,8 @@ for name in jwt_secret heartalk_api_key redis_password byteplus_api_key; do
     problem "$path is not a regular file"
     continue
   fi
-  if [[ ! -s $path ]]; then
-    problem "$path is empty"
+  if blank "$path"; then
+    problem "$path is empty (or only line ends)"
   fi
   read -r perm uid gid < <(stat -L -c '%a %u %g' -- "$path")
   if (((8#$perm & 8#004) != 0)); then

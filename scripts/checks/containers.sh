@@ -185,6 +185,19 @@ if scripts/make-secrets.sh "$tmp/made" >/dev/null 2>&1; then
   fail "scripts/make-secrets.sh accepts a world-readable file"
 fi
 chmod 0400 "$tmp/made/jwt_secret"
+# A file of line ends only is an empty secret to the service (it drops
+# trailing line ends): refused as a provider key to copy, and as a file.
+printf '\n\r\n' >"$tmp/blank-key"
+if scripts/make-secrets.sh --byteplus-api-key-from "$tmp/blank-key" "$tmp/blank" >/dev/null 2>&1; then
+  fail "scripts/make-secrets.sh copies a provider key of line ends only"
+fi
+[[ ! -e $tmp/blank/byteplus_api_key ]] || fail "scripts/make-secrets.sh wrote a blank byteplus_api_key"
+cp -p "$tmp/made/jwt_secret" "$tmp/jwt.kept"
+printf '\n' >"$tmp/made/jwt_secret"
+if scripts/make-secrets.sh "$tmp/made" >/dev/null 2>&1; then
+  fail "scripts/make-secrets.sh accepts a jwt_secret of line ends only"
+fi
+cp -p "$tmp/jwt.kept" "$tmp/made/jwt_secret"
 # The image's build context is an allow-list ('*' first, checked above):
 # nothing under compose/ may be re-admitted.
 if grep -q '^!compose' .dockerignore; then
