@@ -1,5 +1,6 @@
 //! docs/security.md backs every line with a test: each row of its tables
-//! names at least one, and every test it names exists — an end-to-end
+//! names at least one, and every test it names exists (a `#[test]` or
+//! `#[tokio::test]` function that is not ignored, not a helper) — an end-to-end
 //! test as `tests/tests/FILE.rs::name` (or `worker/tests/FILE.rs::name`),
 //! a unit test as `crate::module::tests::name` (found in that module's
 //! file). `{a, b}` names several in one place; `…::name` is in the file
@@ -55,6 +56,44 @@ fn split_names(names: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether `source` defines a test called `name`: a `fn name(` whose
+/// attributes (the lines right above it, doc comments between them
+/// allowed) include `#[test]` or `#[tokio::test…]` and no `#[ignore…]`.
+/// A helper function of that name does not count.
+fn defines_test(source: &str, name: &str) -> bool {
+    let lines: Vec<&str> = source.lines().collect();
+    let wanted = format!("fn {name}(");
+    lines.iter().enumerate().any(|(i, line)| {
+        let line = line.trim_start();
+        if !(line.starts_with(&wanted) || line.starts_with(&format!("async {wanted}"))) {
+            return false;
+        }
+        let attributes: Vec<&str> = lines[..i]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .take_while(|l| l.starts_with("#[") || l.starts_with("///"))
+            .filter(|l| l.starts_with("#["))
+            .collect();
+        attributes
+            .iter()
+            .any(|a| *a == "#[test]" || a.starts_with("#[tokio::test"))
+            && !attributes.iter().any(|a| a.starts_with("#[ignore"))
+    })
+}
+
+#[test]
+fn a_test_is_told_from_a_helper_of_the_same_name() {
+    let source = "#[test]\n/// Doc.\nfn real() {}\n\nfn helper() {}\n\
+                  #[tokio::test(flavor = \"multi_thread\")]\nasync fn asynchronous() {}\n\
+                  #[test]\n#[ignore]\nfn ignored() {}\n";
+    assert!(defines_test(source, "real"));
+    assert!(defines_test(source, "asynchronous"));
+    assert!(!defines_test(source, "helper"));
+    assert!(!defines_test(source, "ignored"));
+    assert!(!defines_test(source, "missing"));
+}
+
 #[test]
 fn every_row_names_tests_that_exist() {
     let doc = std::fs::read_to_string(repo().join("docs/security.md")).unwrap();
@@ -86,10 +125,9 @@ fn every_row_names_tests_that_exist() {
                 "no source file for `{reference}`: {files:?}"
             );
             for name in &names {
-                let wanted = format!("fn {name}(");
                 assert!(
-                    sources.iter().any(|s| s.contains(&wanted)),
-                    "`{reference}`: no `{wanted}` in {files:?}"
+                    sources.iter().any(|s| defines_test(s, name)),
+                    "`{reference}`: no test `fn {name}(` (under #[test] or #[tokio::test], not #[ignore]) in {files:?}"
                 );
                 checked += 1;
             }

@@ -67,6 +67,9 @@ struct FakeHost {
     /// What `check_secrets` answers for every app (the real check reads
     /// the process environment and files: not in these tests).
     secrets_refused: Vec<String>,
+    /// Every address a generation's setup bound sockets on (real sockets:
+    /// the default `bind`).
+    bound: Vec<std::net::SocketAddr>,
 }
 
 impl FakeHost {
@@ -115,6 +118,15 @@ impl Host for FakeHost {
 
     fn check_secrets(&mut self, _app: &shared::config::App) -> Vec<String> {
         self.secrets_refused.clone()
+    }
+
+    fn bind(
+        &mut self,
+        addr: std::net::SocketAddr,
+        count: usize,
+    ) -> io::Result<Vec<crate::sockets::SlotSocket>> {
+        self.bound.push(addr);
+        crate::sockets::bind_slots(addr, count)
     }
 }
 

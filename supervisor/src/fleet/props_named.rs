@@ -355,7 +355,12 @@ fn secrets_the_workers_would_refuse_stop_a_generation_before_any_socket() {
         Err(e) => panic!("another error: {e}"),
         Ok(_) => panic!("a generation with refused secrets was prepared"),
     }
-    assert!(host.spawned.is_empty());
+    assert_eq!(host.bound, [], "a socket was bound before the refusal");
+    // The same configuration with its secrets accepted binds each app's.
+    host.secrets_refused.clear();
+    let generation = prepare(&mut host, &config(&shape), 2, None);
+    assert!(generation.is_ok(), "{:?}", generation.err());
+    assert_eq!(host.bound.len(), 2, "{:?}", host.bound);
 }
 
 /// Found by `any_sequence_keeps_the_invariants` (a clean-clone CI run): a
