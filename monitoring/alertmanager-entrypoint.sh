@@ -1,11 +1,16 @@
 #!/bin/sh
 # Entrypoint of the Alertmanager container: renders monitoring/alertmanager.yml
-# with the webhook URL taken from ALERT_WEBHOOK_URL (Alertmanager does not
-# expand environment variables in its config, and webhook `url_file` needs
-# Alertmanager >= 0.26), then execs Alertmanager on the rendered file.
-# POSIX sh: it runs in the busybox-based prom/alertmanager image.
+# with the webhook URL taken from ALERT_WEBHOOK_URL_FILE or ALERT_WEBHOOK_URL
+# (Alertmanager does not expand environment variables in its config, and
+# webhook `url_file` needs Alertmanager >= 0.26), then execs Alertmanager on
+# the rendered file. POSIX sh: it runs in the busybox-based prom/alertmanager
+# image.
 #
-#   ALERT_WEBHOOK_URL     http(s) URL that receives every notification (required)
+#   ALERT_WEBHOOK_URL_FILE a file holding the http(s) URL that receives every
+#                         notification: regular, not world-readable (the
+#                         production compose file mounts it as a secret)
+#   ALERT_WEBHOOK_URL     the URL itself, when no file is given (one of the
+#                         two is required; both is an error)
 #   ALERTMANAGER_TEMPLATE the template (default /etc/alertmanager/alertmanager.yml)
 #   ALERTMANAGER_RENDERED where to write the rendered config, mode 600
 #                         (default /tmp/alertmanager.yml; /tmp should be a tmpfs)
@@ -13,8 +18,8 @@
 #
 # Arguments are passed to Alertmanager after --config.file. With
 # --render-only the config is rendered and nothing is started (used by
-# scripts/checks/monitoring.sh). Exit 64 when ALERT_WEBHOOK_URL is missing or
-# unsafe to embed, 65 when the template has no placeholder.
+# scripts/checks/monitoring.sh). Exit 64 when the URL is missing, unsafe to
+# embed, or its file is refused; 65 when the template has no placeholder.
 set -eu
 
 placeholder='https://alert-webhook.invalid/ALERT_WEBHOOK_URL'
@@ -25,7 +30,7 @@ bin=${ALERTMANAGER_BIN:-/bin/alertmanager}
 render_only=false
 case ${1:-} in
   -h | --help)
-    sed -n '2,17s/^# \{0,1\}//p' "$0"
+    sed -n '2,22s/^# \{0,1\}//p' "$0"
     exit 0
     ;;
   --render-only)
@@ -39,10 +44,35 @@ die() {
   exit "$1"
 }
 
+# The URL is a secret (chat webhooks carry a token): from a file named by
+# ALERT_WEBHOOK_URL_FILE (a compose or Kubernetes secret), or from
+# ALERT_WEBHOOK_URL. The file follows the HearTalk service's rules for its
+# own secret files: one of the two variables, a regular file (symlinks
+# followed), not world-readable, trailing line ends dropped.
 url=${ALERT_WEBHOOK_URL:-}
+file=${ALERT_WEBHOOK_URL_FILE:-}
+if [ -n "$file" ]; then
+  [ -z "$url" ] || die 64 "ALERT_WEBHOOK_URL and ALERT_WEBHOOK_URL_FILE are both set: keep one"
+  [ -f "$file" ] || die 64 "ALERT_WEBHOOK_URL_FILE=$file: not a regular file"
+  [ -r "$file" ] || die 64 "ALERT_WEBHOOK_URL_FILE=$file: not readable by uid $(id -u)"
+  mode=$(stat -L -c %a "$file") || die 64 "ALERT_WEBHOOK_URL_FILE=$file: cannot stat"
+  case $mode in
+    *[4567]) die 64 "ALERT_WEBHOOK_URL_FILE=$file: readable by every user (mode $mode): chmod o-r" ;;
+  esac
+  # $(...) drops trailing newlines; then trailing carriage returns.
+  url=$(cat "$file") || die 64 "ALERT_WEBHOOK_URL_FILE=$file: cannot read"
+  cr=$(printf '\r')
+  while :; do
+    case $url in
+      *"$cr") url=${url%"$cr"} ;;
+      *) break ;;
+    esac
+  done
+  [ -n "$url" ] || die 64 "ALERT_WEBHOOK_URL_FILE=$file: empty"
+fi
 case $url in
   http://?* | https://?*) ;;
-  *) die 64 "ALERT_WEBHOOK_URL must be set to an http:// or https:// URL" ;;
+  *) die 64 "ALERT_WEBHOOK_URL (or the file of ALERT_WEBHOOK_URL_FILE) must be an http:// or https:// URL" ;;
 esac
 # The URL goes into a single-quoted YAML scalar: refuse what would break it.
 nl='

@@ -92,6 +92,35 @@ for bad in '' 'ftp://example.com/x' "https://example.com/it's"; do
     fail "alertmanager-entrypoint.sh accepted ALERT_WEBHOOK_URL='$bad'"
   fi
 done
+step "alertmanager-entrypoint.sh takes the URL from ALERT_WEBHOOK_URL_FILE, by the service's file rules"
+render_file() { # FILE [VAR=VALUE...]: renders with ALERT_WEBHOOK_URL_FILE=FILE
+  local file=$1
+  shift
+  env ALERTMANAGER_TEMPLATE="$m/alertmanager.yml" ALERTMANAGER_RENDERED="$tmp/file.yml" \
+    ALERT_WEBHOOK_URL_FILE="$file" "$@" sh "$m/alertmanager-entrypoint.sh" --render-only
+}
+printf '%s\r\n' "$url" >"$tmp/webhook-url"
+chmod 0440 "$tmp/webhook-url"
+ln -s "$tmp/webhook-url" "$tmp/webhook-link"
+render_file "$tmp/webhook-link" >/dev/null || fail "alertmanager-entrypoint.sh refused a 0440 URL file behind a symlink"
+grep -qF "url: '$url'" "$tmp/file.yml" || fail "the config rendered from the file lacks the webhook URL (line ends kept?)"
+amtool check-config "$tmp/file.yml" >/dev/null
+refused() { # WHY FILE [VAR=VALUE...]
+  local why=$1
+  shift
+  if render_file "$@" 2>/dev/null >/dev/null; then
+    fail "alertmanager-entrypoint.sh accepted a URL file: $why"
+  fi
+}
+refused "also ALERT_WEBHOOK_URL set" "$tmp/webhook-url" ALERT_WEBHOOK_URL="$url"
+refused "missing" "$tmp/no-such-file"
+refused "a directory" "$tmp"
+printf '\n\r\n' >"$tmp/webhook-blank"
+chmod 0400 "$tmp/webhook-blank"
+refused "line ends only" "$tmp/webhook-blank"
+chmod 0444 "$tmp/webhook-url"
+refused "world-readable" "$tmp/webhook-url"
+chmod 0440 "$tmp/webhook-url"
 step "amtool config routes test"
 route_is() {
   local want=$1

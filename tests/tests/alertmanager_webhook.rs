@@ -1,7 +1,8 @@
 //! monitoring/alertmanager.yml in a real Alertmanager (Debian's
 //! `prometheus-alertmanager`, or `alertmanager` on PATH), started through
 //! monitoring/alertmanager-entrypoint.sh exactly as the compose stack does:
-//! the webhook URL comes from ALERT_WEBHOOK_URL, a critical alert reaches
+//! the webhook URL comes from ALERT_WEBHOOK_URL (or from the secret file
+//! ALERT_WEBHOOK_URL_FILE names), a critical alert reaches
 //! that URL (a receiver in this test) through the `webhook-critical` route,
 //! and the inhibition rules hold: a critical alert mutes the warning of the
 //! same alert on the same instance (not on another instance), and
@@ -30,7 +31,10 @@ struct Alertmanager {
 }
 
 impl Alertmanager {
-    fn start(webhook_url: &str) -> Alertmanager {
+    /// `webhook` is the variable that gives the URL and its value:
+    /// `ALERT_WEBHOOK_URL` and the URL, or `ALERT_WEBHOOK_URL_FILE` and a
+    /// path.
+    fn start(webhook: (&str, &str)) -> Alertmanager {
         let monitoring = repo().join("monitoring");
         let bin = ["alertmanager", "prometheus-alertmanager"]
             .into_iter()
@@ -55,7 +59,7 @@ impl Alertmanager {
             .arg(format!("--web.listen-address={addr}"))
             // no gossip port: a single instance, and parallel tests
             .arg("--cluster.listen-address=")
-            .env("ALERT_WEBHOOK_URL", webhook_url)
+            .env(webhook.0, webhook.1)
             .env("ALERTMANAGER_TEMPLATE", monitoring.join("alertmanager.yml"))
             .env("ALERTMANAGER_RENDERED", dir.path().join("alertmanager.yml"))
             .env("ALERTMANAGER_BIN", bin);
@@ -106,7 +110,7 @@ fn alerts_reach_the_webhook_from_the_environment_and_inhibitions_hold() {
     let hook = StubHttp::start(|_| Some(EMPTY_200.to_string()));
     // `&` and `|` must survive the rendering untouched
     let url = format!("http://{}/hook?token=t0k&x=a|b", hook.addr);
-    let am = Alertmanager::start(&url);
+    let am = Alertmanager::start(("ALERT_WEBHOOK_URL", &url));
 
     let alerts = json!([
         alert("HighMemoryUsage", "critical", "a:8001"),
@@ -179,5 +183,39 @@ fn alerts_reach_the_webhook_from_the_environment_and_inhibitions_hold() {
         am.log().contains("Completed loading of configuration file"),
         "{}",
         am.log()
+    );
+}
+
+#[test]
+fn alerts_reach_the_webhook_read_from_a_secret_file() {
+    let hook = StubHttp::start(|_| Some(EMPTY_200.to_string()));
+    let dir = tempfile::tempdir().unwrap();
+    // As compose mounts it: a 0440 file (make-secrets.sh), ending in CRLF.
+    let file = dir.path().join("alert_webhook_url");
+    write_secret_file(
+        &file,
+        &format!("http://{}/from-file?token=f1le\r\n", hook.addr),
+        0o440,
+    );
+    let am = Alertmanager::start(("ALERT_WEBHOOK_URL_FILE", file.to_str().unwrap()));
+
+    let r = post_json(
+        am.addr(),
+        "/api/v2/alerts",
+        None,
+        &json!([alert("InstanceDown", "critical", "d:8001")]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Critical groups are sent after group_wait (10 s).
+    let sent = wait_for("the notification", Duration::from_secs(30), || {
+        let got = received(&hook);
+        (!got.is_empty()).then_some(got)
+    });
+    let (target, body) = &sent[0];
+    assert_eq!(target, "/from-file?token=f1le", "{body}");
+    assert_eq!(body["receiver"], "webhook-critical", "{body}");
+    assert_eq!(
+        body["alerts"][0]["labels"]["alertname"], "InstanceDown",
+        "{body}"
     );
 }

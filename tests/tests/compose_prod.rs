@@ -14,8 +14,9 @@
 //! a chat signed with the secret file's key answers over TLS (a forged one
 //! is refused), an SSE stream through nginx arrives frame by frame, the
 //! per-IP rate-limit key is the address nginx saw (not one the client
-//! forged, nor nginx's own), no secret is in any container's environment,
-//! and Prometheus scrapes the service and Alertmanager and knows its
+//! forged, nor nginx's own), no secret is in any container's environment
+//! (Alertmanager's webhook URL comes from its secret file too), and
+//! Prometheus scrapes the service and Alertmanager and knows its
 //! Alertmanager.
 
 mod helper;
@@ -26,6 +27,9 @@ use std::time::Duration;
 
 use helper::*;
 use serde_json::{Value, json};
+
+/// Alertmanager's webhook (nothing listens: no alert fires in the test).
+const WEBHOOK_URL: &str = "http://127.0.0.1:9/heartalk-alerts";
 
 /// The services started: all but Grafana (no Debian package to stand in).
 const SERVICES: [&str; 5] = ["nginx", "heartalk", "redis", "prometheus", "alertmanager"];
@@ -68,8 +72,6 @@ impl Stack {
             .env("BYTEPLUS_AMI_WORK_ASSISTANT_EP", "ep-test-work")
             .env("HEARTALK_BACKEND_URL", "http://127.0.0.1:9")
             .env("ALLOWED_ORIGINS", "https://heartalk.example.com")
-            .env("ALERT_WEBHOOK_URL", "http://127.0.0.1:9/alerts")
-            .env("GRAFANA_ADMIN_PASSWORD", "unused-no-grafana-here")
             .args(["--project-name", &self.project])
             .args(["--file", "docker-compose.prod.yml", "--file", "test.yml"])
             .args(args)
@@ -202,10 +204,14 @@ fn lay_out(root: &Path) {
 
     let ark_key = root.join("ark-key.txt");
     std::fs::write(&ark_key, "test-ark-key-not-used\n").expect("write ark key");
+    let webhook = root.join("webhook-url.txt");
+    std::fs::write(&webhook, format!("{WEBHOOK_URL}\n")).expect("write webhook URL");
     run_ok(
         Command::new(repo().join("scripts/make-secrets.sh"))
             .arg("--byteplus-api-key-from")
             .arg(&ark_key)
+            .arg("--alert-webhook-url-from")
+            .arg(&webhook)
             .arg(compose.join("secrets")),
     );
     run_ok(
@@ -417,6 +423,8 @@ fn the_production_stack_serves_tls_streams_and_is_scraped() {
         "heartalk_api_key",
         "redis_password",
         "byteplus_api_key",
+        "alert_webhook_url",
+        "grafana_admin_password",
     ]
     .iter()
     .map(|s| stack.secret(s))
@@ -437,6 +445,20 @@ fn the_production_stack_serves_tls_streams_and_is_scraped() {
             );
         }
     }
+
+    // Alertmanager (as nobody) read its webhook URL from the secret file:
+    // the entrypoint rendered it into the config Alertmanager runs on.
+    let rendered = podman(&[
+        "exec",
+        &stack.container("alertmanager"),
+        "cat",
+        "/tmp/alertmanager.yml",
+    ]);
+    let rendered = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        rendered.contains(&format!("url: '{WEBHOOK_URL}'")),
+        "the webhook URL from the secret file is not in Alertmanager's config:\n{rendered}"
+    );
 
     // Prometheus scrapes the service (the fleet-wide numbers: workers up)
     // and Alertmanager, and sends alerts to that Alertmanager.
