@@ -59,27 +59,33 @@ if [ -n "$file" ]; then
   case $mode in
     *[4567]) die 64 "ALERT_WEBHOOK_URL_FILE=$file: readable by every user (mode $mode): chmod o-r" ;;
   esac
-  # $(...) drops trailing newlines; then trailing carriage returns.
+  # Trailing line ends, any mix of CR and LF, are dropped ($(...) drops
+  # the last LFs itself).
   url=$(cat "$file") || die 64 "ALERT_WEBHOOK_URL_FILE=$file: cannot read"
   cr=$(printf '\r')
+  lf='
+'
   while :; do
     case $url in
-      *"$cr") url=${url%"$cr"} ;;
+      *"$cr" | *"$lf") url=${url%?} ;;
       *) break ;;
     esac
   done
   [ -n "$url" ] || die 64 "ALERT_WEBHOOK_URL_FILE=$file: empty"
+  source="the file of ALERT_WEBHOOK_URL_FILE"
+else
+  source=ALERT_WEBHOOK_URL
 fi
 case $url in
   http://?* | https://?*) ;;
-  *) die 64 "ALERT_WEBHOOK_URL (or the file of ALERT_WEBHOOK_URL_FILE) must be an http:// or https:// URL" ;;
+  *) die 64 "$source must hold an http:// or https:// URL (set ALERT_WEBHOOK_URL_FILE or ALERT_WEBHOOK_URL)" ;;
 esac
 # The URL goes into a single-quoted YAML scalar: refuse what would break it.
 nl='
 '
 case $url in
   *"'"* | *\\* | *' '* | *"$nl"*)
-    die 64 "ALERT_WEBHOOK_URL must not contain quotes, backslashes, spaces or newlines"
+    die 64 "$source: the URL must not contain quotes, backslashes, spaces or newlines"
     ;;
 esac
 grep -qF "$placeholder" "$template" \

@@ -42,7 +42,7 @@ the containers' users yourself: sudo chown $default_owner FILE..., or with
 rootless podman podman unshare chown $default_owner FILE...).
 
 Then every file is checked as the service checks it: a regular file (after
-symlinks), non-empty (line ends alone count as empty), not world-readable (mode & 0004 == 0), and as root
+symlinks), non-empty (whitespace and line ends alone count as empty), not world-readable (mode & 0004 == 0), and as root
 readable by UID or GID. Every problem is printed on stderr.
 
 Exit codes:
@@ -148,10 +148,26 @@ problem() {
   problems=$((problems + 1))
 }
 
-# Whether FILE holds nothing but line ends: the service drops trailing line
-# ends, so such a file is an empty secret to it (and refused).
+# Whether FILE holds nothing but whitespace and line ends: the service
+# refuses such a secret as empty.
 blank() {
-  [[ -z $(tr -d '\r\n' <"$1" | head -c 1) ]]
+  [[ -z $(tr -d '[:space:]' <"$1" | head -c 1) ]]
+}
+
+# Why Alertmanager's entrypoint would refuse the webhook URL in FILE (its
+# rules: trailing line ends dropped, http(s), nothing that would break the
+# quoted YAML it is written into); nothing when it would take it.
+url_problem() {
+  local url
+  url=$(<"$1")
+  while [[ $url == *$'\r' || $url == *$'\n' ]]; do
+    url=${url%?}
+  done
+  if [[ ! $url =~ ^https?://. ]]; then
+    echo "does not hold an http:// or https:// URL"
+  elif [[ $url == *[\'\\\ ]* || $url == *$'\n'* ]]; then
+    echo "holds a quote, backslash, space or line break in the URL"
+  fi
 }
 
 # Writes stdin to DIR/NAME unless NAME exists: a temporary file in DIR,
@@ -163,7 +179,7 @@ install_new() {
   local name=$1 path=$dir/$1
   tmp=$(mktemp "$dir/.$name.XXXXXX")
   if ! cat >"$tmp" || blank "$tmp"; then
-    problem "$path: nothing to write (empty, or only line ends)"
+    problem "$path: nothing to write (empty, or only whitespace or line ends)"
   else
     chmod "$mode" "$tmp"
     if ((root)); then
@@ -228,10 +244,16 @@ for name in "${checked[@]}"; do
     problem "$path is not a regular file"
     continue
   fi
-  if blank "$path"; then
-    problem "$path is empty (or only line ends)"
-  elif [[ $name == alert_webhook_url ]] && ! grep -qE '^https?://.' "$path"; then
-    problem "$path does not hold an http:// or https:// URL (Alertmanager's entrypoint refuses it)"
+  if [[ ! -s $path ]]; then
+    problem "$path is empty"
+  elif [[ ! -r $path ]]; then
+    # Given away already (podman unshare chown ...): the size is all
+    # there is to check.
+    echo "make-secrets: $path is not readable by you: its content was not checked"
+  elif blank "$path"; then
+    problem "$path is empty (only whitespace or line ends)"
+  elif [[ $name == alert_webhook_url ]] && why=$(url_problem "$path") && [[ -n $why ]]; then
+    problem "$path $why (Alertmanager's entrypoint refuses it)"
   fi
   read -r perm uid gid < <(stat -L -c '%a %u %g' -- "$path")
   if (((8#$perm & 8#004) != 0)); then

@@ -16,9 +16,11 @@ source scripts/deps.sh
 # A clean run writes about 4 GB under target/ and, on a fresh machine,
 # about 4 GB of images under podman's storage. Too little room shows up
 # late, as a linker's "No space left on device": say it first.
-free_gb=$(df -P -B1G . | awk 'NR == 2 { print $4 }')
-if ((free_gb < 10)); then
-  echo "test.sh: warning: only ${free_gb} GB free on $(df -P . | awk 'NR == 2 { print $6 }'); a clean run needs about 10 GB" >&2
+target=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target"
+read -r free_kib mount < <(df -Pk "$target" | awk 'NR == 2 { print $4, $6 }')
+if ((free_kib < 10 * 1024 * 1024)); then
+  echo "test.sh: warning: only $((free_kib / 1024 / 1024)) GiB free on $mount; a clean run needs about 10 GiB" >&2
 fi
 
 echo "== cargo fmt --check"

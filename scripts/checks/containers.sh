@@ -200,12 +200,13 @@ if scripts/make-secrets.sh --byteplus-api-key-from "$tmp/blank-key" "$tmp/blank"
   fail "scripts/make-secrets.sh copies a provider key of line ends only"
 fi
 [[ ! -e $tmp/blank/byteplus_api_key ]] || fail "scripts/make-secrets.sh wrote a blank byteplus_api_key"
-cp -p "$tmp/made/jwt_secret" "$tmp/jwt.kept"
+mv "$tmp/made/jwt_secret" "$tmp/jwt.kept"
 printf '\n' >"$tmp/made/jwt_secret"
+chmod 0400 "$tmp/made/jwt_secret"
 if scripts/make-secrets.sh "$tmp/made" >/dev/null 2>&1; then
   fail "scripts/make-secrets.sh accepts a jwt_secret of line ends only"
 fi
-cp -p "$tmp/jwt.kept" "$tmp/made/jwt_secret"
+mv -f "$tmp/jwt.kept" "$tmp/made/jwt_secret"
 # The image's build context is an allow-list ('*' first, checked above):
 # nothing under compose/ may be re-admitted.
 if grep -q '^!compose' .dockerignore; then
@@ -249,18 +250,16 @@ for f in ("compose/docker-compose.prod.yml", "compose/docker-stack.yml"):
             path = target if target.startswith("/") else f"/run/secrets/{target}"
             mounted[name][path] = s["source"]
             d = top.get(s["source"])
+            # nginx's certificate and key: the operator's files under ./ssl/,
+            # not make-secrets.sh's (the key is held to the mode rule below).
             tls = d is not None and str(d.get("file", "")).startswith(("./ssl/", "ssl/"))
-            if tls:
-                # nginx's certificate and key: the operator's files, read by
-                # nginx's root master (nginx -t checks the configuration).
-                continue
             if d is None:
                 errors.append(f"{where}: secret {s['source']} is not defined at the top level")
-            elif not d.get("external"):
+            elif not d.get("external") and not tls:
                 p = pathlib.PurePosixPath(str(d.get("file", "")))
                 check(str(p.parent) in ("secrets", "./secrets") and p.name in made,
                       f"{f}: secret {s['source']}: file {d.get('file')} must be ./secrets/<one of {sorted(made)}> (scripts/make-secrets.sh)")
-            if swarm:
+            if swarm and not (tls and s["source"] == "tls_cert"):
                 mode = s.get("mode")
                 check(isinstance(mode, int) and mode & ~0o440 == 0,
                       f"{where}: secret {s['source']}: mode {oct(mode) if isinstance(mode, int) else mode} must be 0440 or stricter "
@@ -276,6 +275,10 @@ for f in ("compose/docker-compose.prod.yml", "compose/docker-stack.yml"):
             check(not USERINFO.search(v), f"{where}: {k} carries credentials in a URL")
             if k.endswith("_FILE") and SECRET.search(k):
                 check(v in mounted[name], f"{where}: {k}={v} is not a secret this service mounts")
+            # Grafana reads a setting from a file only as GF_<SETTING>__FILE
+            # (two underscores); GF_..._FILE would leave its default.
+            check(not (k.startswith("GF_") and k.endswith("_FILE")) or k.endswith("__FILE"),
+                  f"{where}: {k}: Grafana reads a file only through GF_<SETTING>__FILE (two underscores)")
         # No secret variable interpolated anywhere in the service (command,
         # healthcheck, labels...): `docker inspect` would show its value.
         for var in re.findall(r"(?<!\$)\$\{?([A-Z_][A-Z0-9_]*)", yaml.safe_dump(svc)):

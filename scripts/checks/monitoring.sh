@@ -99,27 +99,31 @@ render_file() { # FILE [VAR=VALUE...]: renders with ALERT_WEBHOOK_URL_FILE=FILE
   env ALERTMANAGER_TEMPLATE="$m/alertmanager.yml" ALERTMANAGER_RENDERED="$tmp/file.yml" \
     ALERT_WEBHOOK_URL_FILE="$file" "$@" sh "$m/alertmanager-entrypoint.sh" --render-only
 }
-printf '%s\r\n' "$url" >"$tmp/webhook-url"
+printf '%s\r\n\r\n' "$url" >"$tmp/webhook-url"
 chmod 0440 "$tmp/webhook-url"
 ln -s "$tmp/webhook-url" "$tmp/webhook-link"
 render_file "$tmp/webhook-link" >/dev/null || fail "alertmanager-entrypoint.sh refused a 0440 URL file behind a symlink"
 grep -qF "url: '$url'" "$tmp/file.yml" || fail "the config rendered from the file lacks the webhook URL (line ends kept?)"
 amtool check-config "$tmp/file.yml" >/dev/null
-refused() { # WHY FILE [VAR=VALUE...]
-  local why=$1
-  shift
-  if render_file "$@" 2>/dev/null >/dev/null; then
-    fail "alertmanager-entrypoint.sh accepted a URL file: $why"
-  fi
+refused() { # WHY SAYS FILE [VAR=VALUE...]: refused (exit 64) with SAYS in the message
+  local why=$1 says=$2 code=0
+  shift 2
+  render_file "$@" >/dev/null 2>"$tmp/refused.err" || code=$?
+  ((code == 64)) || fail "alertmanager-entrypoint.sh: a URL file $why: exit $code, not 64"
+  grep -qF -- "$says" "$tmp/refused.err" \
+    || fail "alertmanager-entrypoint.sh: a URL file $why: the message lacks '$says': $(cat "$tmp/refused.err")"
 }
-refused "also ALERT_WEBHOOK_URL set" "$tmp/webhook-url" ALERT_WEBHOOK_URL="$url"
-refused "missing" "$tmp/no-such-file"
-refused "a directory" "$tmp"
+refused "with ALERT_WEBHOOK_URL set too" "both set" "$tmp/webhook-url" ALERT_WEBHOOK_URL="$url"
+refused "missing" "not a regular file" "$tmp/no-such-file"
+refused "that is a directory" "not a regular file" "$tmp"
 printf '\n\r\n' >"$tmp/webhook-blank"
 chmod 0400 "$tmp/webhook-blank"
-refused "line ends only" "$tmp/webhook-blank"
+refused "of line ends only" ": empty" "$tmp/webhook-blank"
+printf '%s\n' "https://example.com/a b" >"$tmp/webhook-space"
+chmod 0400 "$tmp/webhook-space"
+refused "with a space in the URL" "the file of ALERT_WEBHOOK_URL_FILE: the URL must not contain" "$tmp/webhook-space"
 chmod 0444 "$tmp/webhook-url"
-refused "world-readable" "$tmp/webhook-url"
+refused "readable by every user" "readable by every user" "$tmp/webhook-url"
 chmod 0440 "$tmp/webhook-url"
 step "amtool config routes test"
 route_is() {

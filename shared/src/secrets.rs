@@ -278,8 +278,10 @@ pub fn url_has_password(url: &str) -> bool {
 const PASSWORD_PARAMS: &[&str] = &["pass", "password"];
 
 /// The userinfo of `scheme://userinfo@host/...`, if any: up to the last
-/// `@` before the query, the rule [`redact_urls`] masks by, so a password
-/// with an unencoded `/` counts as one here too.
+/// `@` before the query, so a password with an unencoded `/` counts here
+/// as it is masked by [`redact_urls`] (which, on running text, also takes
+/// an `@` in the query for the userinfo's end: masking too much is its
+/// safe failure, refusing a good URL would not be this one's).
 fn userinfo(url: &str) -> Option<&str> {
     let rest = &url[url.find("://")? + 3..];
     let before_query = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];

@@ -89,12 +89,12 @@ fn mask_userinfo(value: &str) -> String {
     while let Some(i) = rest.find("://") {
         out.push_str(&rest[..i + 3]);
         rest = &rest[i + 3..];
-        // Before the query and before the next URL of a list, the last `@`
-        // ends the userinfo (a password may hold an unencoded `/`, `@`, `,`
-        // or `;`; a path with an `@` is masked too: better too much than a
-        // password shown).
+        // Before the next URL of a list (or whitespace), the last `@` ends
+        // the userinfo, as the log masker has it: a password may hold an
+        // unencoded `/`, `@`, `?`, `#`, `,` or `;`, and a path or query
+        // with an `@` is masked too (better too much than a password shown).
         let end = rest
-            .find(|c: char| c.is_whitespace() || matches!(c, '?' | '#'))
+            .find(char::is_whitespace)
             .unwrap_or(rest.len())
             .min(next_url(rest));
         match rest[..end].rfind('@') {
@@ -129,24 +129,33 @@ fn next_url(text: &str) -> usize {
 
 fn mask_pairs(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    let mut start = 0;
-    for (i, c) in value.char_indices().chain([(value.len(), ' ')]) {
-        if i < value.len() && !separator(c) {
-            continue;
-        }
-        let part = &value[start..i];
+    let mut rest = value;
+    while !rest.is_empty() {
+        let end = rest.find(separator).unwrap_or(rest.len());
+        let part = &rest[..end];
         match part.split_once('=') {
             Some((name, v)) if !v.is_empty() && secret_name(name) => {
+                // A secret's value runs to whitespace or the next `&`: it
+                // may hold a `,`, `;` or `?` of its own.
+                let from = name.len() + 1;
+                let value_end = rest[from..]
+                    .find(|c: char| c.is_whitespace() || c == '&')
+                    .map_or(rest.len(), |i| from + i);
                 out.push_str(name);
                 out.push('=');
                 out.push_str(MASK);
+                rest = &rest[value_end..];
             }
-            _ => out.push_str(part),
+            _ => {
+                out.push_str(part);
+                rest = &rest[end..];
+            }
         }
-        if i < value.len() {
+        // The separator itself.
+        if let Some(c) = rest.chars().next() {
             out.push(c);
+            rest = &rest[c.len_utf8()..];
         }
-        start = i + c.len_utf8();
     }
     out
 }
@@ -353,10 +362,14 @@ mod tests {
                 "redis://:hunter2@redis:6379/0",
                 "redis://:********@redis:6379/0",
             ),
+            // An `@` in the query: masked through it (too much, never
+            // too little), as the log masker does.
             (
                 "https://user:pa:ss@api.example/x?y=@z",
-                "https://user:********@api.example/x?y=@z",
+                "https://user:********@z",
             ),
+            ("redis://:p?w@h:6379", "redis://:********@h:6379"),
+            ("redis://:p#w@h", "redis://:********@h"),
             ("redis://:pa/ss@h:6379", "redis://:********@h:6379"),
             // Separators of a list inside a password: the password ends
             // at the last `@` before the next URL, not at the `,` or `;`.
@@ -390,6 +403,10 @@ mod tests {
                 "host=db user=u password=pw dbname=x",
                 "host=db user=u password=******** dbname=x",
             ),
+            // A secret's value runs to whitespace or `&`, not to `,` or `;`.
+            ("pass=a,b", "pass=********"),
+            ("password=p;w&page=2", "password=********&page=2"),
+            ("a=1,token=t,x;y=2", "a=1,token=********"),
             ("redis://redis:6379", "redis://redis:6379"),
             ("https://h/p?q=1", "https://h/p?q=1"),
             ("plain value", "plain value"),
