@@ -14,6 +14,12 @@ pub mod secrets;
 pub mod shm;
 pub mod token_policy;
 
+/// The exit code of a `heartalk` or `heartalk-worker` that refused its
+/// configuration, settings or secrets (sysexits' EX_USAGE, the project's
+/// convention for bad input). The supervisor names a worker that exits
+/// with it `refused` instead of `crash`.
+pub const EXIT_REFUSED: u8 = 64;
+
 /// Whether `NODE_ENV` (its value, when set) means production: exactly
 /// `production` once trimmed. The one test behind the worker's defaults,
 /// the secrets production requires and the token rules' defaults.

@@ -5,7 +5,9 @@
 //! starts: both `NAME` and `NAME_FILE`, a world-readable, missing or empty
 //! file, production without the secrets → `heartalk check` and `heartalk
 //! run` exit 64 naming every variable and path; a reload or restart with a
-//! bad file is refused and the running workers keep serving.
+//! bad file is refused and the running workers keep serving; a worker
+//! respawned after a crash that meets a bad file exits 64 (`refused`) and
+//! its slot recovers once the file is fixed.
 
 mod helper;
 
@@ -261,4 +263,58 @@ fn the_worker_reads_its_secrets_from_files_and_a_reload_reads_them_again() {
         200
     );
     assert!(!said.contains("third-file-secret") && !svc.log().contains("third-file-secret"));
+}
+
+/// A worker respawned after a crash is not checked by the supervisor
+/// first: it meets a world-readable file itself, exits 64 (`refused` in
+/// `status`, not `crash`), is restarted with the crash backoff, and its
+/// slot comes back by itself once the file is fixed.
+#[test]
+fn a_respawn_that_meets_a_bad_file_is_refused_and_recovers_once_it_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let jwt_file = secret(d, "jwt", "first-file-secret\n", 0o400);
+    let svc = Service::start(
+        2,
+        &[
+            ("JWT_SECRET_FILE", &jwt_file),
+            ("SIMULATED_LATENCY_MS", "0"),
+        ],
+    );
+    let pids = svc.sup.worker_pids();
+    secret(d, "jwt", "first-file-secret\n", 0o644);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let refused = wait_for("a respawn refusing the file", DEADLINE, || {
+        svc.sup
+            .events("worker_exited")
+            .into_iter()
+            .find(|e| e["reason"] == "refused")
+    });
+    assert_eq!(refused["code"], 64, "{refused}");
+    let why = format!("JWT_SECRET_FILE={jwt_file}: readable by every user");
+    wait_for("the worker's reason in the log", DEADLINE, || {
+        svc.log().contains(&why).then_some(())
+    });
+    let slot0 = &svc.sup.status()["apps"][0]["workers"][0];
+    assert_ne!(slot0["state"], "online", "{slot0}");
+
+    secret(d, "jwt", "first-file-secret\n", 0o400);
+    wait_until("the slot back online", DEADLINE, || {
+        let status = svc.sup.status();
+        let workers = status["apps"][0]["workers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if workers.len() == 2 && workers.iter().all(|w| w["state"] == "online") {
+            Ok(())
+        } else {
+            Err(format!("{workers:?}"))
+        }
+    });
+    let slot0 = &svc.sup.status()["apps"][0]["workers"][0];
+    assert_eq!(slot0["last_exit"]["reason"], "refused", "{slot0}");
 }

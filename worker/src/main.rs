@@ -35,7 +35,7 @@ fn main() -> ExitCode {
                 for why in &refused.0 {
                     tracing::error!(error = %why, "setting refused");
                 }
-                ExitCode::from(64)
+                ExitCode::from(shared::EXIT_REFUSED)
             }
             None => {
                 tracing::error!(error = format!("{e:#}"), "worker failed");

@@ -132,8 +132,9 @@ impl fmt::Display for SlotState {
 /// How a worker's life ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitInfo {
-    /// `crash` (non-zero exit or signal), `exit` (code 0 while not asked to
-    /// stop), `listen_timeout`, `spawn_failed`, `memory` (killed over
+    /// `crash` (non-zero exit or signal), `refused` (exit 64: the worker
+    /// refused its configuration or secrets), `exit` (code 0 while not
+    /// asked to stop), `listen_timeout`, `spawn_failed`, `memory` (killed over
     /// `max_memory_hard`), `hung` (its watchdog expired: SIGABRT, then
     /// SIGKILL), `stopped`, `reload` or `memory` (replaced and drained).
     pub reason: &'static str,
@@ -203,6 +204,12 @@ impl Worker {
             "stopped"
         } else if code == Some(0) {
             "exit"
+        } else if code == Some(i32::from(shared::EXIT_REFUSED)) {
+            // The worker refused its configuration or secrets (it logged
+            // why): a crash to the restart policy and the restart counter
+            // (and so to the crash-loop alert), but named apart in
+            // `status`, `describe` and the event, where an operator looks.
+            "refused"
         } else {
             "crash"
         }

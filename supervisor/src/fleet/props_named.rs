@@ -401,3 +401,50 @@ fn a_restart_after_crashes_does_not_spin() {
     }
     sim.finish();
 }
+
+/// A worker that exits 64 refused its configuration or secrets: `status`
+/// and `describe` say `refused`, not `crash`, while the restart policy
+/// and the restart counter (and so the crash-loop alert) treat it as a
+/// crash. Any other non-zero code stays a `crash`.
+#[test]
+fn a_worker_exiting_64_is_refused_and_restarted_as_a_crash() {
+    let mut sim = Sim::start(Shape {
+        a: 2,
+        b: 1,
+        surge: 1,
+        memory: false,
+        watchdog: false,
+        max_restarts: 5,
+    });
+    sim.ready_all();
+    let slot_worker = |sim: &Sim, s: usize| sim.fleet.apps[0].slots[s].worker.as_ref().unwrap().pid;
+    let refused = slot_worker(&sim, 0);
+    sim.exit(
+        refused,
+        WaitStatus::Exited(refused, i32::from(shared::EXIT_REFUSED)),
+    );
+    let crashed = slot_worker(&sim, 1);
+    sim.exit(crashed, WaitStatus::Exited(crashed, 1));
+    sim.settle_step();
+    let view = sim.fleet.view();
+    let slots = &view.apps[0].slots;
+    let reasons: Vec<_> = slots
+        .iter()
+        .map(|s| s.last_exit.as_ref().map(|e| (e.reason, e.code)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [Some(("refused", Some(64))), Some(("crash", Some(1)))]
+    );
+    for slot in slots {
+        assert_eq!(slot.state, SlotState::Waiting, "a restart is scheduled");
+    }
+    let crashes: u64 = view
+        .restarts_by
+        .iter()
+        .filter(|(app, reason, _)| app == "a" && *reason == "crash")
+        .map(|(_, _, n)| n)
+        .sum();
+    assert_eq!(crashes, 2, "{:?}", view.restarts_by);
+    sim.finish();
+}
