@@ -152,14 +152,7 @@ fn backup_and_restore_round_trip_the_redis_container() {
 
     // Backup over the network, as from an operator's host.
     let tmp = tempfile::tempdir().unwrap();
-    let app = tmp.path().join("app");
-    std::fs::create_dir_all(app.join("config")).unwrap();
-    std::fs::copy(repo().join("ecosystem.toml"), app.join("ecosystem.toml")).unwrap();
-    std::fs::copy(
-        repo().join("config/keywords.json"),
-        app.join("config/keywords.json"),
-    )
-    .unwrap();
+    app_dir(tmp.path());
     let url = format!("redis://{ip}:6379");
     let out = run_script(
         "backup.sh",

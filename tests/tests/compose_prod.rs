@@ -264,18 +264,7 @@ fn the_production_stack_serves_tls_streams_and_is_scraped() {
         wait_until(
             &format!("{service} healthy"),
             Duration::from_secs(120),
-            || {
-                let out = podman(&["healthcheck", "run", &name]);
-                if out.status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    ))
-                }
-            },
+            || healthcheck(&name),
         );
     }
 

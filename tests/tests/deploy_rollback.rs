@@ -336,13 +336,9 @@ fn deploy_switches_to_a_healthy_version_and_rolls_back_a_broken_one() {
     assert_eq!(d.running_id(), b_id, "{}", output_text(&out));
     health_ok(d.addr()).unwrap();
     // The image's own HEALTHCHECK (`heartalk health`) passes too.
-    let check = podman(&["healthcheck", "run", &d.app()]);
-    assert!(
-        check.status.success(),
-        "podman healthcheck run: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    if let Err(e) = healthcheck(&d.app()) {
+        panic!("podman healthcheck run: {e}");
+    }
     assert_eq!(d.read_state("current-tag"), backup_of_b);
     let history = d.read_state("history");
     let last = history.lines().last().unwrap();

@@ -104,17 +104,10 @@ fn the_image_runs_as_compose_and_kubernetes_run_it() {
         "podman healthcheck run passes",
         Duration::from_secs(60),
         || {
-            let out = podman(&["healthcheck", "run", &c.name]);
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{}{} / logs: {}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr),
-                    String::from_utf8_lossy(&podman(&["logs", "--tail", "5", &c.name]).stdout)
-                ))
-            }
+            healthcheck(&c.name).map_err(|e| {
+                let logs = podman(&["logs", "--tail", "5", &c.name]);
+                format!("{e} / logs: {}", String::from_utf8_lossy(&logs.stdout))
+            })
         },
     );
     eprintln!(

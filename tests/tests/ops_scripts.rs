@@ -271,14 +271,7 @@ struct Site {
 impl Site {
     fn new() -> Site {
         let tmp = tempfile::tempdir().unwrap();
-        let conf = tmp.path().join("app");
-        std::fs::create_dir_all(conf.join("config")).unwrap();
-        std::fs::copy(repo().join("ecosystem.toml"), conf.join("ecosystem.toml")).unwrap();
-        std::fs::copy(
-            repo().join("config/keywords.json"),
-            conf.join("config/keywords.json"),
-        )
-        .unwrap();
+        app_dir(tmp.path());
         std::fs::write(tmp.path().join("heartalk.env"), "JWT_SECRET=s3cret\n").unwrap();
         let logs = tmp.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
@@ -991,36 +984,30 @@ fn deploy_with_podman_compose_reads_the_compose_file_itself() {
     assert!(log.contains(&"docker rm c0ffee".to_string()), "{log:#?}");
     assert_eq!(engine.read("running").trim(), "heartalk:v2");
 
+    // Refused (exit 3) saying `why`, before the engine ran anything.
+    let refused_untouched = |out: &Output, why: &str| {
+        assert_exit(out, 3);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{}",
+            output_text(out)
+        );
+        assert!(
+            !engine.dir.path().join("log").exists(),
+            "{}",
+            engine.read("log")
+        );
+    };
     // A fixed image: refused before anything changes.
     let (_, out) = deploy(None, "heartalk:dev");
-    assert_exit(&out, 3);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("image: heartalk:dev"),
-        "{}",
-        output_text(&out)
-    );
-    assert!(
-        !engine.dir.path().join("log").exists(),
-        "{}",
-        engine.read("log")
-    );
+    refused_untouched(&out, "image: heartalk:dev");
 
     // HEARTALK_IMAGE in the .env: refused too.
     let (_, out) = deploy(
         Some("export HEARTALK_IMAGE=heartalk:pinned\n"),
         "${HEARTALK_IMAGE}",
     );
-    assert_exit(&out, 3);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(".env sets HEARTALK_IMAGE"),
-        "{}",
-        output_text(&out)
-    );
-    assert!(
-        !engine.dir.path().join("log").exists(),
-        "{}",
-        engine.read("log")
-    );
+    refused_untouched(&out, ".env sets HEARTALK_IMAGE");
     assert_eq!(engine.read("running").trim(), "heartalk:v2");
 }
 

@@ -111,6 +111,18 @@ pub fn real_worker_config(instances: &str, extra: &str) -> String {
     )
 }
 
+/// `root/app`, an application directory as the ops scripts read one: the
+/// repository's `ecosystem.toml` and `config/keywords.json`.
+pub fn app_dir(root: &Path) -> PathBuf {
+    let app = root.join("app");
+    std::fs::create_dir_all(app.join("config")).expect("mkdir app/config");
+    for rel in ["ecosystem.toml", "config/keywords.json"] {
+        std::fs::copy(repo().join(rel), app.join(rel))
+            .unwrap_or_else(|e| panic!("copy {rel}: {e}"));
+    }
+    app
+}
+
 /// Writes a secret file as an operator should replace one: `body` in a new
 /// file with `mode`, renamed over `path` (no worker reads it half written).
 pub fn write_secret_file(path: &Path, body: &str, mode: u32) {

@@ -32,6 +32,22 @@ pub fn podman_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `podman healthcheck run NAME`: the container's own health check (podman
+/// runs it on request only: no systemd timers here); on failure, what
+/// podman printed.
+pub fn healthcheck(name: &str) -> Result<(), String> {
+    let out = podman(&["healthcheck", "run", name]);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// The image to run: `$HEARTALK_IMAGE` (scripts/test.sh builds it first),
 /// or the one `scripts/image.sh` builds now.
 pub fn built_image() -> String {
